@@ -1,0 +1,67 @@
+// Composition root: builds every outside connection once and hands it to the services that need it.
+import pino, { type Logger } from 'pino';
+import type { Config } from './config/index.ts';
+import { openDatabase, ensureDatabaseExists, migrateDatabase, type Database } from './db/client.ts';
+import { JobQueues, redisConnection } from './queue/index.ts';
+import { EventBus } from './events/bus.ts';
+import { LocalBlobStore } from './storage/local-store.ts';
+import type { BlobStore } from './storage/storage.ts';
+import { UserService } from './services/users.ts';
+import { PhotoService } from './services/photos.ts';
+import { JobService } from './services/jobs.ts';
+import { TrainingService } from './services/training.ts';
+import { GenerationService } from './services/generation.ts';
+import { ForgetService } from './services/forget.ts';
+
+export interface Services {
+  users: UserService;
+  photos: PhotoService;
+  jobs: JobService;
+  training: TrainingService;
+  generation: GenerationService;
+  forget: ForgetService;
+}
+
+export interface App {
+  config: Config;
+  logger: Logger;
+  database: Database;
+  store: BlobStore;
+  queues: JobQueues;
+  events: EventBus;
+  services: Services;
+  close(): Promise<void>;
+}
+
+export async function createApp(config: Config, logger: Logger = pino({ level: config.logLevel })): Promise<App> {
+  await ensureDatabaseExists(config.databaseUrl);
+  const database = openDatabase(config.databaseUrl);
+  await migrateDatabase(database.db);
+  const db = database.db;
+  const store = new LocalBlobStore(config.storageDir);
+  const redis = redisConnection(config.redisUrl);
+  const subscriber = redisConnection(config.redisUrl, true);
+  const queues = new JobQueues(config, redis);
+  const events = new EventBus(config.queuePrefix, redis, subscriber);
+  const users = new UserService(db);
+  const photos = new PhotoService(db, store, config);
+  const jobs = new JobService(db, queues, events);
+  const training = new TrainingService(db, queues, events, photos, jobs, config);
+  const generation = new GenerationService(db, queues, events, store, training, jobs, config);
+  const forget = new ForgetService(db, store, queues, jobs);
+  return {
+    config,
+    logger,
+    database,
+    store,
+    queues,
+    events,
+    services: { users, photos, jobs, training, generation, forget },
+    async close() {
+      await queues.close();
+      subscriber.disconnect();
+      await redis.quit();
+      await database.close();
+    },
+  };
+}

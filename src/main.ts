@@ -1,0 +1,48 @@
+// Starts the stack: migrations, the worker with its engine, and the web playground (the roles in ROLES).
+import pino from 'pino';
+import { ConfigError, loadConfig, type Config } from './config/index.ts';
+import { createApp } from './app.ts';
+import { buildWebServer } from '../bots/web/server.ts';
+import { startWorker, type WorkerHandle } from '../worker/index.ts';
+
+let config: Config;
+try {
+  config = loadConfig();
+} catch (error) {
+  if (error instanceof ConfigError) {
+    console.error(error.message);
+    process.exit(2);
+  }
+  throw error;
+}
+
+const logger = pino({ level: config.logLevel });
+const app = await createApp(config, logger);
+const stoppers: Array<() => Promise<unknown>> = [];
+
+let worker: WorkerHandle | undefined;
+if (config.roles.has('worker')) {
+  worker = await startWorker({ db: app.database.db, store: app.store, events: app.events, config, logger: logger.child({ part: 'worker' }) });
+  stoppers.push(() => worker!.close());
+}
+if (config.roles.has('web')) {
+  const web = await buildWebServer(app);
+  const address = await web.listen({ host: config.web.host, port: config.web.port });
+  stoppers.unshift(() => web.close());
+  console.log(`\n  Portrait bot playground: ${address}/\n  Engine profile: ${config.engine.profile}${config.engine.profile === 'tiny' ? ' (random weights: images are noise)' : ''}\n`);
+}
+for (const [name, token] of [['telegram', config.telegramToken], ['discord', config.discordToken]] as const) {
+  if (token) logger.warn(`${name} token is set, but the ${name} adapter is not part of this build yet`);
+}
+
+let stopping = false;
+async function shutdown(signal: string) {
+  if (stopping) return;
+  stopping = true;
+  logger.info({ signal }, 'shutting down: running jobs go back to the queue');
+  for (const stop of stoppers) await stop().catch((error: Error) => logger.error({ err: error }, 'stop failed'));
+  await app.close();
+  process.exit(0);
+}
+process.on('SIGTERM', () => void shutdown('SIGTERM'));
+process.on('SIGINT', () => void shutdown('SIGINT'));

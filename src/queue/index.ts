@@ -1,0 +1,74 @@
+// Queue names, typed payloads, job ids and retry policy: the only place producers import bullmq from.
+import { Queue, type JobsOptions } from 'bullmq';
+import { Redis } from 'ioredis';
+import type { Config } from '../config/index.ts';
+
+export const queueNames = { train: 'train', generate: 'generate' } as const;
+export type QueueName = (typeof queueNames)[keyof typeof queueNames];
+
+/** Payloads carry ids only: the database holds the request, so a retried job always sees its current state. */
+export interface TrainJobData { jobId: string; userId: string; adapterId: string }
+export interface GenerateJobData { jobId: string; userId: string; generationId: string }
+export interface JobDataByQueue { train: TrainJobData; generate: GenerateJobData }
+
+export const queueJobId = (jobId: string, queue: QueueName) => `${jobId}-${queue}`;
+
+export function jobOptions(config: Config, queue: QueueName): JobsOptions {
+  return {
+    attempts: queue === 'train' ? config.queue.trainAttempts : config.queue.generateAttempts,
+    backoff: { type: 'exponential', delay: config.queue.backoffMs },
+    removeOnComplete: { age: 24 * 3600, count: 1000 },
+    removeOnFail: { age: 7 * 24 * 3600, count: 5000 },
+  };
+}
+
+/** Redis pub/sub channels beside the queues: user-facing events and cancel requests. */
+export const channels = {
+  userEvents: (prefix: string, userId: string) => `${prefix}:events:${userId}`,
+  cancel: (prefix: string) => `${prefix}:cancel`,
+};
+
+export function redisConnection(url: string, forWorker = false): Redis {
+  // Workers block on Redis: BullMQ requires maxRetriesPerRequest null there.
+  return new Redis(url, { maxRetriesPerRequest: forWorker ? null : 20, lazyConnect: false });
+}
+
+export class JobQueues {
+  readonly train: Queue<TrainJobData>;
+  readonly generate: Queue<GenerateJobData>;
+
+  constructor(private readonly config: Config, readonly connection: Redis) {
+    const opts = { connection, prefix: config.queuePrefix };
+    this.train = new Queue<TrainJobData>(queueNames.train, opts);
+    this.generate = new Queue<GenerateJobData>(queueNames.generate, opts);
+  }
+
+  async addTrain(data: TrainJobData) {
+    const queue = queueNames.train;
+    return this.train.add(queue, data, { ...jobOptions(this.config, queue), jobId: queueJobId(data.jobId, queue) });
+  }
+
+  async addGenerate(data: GenerateJobData) {
+    const queue = queueNames.generate;
+    return this.generate.add(queue, data, { ...jobOptions(this.config, queue), jobId: queueJobId(data.jobId, queue) });
+  }
+
+  /** Removes a job that has not started; returns false when a worker already holds it. */
+  async removeWaiting(queue: QueueName, jobId: string): Promise<boolean> {
+    const job = await this[queue].getJob(queueJobId(jobId, queue));
+    if (!job) return true;
+    const state = await job.getState();
+    if (state === 'active') return false;
+    await job.remove();
+    return true;
+  }
+
+  /** Tells every worker to stop this job if it holds it (it checks the job's row too, so a missed message is harmless). */
+  async requestCancel(jobId: string): Promise<void> {
+    await this.connection.publish(channels.cancel(this.config.queuePrefix), jobId);
+  }
+
+  async close() {
+    await Promise.all([this.train.close(), this.generate.close()]);
+  }
+}

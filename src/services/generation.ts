@@ -1,0 +1,132 @@
+import { randomInt, randomUUID } from 'node:crypto';
+import { and, eq } from 'drizzle-orm';
+import { z } from 'zod';
+import type { Db } from '../db/client.ts';
+import { generations, jobs, type Generation, type Job } from '../db/schema.ts';
+import type { Config } from '../config/index.ts';
+import { queueJobId, type JobQueues } from '../queue/index.ts';
+import type { EventBus } from '../events/bus.ts';
+import type { BlobStore } from '../storage/storage.ts';
+import { normalizeUpload, ImageRejectedError } from '../images/normalize.ts';
+import { schedulers } from '../../worker/engine-client/protocol.ts';
+import type { TrainingService } from './training.ts';
+import { enqueueOrFail } from './training.ts';
+import { jobEvent, type JobService } from './jobs.ts';
+import { UserFacingError } from './errors.ts';
+import { deleteUnreferencedBlobs } from './blobs.ts';
+
+const dimension = z.number().int().min(256).max(1024).multipleOf(8);
+export const generationOptions = z
+  .object({
+    negativePrompt: z.string().max(500),
+    seed: z.number().int().min(0).max(2 ** 31 - 1),
+    steps: z.number().int().min(1).max(50),
+    guidanceScale: z.number().min(0).max(20),
+    width: dimension,
+    height: dimension,
+    scheduler: z.enum(schedulers),
+    loraScale: z.number().min(0).max(2),
+    controlnetScale: z.number().min(0).max(2),
+  })
+  .partial()
+  .strict();
+export type GenerationOptions = z.infer<typeof generationOptions>;
+
+export interface GenerationQueued { job: Job; generation: Generation; position: number }
+
+export class GenerationService {
+  constructor(
+    private readonly db: Db,
+    private readonly queues: JobQueues,
+    private readonly events: EventBus,
+    private readonly store: BlobStore,
+    private readonly training: TrainingService,
+    private readonly jobs: JobService,
+    private readonly config: Config,
+  ) {}
+
+  /** `/imagine <prompt>`: a portrait of the user from their newest LoRA. */
+  imagine(userId: string, prompt: string, options: unknown = {}): Promise<GenerationQueued> {
+    return this.queue(userId, 'imagine', prompt, options);
+  }
+
+  /** `/pose`: the user in the pose of a reference (an OpenPose skeleton image for now). */
+  async pose(userId: string, reference: Buffer, prompt: string, options: unknown = {}): Promise<GenerationQueued> {
+    let control;
+    try {
+      // A skeleton drawing can be small; the pipeline resizes it to the output size.
+      control = await normalizeUpload(reference, { maxBytes: this.config.photos.maxUploadBytes, minShortSide: 64 });
+    } catch (error) {
+      if (error instanceof ImageRejectedError) throw new UserFacingError(error.code, error.message, error.details);
+      throw error;
+    }
+    const stored = await this.store.put(control.data, 'jpg');
+    try {
+      return await this.queue(userId, 'pose', prompt, options, stored.key);
+    } catch (error) {
+      await deleteUnreferencedBlobs(this.db, this.store, [stored.key]);
+      throw error;
+    }
+  }
+
+  async get(userId: string, generationId: string): Promise<Generation | undefined> {
+    const [row] = await this.db.select().from(generations).where(and(eq(generations.id, generationId), eq(generations.userId, userId)));
+    return row;
+  }
+
+  private async queue(userId: string, kind: 'imagine' | 'pose', rawPrompt: string, rawOptions: unknown, controlKey?: string) {
+    const prompt = rawPrompt.trim();
+    const maxChars = this.config.generation.maxPromptChars;
+    if (!prompt) throw new UserFacingError('empty_prompt', 'Tell me what to paint, e.g. /imagine a portrait of me as an astronaut.');
+    if (prompt.length > maxChars) {
+      throw new UserFacingError('prompt_too_long', `That prompt is ${prompt.length} characters; the limit is ${maxChars}.`, { length: prompt.length, max: maxChars });
+    }
+    const parsed = generationOptions.safeParse(rawOptions);
+    if (!parsed.success) {
+      const problems = parsed.error.issues.map((i) => `${i.path.join('.') || 'options'}: ${i.message}`).join('; ');
+      throw new UserFacingError('bad_options', `Some settings are not valid: ${problems}`);
+    }
+    const adapter = await this.training.latestReady(userId);
+    if (!adapter) {
+      if (await this.training.isTraining(userId)) throw new UserFacingError('training_in_progress', 'Your model is still training — I will tell you when it is ready.');
+      throw new UserFacingError('no_model', 'You have no trained model yet: send 10–20 photos of yourself with /train first.');
+    }
+    const g = this.config.generation;
+    const o = parsed.data;
+    const params = {
+      steps: o.steps ?? g.steps,
+      guidanceScale: o.guidanceScale ?? g.guidanceScale,
+      width: o.width ?? g.width,
+      height: o.height ?? g.height,
+      scheduler: o.scheduler ?? g.scheduler,
+      loraScale: o.loraScale ?? g.loraScale,
+      ...(kind === 'pose' ? { controlnetScale: o.controlnetScale ?? g.controlnetScale } : {}),
+    };
+    const jobId = randomUUID();
+    const created = await this.db.transaction(async (tx) => {
+      const [job] = await tx
+        .insert(jobs)
+        .values({ id: jobId, userId, kind, queueJobId: queueJobId(jobId, 'generate'), adapterId: adapter.id, totalSteps: params.steps })
+        .returning();
+      const [generation] = await tx
+        .insert(generations)
+        .values({
+          userId,
+          jobId,
+          adapterId: adapter.id,
+          kind,
+          prompt,
+          negativePrompt: o.negativePrompt ?? g.negativePrompt,
+          seed: o.seed ?? randomInt(0, 2 ** 31 - 1),
+          params,
+          controlKey,
+        })
+        .returning();
+      return { job: job!, generation: generation! };
+    });
+    await enqueueOrFail(this.db, created.job, () => this.queues.addGenerate({ jobId, userId, generationId: created.generation.id }));
+    const position = await this.jobs.position(created.job);
+    await this.events.publish(userId, jobEvent(created.job, { position, generationId: created.generation.id }));
+    return { ...created, position };
+  }
+}

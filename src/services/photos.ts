@@ -1,0 +1,92 @@
+import { and, asc, count, eq } from 'drizzle-orm';
+import type { Db } from '../db/client.ts';
+import { photos, type Photo } from '../db/schema.ts';
+import type { BlobStore } from '../storage/storage.ts';
+import { normalizeUpload, trainingCrop, ImageRejectedError } from '../images/normalize.ts';
+import type { Config } from '../config/index.ts';
+import { UserFacingError, isUniqueViolation, notFound } from './errors.ts';
+import { deleteUnreferencedBlobs } from './blobs.ts';
+
+export type PhotoUploadResult =
+  | { ok: true; photo: Photo; duplicate: boolean; total: number }
+  | { ok: false; code: string; message: string; details: Record<string, string | number> };
+
+export class PhotoService {
+  constructor(
+    private readonly db: Db,
+    private readonly store: BlobStore,
+    private readonly config: Config,
+  ) {}
+
+  /** Checks and stores one uploaded photo; a rejected photo leaves nothing behind. */
+  async add(userId: string, bytes: Buffer, originalName?: string): Promise<PhotoUploadResult> {
+    const total = await this.count(userId);
+    if (total >= this.config.photos.maxPerUser) {
+      const max = this.config.photos.maxPerUser;
+      return reject(new UserFacingError('too_many_photos', `You already have ${max} photos — the most a training uses. Delete some to add others.`, { max }));
+    }
+    let normalized;
+    try {
+      normalized = await normalizeUpload(bytes, {
+        maxBytes: this.config.photos.maxUploadBytes,
+        minShortSide: this.config.photos.minShortSide,
+      });
+    } catch (error) {
+      if (error instanceof ImageRejectedError) return reject(error);
+      throw error;
+    }
+    const existing = await this.findBySha(userId, normalized.sha256);
+    if (existing) return { ok: true, photo: existing, duplicate: true, total };
+
+    const crop = await trainingCrop(normalized.data, this.config.training.resolution);
+    const original = await this.store.put(normalized.data, 'jpg');
+    const cropped = await this.store.put(crop, 'png');
+    try {
+      const [photo] = await this.db
+        .insert(photos)
+        .values({
+          userId,
+          sha256: normalized.sha256,
+          storageKey: original.key,
+          cropKey: cropped.key,
+          width: normalized.width,
+          height: normalized.height,
+          bytes: normalized.bytes,
+          sourceFormat: normalized.sourceFormat,
+          originalName: originalName?.slice(0, 255),
+        })
+        .returning();
+      return { ok: true, photo: photo!, duplicate: false, total: total + 1 };
+    } catch (error) {
+      if (!isUniqueViolation(error, 'photos_user_sha256')) throw error;
+      return { ok: true, photo: (await this.findBySha(userId, normalized.sha256))!, duplicate: true, total };
+    }
+  }
+
+  list(userId: string): Promise<Photo[]> {
+    return this.db.select().from(photos).where(and(eq(photos.userId, userId), eq(photos.status, 'accepted'))).orderBy(asc(photos.createdAt));
+  }
+
+  async count(userId: string): Promise<number> {
+    const [row] = await this.db.select({ n: count() }).from(photos).where(and(eq(photos.userId, userId), eq(photos.status, 'accepted')));
+    return row?.n ?? 0;
+  }
+
+  async remove(userId: string, photoId: string): Promise<void> {
+    const deleted = await this.db
+      .delete(photos)
+      .where(and(eq(photos.userId, userId), eq(photos.id, photoId)))
+      .returning({ original: photos.storageKey, crop: photos.cropKey });
+    if (deleted.length === 0) throw notFound('Photo');
+    await deleteUnreferencedBlobs(this.db, this.store, deleted.flatMap((row) => [row.original, row.crop]));
+  }
+
+  private async findBySha(userId: string, sha256: string) {
+    const [row] = await this.db.select().from(photos).where(and(eq(photos.userId, userId), eq(photos.sha256, sha256)));
+    return row;
+  }
+}
+
+function reject(error: { code: string; message: string; details?: Record<string, string | number> }): PhotoUploadResult {
+  return { ok: false, code: error.code, message: error.message, details: error.details ?? {} };
+}

@@ -1,0 +1,133 @@
+import { randomUUID } from 'node:crypto';
+import { basename } from 'node:path';
+import { and, desc, eq, inArray, max } from 'drizzle-orm';
+import type { Db } from '../db/client.ts';
+import { adapters, jobs, users, type Adapter, type Job } from '../db/schema.ts';
+import type { Config } from '../config/index.ts';
+import { queueJobId, type JobQueues } from '../queue/index.ts';
+import type { EventBus } from '../events/bus.ts';
+import type { TrainParams } from '../../worker/engine-client/protocol.ts';
+import type { PhotoService } from './photos.ts';
+import { jobEvent, type JobService } from './jobs.ts';
+import { UserFacingError } from './errors.ts';
+
+export interface TrainingStarted { job: Job; adapter: Adapter; created: boolean; position: number }
+
+export function baseModelName(config: Config): string {
+  return config.engine.profile === 'tiny' ? 'tiny-sd15-v1' : basename(config.engine.baseModel ?? 'sd15');
+}
+
+export class TrainingService {
+  constructor(
+    private readonly db: Db,
+    private readonly queues: JobQueues,
+    private readonly events: EventBus,
+    private readonly photos: PhotoService,
+    private readonly jobs: JobService,
+    private readonly config: Config,
+  ) {}
+
+  params(): TrainParams {
+    const t = this.config.training;
+    return {
+      rank: t.rank,
+      alpha: t.alpha,
+      learning_rate: t.learningRate,
+      max_steps: t.maxSteps,
+      batch_size: t.batchSize,
+      grad_accum: t.gradAccum,
+      resolution: t.resolution,
+      seed: t.seed,
+      instance_prompt: t.instancePrompt,
+      lr_scheduler: t.lrScheduler,
+    };
+  }
+
+  /** Queues a training of the user's current photos; asking again while one is open returns that one. */
+  async start(userId: string): Promise<TrainingStarted> {
+    const open = await this.openTraining(userId);
+    if (open) return open;
+    const photos = await this.photos.list(userId);
+    const need = this.config.photos.minForTraining;
+    if (photos.length < need) {
+      throw new UserFacingError(
+        'not_enough_photos',
+        `Training needs at least ${need} good photos of you; you have ${photos.length}. Send ${need - photos.length} more.`,
+        { have: photos.length, need },
+      );
+    }
+    const jobId = randomUUID();
+    const created = await this.db.transaction(async (tx) => {
+      // Serializes a user's Train requests: a double-click waits here, then finds the first one's job.
+      await tx.select({ id: users.id }).from(users).where(eq(users.id, userId)).for('update');
+      const [open] = await tx.select({ id: jobs.id }).from(jobs).where(openTrainingOf(userId));
+      if (open) return undefined;
+      const [latest] = await tx.select({ v: max(adapters.version) }).from(adapters).where(eq(adapters.userId, userId));
+      const [adapter] = await tx
+        .insert(adapters)
+        .values({
+          userId,
+          version: (latest?.v ?? 0) + 1,
+          baseModel: baseModelName(this.config),
+          params: this.params(),
+          photoIds: photos.map((p) => p.id),
+        })
+        .returning();
+      const [job] = await tx
+        .insert(jobs)
+        .values({ id: jobId, userId, kind: 'train', queueJobId: queueJobId(jobId, 'train'), adapterId: adapter!.id, totalSteps: this.config.training.maxSteps })
+        .returning();
+      return { job: job!, adapter: adapter! };
+    });
+    if (!created) return (await this.openTraining(userId))!;
+    await enqueueOrFail(this.db, created.job, () => this.queues.addTrain({ jobId, userId, adapterId: created.adapter.id }));
+    const position = await this.jobs.position(created.job);
+    await this.events.publish(userId, jobEvent(created.job, { position }));
+    return { ...created, created: true, position };
+  }
+
+  async latestReady(userId: string): Promise<Adapter | undefined> {
+    const [adapter] = await this.db
+      .select()
+      .from(adapters)
+      .where(and(eq(adapters.userId, userId), eq(adapters.status, 'ready')))
+      .orderBy(desc(adapters.version))
+      .limit(1);
+    return adapter;
+  }
+
+  async isTraining(userId: string): Promise<boolean> {
+    const [open] = await this.db.select({ id: jobs.id }).from(jobs).where(openTrainingOf(userId));
+    return open !== undefined;
+  }
+
+  list(userId: string): Promise<Adapter[]> {
+    return this.db.select().from(adapters).where(eq(adapters.userId, userId)).orderBy(desc(adapters.version));
+  }
+
+  private async openTraining(userId: string): Promise<TrainingStarted | undefined> {
+    const [row] = await this.db
+      .select({ job: jobs, adapter: adapters })
+      .from(jobs)
+      .innerJoin(adapters, eq(adapters.id, jobs.adapterId))
+      .where(openTrainingOf(userId));
+    if (!row) return undefined;
+    return { ...row, created: false, position: await this.jobs.position(row.job) };
+  }
+}
+
+const openTrainingOf = (userId: string) => and(eq(jobs.userId, userId), eq(jobs.kind, 'train'), inArray(jobs.status, ['queued', 'active']));
+
+/** Adds the queue entry after the rows are committed; if Redis refuses, the rows say so instead of waiting forever. */
+export async function enqueueOrFail(db: Db, job: Job, add: () => Promise<unknown>): Promise<void> {
+  try {
+    await add();
+  } catch (error) {
+    await db
+      .update(jobs)
+      .set({ status: 'failed', errorCode: 'queue_unavailable', error: 'The job queue is unavailable; please try again.', finishedAt: new Date() })
+      .where(eq(jobs.id, job.id));
+    if (job.adapterId && job.kind === 'train') await db.update(adapters).set({ status: 'failed' }).where(eq(adapters.id, job.adapterId));
+    throw new UserFacingError('queue_unavailable', 'The job queue is unavailable right now; please try again in a minute.', {}, 503);
+  }
+}

@@ -1,0 +1,196 @@
+// Spawns the Python engine, speaks its JSON-lines protocol, and restarts it with backoff when it dies.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
+import type { Logger } from 'pino';
+import {
+  engineEvent, generateResult, pingResult, trainResult,
+  type EngineErrorCode, type GenerateRequest, type GenerateResult, type ProgressEvent, type TrainRequest, type TrainResult,
+} from './protocol.ts';
+
+export class EngineError extends Error {
+  constructor(
+    readonly code: EngineErrorCode | 'engine_crashed' | 'engine_stopped',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'EngineError';
+  }
+
+  /** Bad input will fail the same way again; a crash or an internal error may not. */
+  get retryable(): boolean {
+    return this.code === 'internal' || this.code === 'engine_crashed' || this.code === 'busy';
+  }
+}
+
+export interface EngineLaunch {
+  python: string;
+  args: string[];
+  cwd: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface SupervisorOptions {
+  launch: EngineLaunch;
+  logger: Logger;
+  readyTimeoutMs?: number;
+  restartDelayMs?: { min: number; max: number };
+}
+
+type ProgressHandler = (event: ProgressEvent) => void;
+interface Pending {
+  resolve: (value: Record<string, unknown>) => void;
+  reject: (error: Error) => void;
+  onProgress?: ProgressHandler;
+}
+
+export class EngineSupervisor {
+  private child?: ChildProcess;
+  private ready?: Promise<void>;
+  private readonly pending = new Map<string, Pending>();
+  private stopping = false;
+  private restarts = 0;
+  private restartTimer?: NodeJS.Timeout;
+  private stderrTail: string[] = [];
+  info: Record<string, unknown> = {};
+
+  constructor(private readonly options: SupervisorOptions) {}
+
+  /** Starts the engine and resolves once it has loaded its models. */
+  start(): Promise<void> {
+    this.stopping = false;
+    this.ready ??= this.spawnEngine();
+    return this.ready;
+  }
+
+  private spawnEngine(): Promise<void> {
+    const { launch, logger } = this.options;
+    const child = spawn(launch.python, launch.args, {
+      cwd: launch.cwd,
+      env: { ...process.env, PYTHONUNBUFFERED: '1', ...launch.env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    this.child = child;
+    this.stderrTail = [];
+    let markReady!: () => void;
+    let failStart!: (error: Error) => void;
+    const ready = new Promise<void>((resolve, reject) => { markReady = resolve; failStart = reject; });
+    const timer = setTimeout(
+      () => failStart(new EngineError('engine_crashed', `engine did not become ready in ${this.options.readyTimeoutMs ?? 300_000} ms`)),
+      this.options.readyTimeoutMs ?? 300_000,
+    );
+
+    createInterface({ input: child.stderr! }).on('line', (line) => {
+      this.stderrTail = [...this.stderrTail.slice(-19), line];
+      logger.debug({ engine: line }, 'engine stderr');
+    });
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      const parsed = engineEvent.safeParse(safeJson(line));
+      if (!parsed.success) {
+        logger.warn({ line }, 'engine wrote a line outside the protocol');
+        return;
+      }
+      const event = parsed.data;
+      if (event.event === 'ready') {
+        clearTimeout(timer);
+        this.info = event;
+        this.restarts = 0;
+        logger.info({ profile: event.profile, device: event.device }, 'engine ready');
+        markReady();
+        return;
+      }
+      if (event.id === null) {
+        logger.warn({ event }, 'engine error without a request id');
+        return;
+      }
+      const pending = this.pending.get(event.id);
+      if (!pending) return;
+      if (event.event === 'progress') pending.onProgress?.(event);
+      else {
+        this.pending.delete(event.id);
+        if (event.event === 'result') pending.resolve(event);
+        else pending.reject(new EngineError(event.code, event.message));
+      }
+    });
+
+    child.on('error', (error) => failStart(new EngineError('engine_crashed', `could not start the engine: ${error.message}`)));
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      const why = `engine exited (code ${code}, signal ${signal})${this.stderrTail.length ? `: ${this.stderrTail.slice(-5).join(' | ')}` : ''}`;
+      failStart(new EngineError('engine_crashed', why));
+      for (const [id, pending] of this.pending) {
+        this.pending.delete(id);
+        pending.reject(new EngineError(this.stopping ? 'engine_stopped' : 'engine_crashed', why));
+      }
+      this.child = undefined;
+      this.ready = undefined;
+      if (!this.stopping) this.scheduleRestart(why);
+    });
+    return ready;
+  }
+
+  private scheduleRestart(why: string) {
+    const { min, max } = this.options.restartDelayMs ?? { min: 1000, max: 30_000 };
+    const delay = Math.min(max, min * 2 ** this.restarts);
+    this.restarts += 1;
+    this.options.logger.error({ why, delay }, 'engine died; restarting');
+    this.restartTimer = setTimeout(() => {
+      this.start().catch((error: Error) => this.options.logger.error({ err: error }, 'engine restart failed'));
+    }, delay);
+  }
+
+  private async request(message: Record<string, unknown>, onProgress?: ProgressHandler): Promise<Record<string, unknown>> {
+    await this.start();
+    const id = typeof message.id === 'string' ? message.id : randomUUID();
+    const child = this.child;
+    if (!child?.stdin?.writable) throw new EngineError('engine_crashed', 'engine is not running');
+    const result = new Promise<Record<string, unknown>>((resolve, reject) => this.pending.set(id, { resolve, reject, onProgress }));
+    child.stdin.write(`${JSON.stringify({ ...message, id })}\n`);
+    return result;
+  }
+
+  ping() {
+    return this.request({ op: 'ping' }).then((r) => pingResult.parse(r));
+  }
+
+  train(request: Omit<TrainRequest, 'op'>, onProgress?: ProgressHandler): Promise<TrainResult> {
+    return this.request({ ...request, op: 'train' }, onProgress).then((r) => trainResult.parse(r));
+  }
+
+  generate(request: Omit<GenerateRequest, 'op'>, onProgress?: ProgressHandler): Promise<GenerateResult> {
+    return this.request({ ...request, op: 'generate' }, onProgress).then((r) => generateResult.parse(r));
+  }
+
+  /** Asks the engine to stop a request; it then fails with code 'cancelled'. */
+  async cancel(target: string): Promise<boolean> {
+    if (!this.pending.has(target)) return false;
+    const reply = await this.request({ op: 'cancel', target });
+    return reply.cancelled === true;
+  }
+
+  /** Closes stdin (the engine finishes and exits); kills it if it takes too long. */
+  async stop(timeoutMs = 20_000): Promise<void> {
+    this.stopping = true;
+    clearTimeout(this.restartTimer);
+    const child = this.child;
+    if (!child || child.exitCode !== null) return;
+    const exited = once(child, 'exit');
+    child.stdin?.end();
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+}
+
+function safeJson(line: string): unknown {
+  try {
+    return JSON.parse(line);
+  } catch {
+    return undefined;
+  }
+}
