@@ -1,54 +1,59 @@
 // The engine's JSON-lines protocol, TypeScript side. Python's twin: worker/engine/portrait_engine/protocol.py;
-// both are tested against test/fixtures/engine-protocol/.
+// both are tested against the same fixtures in test/fixtures/engine-protocol/. Objects are strict (unknown fields
+// are errors) and bounds match the Python models, so a request the worker builds is one the engine accepts.
 import { z } from 'zod';
 
-const requestId = z.string().min(1);
-const absPath = z.string().min(1);
-
-export const trainParams = z
-  .object({
-    rank: z.number().int().positive(),
-    alpha: z.number().positive(),
-    learning_rate: z.number().positive(),
-    max_steps: z.number().int().positive(),
-    batch_size: z.number().int().positive(),
-    grad_accum: z.number().int().positive(),
-    resolution: z.number().int().positive(),
-    mixed_precision: z.enum(['no', 'fp16', 'bf16']),
-    seed: z.number().int(),
-    instance_prompt: z.string().min(1),
-    lr_scheduler: z.string(),
-    lr_warmup_steps: z.number().int().min(0),
-    target_modules: z.array(z.string()).min(1),
-  })
-  .partial();
-export type TrainParams = z.infer<typeof trainParams>;
+const MAX_SEED = 2 ** 32 - 1;
+const requestId = z.string().min(1).max(200);
+const absPath = z.string().startsWith('/', 'must be an absolute path');
+const loraPath = absPath.endsWith('.safetensors', 'must end with .safetensors');
+const seed = z.number().int().min(0).max(MAX_SEED);
+const imageSide = z.number().int().min(64).max(1024).multipleOf(8);
 
 export const schedulers = ['unipc', 'dpmpp_2m_karras', 'euler_a', 'ddim'] as const;
+export const lrSchedulers = ['constant', 'constant_with_warmup', 'linear', 'cosine', 'cosine_with_restarts', 'polynomial'] as const;
+export const targetModules = ['to_q', 'to_k', 'to_v', 'to_out.0', 'proj_in', 'proj_out', 'ff.net.0.proj', 'ff.net.2'] as const;
 
-export const pingRequest = z.object({ id: requestId, op: z.literal('ping') });
-export const cancelRequest = z.object({ id: requestId, op: z.literal('cancel'), target: requestId });
-export const trainRequest = z.object({
+export const trainParams = z.strictObject({
+  rank: z.number().int().min(1).max(128),
+  alpha: z.number().gt(0).max(1024),
+  learning_rate: z.number().gt(0).max(1),
+  max_steps: z.number().int().min(1).max(20_000),
+  batch_size: z.number().int().min(1).max(32),
+  grad_accum: z.number().int().min(1).max(64),
+  resolution: imageSide,
+  mixed_precision: z.enum(['no', 'fp16', 'bf16']).nullable(),
+  seed,
+  instance_prompt: z.string().min(1).max(1000),
+  lr_scheduler: z.enum(lrSchedulers),
+  lr_warmup_steps: z.number().int().min(0).max(20_000),
+  target_modules: z.array(z.enum(targetModules)).min(1),
+}).partial();
+export type TrainParams = z.infer<typeof trainParams>;
+
+export const pingRequest = z.strictObject({ id: requestId, op: z.literal('ping') });
+export const cancelRequest = z.strictObject({ id: requestId, op: z.literal('cancel'), target: requestId });
+export const trainRequest = z.strictObject({
   id: requestId,
   op: z.literal('train'),
-  photos: z.array(absPath).min(1),
-  output: absPath,
+  photos: z.array(absPath).min(1).max(200),
+  output: loraPath,
   params: trainParams.optional(),
 });
-export const generateRequest = z.object({
+export const generateRequest = z.strictObject({
   id: requestId,
   op: z.literal('generate'),
-  prompt: z.string().min(1),
-  negative_prompt: z.string().optional(),
-  lora: absPath.nullable().optional(),
-  lora_scale: z.number().optional(),
+  prompt: z.string().max(2000),
+  negative_prompt: z.string().max(2000).optional(),
+  lora: loraPath.nullable().optional(),
+  lora_scale: z.number().min(0).max(2).optional(),
   control_image: absPath.nullable().optional(),
-  controlnet_scale: z.number().optional(),
+  controlnet_scale: z.number().min(0).max(2).optional(),
   steps: z.number().int().min(1).max(100).optional(),
-  guidance_scale: z.number().optional(),
-  seed: z.number().int().min(0).optional(),
-  width: z.number().int().min(64).max(1024).multipleOf(8).optional(),
-  height: z.number().int().min(64).max(1024).multipleOf(8).optional(),
+  guidance_scale: z.number().min(0).max(30).optional(),
+  seed: seed.nullable().optional(),
+  width: imageSide.optional(),
+  height: imageSide.optional(),
   num_images: z.number().int().min(1).max(4).optional(),
   scheduler: z.enum(schedulers).optional(),
   output_dir: absPath,
@@ -61,25 +66,35 @@ export type GenerateRequest = z.infer<typeof generateRequest>;
 export const errorCodes = ['bad_request', 'not_found', 'cancelled', 'busy', 'internal'] as const;
 export type EngineErrorCode = (typeof errorCodes)[number];
 
-export const readyEvent = z.object({ id: z.null(), event: z.literal('ready'), profile: z.string(), device: z.string() }).loose();
-export const progressEvent = z
-  .object({ id: requestId, event: z.literal('progress'), step: z.number().int(), total: z.number().int(), loss: z.number().optional() })
-  .loose();
-export const resultEvent = z.object({ id: requestId, event: z.literal('result') }).loose();
-export const errorEvent = z.object({
-  id: requestId.nullable(),
-  event: z.literal('error'),
-  code: z.enum(errorCodes),
-  message: z.string(),
+export const readyEvent = z.strictObject({ id: z.null(), event: z.literal('ready'), profile: z.string(), device: z.string() });
+export const progressEvent = z.strictObject({
+  id: z.string(),
+  event: z.literal('progress'),
+  step: z.number().int().min(0),
+  total: z.number().int().min(1),
+  loss: z.number().optional(),
 });
-export const engineEvent = z.discriminatedUnion('event', [readyEvent, progressEvent, resultEvent, errorEvent]);
-export type EngineEvent = z.infer<typeof engineEvent>;
 export type ProgressEvent = z.infer<typeof progressEvent>;
+export const errorEvent = z.strictObject({ id: z.string().nullable(), event: z.literal('error'), code: z.enum(errorCodes), message: z.string() });
 
-export const trainResult = z
-  .object({ output: absPath, steps: z.number().int(), final_loss: z.number(), losses: z.array(z.number()), seconds: z.number() })
-  .loose();
+const result = <T extends z.ZodRawShape>(shape: T) => z.strictObject({ id: z.string(), event: z.literal('result'), ...shape });
+export const pingResult = result({ pong: z.literal(true), profile: z.string(), device: z.string(), versions: z.record(z.string(), z.string()) });
+export const cancelResult = result({ cancelled: z.boolean() });
+export const trainResult = result({
+  output: z.string(),
+  steps: z.number().int(),
+  final_loss: z.number(),
+  losses: z.array(z.number()),
+  seconds: z.number(),
+  params: trainParams.required(),
+});
 export type TrainResult = z.infer<typeof trainResult>;
-export const generateResult = z.object({ images: z.array(absPath).min(1), seed: z.number().int(), seconds: z.number() }).loose();
+export const generateResult = result({ images: z.array(z.string()).min(1), seed, seconds: z.number() });
 export type GenerateResult = z.infer<typeof generateResult>;
-export const pingResult = z.object({ pong: z.literal(true), profile: z.string(), device: z.string() }).loose();
+
+/** Any line the engine may write; results are told apart by the request they answer (see supervisor). */
+export const engineEvent = z.union([readyEvent, progressEvent, errorEvent, pingResult, cancelResult, trainResult, generateResult]);
+export type EngineEvent = z.infer<typeof engineEvent>;
+
+/** What the supervisor reads first from every line: who it is for and what kind of event it is. */
+export const eventEnvelope = z.looseObject({ id: z.string().nullable(), event: z.enum(['ready', 'progress', 'result', 'error']) });

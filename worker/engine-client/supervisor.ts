@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import type { Logger } from 'pino';
 import {
-  engineEvent, generateResult, pingResult, trainResult,
+  cancelResult, errorEvent, eventEnvelope, generateResult, pingResult, progressEvent, readyEvent, trainResult,
   type EngineErrorCode, type GenerateRequest, type GenerateResult, type ProgressEvent, type TrainRequest, type TrainResult,
 } from './protocol.ts';
 
@@ -86,31 +86,35 @@ export class EngineSupervisor {
       logger.debug({ engine: line }, 'engine stderr');
     });
     createInterface({ input: child.stdout! }).on('line', (line) => {
-      const parsed = engineEvent.safeParse(safeJson(line));
-      if (!parsed.success) {
+      const envelope = eventEnvelope.safeParse(safeJson(line));
+      if (!envelope.success) {
         logger.warn({ line }, 'engine wrote a line outside the protocol');
         return;
       }
-      const event = parsed.data;
+      const event = envelope.data;
       if (event.event === 'ready') {
         clearTimeout(timer);
-        this.info = event;
+        this.info = readyEvent.parse(event);
         this.restarts = 0;
-        logger.info({ profile: event.profile, device: event.device }, 'engine ready');
+        logger.info(this.info, 'engine ready');
         markReady();
         return;
       }
-      if (event.id === null) {
-        logger.warn({ event }, 'engine error without a request id');
+      const pending = event.id === null ? undefined : this.pending.get(event.id);
+      if (!pending) {
+        if (event.event === 'error') logger.warn({ event }, 'engine error for no pending request');
         return;
       }
-      const pending = this.pending.get(event.id);
-      if (!pending) return;
-      if (event.event === 'progress') pending.onProgress?.(event);
+      if (event.event === 'progress') {
+        const progress = progressEvent.safeParse(event);
+        if (progress.success) pending.onProgress?.(progress.data);
+        return;
+      }
+      this.pending.delete(event.id!);
+      if (event.event === 'result') pending.resolve(event);
       else {
-        this.pending.delete(event.id);
-        if (event.event === 'result') pending.resolve(event);
-        else pending.reject(new EngineError(event.code, event.message));
+        const error = errorEvent.safeParse(event);
+        pending.reject(error.success ? new EngineError(error.data.code, error.data.message) : new EngineError('internal', JSON.stringify(event)));
       }
     });
 
@@ -165,8 +169,7 @@ export class EngineSupervisor {
   /** Asks the engine to stop a request; it then fails with code 'cancelled'. */
   async cancel(target: string): Promise<boolean> {
     if (!this.pending.has(target)) return false;
-    const reply = await this.request({ op: 'cancel', target });
-    return reply.cancelled === true;
+    return cancelResult.parse(await this.request({ op: 'cancel', target })).cancelled;
   }
 
   /** Closes stdin (the engine finishes and exits); kills it if it takes too long. */

@@ -1,0 +1,61 @@
+// The playground page in a real browser (Debian chromium via playwright-core): upload photos, train, imagine,
+// and see the image appear.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { chromium, type Browser } from 'playwright-core';
+import { startStack, type Stack } from './helpers/stack.ts';
+import { makePhotos } from './helpers/images.ts';
+
+const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+let stack: Stack;
+let browser: Browser;
+
+before(async () => {
+  stack = await startStack({ MIN_TRAINING_PHOTOS: '3' });
+  browser = await chromium.launch({
+    executablePath: chromiumPath,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+});
+after(async () => {
+  await browser?.close();
+  await stack?.close();
+});
+
+test('a person uploads photos, trains, imagines and sees their portrait', { timeout: 240_000, skip: !existsSync(chromiumPath) && 'chromium is not installed' }, async () => {
+  const files = await Promise.all((await makePhotos(4, 300)).map(async (data, i) => {
+    const path = join(stack.env.dir, `photo-${i}.jpg`);
+    await writeFile(path, data);
+    return path;
+  }));
+  const notPhoto = join(stack.env.dir, 'notes.jpg');
+  await writeFile(notPhoto, 'just text');
+
+  const page = await browser.newPage();
+  await page.goto(stack.baseUrl);
+  await page.locator('#notice', { hasText: 'images are noise' }).waitFor();
+
+  await page.setInputFiles('#photos', [...files, notPhoto]);
+  await page.click('#upload');
+  await page.locator('#upload-results li.bad', { hasText: 'not an image' }).waitFor();
+  assert.equal(await page.locator('#upload-results li.ok').count(), 4);
+  await page.locator('#photo-count', { hasText: '4 good photos' }).waitFor();
+
+  await page.click('#train');
+  await page.locator('#train-status', { hasText: 'Your model is ready' }).waitFor({ timeout: 180_000 });
+
+  await page.fill('#prompt', 'a portrait of me as an astronaut');
+  await page.click('#imagine');
+  const image = page.locator('#gallery img').first();
+  await image.waitFor({ timeout: 120_000 });
+  await page.waitForFunction(() => {
+    const img = document.querySelector<HTMLImageElement>('#gallery img');
+    return img !== null && img.complete && img.naturalWidth > 0;
+  });
+  const size = await image.evaluate((img: HTMLImageElement) => [img.naturalWidth, img.naturalHeight]);
+  assert.deepEqual(size, [512, 512]);
+  await page.screenshot({ path: join(stack.env.dir, 'playground.png') });
+});

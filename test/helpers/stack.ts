@@ -1,0 +1,92 @@
+// A whole stack in one test process: app + worker (with the real tiny engine) + web server on a free port.
+import type { AddressInfo } from 'node:net';
+import { createApp, type App } from '../../src/app.ts';
+import { buildWebServer } from '../../bots/web/server.ts';
+import { startWorker, type WorkerHandle } from '../../worker/index.ts';
+import { createTestEnv, testLogger, type TestEnv } from './env.ts';
+
+export interface Stack {
+  env: TestEnv;
+  app: App;
+  worker?: WorkerHandle;
+  baseUrl: string;
+  startWorker(): Promise<WorkerHandle>;
+  close(): Promise<void>;
+}
+
+export async function startStack(overrides: Record<string, string> = {}, withWorker = true): Promise<Stack> {
+  const env = await createTestEnv(overrides);
+  const app = await createApp(env.config, testLogger);
+  const web = await buildWebServer(app);
+  await web.listen({ host: '127.0.0.1', port: 0 });
+  const stack: Stack = {
+    env,
+    app,
+    baseUrl: `http://127.0.0.1:${(web.server.address() as AddressInfo).port}`,
+    async startWorker() {
+      stack.worker = await startWorker({ db: app.database.db, store: app.store, events: app.events, config: env.config, logger: testLogger });
+      return stack.worker;
+    },
+    async close() {
+      await web.close();
+      await stack.worker?.close();
+      await app.queues.train.obliterate({ force: true });
+      await app.queues.generate.obliterate({ force: true });
+      await app.close();
+      await env.cleanup();
+    },
+  };
+  if (withWorker) await stack.startWorker();
+  return stack;
+}
+
+/** A tiny HTTP client that keeps the playground's session cookie, like a browser would. */
+export class PlaygroundClient {
+  private cookie = '';
+  constructor(readonly baseUrl: string) {}
+
+  async request(path: string, init: RequestInit = {}): Promise<Response> {
+    const response = await fetch(`${this.baseUrl}${path}`, { ...init, headers: { ...init.headers, cookie: this.cookie } });
+    const setCookie = response.headers.get('set-cookie');
+    if (setCookie) this.cookie = setCookie.split(';')[0]!;
+    return response;
+  }
+
+  async json<T = any>(path: string, init: RequestInit = {}): Promise<{ status: number; body: T }> {
+    const response = await this.request(path, init);
+    return { status: response.status, body: (await response.json()) as T };
+  }
+
+  post<T = any>(path: string, body: unknown = {}) {
+    return this.json<T>(path, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  }
+
+  upload<T = any>(path: string, files: Array<[string, Buffer]>, fields: Record<string, string> = {}, field = 'photos') {
+    const form = new FormData();
+    for (const [name, value] of Object.entries(fields)) form.append(name, value);
+    for (const [name, data] of files) form.append(field, new Blob([new Uint8Array(data)]), name);
+    return this.json<T>(path, { method: 'POST', body: form });
+  }
+
+  /** Polls a job until it reaches a final state. */
+  async waitForJob(jobId: string, timeoutMs = 180_000): Promise<any> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const { body } = await this.json(`/api/jobs/${jobId}`);
+      if (['completed', 'failed', 'cancelled'].includes(body.job.status)) return body;
+      if (Date.now() > deadline) throw new Error(`job ${jobId} still ${body.job.status} after ${timeoutMs} ms`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}
+
+/** Resolves once `predicate` returns a truthy value (polled), or rejects after the timeout. */
+export async function eventually<T>(predicate: () => Promise<T | undefined | false>, timeoutMs = 60_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await predicate();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
