@@ -138,26 +138,43 @@ class JobRun {
   }
 }
 
-async function loadJob(db: Db, jobId: string): Promise<Job | undefined> {
-  const [row] = await db.select().from(jobs).where(eq(jobs.id, jobId));
-  return row;
+interface JobBody<Data> {
+  /** Runs the job on the engine inside `workDir`; its return value becomes the BullMQ job's result. */
+  run(run: JobRun, data: Data, workDir: string): Promise<Record<string, unknown>>;
+  /** Undoes what the job started when it fails for good (e.g. the adapter row it was filling). */
+  onFinalFailure?(data: Data): Promise<void>;
 }
 
-export function trainProcessor(deps: ProcessorDeps, running: RunningJobs) {
-  return async (queueJob: QueueJob<TrainJobData>, token?: string) => {
-    const { db, store, engine, config } = deps;
-    const row = await loadJob(db, queueJob.data.jobId);
+/** The lifecycle every job shares: load its row, skip it if cancelled, run it, map failures, clean up. */
+function processor<Data extends { jobId: string }>(deps: ProcessorDeps, running: RunningJobs, queue: string, body: JobBody<Data>) {
+  return async (queueJob: QueueJob<Data>, token?: string) => {
+    const [row] = await deps.db.select().from(jobs).where(eq(jobs.id, queueJob.data.jobId));
     if (!row) return { skipped: 'job row is gone (forgotten)' };
     const run = new JobRun(deps, running, row, queueJob);
     if (!(await run.begin())) return { skipped: 'cancelled before start' };
-    const workDir = join(config.workDir, 'train', run.requestId);
-    const adapterId = queueJob.data.adapterId;
+    const workDir = join(deps.config.workDir, queue, run.requestId);
     try {
-      const [adapter] = await db.update(adapters).set({ status: 'training', updatedAt: new Date() }).where(eq(adapters.id, adapterId)).returning();
+      await mkdir(workDir, { recursive: true });
+      return await body.run(run, queueJob.data, workDir);
+    } catch (error) {
+      return await run.fail(error, token, async () => body.onFinalFailure?.(queueJob.data));
+    } finally {
+      run.end();
+      await rm(workDir, { recursive: true, force: true });
+    }
+  };
+}
+
+export function trainProcessor(deps: ProcessorDeps, running: RunningJobs) {
+  const { db, store, engine } = deps;
+  const setAdapter = (adapterId: string, values: Partial<typeof adapters.$inferInsert>) =>
+    db.update(adapters).set({ ...values, updatedAt: new Date() }).where(eq(adapters.id, adapterId)).returning();
+  return processor<TrainJobData>(deps, running, 'train', {
+    async run(run, { adapterId }, workDir) {
+      const [adapter] = await setAdapter(adapterId, { status: 'training' });
       if (!adapter) throw new UnrecoverableError('adapter row is gone');
       const crops = await db.select({ key: photos.cropKey }).from(photos).where(inArray(photos.id, adapter.photoIds));
       if (crops.length === 0) throw new EngineError('bad_request', 'All photos of this training were deleted.');
-      await mkdir(workDir, { recursive: true });
       const result = await engine.train(
         {
           id: run.requestId,
@@ -168,47 +185,33 @@ export function trainProcessor(deps: ProcessorDeps, running: RunningJobs) {
         run.onProgress,
       );
       const stored = await store.putFile(result.output, 'safetensors');
-      await db
-        .update(adapters)
-        .set({
-          status: 'ready',
-          fileKey: stored.key,
-          updatedAt: new Date(),
-          metrics: { finalLoss: result.final_loss, steps: result.steps, seconds: result.seconds, losses: result.losses, photos: crops.length },
-        })
-        .where(eq(adapters.id, adapterId));
+      await setAdapter(adapterId, {
+        status: 'ready',
+        fileKey: stored.key,
+        metrics: { finalLoss: result.final_loss, steps: result.steps, seconds: result.seconds, losses: result.losses, photos: crops.length },
+      });
       await run.complete({ adapterId });
       return { adapterId, fileKey: stored.key };
-    } catch (error) {
-      return await run.fail(error, token, async () => {
-        await db.update(adapters).set({ status: 'failed', updatedAt: new Date() }).where(eq(adapters.id, adapterId));
-      });
-    } finally {
-      run.end();
-      await rm(workDir, { recursive: true, force: true });
-    }
-  };
+    },
+    async onFinalFailure({ adapterId }) {
+      await setAdapter(adapterId, { status: 'failed' });
+    },
+  });
 }
 
 export function generateProcessor(deps: ProcessorDeps, running: RunningJobs) {
-  return async (queueJob: QueueJob<GenerateJobData>, token?: string) => {
-    const { db, store, engine, config } = deps;
-    const row = await loadJob(db, queueJob.data.jobId);
-    if (!row) return { skipped: 'job row is gone (forgotten)' };
-    const run = new JobRun(deps, running, row, queueJob);
-    if (!(await run.begin())) return { skipped: 'cancelled before start' };
-    const workDir = join(config.workDir, 'generate', run.requestId);
-    try {
+  const { db, store, engine } = deps;
+  return processor<GenerateJobData>(deps, running, 'generate', {
+    async run(run, { generationId }, workDir) {
       const [found] = await db
         .select({ generation: generations, adapterFile: adapters.fileKey })
         .from(generations)
         .leftJoin(adapters, eq(adapters.id, generations.adapterId))
-        .where(eq(generations.id, queueJob.data.generationId));
+        .where(eq(generations.id, generationId));
       if (!found) throw new UnrecoverableError('generation row is gone');
       if (!found.adapterFile) throw new EngineError('not_found', 'The model for this request was deleted.');
       const { generation } = found;
-      await mkdir(workDir, { recursive: true });
-      const p = generation.params as { steps: number; guidanceScale: number; width: number; height: number; scheduler: 'unipc'; loraScale: number; controlnetScale?: number };
+      const p = generation.params;
       const result = await engine.generate(
         {
           id: run.requestId,
@@ -234,11 +237,6 @@ export function generateProcessor(deps: ProcessorDeps, running: RunningJobs) {
       await db.update(generations).set({ outputKeys: keys }).where(eq(generations.id, generation.id));
       await run.complete({ generationId: generation.id });
       return { generationId: generation.id, outputKeys: keys };
-    } catch (error) {
-      return await run.fail(error, token, async () => {});
-    } finally {
-      run.end();
-      await rm(workDir, { recursive: true, force: true });
-    }
-  };
+    },
+  });
 }

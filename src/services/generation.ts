@@ -2,7 +2,7 @@ import { randomInt, randomUUID } from 'node:crypto';
 import { and, eq } from 'drizzle-orm';
 import { z } from 'zod';
 import type { Db } from '../db/client.ts';
-import { generations, jobs, type Generation, type Job } from '../db/schema.ts';
+import { generations, jobs, type Generation, type GenerationParams, type Job } from '../db/schema.ts';
 import type { Config } from '../config/index.ts';
 import { queueJobId, type JobQueues } from '../queue/index.ts';
 import type { EventBus } from '../events/bus.ts';
@@ -93,7 +93,7 @@ export class GenerationService {
     }
     const g = this.config.generation;
     const o = parsed.data;
-    const params = {
+    const params: GenerationParams = {
       steps: o.steps ?? g.steps,
       guidanceScale: o.guidanceScale ?? g.guidanceScale,
       width: o.width ?? g.width,
