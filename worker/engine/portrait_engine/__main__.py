@@ -1,0 +1,45 @@
+"""python -m portrait_engine: JSON-lines requests on stdin, events on stdout, logs on stderr."""
+
+import logging
+import os
+import sys
+
+# No network on the machines this runs on, and no progress bars in the log.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from .config import parse_config  # noqa: E402
+
+
+def _take_stdout():
+    """Keeps a private handle on the real stdout for events and points fd 1 and sys.stdout at stderr, so that
+    anything a library prints ends up in the log instead of corrupting the event stream."""
+    sys.stdout.flush()
+    events = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return events
+
+
+def _quiet_libraries() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main() -> int:
+    config = parse_config()  # before the redirect, so --help prints where it is expected
+    events = _take_stdout()
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _quiet_libraries()
+    from .server import run
+
+    return run(config, events, sys.stdin.buffer)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Command line and environment, parsed once into an EngineConfig."""
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+Profile = Literal["tiny", "real"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    profile: Profile
+    cache_dir: Path
+    device: torch.device
+    base_model: Path | None = None
+    controlnet: Path | None = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        # Half precision only where it is fast; CPU kernels are float32.
+        return torch.float16 if self.device.type == "cuda" else torch.float32
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> EngineConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m portrait_engine",
+        description="Portrait engine: JSON-lines requests on stdin, events on stdout, logs on stderr.",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=["tiny", "real"],
+        default=env.get("ENGINE_PROFILE", "tiny"),
+        help="tiny: SD1.5 architectures at tiny widths with random weights (images are noise); "
+        "real: SD1.5 + ControlNet folders in diffusers layout [ENGINE_PROFILE, default tiny]",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(env.get("ENGINE_CACHE_DIR", Path.home() / ".cache" / "portrait-engine")),
+        help="where the tiny profile's generated weights live [ENGINE_CACHE_DIR]",
+    )
+    parser.add_argument(
+        "--device", default=env.get("ENGINE_DEVICE", _default_device()), help="torch device [ENGINE_DEVICE]"
+    )
+    parser.add_argument(
+        "--base-model",
+        type=Path,
+        default=env.get("ENGINE_BASE_MODEL"),
+        help="real profile: Stable Diffusion 1.5 folder in diffusers layout [ENGINE_BASE_MODEL]",
+    )
+    parser.add_argument(
+        "--controlnet",
+        type=Path,
+        default=env.get("ENGINE_CONTROLNET"),
+        help="real profile: ControlNet openpose folder in diffusers layout; without it pose requests "
+        "are refused [ENGINE_CONTROLNET]",
+    )
+    args = parser.parse_args(argv)
+    if args.profile == "real" and args.base_model is None:
+        parser.error("--base-model (or ENGINE_BASE_MODEL) is required with --profile real")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device: {error}")
+    return EngineConfig(
+        profile=args.profile,
+        cache_dir=args.cache_dir,
+        device=device,
+        base_model=args.base_model,
+        controlnet=args.controlnet,
+    )
