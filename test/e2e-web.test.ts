@@ -112,6 +112,8 @@ test('photos → train → imagine → pose through the web API', { timeout: 300
   // 4. /pose with a skeleton image.
   const pose = await client.upload('/api/pose', [['skeleton.png', await makeSkeleton()]], { prompt: 'me dancing', options: JSON.stringify({ width: 384, height: 384 }) }, 'image');
   assert.equal(pose.status, 202, JSON.stringify(pose.body));
+  assert.equal(pose.body.extractedSkeleton, false, 'no pose models in the tiny profile: the reference is the skeleton');
+  assert.equal((await client.request(pose.body.controlUrl)).status, 200);
   const posed = await client.waitForJob(pose.body.jobId);
   assert.equal(posed.job.status, 'completed', posed.job.error);
   assert.deepEqual(await pngSize(await client.request(posed.images[0])), [384, 384]);

@@ -99,7 +99,7 @@ export async function buildWebServer(app: App) {
       results.push({ ...result, filename: file.filename });
     }
     return {
-      results: results.map((r) => (r.ok ? { filename: r.filename, ok: true, duplicate: r.duplicate, photoId: r.photo.id } : r)),
+      results: results.map((r) => (r.ok ? { filename: r.filename, ok: true, duplicate: r.duplicate, faceChecked: r.faceChecked, photoId: r.photo.id } : r)),
       total: await services.photos.count(userId),
       needed: config.photos.minForTraining,
     };
@@ -132,7 +132,15 @@ export async function buildWebServer(app: App) {
     const options = fields.options ? (JSON.parse(fields.options) as unknown) : {};
     const queued = await services.generation.pose(userOf(request), image.data, fields.prompt ?? '', options);
     reply.status(202);
-    return { jobId: queued.job.id, generationId: queued.generation.id, position: queued.position, seed: queued.generation.seed };
+    return {
+      jobId: queued.job.id,
+      generationId: queued.generation.id,
+      position: queued.position,
+      seed: queued.generation.seed,
+      // The pose the person will be painted in, shown before the painting is done.
+      controlUrl: `/api/generations/${queued.generation.id}/control`,
+      extractedSkeleton: queued.skeleton,
+    };
   });
 
   web.get<{ Params: { id: string } }>('/api/jobs/:id', async (request) => {
@@ -156,11 +164,18 @@ export async function buildWebServer(app: App) {
     return { forgotten };
   });
 
+  const sendImage = async (reply: FastifyReply, key: string | null | undefined) => {
+    if (!key) throw notFound('Image');
+    const type = key.endsWith('.png') ? 'image/png' : 'image/jpeg';
+    return reply.type(type).header('cache-control', 'private, max-age=86400').send(await store.get(key));
+  };
   web.get<{ Params: { id: string; n: string } }>('/api/generations/:id/images/:n', async (request, reply) => {
     const generation = await services.generation.get(userOf(request), request.params.id);
-    const key = generation?.outputKeys[Number(request.params.n)];
-    if (!key) throw notFound('Image');
-    return reply.type('image/png').header('cache-control', 'private, max-age=86400').send(await store.get(key));
+    return sendImage(reply, generation?.outputKeys[Number(request.params.n)]);
+  });
+  web.get<{ Params: { id: string } }>('/api/generations/:id/control', async (request, reply) => {
+    const generation = await services.generation.get(userOf(request), request.params.id);
+    return sendImage(reply, generation?.controlKey);
   });
 
   // Live progress for this browser's user (server-sent events).

@@ -13,6 +13,7 @@ import type { TrainingService } from './training.ts';
 import { enqueueOrFail } from './training.ts';
 import { jobEvent, type JobService } from './jobs.ts';
 import { UserFacingError } from './errors.ts';
+import type { VisionService } from '../vision/index.ts';
 import { deleteUnreferencedBlobs } from './blobs.ts';
 
 const dimension = z.number().int().min(256).max(1024).multipleOf(8);
@@ -42,6 +43,7 @@ export class GenerationService {
     private readonly store: BlobStore,
     private readonly training: TrainingService,
     private readonly jobs: JobService,
+    private readonly vision: VisionService,
     private readonly config: Config,
   ) {}
 
@@ -50,19 +52,25 @@ export class GenerationService {
     return this.queue(userId, 'imagine', prompt, options);
   }
 
-  /** `/pose`: the user in the pose of a reference (an OpenPose skeleton image for now). */
-  async pose(userId: string, reference: Buffer, prompt: string, options: unknown = {}): Promise<GenerationQueued> {
-    let control;
+  /**
+   * `/pose`: the user in the pose of a reference photo. The pose is extracted (DWPose) and drawn as an OpenPose
+   * skeleton, which conditions ControlNet and is shown to the person as a preview. Without the pose models
+   * installed, the reference is taken to be a skeleton image already.
+   */
+  async pose(userId: string, reference: Buffer, prompt: string, options: unknown = {}): Promise<GenerationQueued & { skeleton: boolean }> {
+    let normalized;
     try {
       // A skeleton drawing can be small; the pipeline resizes it to the output size.
-      control = await normalizeUpload(reference, { maxBytes: this.config.photos.maxUploadBytes, minShortSide: 64 });
+      normalized = await normalizeUpload(reference, { maxBytes: this.config.photos.maxUploadBytes, minShortSide: 64 });
     } catch (error) {
       if (error instanceof ImageRejectedError) throw new UserFacingError(error.code, error.message, error.details);
       throw error;
     }
-    const stored = await this.store.put(control.data, 'jpg');
+    const pose = await this.vision.pose(normalized.data);
+    if (!pose.ok && pose.code !== 'pose_unavailable') throw new UserFacingError(pose.code, pose.message, pose.details);
+    const stored = pose.ok ? await this.store.put(pose.skeleton, 'png') : await this.store.put(normalized.data, 'jpg');
     try {
-      return await this.queue(userId, 'pose', prompt, options, stored.key);
+      return { ...(await this.queue(userId, 'pose', prompt, options, stored.key)), skeleton: pose.ok };
     } catch (error) {
       await deleteUnreferencedBlobs(this.db, this.store, [stored.key]);
       throw error;

@@ -4,11 +4,13 @@ import { photos, type Photo } from '../db/schema.ts';
 import type { BlobStore } from '../storage/storage.ts';
 import { normalizeUpload, trainingCrop, ImageRejectedError } from '../images/normalize.ts';
 import type { Config } from '../config/index.ts';
+import type { VisionService } from '../vision/index.ts';
 import { UserFacingError, isUniqueViolation, notFound } from './errors.ts';
 import { deleteUnreferencedBlobs } from './blobs.ts';
 
 export type PhotoUploadResult =
-  | { ok: true; photo: Photo; duplicate: boolean; total: number }
+  /** faceChecked is false when the face models are not installed (the tiny playground): only format checks ran. */
+  | { ok: true; photo: Photo; duplicate: boolean; total: number; faceChecked: boolean }
   | { ok: false; code: string; message: string; details: Record<string, string | number> };
 
 export class PhotoService {
@@ -16,6 +18,7 @@ export class PhotoService {
     private readonly db: Db,
     private readonly store: BlobStore,
     private readonly config: Config,
+    private readonly vision: VisionService,
   ) {}
 
   /** Checks and stores one uploaded photo; a rejected photo leaves nothing behind. */
@@ -36,9 +39,14 @@ export class PhotoService {
       throw error;
     }
     const existing = await this.findBySha(userId, normalized.sha256);
-    if (existing) return { ok: true, photo: existing, duplicate: true, total };
+    if (existing) return { ok: true, photo: existing, duplicate: true, total, faceChecked: existing.faceMeasures !== null };
 
-    const crop = await trainingCrop(normalized.data, this.config.training.resolution);
+    const earlier = await this.list(userId);
+    const known = earlier.flatMap((p, i) => (p.phash ? [{ index: i + 1, phash: p.phash, embedding: p.embedding ?? undefined }] : []));
+    const check = await this.vision.checkUpload(normalized.data, known);
+    if (!check.verdict.ok) return reject(check.verdict);
+    // The face-centred crop when a face was found; a centred square when the face models are not installed.
+    const crop = check.crop ?? (await trainingCrop(normalized.data, this.config.training.resolution));
     const original = await this.store.put(normalized.data, 'jpg');
     const cropped = await this.store.put(crop, 'png');
     try {
@@ -54,12 +62,15 @@ export class PhotoService {
           bytes: normalized.bytes,
           sourceFormat: normalized.sourceFormat,
           originalName: originalName?.slice(0, 255),
+          phash: check.phash,
+          embedding: check.embedding ? [...check.embedding] : null,
+          faceMeasures: check.measures ? { ...check.measures } : null,
         })
         .returning();
-      return { ok: true, photo: photo!, duplicate: false, total: total + 1 };
+      return { ok: true, photo: photo!, duplicate: false, total: total + 1, faceChecked: check.faceCheckRun };
     } catch (error) {
       if (!isUniqueViolation(error, 'photos_user_sha256')) throw error;
-      return { ok: true, photo: (await this.findBySha(userId, normalized.sha256))!, duplicate: true, total };
+      return { ok: true, photo: (await this.findBySha(userId, normalized.sha256))!, duplicate: true, total, faceChecked: check.faceCheckRun };
     }
   }
 

@@ -1,15 +1,24 @@
 // Test pictures made on the fly with sharp: distinct "photos", an OpenPose-style skeleton, and broken files.
 import sharp from 'sharp';
 
-/** A distinct JPEG "photo" per index: a coloured background with a face-like ellipse in a different place. */
+/**
+ * A distinct JPEG "photo" per index: shapes placed by a seeded generator, so that no two indexes are near-duplicates
+ * by perceptual hash (the upload check refuses those).
+ */
 export async function makePhoto(index: number, width = 640, height = 800): Promise<Buffer> {
-  const hue = (index * 47) % 360;
-  const cx = 200 + ((index * 37) % 240);
+  let state = (index + 1) * 2654435761 % 4294967296;
+  const next = (n: number) => {
+    state = (state * 1664525 + 1013904223) % 4294967296;
+    return Math.floor((state / 4294967296) * n);
+  };
+  const shapes = Array.from({ length: 14 }, () => {
+    const fill = `hsl(${next(360)},${40 + next(50)}%,${15 + next(70)}%)`;
+    return next(2) === 0
+      ? `<rect x="${next(width)}" y="${next(height)}" width="${60 + next(300)}" height="${60 + next(300)}" fill="${fill}"/>`
+      : `<ellipse cx="${next(width)}" cy="${next(height)}" rx="${30 + next(150)}" ry="${30 + next(150)}" fill="${fill}"/>`;
+  });
   const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}">
-    <rect width="100%" height="100%" fill="hsl(${hue},60%,55%)"/>
-    <ellipse cx="${cx}" cy="${300 + (index % 5) * 20}" rx="120" ry="160" fill="hsl(${(hue + 180) % 360},50%,70%)"/>
-    <rect x="${index * 13 % 400}" y="600" width="200" height="${50 + index * 7}" fill="#222"/>
-  </svg>`;
+    <rect width="100%" height="100%" fill="hsl(${next(360)},50%,${20 + next(60)}%)"/>${shapes.join('')}</svg>`;
   return sharp(Buffer.from(svg)).jpeg({ quality: 90 }).toBuffer();
 }
 
