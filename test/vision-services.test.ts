@@ -29,7 +29,7 @@ test('uploads are face-checked: verdicts, face-centred crops and near-duplicates
   assert.ok(good.ok && good.faceChecked);
   assert.match(good.photo.phash!, /^[0-9a-f]{16}$/);
   assert.ok(good.photo.embedding && good.photo.embedding.length === 128);
-  assert.ok(good.photo.faceMeasures!.faceSide > 300);
+  assert.ok((good.photo.faceMeasures?.faceSide ?? 0) > 300);
   const crop = await sharp(await app.store.get(good.photo.cropKey)).metadata();
   assert.deepEqual([crop.width, crop.height], [512, 512]);
 
