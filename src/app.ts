@@ -12,6 +12,10 @@ import { JobService } from './services/jobs.ts';
 import { TrainingService } from './services/training.ts';
 import { GenerationService } from './services/generation.ts';
 import { ForgetService } from './services/forget.ts';
+import { LinkService } from './services/link.ts';
+import { LimitService } from './services/limits.ts';
+import { ChatTargetService } from './services/chat-targets.ts';
+import { VisionService } from './vision/index.ts';
 
 export interface Services {
   users: UserService;
@@ -20,6 +24,9 @@ export interface Services {
   training: TrainingService;
   generation: GenerationService;
   forget: ForgetService;
+  link: LinkService;
+  limits: LimitService;
+  chatTargets: ChatTargetService;
 }
 
 export interface App {
@@ -29,6 +36,7 @@ export interface App {
   store: BlobStore;
   queues: JobQueues;
   events: EventBus;
+  vision: VisionService;
   services: Services;
   close(): Promise<void>;
 }
@@ -44,11 +52,15 @@ export async function createApp(config: Config, logger: Logger = pino({ level: c
   const queues = new JobQueues(config, redis);
   const events = new EventBus(config.queuePrefix, redis, subscriber);
   const users = new UserService(db);
-  const photos = new PhotoService(db, store, config);
+  const vision = new VisionService(config.vision);
+  const photos = new PhotoService(db, store, config, vision);
   const jobs = new JobService(db, queues, events);
-  const training = new TrainingService(db, queues, events, photos, jobs, config);
-  const generation = new GenerationService(db, queues, events, store, training, jobs, config);
+  const training = new TrainingService(db, queues, events, photos, jobs, vision, config);
+  const generation = new GenerationService(db, queues, events, store, training, jobs, vision, config);
   const forget = new ForgetService(db, store, queues, jobs);
+  const link = new LinkService(db);
+  const limits = new LimitService(db, redis, config.queuePrefix, config.limits);
+  const chatTargets = new ChatTargetService(db);
   return {
     config,
     logger,
@@ -56,8 +68,10 @@ export async function createApp(config: Config, logger: Logger = pino({ level: c
     store,
     queues,
     events,
-    services: { users, photos, jobs, training, generation, forget },
+    vision,
+    services: { users, photos, jobs, training, generation, forget, link, limits, chatTargets },
     async close() {
+      await vision.close();
       await queues.close();
       subscriber.disconnect();
       await redis.quit();

@@ -22,7 +22,7 @@ const stoppers: Array<() => Promise<unknown>> = [];
 
 let worker: WorkerHandle | undefined;
 if (config.roles.has('worker')) {
-  worker = await startWorker({ db: app.database.db, store: app.store, events: app.events, config, logger: logger.child({ part: 'worker' }) });
+  worker = await startWorker({ db: app.database.db, store: app.store, events: app.events, vision: app.vision, config, logger: logger.child({ part: 'worker' }) });
   stoppers.push(() => worker!.close());
 }
 if (config.roles.has('web')) {

@@ -49,12 +49,11 @@ test('a person uploads photos, trains, imagines and sees their portrait', { time
 
   await page.fill('#prompt', 'a portrait of me as an astronaut');
   await page.click('#imagine');
-  const image = page.locator('#gallery img').first();
+  // Sample portraits from the training are in the gallery already; wait for the /imagine result itself.
+  assert.ok((await page.locator('#gallery figure', { hasText: 'sample of model v1' }).count()) > 0);
+  const image = page.locator('#gallery figure', { hasText: '/imagine' }).locator('img');
   await image.waitFor({ timeout: 120_000 });
-  await page.waitForFunction(() => {
-    const img = document.querySelector<HTMLImageElement>('#gallery img');
-    return img !== null && img.complete && img.naturalWidth > 0;
-  });
+  await image.evaluate((img: HTMLImageElement) => img.decode());
   const size = await image.evaluate((img: HTMLImageElement) => [img.naturalWidth, img.naturalHeight]);
   assert.deepEqual(size, [512, 512]);
   await page.screenshot({ path: join(stack.env.dir, 'playground.png') });

@@ -1,6 +1,6 @@
 // The BullMQ processors: each loads its request from the database, runs it on the engine, stores the results,
 // and keeps the job row and the person informed. Every state change goes through `JobRun`.
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UnrecoverableError, WaitingError, type Job as QueueJob } from 'bullmq';
 import { and, eq, inArray } from 'drizzle-orm';
@@ -13,7 +13,8 @@ import type { GenerateJobData, TrainJobData } from '../src/queue/index.ts';
 import { jobEvent } from '../src/services/jobs.ts';
 import type { Config } from '../src/config/index.ts';
 import { EngineError, type EngineSupervisor } from './engine-client/supervisor.ts';
-import type { ProgressEvent, TrainParams } from './engine-client/protocol.ts';
+import type { GenerateRequest, ProgressEvent, TrainParams } from './engine-client/protocol.ts';
+import type { VisionService } from '../src/vision/index.ts';
 
 export interface ProcessorDeps {
   db: Db;
@@ -22,6 +23,7 @@ export interface ProcessorDeps {
   engine: EngineSupervisor;
   config: Config;
   logger: Logger;
+  vision: VisionService;
 }
 
 /** Jobs running in this process, by job id, so cancel requests and shutdown can reach their engine request. */
@@ -48,7 +50,7 @@ const PROGRESS_WRITE_INTERVAL_MS = 1000;
 
 class JobRun {
   private lastWrite = 0;
-  readonly requestId: string;
+  requestId: string;
 
   constructor(
     private readonly deps: ProcessorDeps,
@@ -58,6 +60,13 @@ class JobRun {
   ) {
     // One engine request per attempt: a retry never collides with a late event of the attempt before.
     this.requestId = `${row.id}-${queueJob.attemptsMade}-${Date.now()}`;
+  }
+
+  /** A fresh engine request id for the next step of this job (e.g. each sample portrait), reachable by cancel. */
+  nextRequest(step: string): string {
+    this.requestId = `${this.row.id}-${this.queueJob.attemptsMade}-${step}-${Date.now()}`;
+    this.running.add(this.row.id, this.requestId);
+    return this.requestId;
   }
 
   async begin(): Promise<boolean> {
@@ -185,13 +194,25 @@ export function trainProcessor(deps: ProcessorDeps, running: RunningJobs) {
         run.onProgress,
       );
       const stored = await store.putFile(result.output, 'safetensors');
+      const samples = await sampleValidationSet(deps, run, result.output, workDir);
+      const likeness = await likenessToHeldOut(deps, adapter.heldOutPhotoId, samples.images);
+      const lowLikeness = likeness?.mean != null && likeness.mean < deps.config.likeness.threshold;
       await setAdapter(adapterId, {
         status: 'ready',
         fileKey: stored.key,
-        metrics: { finalLoss: result.final_loss, steps: result.steps, seconds: result.seconds, losses: result.losses, photos: crops.length },
+        sampleKeys: samples.keys,
+        metrics: {
+          finalLoss: result.final_loss,
+          steps: result.steps,
+          seconds: result.seconds,
+          losses: result.losses,
+          photos: crops.length,
+          likeness: likeness ?? { skipped: deps.vision.availability().likeness ? 'no held-out photo or no face in it' : 'face models not installed' },
+          lowLikeness,
+        },
       });
-      await run.complete({ adapterId });
-      return { adapterId, fileKey: stored.key };
+      await run.complete({ adapterId, likeness: likeness?.mean ?? null, lowLikeness });
+      return { adapterId, fileKey: stored.key, sampleKeys: samples.keys };
     },
     async onFinalFailure({ adapterId }) {
       await setAdapter(adapterId, { status: 'failed' });
@@ -204,7 +225,7 @@ export function generateProcessor(deps: ProcessorDeps, running: RunningJobs) {
   return processor<GenerateJobData>(deps, running, 'generate', {
     async run(run, { generationId }, workDir) {
       const [found] = await db
-        .select({ generation: generations, adapterFile: adapters.fileKey })
+        .select({ generation: generations, adapterFile: adapters.fileKey, heldOutPhotoId: adapters.heldOutPhotoId })
         .from(generations)
         .leftJoin(adapters, eq(adapters.id, generations.adapterId))
         .where(eq(generations.id, generationId));
@@ -234,9 +255,59 @@ export function generateProcessor(deps: ProcessorDeps, running: RunningJobs) {
       );
       const keys: string[] = [];
       for (const image of result.images) keys.push((await store.putFile(image, 'png')).key);
-      await db.update(generations).set({ outputKeys: keys }).where(eq(generations.id, generation.id));
-      await run.complete({ generationId: generation.id });
+      // Posing can cost identity: each output is scored against the same held-out photo as the training.
+      const likeness = await likenessToHeldOut(deps, found.heldOutPhotoId, await Promise.all(result.images.map((i) => readFile(i))));
+      await db.update(generations).set({ outputKeys: keys, likeness: likeness?.mean ?? null }).where(eq(generations.id, generation.id));
+      await run.complete({ generationId: generation.id, likeness: likeness?.mean ?? null });
       return { generationId: generation.id, outputKeys: keys };
     },
   });
+}
+
+/** Sample portraits from the new LoRA: the fixed validation prompts × seeds of the config, stored as blobs. */
+async function sampleValidationSet(deps: ProcessorDeps, run: JobRun, lora: string, workDir: string) {
+  const { config, engine, store } = deps;
+  const g = config.generation;
+  const images: Buffer[] = [];
+  const keys: string[] = [];
+  let n = 0;
+  for (const prompt of config.likeness.prompts) {
+    for (const seed of config.likeness.seeds) {
+      const request: Omit<GenerateRequest, 'op'> = {
+        id: run.nextRequest(`sample${n}`),
+        prompt,
+        negative_prompt: g.negativePrompt,
+        lora,
+        steps: g.steps,
+        guidance_scale: g.guidanceScale,
+        seed,
+        width: g.width,
+        height: g.height,
+        scheduler: g.scheduler,
+        output_dir: join(workDir, `sample${n++}`),
+      };
+      const result = await engine.generate(request);
+      for (const path of result.images) {
+        images.push(await readFile(path));
+        keys.push((await store.putFile(path, 'png')).key);
+      }
+    }
+  }
+  return { images, keys };
+}
+
+/**
+ * Face likeness of `images` to the held-out upload; null when there is nothing to compare against (no held-out
+ * photo, or the face models are not installed).
+ */
+async function likenessToHeldOut(deps: ProcessorDeps, heldOutPhotoId: string | null, images: Buffer[]) {
+  if (!heldOutPhotoId || !deps.vision.availability().likeness) return null;
+  const [photo] = await deps.db.select({ key: photos.storageKey }).from(photos).where(eq(photos.id, heldOutPhotoId));
+  if (!photo) return null;
+  try {
+    return await deps.vision.likeness(await deps.store.get(photo.key), images);
+  } catch (error) {
+    deps.logger.warn({ err: error }, 'likeness scoring failed');
+    return null;
+  }
 }

@@ -83,7 +83,16 @@ export async function buildWebServer(app: App) {
       services.training.list(userId),
       services.jobs.list(userId, 10),
     ]);
-    return { photos, adapters: adapters.map(({ metrics: _m, ...a }) => a), jobs };
+    return {
+      photos,
+      adapters: adapters.map(({ metrics, sampleKeys, ...a }) => ({
+        ...a,
+        likeness: (metrics as { likeness?: { mean?: number | null } } | null)?.likeness?.mean ?? null,
+        lowLikeness: (metrics as { lowLikeness?: boolean } | null)?.lowLikeness ?? false,
+        sampleUrls: sampleKeys.map((_key, n) => `/api/adapters/${a.id}/samples/${n}`),
+      })),
+      jobs,
+    };
   });
 
   web.post('/api/photos', async (request) => {
@@ -172,6 +181,10 @@ export async function buildWebServer(app: App) {
   web.get<{ Params: { id: string; n: string } }>('/api/generations/:id/images/:n', async (request, reply) => {
     const generation = await services.generation.get(userOf(request), request.params.id);
     return sendImage(reply, generation?.outputKeys[Number(request.params.n)]);
+  });
+  web.get<{ Params: { id: string; n: string } }>('/api/adapters/:id/samples/:n', async (request, reply) => {
+    const adapter = (await services.training.list(userOf(request))).find((a) => a.id === request.params.id);
+    return sendImage(reply, adapter?.sampleKeys[Number(request.params.n)]);
   });
   web.get<{ Params: { id: string } }>('/api/generations/:id/control', async (request, reply) => {
     const generation = await services.generation.get(userOf(request), request.params.id);

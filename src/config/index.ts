@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { resolve } from 'node:path';
+import { lrSchedulers, schedulers } from '../../worker/engine-client/protocol.ts';
 
 export const repoRoot = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 
@@ -22,7 +23,7 @@ const defaults = z
       learningRate: z.number().positive(),
       batchSize: z.number().int().positive(),
       gradAccum: z.number().int().positive(),
-      lrScheduler: z.string(),
+      lrScheduler: z.enum(lrSchedulers),
       seed: z.number().int(),
       maxSteps: z.object({ real: z.number().int().positive(), tiny: z.number().int().positive() }),
     }),
@@ -31,11 +32,17 @@ const defaults = z
       guidanceScale: z.number(),
       width: z.number().int(),
       height: z.number().int(),
-      scheduler: z.enum(['unipc', 'dpmpp_2m_karras', 'euler_a', 'ddim']),
+      scheduler: z.enum(schedulers),
       loraScale: z.number(),
       controlnetScale: z.number(),
       negativePrompt: z.string(),
       maxPromptChars: z.number().int().positive(),
+    }),
+    // After training: sample portraits from these prompts × seeds, scored against a held-out upload.
+    likeness: z.object({
+      prompts: z.array(z.string().min(1)).min(1),
+      seeds: z.array(z.number().int().min(0)).min(1),
+      threshold: z.number().min(-1).max(1),
     }),
     queue: z.object({
       trainAttempts: z.number().int().min(1),
@@ -73,7 +80,27 @@ const envSchema = z.object({
   GENERATE_STEPS: z.preprocess(emptyAsUndefined, z.coerce.number().int().positive().max(100).optional()),
   MIN_TRAINING_PHOTOS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).optional()),
   TELEGRAM_BOT_TOKEN: optionalText,
+  TELEGRAM_API_ROOT: z.preprocess(emptyAsUndefined, z.url().default('https://api.telegram.org')),
+  // polling (default) needs nothing public; webhook needs a public https URL Telegram can reach.
+  TELEGRAM_MODE: z.preprocess(emptyAsUndefined, z.enum(['polling', 'webhook']).default('polling')),
+  TELEGRAM_WEBHOOK_URL: z.preprocess(emptyAsUndefined, z.url({ protocol: /^https?$/ }).optional()),
+  TELEGRAM_WEBHOOK_SECRET: z.preprocess(emptyAsUndefined, z.string().regex(/^[A-Za-z0-9_-]{1,256}$/).optional()),
+  TELEGRAM_WEBHOOK_HOST: z.string().default('0.0.0.0'),
+  TELEGRAM_WEBHOOK_PORT: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(0).max(65535).default(8443)),
   DISCORD_TOKEN: optionalText,
+  DISCORD_APPLICATION_ID: z.preprocess(emptyAsUndefined, z.string().regex(/^\d{5,25}$/).optional()),
+  DISCORD_GUILD_ID: z.preprocess(emptyAsUndefined, z.string().regex(/^\d{5,25}$/).optional()),
+  DISCORD_API_ROOT: z.preprocess(emptyAsUndefined, z.url().optional()),
+  // Minimum time between two edits of one progress message (Telegram allows about one edit a second per chat).
+  CHAT_EDIT_INTERVAL_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(0).default(3000)),
+  LIMIT_ACTIVE_JOBS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).default(2)),
+  LIMIT_GENERATIONS_PER_HOUR: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).default(30)),
+  LIMIT_TRAININGS_PER_DAY: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).default(3)),
+  QUEUE_MAX_WAITING: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).default(500)),
+  // CPU vision models (YuNet, SFace, DWPose ONNX); `npx tsx scripts/models.ts` downloads them here.
+  VISION_MODELS_DIR: z.string().min(1).default(resolve(repoRoot, 'var/models')),
+  // sface (Apache-2.0, default) | arcface (InsightFace weights: non-commercial use only)
+  FACE_EMBEDDER: z.preprocess(emptyAsUndefined, z.enum(['sface', 'arcface']).default('sface')),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
@@ -97,6 +124,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
   if (parsed.success && parsed.data.ENGINE_PROFILE === 'real') {
     if (!parsed.data.ENGINE_BASE_MODEL) problems.push('ENGINE_BASE_MODEL: required when ENGINE_PROFILE=real (an SD1.5 diffusers folder)');
     if (!parsed.data.ENGINE_CONTROLNET) problems.push('ENGINE_CONTROLNET: required when ENGINE_PROFILE=real (a ControlNet openpose folder)');
+  }
+  if (parsed.success && parsed.data.TELEGRAM_MODE === 'webhook' && parsed.data.TELEGRAM_BOT_TOKEN && !parsed.data.TELEGRAM_WEBHOOK_URL) {
+    problems.push('TELEGRAM_WEBHOOK_URL: required when TELEGRAM_MODE=webhook (the public https URL Telegram posts updates to)');
   }
   if (problems.length > 0 || !parsed.success) throw new ConfigError(problems);
   const e = parsed.data;
@@ -122,8 +152,24 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     training: { ...d.training, maxSteps: e.TRAIN_MAX_STEPS ?? d.training.maxSteps[profile] },
     generation: { ...d.generation, steps: e.GENERATE_STEPS ?? d.generation.steps[profile] },
     queue: d.queue,
+    likeness: d.likeness,
     telegramToken: e.TELEGRAM_BOT_TOKEN,
     discordToken: e.DISCORD_TOKEN,
+    vision: { modelsDir: resolve(e.VISION_MODELS_DIR), embedder: e.FACE_EMBEDDER },
+    telegram: {
+      token: e.TELEGRAM_BOT_TOKEN,
+      apiRoot: e.TELEGRAM_API_ROOT,
+      mode: e.TELEGRAM_MODE,
+      webhook: { url: e.TELEGRAM_WEBHOOK_URL, secret: e.TELEGRAM_WEBHOOK_SECRET, host: e.TELEGRAM_WEBHOOK_HOST, port: e.TELEGRAM_WEBHOOK_PORT },
+    },
+    discord: { token: e.DISCORD_TOKEN, applicationId: e.DISCORD_APPLICATION_ID, guildId: e.DISCORD_GUILD_ID, apiRoot: e.DISCORD_API_ROOT },
+    chat: { editIntervalMs: e.CHAT_EDIT_INTERVAL_MS },
+    limits: {
+      activeJobs: e.LIMIT_ACTIVE_JOBS,
+      generationsPerHour: e.LIMIT_GENERATIONS_PER_HOUR,
+      trainingsPerDay: e.LIMIT_TRAININGS_PER_DAY,
+      queueMaxWaiting: e.QUEUE_MAX_WAITING,
+    },
     logLevel: e.LOG_LEVEL,
   };
 }

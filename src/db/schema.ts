@@ -3,6 +3,7 @@ import { sql } from 'drizzle-orm';
 import {
   pgTable, uuid, text, integer, real, jsonb, timestamp, uniqueIndex, index, bigint,
 } from 'drizzle-orm/pg-core';
+import type { GenerateRequest } from '../../worker/engine-client/protocol.ts';
 
 const id = () => uuid('id').primaryKey().defaultRandom();
 const createdAt = () => timestamp('created_at', { withTimezone: true }).notNull().defaultNow();
@@ -48,6 +49,12 @@ export const photos = pgTable(
     bytes: integer('bytes').notNull(),
     sourceFormat: text('source_format').notNull(),
     originalName: text('original_name'),
+    /** Perceptual hash (64-bit, hex) for near-duplicate checks. */
+    phash: text('phash'),
+    /** Face embedding (SFace/ArcFace), when the face models are installed. */
+    embedding: jsonb('embedding').$type<number[]>(),
+    /** Face measures from the photo check (sharpness, brightness, yaw, face size); null when no check ran. */
+    faceMeasures: jsonb('face_measures').$type<Record<string, number>>(),
     status: text('status', { enum: photoStatuses }).notNull().default('accepted'),
     createdAt: createdAt(),
   },
@@ -69,7 +76,11 @@ export const adapters = pgTable(
     params: jsonb('params').$type<Record<string, unknown>>().notNull(),
     metrics: jsonb('metrics').$type<Record<string, unknown>>(),
     photoIds: jsonb('photo_ids').$type<string[]>().notNull(),
+    /** The upload kept out of training, so the likeness score compares against a photo the model never saw. */
+    heldOutPhotoId: uuid('held_out_photo_id').references(() => photos.id, { onDelete: 'set null' }),
     fileKey: text('file_key'),
+    /** Sample portraits generated right after training (the likeness validation set). */
+    sampleKeys: jsonb('sample_keys').$type<string[]>().notNull().default([]),
     createdAt: createdAt(),
     updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
   },
@@ -111,6 +122,17 @@ export const jobs = pgTable(
   ],
 );
 
+/** What a generation row's `params` holds: the request's options resolved against the defaults. */
+export interface GenerationParams {
+  steps: number;
+  guidanceScale: number;
+  width: number;
+  height: number;
+  scheduler: NonNullable<GenerateRequest['scheduler']>;
+  loraScale: number;
+  controlnetScale?: number;
+}
+
 export const generations = pgTable(
   'generations',
   {
@@ -122,12 +144,46 @@ export const generations = pgTable(
     prompt: text('prompt').notNull(),
     negativePrompt: text('negative_prompt').notNull().default(''),
     seed: bigint('seed', { mode: 'number' }).notNull(),
-    params: jsonb('params').$type<Record<string, unknown>>().notNull(),
+    params: jsonb('params').$type<GenerationParams>().notNull(),
     controlKey: text('control_key'),
     outputKeys: jsonb('output_keys').$type<string[]>().notNull().default([]),
+    /** Face similarity of the output to the user's held-out photo (null: no face found or no face models). */
+    likeness: real('likeness'),
     createdAt: createdAt(),
   },
   (t) => [uniqueIndex('generations_job').on(t.jobId), index('generations_user').on(t.userId)],
+);
+
+/** One-time codes from `/link`: entered on another platform, they join that account to this user. */
+export const linkCodes = pgTable(
+  'link_codes',
+  {
+    code: text('code').primaryKey(),
+    userId: owner(),
+    platform: text('platform', { enum: platforms }).notNull(),
+    expiresAt: timestamp('expires_at', { withTimezone: true }).notNull(),
+    createdAt: createdAt(),
+  },
+  (t) => [index('link_codes_user').on(t.userId)],
+);
+
+/**
+ * Where a job's progress is shown: the chat message a bot edits as the job advances. `target` is the platform's
+ * address of that message (Telegram chat + message id; Discord interaction token + channel). `deliveredAt` is set
+ * once the final state was shown, so two bot processes (or a restart) never deliver results twice.
+ */
+export const chatTargets = pgTable(
+  'chat_targets',
+  {
+    jobId: uuid('job_id').primaryKey().references(() => jobs.id, { onDelete: 'cascade' }),
+    userId: owner(),
+    platform: text('platform', { enum: platforms }).notNull(),
+    target: jsonb('target').$type<Record<string, string | number>>().notNull(),
+    locale: text('locale').notNull(),
+    deliveredAt: timestamp('delivered_at', { withTimezone: true }),
+    createdAt: createdAt(),
+  },
+  (t) => [index('chat_targets_pending').on(t.platform).where(sql`${t.deliveredAt} is null`)],
 );
 
 export type User = typeof users.$inferSelect;
@@ -135,3 +191,5 @@ export type Photo = typeof photos.$inferSelect;
 export type Adapter = typeof adapters.$inferSelect;
 export type Job = typeof jobs.$inferSelect;
 export type Generation = typeof generations.$inferSelect;
+export type LinkCode = typeof linkCodes.$inferSelect;
+export type ChatTarget = typeof chatTargets.$inferSelect;

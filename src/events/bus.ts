@@ -18,6 +18,9 @@ export interface JobEvent {
   error?: string;
   adapterId?: string;
   generationId?: string;
+  /** Mean face similarity to the held-out photo; null when no face was found or no face models are installed. */
+  likeness?: number | null;
+  lowLikeness?: boolean;
 }
 export type UserEvent = JobEvent;
 type Listener = (event: UserEvent) => void;

@@ -2,6 +2,10 @@ import { inArray, or, sql } from 'drizzle-orm';
 import type { Db } from '../db/client.ts';
 import { adapters, generations, photos } from '../db/schema.ts';
 import type { BlobStore } from '../storage/storage.ts';
+import type { AnyPgColumn } from 'drizzle-orm/pg-core';
+
+/** A jsonb array column that holds any of `keys`. */
+const hasAnyKey = (column: AnyPgColumn, keys: string[]) => sql`${column} ?| array[${sql.join(keys.map((key) => sql`${key}`), sql`, `)}]::text[]`;
 
 /**
  * Deletes the blobs that no row refers to any more. Blobs are content-addressed, so two users' identical
@@ -16,12 +20,18 @@ export async function deleteUnreferencedBlobs(db: Db, store: BlobStore, keys: It
     .from(photos)
     .where(or(inArray(photos.storageKey, candidates), inArray(photos.cropKey, candidates)));
   for (const row of photoRows) stillUsed.add(row.a).add(row.b);
-  const adapterRows = await db.select({ key: adapters.fileKey }).from(adapters).where(inArray(adapters.fileKey, candidates));
-  for (const row of adapterRows) if (row.key) stillUsed.add(row.key);
+  const adapterRows = await db
+    .select({ key: adapters.fileKey, samples: adapters.sampleKeys })
+    .from(adapters)
+    .where(or(inArray(adapters.fileKey, candidates), hasAnyKey(adapters.sampleKeys, candidates)));
+  for (const row of adapterRows) {
+    if (row.key) stillUsed.add(row.key);
+    for (const key of row.samples) stillUsed.add(key);
+  }
   const generationRows = await db
     .select({ control: generations.controlKey, outputs: generations.outputKeys })
     .from(generations)
-    .where(or(inArray(generations.controlKey, candidates), sql`${generations.outputKeys} ?| array[${sql.join(candidates.map((key) => sql`${key}`), sql`, `)}]::text[]`));
+    .where(or(inArray(generations.controlKey, candidates), hasAnyKey(generations.outputKeys, candidates)));
   for (const row of generationRows) {
     if (row.control) stillUsed.add(row.control);
     for (const key of row.outputs) stillUsed.add(key);

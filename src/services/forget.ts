@@ -23,14 +23,17 @@ export class ForgetService {
       if (!removed) await this.queues.requestCancel(job.id);
     }
     const photoRows = await this.db.select({ a: photos.storageKey, b: photos.cropKey }).from(photos).where(eq(photos.userId, userId));
-    const adapterRows = await this.db.select({ key: adapters.fileKey }).from(adapters).where(eq(adapters.userId, userId));
+    const adapterRows = await this.db
+      .select({ key: adapters.fileKey, samples: adapters.sampleKeys })
+      .from(adapters)
+      .where(eq(adapters.userId, userId));
     const generationRows = await this.db
       .select({ control: generations.controlKey, outputs: generations.outputKeys })
       .from(generations)
       .where(eq(generations.userId, userId));
     const keys = [
       ...photoRows.flatMap((r) => [r.a, r.b]),
-      ...adapterRows.flatMap((r) => (r.key ? [r.key] : [])),
+      ...adapterRows.flatMap((r) => [...(r.key ? [r.key] : []), ...r.samples]),
       ...generationRows.flatMap((r) => [...(r.control ? [r.control] : []), ...r.outputs]),
     ];
     // Rows first (one cascade), files after: a crash in between leaves orphan files, never rows without files.

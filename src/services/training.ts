@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { basename } from 'node:path';
 import { and, desc, eq, inArray, max } from 'drizzle-orm';
 import type { Db } from '../db/client.ts';
-import { adapters, jobs, users, type Adapter, type Job } from '../db/schema.ts';
+import { adapters, jobs, users, type Adapter, type Job, type Photo } from '../db/schema.ts';
 import type { Config } from '../config/index.ts';
 import { queueJobId, type JobQueues } from '../queue/index.ts';
 import type { EventBus } from '../events/bus.ts';
@@ -10,6 +10,7 @@ import type { TrainParams } from '../../worker/engine-client/protocol.ts';
 import type { PhotoService } from './photos.ts';
 import { jobEvent, type JobService } from './jobs.ts';
 import { UserFacingError } from './errors.ts';
+import type { VisionService } from '../vision/index.ts';
 
 export interface TrainingStarted { job: Job; adapter: Adapter; created: boolean; position: number }
 
@@ -24,6 +25,7 @@ export class TrainingService {
     private readonly events: EventBus,
     private readonly photos: PhotoService,
     private readonly jobs: JobService,
+    private readonly vision: VisionService,
     private readonly config: Config,
   ) {}
 
@@ -56,6 +58,8 @@ export class TrainingService {
         { have: photos.length, need },
       );
     }
+    const heldOut = this.vision.availability().likeness ? pickHeldOut(photos) : undefined;
+    const trained = photos.filter((p) => p !== heldOut);
     const jobId = randomUUID();
     const created = await this.db.transaction(async (tx) => {
       // Serializes a user's Train requests: a double-click waits here, then finds the first one's job.
@@ -70,7 +74,8 @@ export class TrainingService {
           version: (latest?.v ?? 0) + 1,
           baseModel: baseModelName(this.config),
           params: this.params(),
-          photoIds: photos.map((p) => p.id),
+          photoIds: trained.map((p) => p.id),
+          heldOutPhotoId: heldOut?.id,
         })
         .returning();
       const [job] = await tx
@@ -114,6 +119,16 @@ export class TrainingService {
     if (!row) return undefined;
     return { ...row, created: false, position: await this.jobs.position(row.job) };
   }
+}
+
+/**
+ * The upload kept out of training for the likeness score: the most frontal face, since the validation portraits
+ * face the camera too. None when only one photo would be left to train on.
+ */
+function pickHeldOut(photos: Photo[]): Photo | undefined {
+  if (photos.length < 2) return undefined;
+  const frontalness = (p: Photo) => -Math.abs(p.faceMeasures?.yaw ?? 1);
+  return photos.reduce((best, p) => (frontalness(p) > frontalness(best) ? p : best));
 }
 
 const openTrainingOf = (userId: string) => and(eq(jobs.userId, userId), eq(jobs.kind, 'train'), inArray(jobs.status, ['queued', 'active']));

@@ -28,6 +28,11 @@ export class UserService {
     }
   }
 
+  /** `/lang`: the language every later message to this person uses, on every linked platform. */
+  async setLocale(userId: string, locale: string): Promise<void> {
+    await this.db.update(users).set({ locale }).where(eq(users.id, userId));
+  }
+
   private async find(platform: Platform, externalId: string): Promise<User | undefined> {
     const [row] = await this.db
       .select({ user: users })

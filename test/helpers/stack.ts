@@ -24,7 +24,7 @@ export async function startStack(overrides: Record<string, string> = {}, withWor
     app,
     baseUrl: `http://127.0.0.1:${(web.server.address() as AddressInfo).port}`,
     async startWorker() {
-      stack.worker = await startWorker({ db: app.database.db, store: app.store, events: app.events, config: env.config, logger: testLogger });
+      stack.worker = await startWorker({ db: app.database.db, store: app.store, events: app.events, vision: app.vision, config: env.config, logger: testLogger });
       return stack.worker;
     },
     async close() {
