@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+from typing import TextIO
 
 # No network on the machines this runs on, and no progress bars in the log.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -11,7 +12,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 from .config import parse_config  # noqa: E402
 
 
-def _take_stdout():
+def _take_stdout() -> TextIO:
     """Keeps a private handle on the real stdout for events and points fd 1 and sys.stdout at stderr, so that
     anything a library prints ends up in the log instead of corrupting the event stream."""
     sys.stdout.flush()
@@ -22,6 +23,7 @@ def _take_stdout():
 
 
 def _quiet_libraries() -> None:
+    # Imported here, after the stdout redirect, like everything heavy.
     import diffusers
     import transformers
 
@@ -36,7 +38,7 @@ def main() -> int:
     events = _take_stdout()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_libraries()
-    from .server import run
+    from .server import run  # noqa: PLC0415 (after the redirect: libraries may print while importing)
 
     return run(config, events, sys.stdin.buffer)
 

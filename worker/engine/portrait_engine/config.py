@@ -5,11 +5,12 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 Profile = Literal["tiny", "real"]
+PROFILES = get_args(Profile)
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.
     )
     parser.add_argument(
         "--profile",
-        choices=["tiny", "real"],
+        choices=PROFILES,
         default=env.get("ENGINE_PROFILE", "tiny"),
         help="tiny: SD1.5 architectures at tiny widths with random weights (images are noise); "
         "real: SD1.5 + ControlNet folders in diffusers layout [ENGINE_PROFILE, default tiny]",
@@ -65,6 +66,8 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.
         "are refused [ENGINE_CONTROLNET]",
     )
     args = parser.parse_args(argv)
+    if args.profile not in PROFILES:  # argparse does not check defaults, which come from the environment
+        parser.error(f"ENGINE_PROFILE must be tiny or real, not {args.profile!r}")
     if args.profile == "real" and args.base_model is None:
         parser.error("--base-model (or ENGINE_BASE_MODEL) is required with --profile real")
     try:

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 32  # queued jobs beyond this are refused with "busy"
 TRAIN_PROGRESS_INTERVAL = 0.1  # seconds between training progress events (the last step is always reported)
 
-Job = TrainRequest | GenerateRequest
+JobRequest = TrainRequest | GenerateRequest
 
 
 class Emitter:
@@ -57,10 +57,10 @@ class Emitter:
                 log.warning("event dropped, stdout is closed: %s", line.strip())
 
 
-class RunningJob:
+class Job:
     """A queued or running job: its cancel flag and its progress reporting (the engine's JobContext)."""
 
-    def __init__(self, request: Job, emitter: Emitter):
+    def __init__(self, request: JobRequest, emitter: Emitter):
         self.request = request
         self.cancelled = threading.Event()
         self._emitter = emitter
@@ -88,8 +88,8 @@ class Server:
         self.engine = engine
         self.emitter = emitter
         self.max_pending = max_pending
-        self._pending: deque[RunningJob] = deque()
-        self._running: RunningJob | None = None
+        self._pending: deque[Job] = deque()
+        self._running: Job | None = None
         self._closing = False
         self._changed = threading.Condition()
         self._worker = threading.Thread(target=self._work, name="engine-worker")
@@ -126,7 +126,7 @@ class Server:
             case _:
                 self._submit(request)
 
-    def _submit(self, request: Job) -> None:
+    def _submit(self, request: JobRequest) -> None:
         refusal = None
         with self._changed:
             if any(job.request.id == request.id for job in self._jobs()):
@@ -138,7 +138,7 @@ class Server:
                     id=request.id, code="busy", message=f"{len(self._pending)} jobs are already queued; retry later"
                 )
             else:
-                self._pending.append(RunningJob(request, self.emitter))
+                self._pending.append(Job(request, self.emitter))
                 self._changed.notify()
         if refusal is not None:
             self.emitter.emit(refusal)
@@ -157,7 +157,7 @@ class Server:
             if queued:
                 self.emitter.emit(_error_event(job.request.id, Cancelled()))
 
-    def _jobs(self) -> list[RunningJob]:
+    def _jobs(self) -> list[Job]:
         return [*self._pending, *([self._running] if self._running else [])]
 
     def _work(self) -> None:
@@ -172,16 +172,22 @@ class Server:
                 self._running = None
             self.emitter.emit(outcome)
 
-    def _run(self, job: RunningJob) -> BaseModel:
+    def _run(self, job: Job) -> BaseModel:
+        request = job.request
+        log.info("%s %s: started", request.op, request.id)
         try:
-            if isinstance(job.request, TrainRequest):
-                return self.engine.train(job.request, job)
-            return self.engine.generate(job.request, job)
+            if isinstance(request, TrainRequest):
+                outcome = self.engine.train(request, job)
+            else:
+                outcome = self.engine.generate(request, job)
         except EngineError as error:
-            return _error_event(job.request.id, error)
+            log.info("%s %s: %s: %s", request.op, request.id, error.code, error.message)
+            return _error_event(request.id, error)
         except Exception as error:
-            log.exception("request %s failed", job.request.id)
-            return ErrorEvent(id=job.request.id, code="internal", message=f"{type(error).__name__}: {error}")
+            log.exception("%s %s: failed", request.op, request.id)
+            return ErrorEvent(id=request.id, code="internal", message=f"{type(error).__name__}: {error}")
+        log.info("%s %s: done in %.2f s", request.op, request.id, outcome.seconds)
+        return outcome
 
     def _close(self, cancel: bool) -> None:
         with self.emitter.lock, self._changed:

@@ -56,7 +56,8 @@ def resolve_mixed_precision(requested: MixedPrecision | None, dtype: torch.dtype
 @contextmanager
 def lora_training(models: Models, params: TrainParams, photos: torch.Tensor) -> Iterator["LoraTraining"]:
     """Adds a fresh adapter to the shared UNet for the duration of one job, then removes every LoRA layer so the
-    UNet is exactly the base model again. The caller must have unloaded any other adapters first."""
+    UNet is exactly the base model again. The caller must have unloaded any other adapters first and resolved
+    `params.mixed_precision` (see resolve_mixed_precision)."""
     unet = models.pipe.unet
     config = LoraConfig(
         r=params.rank,
@@ -146,8 +147,10 @@ class LoraTraining:
     def save(self, output: Path) -> None:
         """Writes the LoRA where `StableDiffusionPipeline.load_lora_weights(output)` reads it, atomically."""
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet, adapter_name=ADAPTER))
-        # The adapter config travels in the file's metadata, so an alpha other than the rank survives loading.
-        metadata = self.unet.peft_config[ADAPTER].to_dict()
+        # The adapter's shape travels in the file's metadata, so an alpha other than the rank survives loading.
+        # Only these fields: a full peft config dump would not load with another peft version.
+        config = self.unet.peft_config[ADAPTER]
+        metadata = {"r": config.r, "lora_alpha": config.lora_alpha, "target_modules": sorted(config.target_modules)}
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent)
         try:

@@ -9,29 +9,9 @@ from PIL import Image, ImageDraw
 
 from portrait_engine.config import EngineConfig
 from portrait_engine.engine import Engine
-from portrait_engine.errors import Cancelled
 from portrait_engine.protocol import TrainParams, TrainRequest
 
-ENGINE_DIR = Path(__file__).resolve().parents[1]
-FIXTURES = ENGINE_DIR.parents[1] / "test" / "fixtures" / "engine-protocol"
-
-# A LoRA that visibly moves the tiny model in a few steps: high learning rate, alpha twice the rank.
-QUICK_TRAIN = dict(max_steps=8, learning_rate=3e-2, rank=4, alpha=8.0, resolution=256, seed=1)
-
-
-class RecordingJob:
-    """A real JobContext: records progress and cancels itself once `cancel_at` steps are reported."""
-
-    def __init__(self, cancel_at: int | None = None):
-        self.steps: list[tuple[int, int, float | None]] = []
-        self.cancel_at = cancel_at
-
-    def check_cancel(self) -> None:
-        if self.cancel_at is not None and len(self.steps) >= self.cancel_at:
-            raise Cancelled()
-
-    def progress(self, step: int, total: int, loss: float | None = None) -> None:
-        self.steps.append((step, total, loss))
+from .support import QUICK_TRAIN, RecordingJob
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +49,8 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 @pytest.fixture(scope="session")
 def trained_lora(engine: Engine, photos: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("lora") / "user.safetensors"
-    request = TrainRequest(id="fixture", op="train", photos=photos, output=str(output), params=TrainParams(**QUICK_TRAIN))
+    request = TrainRequest(
+        id="fixture", op="train", photos=photos, output=str(output), params=TrainParams(**QUICK_TRAIN)
+    )
     engine.train(request, RecordingJob())
     return output

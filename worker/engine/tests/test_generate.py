@@ -10,7 +10,7 @@ from portrait_engine.engine import Engine
 from portrait_engine.errors import Cancelled, EngineError
 from portrait_engine.protocol import GenerateRequest
 
-from .conftest import RecordingJob
+from .support import RecordingJob
 
 
 class Generator:

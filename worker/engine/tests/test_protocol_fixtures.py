@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from portrait_engine.protocol import EVENT, REQUEST
 
-from .conftest import FIXTURES
+from .support import FIXTURES
 
 EXPECT = "_expect_error_code"
 

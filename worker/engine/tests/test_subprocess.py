@@ -14,7 +14,7 @@ from PIL import Image
 
 from portrait_engine.protocol import EVENT
 
-from .conftest import ENGINE_DIR, FIXTURES
+from .support import ENGINE_DIR, FIXTURES
 
 TIMEOUT = 120  # seconds; generous for a loaded 2-core CI machine
 LONG_TRAIN = dict(max_steps=5000, resolution=64)  # runs for minutes unless cancelled
@@ -53,7 +53,9 @@ class EngineProcess:
 
     def send(self, message: dict | str | bytes) -> int:
         """Writes one line; returns the number of events seen before it, for wait_for(after=…)."""
-        line = message if isinstance(message, bytes) else (message if isinstance(message, str) else json.dumps(message)).encode()
+        if isinstance(message, dict):
+            message = json.dumps(message)
+        line = message.encode() if isinstance(message, str) else message
         with self._arrived:
             seen = len(self.events)
         self.process.stdin.write(line + b"\n")

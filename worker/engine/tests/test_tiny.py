@@ -8,7 +8,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from portrait_engine.tiny import BASE_DIR, CONTROLNET_DIR
 
-from .conftest import ENGINE_DIR
+from .support import ENGINE_DIR
 
 
 def test_tiny_models_have_sd15_structure(engine, cache_dir: Path):
@@ -26,8 +26,9 @@ def test_tiny_models_have_sd15_structure(engine, cache_dir: Path):
     controlnet = ControlNetModel.from_pretrained(cache_dir / CONTROLNET_DIR)
     assert controlnet.config.block_out_channels == unet.config.block_out_channels
     scheduler = json.loads((base / "scheduler" / "scheduler_config.json").read_text())
-    assert (scheduler["beta_start"], scheduler["beta_end"], scheduler["beta_schedule"]) == (0.00085, 0.012, "scaled_linear")
-    assert scheduler["num_train_timesteps"] == 1000 and scheduler["prediction_type"] == "epsilon"
+    assert (scheduler["beta_start"], scheduler["beta_end"]) == (0.00085, 0.012)
+    assert (scheduler["beta_schedule"], scheduler["num_train_timesteps"]) == ("scaled_linear", 1000)
+    assert (scheduler["prediction_type"], scheduler["clip_sample"]) == ("epsilon", False)
 
 
 def test_tokenizer_is_byte_level_clip(engine, cache_dir: Path):
@@ -41,7 +42,7 @@ def test_tokenizer_is_byte_level_clip(engine, cache_dir: Path):
 
 
 def test_generation_is_deterministic_and_safe_when_processes_race(engine, cache_dir: Path, tmp_path: Path):
-    build = f"from portrait_engine.tiny import ensure_tiny_models; ensure_tiny_models(__import__('pathlib').Path({str(tmp_path)!r}))"
+    build = f"import pathlib, portrait_engine.tiny as t; t.ensure_tiny_models(pathlib.Path({str(tmp_path)!r}))"
     racers = [subprocess.Popen([sys.executable, "-c", build], cwd=ENGINE_DIR) for _ in range(2)]
     assert [racer.wait(timeout=120) for racer in racers] == [0, 0]
     assert sorted(path.name for path in tmp_path.iterdir()) == [CONTROLNET_DIR, BASE_DIR]  # no temp dirs left

@@ -15,7 +15,7 @@ from portrait_engine.protocol import TrainParams, TrainRequest
 from portrait_engine.tiny import BASE_DIR
 from portrait_engine.train import lora_training, resolve_mixed_precision
 
-from .conftest import QUICK_TRAIN, RecordingJob
+from .support import QUICK_TRAIN, RecordingJob
 
 
 def _request(photos: list[str], output: Path, **params) -> TrainRequest:
@@ -85,11 +85,14 @@ def test_train_request_writes_lora_reports_every_step_and_leaves_unet_clean(
 
 def test_same_seed_trains_the_same_lora(engine: Engine, photos, tmp_path):
     results = [
-        engine.train(_request(photos, tmp_path / f"{name}.safetensors", max_steps=2, resolution=64, seed=seed), RecordingJob())
+        engine.train(
+            _request(photos, tmp_path / f"{name}.safetensors", max_steps=2, resolution=64, seed=seed), RecordingJob()
+        )
         for name, seed in [("a", 3), ("b", 3), ("c", 4)]
     ]
     a, b, c = (safetensors.torch.load_file(result.output) for result in results)
     assert all(torch.equal(a[key], b[key]) for key in a)
+    assert not all(torch.equal(a[key], c[key]) for key in a)
     assert results[0].losses == results[1].losses != results[2].losses
 
 

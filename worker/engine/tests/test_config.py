@@ -1,0 +1,35 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from portrait_engine.config import EngineConfig, parse_config
+
+ENV = {
+    "ENGINE_PROFILE": "real",
+    "ENGINE_CACHE_DIR": "/cache",
+    "ENGINE_DEVICE": "cpu",
+    "ENGINE_BASE_MODEL": "/models/sd15",
+    "ENGINE_CONTROLNET": "/models/openpose",
+}
+
+
+def test_every_flag_falls_back_to_the_environment():
+    assert parse_config([], ENV) == EngineConfig(
+        profile="real",
+        cache_dir=Path("/cache"),
+        device=torch.device("cpu"),
+        base_model=Path("/models/sd15"),
+        controlnet=Path("/models/openpose"),
+    )
+    assert parse_config(["--profile", "tiny", "--cache-dir", "/elsewhere"], ENV).cache_dir == Path("/elsewhere")
+
+
+@pytest.mark.parametrize(
+    "argv, env",
+    [(["--profile", "real"], {}), ([], {"ENGINE_PROFILE": "huge"}), (["--device", "gpu"], {})],
+)
+def test_bad_configuration_stops_with_a_usage_error(argv, env, capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse_config(argv, env)
+    assert exit.value.code == 2 and "error:" in capsys.readouterr().err
