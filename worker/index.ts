@@ -9,9 +9,12 @@ import { RunningJobs, generateProcessor, trainProcessor, type ProcessorDeps } fr
 
 export function engineLaunch(config: Config) {
   const e = config.engine;
-  const args = ['-m', 'portrait_engine', '--profile', e.profile, '--cache-dir', e.cacheDir, '--device', e.device];
+  const args = ['-m', 'portrait_engine', '--profile', e.profile, '--cache-dir', e.cacheDir];
+  // 'auto' leaves the choice to the engine: CUDA when torch sees a GPU, else the CPU.
+  if (e.device !== 'auto') args.push('--device', e.device);
   if (e.profile === 'real') args.push('--base-model', e.baseModel!, '--controlnet', e.controlnet!);
-  return { python: e.python, args, cwd: resolve(repoRoot, 'worker/engine') };
+  // ENGINE_DEVICE in our own environment would override the engine's choice, so it is passed only as the flag.
+  return { python: e.python, args, cwd: resolve(repoRoot, 'worker/engine'), env: { ENGINE_DEVICE: undefined } };
 }
 
 export interface WorkerHandle {
