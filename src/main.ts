@@ -1,4 +1,5 @@
-// Starts the stack: migrations, the worker with its engine, and the web playground (the roles in ROLES).
+// Starts the stack: migrations, the worker with its engine, the web playground (the roles in ROLES), and the
+// Telegram / Discord adapters when their tokens are set.
 import pino from 'pino';
 import { ConfigError, loadConfig, type Config } from './config/index.ts';
 import { createApp } from './app.ts';
@@ -31,8 +32,19 @@ if (config.roles.has('web')) {
   stoppers.unshift(() => web.close());
   console.log(`\n  Portrait bot playground: ${address}/\n  Engine profile: ${config.engine.profile}${config.engine.profile === 'tiny' ? ' (random weights: images are noise)' : ''}\n`);
 }
-for (const [name, token] of [['telegram', config.telegramToken], ['discord', config.discordToken]] as const) {
-  if (token) logger.warn(`${name} token is set, but the ${name} adapter is not part of this build yet`);
+// A chat adapter runs where its role is on (the default) and its token is set. Repeated updates and final deliveries are claimed (Redis, Postgres),
+// so a restart or a second webhook process never answers twice; Telegram allows only one long-polling process.
+if (config.roles.has('telegram') && config.telegram.token) {
+  const { createTelegramBot } = await import('../bots/telegram/bot.ts');
+  const telegram = createTelegramBot(app);
+  await telegram.start();
+  stoppers.unshift(() => telegram.stop());
+}
+if (config.roles.has('discord') && config.discord.token) {
+  const { createDiscordBot } = await import('../bots/discord/bot.ts');
+  const discord = createDiscordBot(app);
+  await discord.start();
+  stoppers.unshift(() => discord.stop());
 }
 
 let stopping = false;

@@ -7,7 +7,7 @@ test('defaults give a runnable tiny-profile configuration', () => {
   assert.equal(config.engine.profile, 'tiny');
   assert.equal(config.training.resolution, 512);
   assert.equal(config.training.maxSteps, 20);
-  assert.deepEqual([...config.roles], ['web', 'worker']);
+  assert.deepEqual([...config.roles], ['web', 'worker', 'telegram', 'discord']);
 });
 
 test('one error names every bad variable', () => {

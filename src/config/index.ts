@@ -65,7 +65,8 @@ const envSchema = z.object({
   WORK_DIR: z.string().min(1).default(resolve(repoRoot, 'var/work')),
   ROLES: z
     .string()
-    .default('web,worker')
+    // Chat roles start only where their token is set, so the default runs whatever is configured.
+    .default('web,worker,telegram,discord')
     .transform((s) => s.split(',').map((r) => r.trim()).filter(Boolean))
     .pipe(z.array(z.enum(['web', 'worker', 'telegram', 'discord'])).min(1)),
   WEB_HOST: z.string().default('127.0.0.1'),

@@ -1,0 +1,51 @@
+// The Discord adapter: a gateway client whose only event is interactionCreate, over the shared conversation layer.
+import { Client, Events, GatewayIntentBits } from 'discord.js';
+import type { App } from '../../src/app.ts';
+import { Conversation } from '../shared/conversation.ts';
+import { JobNotifier } from '../shared/notifier.ts';
+import type { DiscordDeps, DiscordTarget } from './context.ts';
+import { DiscordSurface } from './surface.ts';
+import { interactionDispatcher } from './dispatcher.ts';
+
+export interface DiscordBot {
+  client: Client;
+  notifier: JobNotifier<DiscordTarget>;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface DiscordBotOptions {
+  sweepIntervalMs?: number;
+}
+
+export function createDiscordBot(app: App, options: DiscordBotOptions = {}): DiscordBot {
+  const config = app.config.discord;
+  if (!config.token) throw new Error('DISCORD_TOKEN is not set');
+  const logger = app.logger.child({ part: 'discord' });
+  // Slash commands and buttons need no privileged intents; Guilds keeps channel objects for replies.
+  const client = new Client({ intents: [GatewayIntentBits.Guilds], rest: config.apiRoot ? { api: config.apiRoot } : {} });
+  const notifier = new JobNotifier<DiscordTarget>(app, new DiscordSurface(client), {
+    editIntervalMs: app.config.chat.editIntervalMs,
+    sweepIntervalMs: options.sweepIntervalMs,
+  });
+  const deps: DiscordDeps = { app, conversation: new Conversation(app), notifier, logger };
+  const dispatch = interactionDispatcher(deps);
+  client.on(Events.InteractionCreate, (interaction) => void dispatch(interaction));
+  client.on(Events.Error, (error) => logger.error({ err: error }, 'discord client error'));
+
+  return {
+    client,
+    notifier,
+    async start() {
+      await notifier.start();
+      const ready = new Promise<void>((resolve) => client.once(Events.ClientReady, () => resolve()));
+      await client.login(config.token);
+      await ready;
+      logger.info({ user: client.user?.tag }, 'discord bot connected');
+    },
+    async stop() {
+      await client.destroy();
+      await notifier.stop();
+    },
+  };
+}

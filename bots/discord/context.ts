@@ -1,0 +1,77 @@
+// What every Discord command shares: the conversation, the notifier, and how a Reply becomes an interaction answer.
+import {
+  ActionRowBuilder, ButtonBuilder, ButtonStyle, MessageFlags,
+  type Attachment, type ButtonInteraction, type ChatInputCommandInteraction, type SlashCommandOptionsOnlyBuilder,
+} from 'discord.js';
+import type { Logger } from 'pino';
+import type { App } from '../../src/app.ts';
+import type { Conversation, IncomingFile, Person, Reply } from '../shared/conversation.ts';
+import type { JobNotifier } from '../shared/notifier.ts';
+
+/** An interaction's reply stays editable through its token for 15 minutes; we stop a minute early. */
+export const INTERACTION_TOKEN_LIFE_MS = 14 * 60 * 1000;
+
+export type DiscordTarget = { applicationId: string; token: string; channelId: string; userId: string; expiresAt: number };
+
+export interface DiscordDeps {
+  app: App;
+  conversation: Conversation;
+  notifier: JobNotifier<DiscordTarget>;
+  logger: Logger;
+}
+
+type Answerable = ChatInputCommandInteraction | ButtonInteraction;
+
+export interface SlashCommand {
+  definition: SlashCommandOptionsOnlyBuilder;
+  /** Private answers (link codes, status, the photo session) are deferred as ephemeral; portraits are public. */
+  ephemeral: boolean;
+  execute(deps: DiscordDeps, interaction: ChatInputCommandInteraction, person: Person): Promise<Reply>;
+}
+
+export async function personOf(deps: DiscordDeps, interaction: Answerable): Promise<Person> {
+  return deps.conversation.person('discord', interaction.user.id, {
+    displayName: interaction.user.globalName ?? interaction.user.username,
+    locale: interaction.locale,
+  });
+}
+
+export function components(reply: Reply) {
+  if (!reply.buttons?.length) return [];
+  const row = new ActionRowBuilder<ButtonBuilder>().addComponents(
+    reply.buttons.map((b) => new ButtonBuilder().setCustomId(b.action).setLabel(b.label).setStyle(b.danger ? ButtonStyle.Danger : b.action === 'train_now' ? ButtonStyle.Primary : ButtonStyle.Secondary)),
+  );
+  return [row];
+}
+
+/**
+ * Shows a Reply in an interaction that was deferred. A refusal is shown to the person only: a public deferral is
+ * replaced by an ephemeral follow-up. A reply that queued a job becomes its status message.
+ */
+export async function answer(deps: DiscordDeps, interaction: Answerable, person: Person, reply: Reply): Promise<void> {
+  if (reply.error && !interaction.ephemeral) {
+    await interaction.deleteReply();
+    await interaction.followUp({ content: reply.text, flags: MessageFlags.Ephemeral });
+    return;
+  }
+  await interaction.editReply({ content: reply.text, components: components(reply) });
+  if (reply.job) {
+    await deps.notifier.track(reply.job.id, person.userId, person.locale, {
+      applicationId: interaction.applicationId,
+      token: interaction.token,
+      channelId: interaction.channelId ?? '',
+      userId: interaction.user.id,
+      expiresAt: interaction.createdTimestamp + INTERACTION_TOKEN_LIFE_MS,
+    });
+  }
+}
+
+export const incomingAttachment = (attachment: Attachment): IncomingFile => ({
+  name: attachment.name,
+  size: attachment.size,
+  async download() {
+    const response = await fetch(attachment.url);
+    if (!response.ok) throw new Error(`attachment download answered ${response.status}`);
+    return Buffer.from(await response.arrayBuffer());
+  },
+});

@@ -1,0 +1,58 @@
+// The one interactionCreate handler: acknowledges at once (Discord's 3-second deadline), runs the command or button,
+// and turns any failure into an ephemeral message without internals.
+import { MessageFlags, type ButtonInteraction, type ChatInputCommandInteraction, type Interaction } from 'discord.js';
+import { translator } from '../shared/i18n/index.ts';
+import type { ButtonAction, Person } from '../shared/conversation.ts';
+import { answer, personOf, type DiscordDeps } from './context.ts';
+import { commands } from './commands/index.ts';
+
+export function interactionDispatcher(deps: DiscordDeps) {
+  const redis = deps.app.queues.connection;
+  return async (interaction: Interaction): Promise<void> => {
+    let person: Person | undefined;
+    try {
+      // A resumed gateway session can replay an event: the first process to see an interaction id claims it.
+      const key = `${deps.app.config.queuePrefix}:discord:interaction:${interaction.id}`;
+      if ((await redis.set(key, '1', 'EX', 3600, 'NX')) !== 'OK') return;
+      if (interaction.isChatInputCommand()) {
+        const command = commands.get(interaction.commandName);
+        if (!command) return;
+        // Acknowledge before any database or download work.
+        await interaction.deferReply(command.ephemeral ? { flags: MessageFlags.Ephemeral } : {});
+        person = await personOf(deps, interaction);
+        await answer(deps, interaction, person, await command.execute(deps, interaction, person));
+      } else if (interaction.isButton()) {
+        person = await onButton(deps, interaction);
+      }
+    } catch (error) {
+      deps.logger.error({ err: error, interaction: interaction.id }, 'interaction failed');
+      await apologize(interaction, (person?.t ?? translator('en'))('error.internal')).catch((e: unknown) => deps.logger.warn({ err: e }, 'could not report the failure'));
+    }
+  };
+}
+
+async function onButton(deps: DiscordDeps, interaction: ButtonInteraction): Promise<Person> {
+  const action = interaction.customId as ButtonAction;
+  const { conversation } = deps;
+  if (action === 'train_now') {
+    await interaction.deferReply({ flags: MessageFlags.Ephemeral });
+    const person = await personOf(deps, interaction);
+    await answer(deps, interaction, person, await conversation.trainNow(person));
+    return person;
+  }
+  // The question turns into the answer, so its buttons cannot be pressed twice.
+  await interaction.deferUpdate();
+  const person = await personOf(deps, interaction);
+  const reply = action === 'forget_yes' ? await conversation.forget(person) : conversation.forgetKept(person);
+  await interaction.editReply({ content: reply.text, components: [] });
+  return person;
+}
+
+async function apologize(interaction: Interaction, text: string) {
+  if (!interaction.isRepliable()) return;
+  if (!interaction.deferred && !interaction.replied) {
+    await interaction.reply({ content: text, flags: MessageFlags.Ephemeral });
+  } else {
+    await interaction.followUp({ content: text, flags: MessageFlags.Ephemeral });
+  }
+}

@@ -1,0 +1,274 @@
+// The platform-neutral conversation: what the bot answers to each command, written once for Telegram and Discord.
+// Adapters turn platform input into these calls and render the Reply they get back; they hold no logic of their own.
+import type { Logger } from 'pino';
+import type { Redis } from 'ioredis';
+import type { App } from '../../src/app.ts';
+import type { Job, JobKind, Platform } from '../../src/db/schema.ts';
+import { UserFacingError } from '../../src/services/errors.ts';
+import { knownKey, pickLocale, translator, type Locale, type MessageKey, type Params, type Translate } from './i18n/index.ts';
+
+export type ButtonAction = 'train_now' | 'forget_yes' | 'forget_no';
+export interface Button { action: ButtonAction; label: string; danger?: boolean }
+
+export interface Reply {
+  text: string;
+  buttons?: Button[];
+  /** A job was queued: the adapter sends this reply as the job's status message and hands it to the notifier. */
+  job?: { id: string; kind: JobKind };
+  /** A refusal or failure (Discord shows these only to the person). */
+  error?: boolean;
+}
+
+export interface Person {
+  userId: string;
+  platform: Platform;
+  locale: Locale;
+  t: Translate;
+}
+
+/** A file the person sent; `download` is only called once the cheap checks (size) passed. */
+export interface IncomingFile {
+  name: string;
+  size?: number;
+  /** The platform recompressed it (a Telegram "photo" rather than a file). */
+  compressed?: boolean;
+  download(): Promise<Buffer>;
+}
+
+const SESSION_TTL_S = 3600;
+const BAR_WIDTH = 10;
+
+export const progressBar = (fraction: number) => {
+  const filled = Math.max(0, Math.min(BAR_WIDTH, Math.round(fraction * BAR_WIDTH)));
+  return '▰'.repeat(filled) + '▱'.repeat(BAR_WIDTH - filled);
+};
+
+export const whatKey = (kind: JobKind): MessageKey => `what.${kind}`;
+
+export class Conversation {
+  private readonly redis: Redis;
+  readonly logger: Logger;
+
+  constructor(readonly app: App) {
+    this.redis = app.queues.connection;
+    this.logger = app.logger.child({ part: 'conversation' });
+  }
+
+  private get services() { return this.app.services; }
+  private get config() { return this.app.config; }
+
+  async person(platform: Platform, externalId: string, profile: { displayName?: string; locale?: string } = {}): Promise<Person> {
+    const user = await this.services.users.resolve(platform, externalId, { displayName: profile.displayName, locale: pickLocale(profile.locale) });
+    const locale = pickLocale(user.locale);
+    return { userId: user.id, platform, locale, t: translator(locale) };
+  }
+
+  help(p: Person): Reply {
+    const { minForTraining: min, maxPerUser: max } = this.config.photos;
+    const poseLine = p.t(p.platform === 'discord' ? 'help.pose_discord' : 'help.pose_telegram');
+    const notice = this.config.engine.profile === 'tiny' ? `\n\n${p.t('help.tiny_engine')}` : '';
+    return { text: p.t('help.body', { min, max, poseLine }) + notice };
+  }
+
+  /** `/train`: opens (or renews) the photo collection session. */
+  async openTraining(p: Person): Promise<Reply> {
+    return this.guard(p, async () => {
+      if (await this.services.training.isTraining(p.userId)) return { text: p.t('train.already') };
+      await this.redis.set(this.sessionKey(p.userId), '1', 'EX', SESSION_TTL_S);
+      const have = await this.services.photos.count(p.userId);
+      const { minForTraining: min, maxPerUser: max } = this.config.photos;
+      const text = p.t(p.platform === 'discord' ? 'train.open_discord' : 'train.open', { min, max, have });
+      return { text, buttons: have >= min ? [this.trainButton(p)] : undefined };
+    });
+  }
+
+  async collecting(userId: string): Promise<boolean> {
+    return (await this.redis.exists(this.sessionKey(userId))) === 1;
+  }
+
+  /**
+   * Checks and stores photos, answering for each what was wrong with it, then where the set stands. Outside a
+   * /train session the photos are not taken (they might have been meant for something else).
+   */
+  async addPhotos(p: Person, files: IncomingFile[], requireSession = true): Promise<Reply> {
+    return this.guard(p, async () => {
+      if (requireSession && !(await this.collecting(p.userId))) return { text: p.t('train.no_session') };
+      await this.redis.expire(this.sessionKey(p.userId), SESSION_TTL_S);
+      const lines: string[] = [];
+      for (const file of files) lines.push(await this.addOne(p, file));
+      if (files.some((f) => f.compressed) && (await this.redis.set(this.tipKey(p.userId), '1', 'EX', SESSION_TTL_S, 'NX')) === 'OK') {
+        lines.push('', p.t('train.tip_files'));
+      }
+      const total = await this.services.photos.count(p.userId);
+      const { minForTraining: min, maxPerUser: max } = this.config.photos;
+      lines.push('', p.t('photos.total', { total, min, max }));
+      if (total >= max) lines.push(p.t('photos.full', { max }));
+      else if (total >= min) lines.push(p.t('photos.enough', { max }));
+      else lines.push(p.t('photos.need_more', { more: min - total }));
+      return { text: lines.join('\n').trim(), buttons: total >= min ? [this.trainButton(p)] : undefined };
+    });
+  }
+
+  private async addOne(p: Person, file: IncomingFile): Promise<string> {
+    const maxBytes = this.config.photos.maxUploadBytes;
+    const rejected = (key: MessageKey, params: Params = {}) => p.t('photos.rejected', { name: file.name, reason: p.t(key, params) });
+    if (file.size !== undefined && file.size > maxBytes) return rejected('error.too_large_bytes', { maxMb: Math.floor(maxBytes / 1048576) });
+    let bytes: Buffer;
+    try {
+      bytes = await file.download();
+    } catch (error) {
+      this.logger.warn({ err: error, file: file.name }, 'download failed');
+      return rejected('error.download_failed');
+    }
+    const result = await this.services.photos.add(p.userId, bytes, file.name);
+    if (!result.ok) return p.t('photos.rejected', { name: file.name, reason: this.errorText(p, result.code, result.details) });
+    return p.t(result.duplicate ? 'photos.duplicate' : 'photos.accepted', { name: file.name });
+  }
+
+  /** "Train now": queues the training within the person's limits. */
+  async trainNow(p: Person): Promise<Reply> {
+    return this.guard(p, async () => {
+      if (await this.services.training.isTraining(p.userId)) return { text: p.t('train.already') };
+      const started = await this.services.limits.run(p.userId, 'train', () => this.services.training.start(p.userId));
+      await this.redis.del(this.sessionKey(p.userId), this.tipKey(p.userId));
+      return this.queued(p, started.job, started.position);
+    });
+  }
+
+  async imagine(p: Person, prompt: string): Promise<Reply> {
+    return this.guard(p, async () => {
+      if (!prompt.trim()) return { text: p.t('error.empty_prompt'), error: true };
+      const queued = await this.services.limits.run(p.userId, 'imagine', () => this.services.generation.imagine(p.userId, prompt));
+      return this.queued(p, queued.job, queued.position);
+    });
+  }
+
+  async pose(p: Person, image: IncomingFile | undefined, prompt: string): Promise<Reply> {
+    return this.guard(p, async () => {
+      if (!image) return { text: p.t('pose.usage'), error: true };
+      const maxBytes = this.config.photos.maxUploadBytes;
+      if (image.size !== undefined && image.size > maxBytes) {
+        return { text: p.t('error.too_large_bytes', { maxMb: Math.floor(maxBytes / 1048576) }), error: true };
+      }
+      // Checked before the download: no point fetching a picture for someone who has no model yet.
+      await this.services.limits.check(p.userId, 'pose');
+      if (!(await this.services.training.latestReady(p.userId))) throw new UserFacingError('no_model', 'No model yet.');
+      let bytes: Buffer;
+      try {
+        bytes = await image.download();
+      } catch (error) {
+        this.logger.warn({ err: error }, 'pose download failed');
+        return { text: p.t('error.download_failed'), error: true };
+      }
+      const text = prompt.trim() || this.config.training.instancePrompt;
+      const queued = await this.services.limits.run(p.userId, 'pose', () => this.services.generation.pose(p.userId, bytes, text));
+      return this.queued(p, queued.job, queued.position);
+    });
+  }
+
+  async status(p: Person): Promise<Reply> {
+    return this.guard(p, async () => {
+      const { minForTraining: min, maxPerUser: max } = this.config.photos;
+      const [count, ready, training, open] = await Promise.all([
+        this.services.photos.count(p.userId),
+        this.services.training.latestReady(p.userId),
+        this.services.training.isTraining(p.userId),
+        this.services.jobs.open(p.userId),
+      ]);
+      const lines = [p.t('status.photos', { count, min, max })];
+      lines.push(training ? p.t('status.model_training') : ready ? p.t('status.model_ready', { version: ready.version }) : p.t('status.model_none'));
+      if (open.length === 0) lines.push(p.t('status.no_jobs'));
+      for (const job of open) {
+        const position = await this.services.jobs.position(job);
+        const state = job.status === 'queued' ? p.t('state.queued', { position }) : p.t('state.active', { percent: Math.round(job.progress * 100) });
+        lines.push(p.t('status.job', { what: p.t(whatKey(job.kind)), state }));
+      }
+      return { text: lines.join('\n') };
+    });
+  }
+
+  async cancel(p: Person): Promise<Reply> {
+    return this.guard(p, async () => {
+      const job = await this.services.jobs.cancel(p.userId);
+      return { text: p.t('cancel.done', { what: p.t(whatKey(job.kind)) }) };
+    });
+  }
+
+  forgetAsk(p: Person): Reply {
+    return {
+      text: p.t('forget.confirm'),
+      buttons: [
+        { action: 'forget_yes', label: p.t('button.forget_yes'), danger: true },
+        { action: 'forget_no', label: p.t('button.forget_no') },
+      ],
+    };
+  }
+
+  async forget(p: Person): Promise<Reply> {
+    return this.guard(p, async () => {
+      const gone = await this.services.forget.forget(p.userId);
+      await this.redis.del(this.sessionKey(p.userId), this.tipKey(p.userId));
+      return { text: p.t('forget.done', { photos: gone.photos, adapters: gone.adapters, generations: gone.generations }) };
+    });
+  }
+
+  forgetKept(p: Person): Reply {
+    return { text: p.t('forget.kept') };
+  }
+
+  /** `/link` alone issues a code; `/link CODE` redeems one issued on the other platform. */
+  async link(p: Person, code: string): Promise<Reply> {
+    return this.guard(p, async () => {
+      if (!code.trim()) {
+        const issued = await this.services.link.issue(p.userId, p.platform);
+        return { text: p.t('link.code', { code: issued.code, minutes: issued.minutes }) };
+      }
+      await this.services.link.redeem(p.userId, p.platform, code);
+      return { text: p.t('link.done') };
+    });
+  }
+
+  async lang(p: Person, choice: string): Promise<Reply> {
+    return this.guard(p, async () => {
+      const wanted = choice.trim().toLowerCase();
+      if (!wanted || pickLocale(wanted) !== wanted.split(/[-_]/)[0]) return { text: p.t('lang.usage') };
+      const locale = pickLocale(wanted);
+      await this.services.users.setLocale(p.userId, locale);
+      return { text: translator(locale)('lang.set') };
+    });
+  }
+
+  /** The text for a service error code in the person's language (English service text only as a last resort). */
+  errorText(p: Person, code: string, details: Params = {}): string {
+    const { minForTraining: min, maxPerUser: max } = this.config.photos;
+    const params: Params = { min, max, ...details };
+    if (code === 'too_large_bytes') params.maxMb = Math.floor(this.config.photos.maxUploadBytes / 1048576);
+    if (code === 'not_enough_photos') params.more = Number(details.need ?? min) - Number(details.have ?? 0);
+    const key = knownKey(`error.${code}`);
+    return key ? p.t(key, params) : p.t('error.internal');
+  }
+
+  private trainButton(p: Person): Button {
+    return { action: 'train_now', label: p.t('button.train_now') };
+  }
+
+  private queued(p: Person, job: Job, position: number): Reply {
+    const what = p.t(whatKey(job.kind));
+    const text = job.status === 'queued' && position > 0 ? p.t('progress.queued', { what, position }) : p.t('progress.starting', { what });
+    return { text, job: { id: job.id, kind: job.kind } };
+  }
+
+  /** Service refusals become the person's message; anything else is logged and answered without details. */
+  private async guard(p: Person, body: () => Promise<Reply>): Promise<Reply> {
+    try {
+      return await body();
+    } catch (error) {
+      if (error instanceof UserFacingError) return { text: this.errorText(p, error.code, error.details), error: true };
+      this.logger.error({ err: error, userId: p.userId }, 'command failed');
+      return { text: p.t('error.internal'), error: true };
+    }
+  }
+
+  private sessionKey(userId: string) { return `${this.config.queuePrefix}:chat:collecting:${userId}`; }
+  private tipKey(userId: string) { return `${this.config.queuePrefix}:chat:tip:${userId}`; }
+}

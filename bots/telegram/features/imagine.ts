@@ -1,0 +1,12 @@
+// /imagine <prompt>.
+import { Composer } from 'telegraf';
+import { personOf, replyTo, type TelegramDeps } from '../context.ts';
+
+export function imagineFeature(deps: TelegramDeps) {
+  const feature = new Composer();
+  feature.command('imagine', async (ctx) => {
+    await ctx.sendChatAction('typing');
+    await replyTo(deps, ctx, await deps.conversation.imagine(await personOf(deps, ctx), ctx.payload));
+  });
+  return feature;
+}

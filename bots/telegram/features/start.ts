@@ -1,0 +1,11 @@
+// /start and /help.
+import { Composer } from 'telegraf';
+import { personOf, replyTo, type TelegramDeps } from '../context.ts';
+
+export function startFeature(deps: TelegramDeps) {
+  const feature = new Composer();
+  feature.command(['start', 'help'], async (ctx) => {
+    await replyTo(deps, ctx, deps.conversation.help(await personOf(deps, ctx)));
+  });
+  return feature;
+}

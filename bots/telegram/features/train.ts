@@ -1,0 +1,53 @@
+// /train: the photo collection session. Photos and image files are checked as they come; the photos of one album
+// arrive as separate updates, so they are gathered for a moment and answered in one message.
+import { Composer, type Context, type Telegram } from 'telegraf';
+import { message } from 'telegraf/filters';
+import type { IncomingFile, Person } from '../../shared/conversation.ts';
+import { hasFile, incomingFile, personOf, replyTo, sendReply, type TelegramDeps } from '../context.ts';
+
+interface Album { person: Person; telegram: Telegram; chatId: number; items: Array<{ message: unknown }>; timer?: NodeJS.Timeout }
+
+export function trainFeature(deps: TelegramDeps) {
+  const feature = new Composer();
+  const albums = new Map<string, Album>();
+
+  const addPhotos = async (telegram: Telegram, chatId: number, person: Person, files: IncomingFile[]) => {
+    await telegram.sendChatAction(chatId, 'typing');
+    await sendReply(deps, telegram, chatId, person, await deps.conversation.addPhotos(person, files));
+  };
+
+  const flush = (key: string) => {
+    const album = albums.get(key);
+    if (!album) return;
+    albums.delete(key);
+    const files = album.items.flatMap(({ message }, n) =>
+      hasFile(message) ? [incomingFile(album.telegram, message, album.person.t('photos.photo_n', { n: n + 1 }))] : []);
+    // Runs outside any update handler (the album's updates were all answered already), so errors are ours to log.
+    addPhotos(album.telegram, album.chatId, album.person, files).catch((error: unknown) => deps.logger.error({ err: error }, 'album failed'));
+  };
+
+  feature.command('train', async (ctx) => replyTo(deps, ctx, await deps.conversation.openTraining(await personOf(deps, ctx))));
+
+  feature.on([message('photo'), message('document')], async (ctx: Context) => {
+    const msg = ctx.message!;
+    const person = await personOf(deps, ctx);
+    const groupId = 'media_group_id' in msg ? msg.media_group_id : undefined;
+    if (!groupId) {
+      await addPhotos(ctx.telegram, ctx.chat!.id, person, [incomingFile(ctx.telegram, msg as never, person.t('photos.photo'))]);
+      return;
+    }
+    const key = `${ctx.chat!.id}:${groupId}`;
+    const album = albums.get(key) ?? { person, telegram: ctx.telegram, chatId: ctx.chat!.id, items: [] };
+    albums.set(key, album);
+    album.items.push({ message: msg });
+    clearTimeout(album.timer);
+    album.timer = setTimeout(() => flush(key), deps.albumWindowMs);
+  });
+
+  feature.action('train_now', async (ctx) => {
+    await ctx.answerCbQuery();
+    await replyTo(deps, ctx, await deps.conversation.trainNow(await personOf(deps, ctx)));
+  });
+
+  return feature;
+}
