@@ -14,11 +14,16 @@ export const schedulers = ['unipc', 'dpmpp_2m_karras', 'euler_a', 'ddim'] as con
 export const lrSchedulers = ['constant', 'constant_with_warmup', 'linear', 'cosine', 'cosine_with_restarts', 'polynomial'] as const;
 export const targetModules = ['to_q', 'to_k', 'to_v', 'to_out.0', 'proj_in', 'proj_out', 'ff.net.0.proj', 'ff.net.2'] as const;
 
-export const trainParams = z.strictObject({
+export const trainModes = ['lora', 'full'] as const;
+
+// Every field, as a result reports them; requests may leave any out.
+export const trainParamsShape = z.strictObject({
+  mode: z.enum(trainModes),
   rank: z.number().int().min(1).max(128),
   alpha: z.number().gt(0).max(1024),
-  learning_rate: z.number().gt(0).max(1),
+  learning_rate: z.number().gt(0).max(1).nullable(),
   max_steps: z.number().int().min(1).max(20_000),
+  epochs: z.number().int().min(1).max(10_000).nullable(),
   batch_size: z.number().int().min(1).max(32),
   grad_accum: z.number().int().min(1).max(64),
   resolution: imageSide,
@@ -28,7 +33,17 @@ export const trainParams = z.strictObject({
   lr_scheduler: z.enum(lrSchedulers),
   lr_warmup_steps: z.number().int().min(0).max(20_000),
   target_modules: z.array(z.enum(targetModules)).min(1),
-}).partial();
+  use_8bit_adam: z.boolean(),
+  checkpoint_steps: z.number().int().min(1).max(20_000).nullable(),
+  train_text_encoder: z.boolean(),
+  class_prompt: z.string().min(1).max(1000),
+  prior_loss_weight: z.number().min(0).max(100),
+  snr_gamma: z.number().gt(0).max(100).nullable(),
+  noise_offset: z.number().min(0).max(1),
+});
+export const trainParams = trainParamsShape.partial().refine((p) => !(p.mode === 'full' && p.train_text_encoder), {
+  message: 'train_text_encoder is for lora mode; full mode trains the UNet only',
+});
 export type TrainParams = z.infer<typeof trainParams>;
 
 export const pingRequest = z.strictObject({ id: requestId, op: z.literal('ping') });
@@ -38,7 +53,11 @@ export const trainRequest = z.strictObject({
   op: z.literal('train'),
   photos: z.array(absPath).min(1).max(200),
   output: loraPath,
+  class_photos: z.array(absPath).min(1).max(1000).nullable().optional(),
+  checkpoint_dir: absPath.nullable().optional(),
   params: trainParams.optional(),
+}).refine((r) => !(r.params?.epochs != null && r.params.max_steps !== undefined), {
+  message: 'params: give max_steps or epochs, not both',
 });
 export const generateRequest = z.strictObject({
   id: requestId,
@@ -82,11 +101,14 @@ export const pingResult = result({ pong: z.literal(true), profile: z.string(), d
 export const cancelResult = result({ cancelled: z.boolean() });
 export const trainResult = result({
   output: z.string(),
+  kohya_output: z.string().optional(),
   steps: z.number().int(),
   final_loss: z.number(),
   losses: z.array(z.number()),
   seconds: z.number(),
-  params: trainParams.required(),
+  params: trainParamsShape.required(),
+  resumed_from: z.number().int().optional(),
+  warnings: z.array(z.string()).optional(),
 });
 export type TrainResult = z.infer<typeof trainResult>;
 export const generateResult = result({ images: z.array(z.string()).min(1), seed, seconds: z.number() });

@@ -4,6 +4,7 @@ import random
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Protocol
 
 import diffusers
@@ -11,12 +12,16 @@ import peft
 import torch
 import transformers
 
+from .checkpoint import Checkpoints, default_folder, fingerprint
 from .config import EngineConfig
 from .generate import LoraCache, generate
 from .images import load_photos, open_rgb, save_pngs
 from .models import load_models
 from .protocol import MAX_SEED, GenerateRequest, GenerateResult, PongResult, TrainRequest, TrainResult
-from .train import lora_training, resolve_mixed_precision
+from .train import Training, resolve_params, training_session
+
+# Called after every optimizer step with the job's live state (the experiment runner samples images from it).
+StepObserver = Callable[[Training], None]
 
 
 class JobContext(Protocol):
@@ -49,30 +54,53 @@ class Engine:
             },
         )
 
-    def train(self, request: TrainRequest, ctx: JobContext) -> TrainResult:
+    def train(self, request: TrainRequest, ctx: JobContext, observer: StepObserver | None = None) -> TrainResult:
         started = time.monotonic()
-        params = request.params.model_copy(
-            update={"mixed_precision": resolve_mixed_precision(request.params.mixed_precision, self.models.dtype)}
+        models = self.models
+        photos = load_photos(request.photos, request.params.resolution)
+        class_photos = load_photos(request.class_photos, request.params.resolution) if request.class_photos else None
+        params = resolve_params(
+            request.params, models.dtype, self.config.profile, len(photos), 0 if class_photos is None else len(class_photos)
         )
-        photos = load_photos(request.photos, params.resolution)
-        losses: list[float] = []
+        checkpoints = None
+        if params.checkpoint_steps is not None:
+            folder = Path(request.checkpoint_dir) if request.checkpoint_dir else default_folder(Path(request.output))
+            job = fingerprint(
+                params, request.photos, request.class_photos or [], models.base_hash, str(models.device), str(models.dtype)
+            )
+            checkpoints = Checkpoints(folder, job)
         with self._job_lock:
             self.loras.clear()
-            with lora_training(self.models, params, photos) as training:
-                for step in range(1, params.max_steps + 1):
+            with training_session(models, params, photos, class_photos) as training:
+                resumed_from = None
+                if checkpoints is not None and (state := checkpoints.latest()) is not None:
+                    training.load_state_dict(state)
+                    resumed_from = training.step_count
+                while training.step_count < params.max_steps:
                     ctx.check_cancel()
-                    losses.append(training.step())
-                    ctx.progress(step, params.max_steps, losses[-1])
+                    loss = training.step()
+                    ctx.progress(training.step_count, params.max_steps, loss)
+                    if observer is not None:
+                        observer(training)
+                    if checkpoints is not None and training.step_count % params.checkpoint_steps == 0 \
+                            and training.step_count < params.max_steps:
+                        checkpoints.save(training.state_dict(), training.save_lora)
                 ctx.check_cancel()
-                training.save(Path(request.output))
+                kohya = training.save(Path(request.output))
+                losses, warnings = training.losses, training.warnings
+        if checkpoints is not None:
+            checkpoints.clear()
         return TrainResult(
             id=request.id,
             output=request.output,
+            kohya_output=None if kohya is None else str(kohya),
             steps=len(losses),
             final_loss=losses[-1],
             losses=losses,
             seconds=time.monotonic() - started,
             params=params,
+            resumed_from=resumed_from,
+            warnings=warnings,
         )
 
     def generate(self, request: GenerateRequest, ctx: JobContext) -> GenerateResult:

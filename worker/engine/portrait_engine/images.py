@@ -40,8 +40,17 @@ def photo_tensor(image: Image.Image, size: int) -> torch.Tensor:
 
 
 def load_photos(paths: Sequence[str], size: int) -> torch.Tensor:
-    """All training photos as one (n, 3, size, size) batch; a missing or unreadable photo fails before training."""
-    return torch.stack([photo_tensor(open_rgb(path), size) for path in paths])
+    """All training photos as one (n, 3, size, size) batch; a missing, unreadable or too small photo fails before
+    training. Too small: a shorter side below `size`, which would be upscaled, i.e. trained below the resolution."""
+    tensors = []
+    for path in paths:
+        image = open_rgb(path)
+        if min(image.size) < size:
+            raise EngineError(
+                "bad_request", f"photo {path} is {image.width}x{image.height}, smaller than the resolution {size}"
+            )
+        tensors.append(photo_tensor(image, size))
+    return torch.stack(tensors)
 
 
 def save_pngs(images: Sequence[Image.Image], folder: Path) -> list[str]:

@@ -1,5 +1,7 @@
 """Loads the base model once per process; requests derive what they need from it."""
 
+import functools
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -7,6 +9,7 @@ from pathlib import Path
 
 import torch
 from diffusers import ControlNetModel, StableDiffusionPipeline
+from diffusers.models.attention_processor import AttnProcessor2_0
 
 from .config import EngineConfig
 from .errors import EngineError
@@ -21,6 +24,13 @@ class Models:
     controlnet: ControlNetModel | None
     device: torch.device
     dtype: torch.dtype
+    # The folder the pipeline was loaded from: full-UNet training reloads the UNet from it in float32.
+    base_path: Path
+
+    @property
+    def base_hash(self) -> str:
+        """sha256 over the base model's weight files, recorded in every trained file's metadata."""
+        return _folder_hash(self.base_path)
 
 
 _lock = threading.Lock()
@@ -58,4 +68,22 @@ def _load(base: Path, controlnet: Path | None, device: torch.device, dtype: torc
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, cn):
         if module is not None:
             module.requires_grad_(False).eval()
-    return Models(pipe=pipe, controlnet=cn, device=device, dtype=dtype)
+    # Memory-efficient attention always: PyTorch's scaled_dot_product_attention (flash / memory-efficient kernels
+    # on CUDA), set explicitly so that no loaded config can fall back to the quadratic-memory processor.
+    for module in (pipe.unet, pipe.vae, cn):
+        if module is not None:
+            module.set_attn_processor(AttnProcessor2_0())
+    return Models(pipe=pipe, controlnet=cn, device=device, dtype=dtype, base_path=base)
+
+
+@functools.cache
+def _folder_hash(folder: Path) -> str:
+    total = hashlib.sha256()
+    weights = sorted(p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
+    for path in weights:
+        digest = hashlib.sha256()
+        with path.open("rb") as file:
+            while chunk := file.read(1 << 24):
+                digest.update(chunk)
+        total.update(f"{path.relative_to(folder).as_posix()}:{digest.hexdigest()}\n".encode())
+    return total.hexdigest()

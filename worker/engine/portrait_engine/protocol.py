@@ -7,11 +7,13 @@ fixtures in test/fixtures/engine-protocol/.
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 
 ErrorCode = Literal["bad_request", "not_found", "cancelled", "busy", "internal"]
 SchedulerName = Literal["unipc", "dpmpp_2m_karras", "euler_a", "ddim"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
+TrainMode = Literal["lora", "full"]
+LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
 # UNet linear layers a LoRA may target (attention projections first; the rest are the other nn.Linear in its blocks).
 TargetModule = Literal["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 
@@ -60,33 +62,70 @@ class CancelRequest(_Request):
 
 
 class TrainParams(_Strict):
-    """DreamBooth-LoRA hyper-parameters; defaults are those of the seed experiments."""
+    """DreamBooth hyper-parameters, each with the meaning of diffusers' examples/dreambooth scripts; defaults are those
+    of the seed experiments. None means "the engine decides" and the result reports what it chose."""
 
+    # lora: a LoRA on the UNet (train_dreambooth_lora.py). full: every UNet weight (train_dreambooth.py), an
+    # operator's tool: the output is the whole UNet.
+    mode: TrainMode = "lora"
     rank: int = Field(4, ge=1, le=128)
     alpha: float = Field(4.0, gt=0, le=1024)
-    learning_rate: float = Field(1e-4, gt=0, le=1)
+    # None: the seed's 1e-4 for lora, 5e-6 for full.
+    learning_rate: float | None = Field(None, gt=0, le=1)
+    # Optimizer steps. `epochs` instead counts passes over the photos; give one or the other.
     max_steps: int = Field(400, ge=1, le=20_000)
+    epochs: int | None = Field(None, ge=1, le=10_000)
     batch_size: int = Field(1, ge=1, le=32)
     grad_accum: int = Field(2, ge=1, le=64)
+    # Photos are never upscaled to it: a photo whose shorter side is below it is refused.
     resolution: ImageSide = 512
     # None means the engine's default for the dtype the base model was loaded in ("no" for float32, else that dtype).
     mixed_precision: MixedPrecision | None = None
     seed: Seed = 0
     instance_prompt: str = Field("a photo of sks person", min_length=1, max_length=1000)
-    lr_scheduler: Literal[
-        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
-    ] = "constant"
+    lr_scheduler: LrScheduler = "constant"
     lr_warmup_steps: int = Field(0, ge=0, le=20_000)
     target_modules: list[TargetModule] = Field(
         default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1
     )
+    # bitsandbytes' AdamW8bit; where bitsandbytes is missing, AdamW with a warning in the result.
+    use_8bit_adam: bool = False
+    # Save a resumable checkpoint every N optimizer steps (seed: 200 for LoRA, 1000 for full).
+    checkpoint_steps: int | None = Field(None, ge=1, le=20_000)
+    # lora mode only: a LoRA on the text encoder's attention too, with the same rank and alpha.
+    train_text_encoder: bool = False
+    # Prior preservation (used when the request has class_photos).
+    class_prompt: str = Field("a photo of a person", min_length=1, max_length=1000)
+    prior_loss_weight: float = Field(1.0, ge=0, le=100)
+    # Min-SNR loss weighting (https://arxiv.org/abs/2303.09556; the seed's 5.0), and offset noise (the reference's
+    # --offset_noise is 0.1). Off by default.
+    snr_gamma: float | None = Field(None, gt=0, le=100)
+    noise_offset: float = Field(0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainParams":
+        if self.mode == "full" and self.train_text_encoder:
+            raise ValueError("train_text_encoder is for lora mode; full mode trains the UNet only")
+        return self
 
 
 class TrainRequest(_Request):
     op: Literal["train"]
     photos: list[AbsPath] = Field(min_length=1, max_length=200)
     output: LoraPath
+    # Prior preservation: generic photos of the class (e.g. other people), trained with params.class_prompt.
+    class_photos: list[AbsPath] | None = Field(None, min_length=1, max_length=1000)
+    # Where checkpoints go (default: beside output, "<output>.checkpoints"). A request whose folder holds a checkpoint
+    # of the same job (same photos, parameters and base model) resumes from it.
+    checkpoint_dir: AbsPath | None = None
     params: TrainParams = Field(default_factory=TrainParams)
+
+    @model_validator(mode="after")
+    def _one_length(self) -> "TrainRequest":
+        # Checked on the request only: a result reports both, the max_steps the epochs came to.
+        if self.params.epochs is not None and "max_steps" in self.params.model_fields_set:
+            raise ValueError("params: give max_steps or epochs, not both")
+        return self
 
 
 class GenerateRequest(_Request):
@@ -149,11 +188,17 @@ class CancelResult(_Event):
 class TrainResult(_Event):
     event: Literal["result"] = "result"
     output: str
+    # The same LoRA in kohya's format, for A1111 and ComfyUI (lora mode only).
+    kohya_output: str | None = Field(None, exclude_if=lambda path: path is None)
     steps: int
     final_loss: float
     losses: list[float]
     seconds: float
     params: TrainParams
+    # The optimizer step of the checkpoint this run resumed from.
+    resumed_from: int | None = Field(None, exclude_if=lambda step: step is None)
+    # Things the caller asked for that the engine could not do exactly (e.g. 8-bit Adam without bitsandbytes).
+    warnings: list[str] = Field(default_factory=list, exclude_if=lambda warnings: not warnings)
 
 
 class GenerateResult(_Event):

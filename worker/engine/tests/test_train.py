@@ -13,7 +13,7 @@ from portrait_engine.errors import Cancelled, EngineError
 from portrait_engine.images import load_photos, photo_tensor
 from portrait_engine.protocol import TrainParams, TrainRequest
 from portrait_engine.tiny import BASE_DIR
-from portrait_engine.train import lora_training, resolve_mixed_precision
+from portrait_engine.train import resolve_mixed_precision, resolve_params, training_session
 
 from .support import QUICK_TRAIN, RecordingJob
 
@@ -39,8 +39,8 @@ def base_state(engine: Engine) -> dict[str, torch.Tensor]:
 
 
 def test_training_moves_lora_from_init_and_lowers_loss_on_a_fixed_batch(engine: Engine, photos, base_state):
-    params = TrainParams(**QUICK_TRAIN, mixed_precision="no")
-    with lora_training(engine.models, params, load_photos(photos, params.resolution)) as training:
+    params = resolve_params(TrainParams(**QUICK_TRAIN, mixed_precision="no"), torch.float32, "tiny", len(photos))
+    with training_session(engine.models, params, load_photos(photos, params.resolution)) as training:
         lora = {name: p for name, p in training.unet.named_parameters() if p.requires_grad}
         initial = {name: p.detach().clone() for name, p in lora.items()}
         # The same latents, noise and timesteps before and after, so the difference is the LoRA's doing.
@@ -77,7 +77,10 @@ def test_train_request_writes_lora_reports_every_step_and_leaves_unet_clean(
     assert result.losses == [loss for _, _, loss in job.steps] and result.final_loss == result.losses[-1]
     assert [(step, total) for step, total, _ in job.steps] == [(1, 3), (2, 3), (3, 3)]
     assert result.params.mixed_precision == "no" and result.params.rank == 4 and result.seconds > 0
-    assert list(output.parent.iterdir()) == [output]  # no temp file left beside it
+    assert result.params.learning_rate == 1e-4  # the seed's LoRA default, reported
+    kohya = output.with_name("user.kohya.safetensors")
+    assert result.kohya_output == str(kohya)
+    assert sorted(output.parent.iterdir()) == [kohya, output]  # no temp file left beside them
     weights = safetensors.torch.load_file(output)
     assert weights and all(key.startswith("unet.") and "lora" in key for key in weights)
     _assert_unet_is_base(engine, base_state)
