@@ -7,6 +7,7 @@ test('defaults give a runnable tiny-profile configuration', () => {
   assert.equal(config.engine.profile, 'tiny');
   assert.equal(config.training.resolution, 512);
   assert.equal(config.training.maxSteps, 20);
+  assert.equal(config.likeness.samples, 4, 'every validation prompt × seed');
   assert.deepEqual([...config.roles], ['web', 'worker', 'telegram', 'discord']);
 });
 

@@ -92,8 +92,15 @@ describe('Telegram', () => {
     emulator.pressButton(anna, enough.message_id, 'train_now');
     const status = await botSays(anna, /Training/, mark, 'the training status message');
     const ready = await emulator.waitFor(() => /version 1\) is ready/.test(status.text!) && status, 'the status message to say ready', 120_000);
-    assert.equal(emulator.botMessages(anna.id).filter((m) => m.message_id > mark).length, 1, 'progress edits one message, never posts new ones');
+    assert.equal(emulator.botMessages(anna.id).filter((m) => m.message_id > mark && !m.photo).length, 1, 'progress edits one message, never posts new ones');
     assert.ok(ready.edits.length >= 1);
+    // Then the validation samples arrive as one album, captioned with the likeness (not measured without face models).
+    const samples = await emulator.waitFor(() => {
+      const album = emulator.botMessages(anna.id).filter((m) => m.message_id > mark && m.photo);
+      return album.length === stack.env.config.likeness.samples && album;
+    }, 'the sample album');
+    assert.match(samples[0]!.caption!, /Sample portraits from your new model \(likeness is not measured here/);
+    assert.equal(new Set(samples.map((m) => m.media_group_id)).size, 1, 'one album');
     const [adapter] = await stack.app.database.db.select().from(adapters).where(eq(adapters.userId, (await userId(anna))!));
     assert.equal(adapter!.status, 'ready');
     assert.equal(emulator.callsOf('answerCallbackQuery').length, 1);

@@ -13,7 +13,7 @@ import type { GenerateJobData, TrainJobData } from '../src/queue/index.ts';
 import { jobEvent } from '../src/services/jobs.ts';
 import type { Config } from '../src/config/index.ts';
 import { EngineError, type EngineSupervisor } from './engine-client/supervisor.ts';
-import type { GenerateRequest, ProgressEvent, TrainParams } from './engine-client/protocol.ts';
+import type { ProgressEvent, TrainParams } from './engine-client/protocol.ts';
 import type { VisionService } from '../src/vision/index.ts';
 
 export interface ProcessorDeps {
@@ -264,33 +264,31 @@ export function generateProcessor(deps: ProcessorDeps, running: RunningJobs) {
   });
 }
 
-/** Sample portraits from the new LoRA: the fixed validation prompts × seeds of the config, stored as blobs. */
+/** Sample portraits from the new LoRA: the config's validation prompts × seeds (the first `samples` pairs). */
 async function sampleValidationSet(deps: ProcessorDeps, run: JobRun, lora: string, workDir: string) {
   const { config, engine, store } = deps;
   const g = config.generation;
+  const { prompts, seeds, samples } = config.likeness;
+  const pairs = prompts.flatMap((prompt) => seeds.map((seed) => ({ prompt, seed }))).slice(0, samples);
   const images: Buffer[] = [];
   const keys: string[] = [];
-  let n = 0;
-  for (const prompt of config.likeness.prompts) {
-    for (const seed of config.likeness.seeds) {
-      const request: Omit<GenerateRequest, 'op'> = {
-        id: run.nextRequest(`sample${n}`),
-        prompt,
-        negative_prompt: g.negativePrompt,
-        lora,
-        steps: g.steps,
-        guidance_scale: g.guidanceScale,
-        seed,
-        width: g.width,
-        height: g.height,
-        scheduler: g.scheduler,
-        output_dir: join(workDir, `sample${n++}`),
-      };
-      const result = await engine.generate(request);
-      for (const path of result.images) {
-        images.push(await readFile(path));
-        keys.push((await store.putFile(path, 'png')).key);
-      }
+  for (const [n, { prompt, seed }] of pairs.entries()) {
+    const result = await engine.generate({
+      id: run.nextRequest(`sample${n}`),
+      prompt,
+      negative_prompt: g.negativePrompt,
+      lora,
+      steps: g.steps,
+      guidance_scale: g.guidanceScale,
+      seed,
+      width: g.width,
+      height: g.height,
+      scheduler: g.scheduler,
+      output_dir: join(workDir, `sample${n}`),
+    });
+    for (const path of result.images) {
+      images.push(await readFile(path));
+      keys.push((await store.putFile(path, 'png')).key);
     }
   }
   return { images, keys };

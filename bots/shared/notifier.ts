@@ -4,7 +4,7 @@
 // delivery happen exactly once even with several bot processes or a restart.
 import type { Logger } from 'pino';
 import type { App } from '../../src/app.ts';
-import type { ChatTarget, JobKind, Platform } from '../../src/db/schema.ts';
+import type { Adapter, ChatTarget, JobKind, Platform } from '../../src/db/schema.ts';
 import type { JobEvent } from '../../src/events/bus.ts';
 import type { TargetAddress } from '../../src/services/chat-targets.ts';
 import { knownKey, pickLocale, translator, type Translate } from './i18n/index.ts';
@@ -160,6 +160,7 @@ export class JobNotifier<T extends TargetAddress> {
       if (job.status === 'completed' && job.kind === 'train') {
         const adapter = (await services.training.list(entry.userId)).find((a) => a.id === job.adapterId);
         await this.surface.edit(entry.target, t('done.train', { version: adapter?.version ?? 1 }));
+        if (adapter && adapter.sampleKeys.length > 0) await this.sendSamples(entry, adapter);
       } else if (job.status === 'completed') {
         const generation = view.generationId ? await services.generation.get(entry.userId, view.generationId) : undefined;
         const images = await Promise.all(view.outputKeys.map(async (key, n) => ({ data: await store.get(key), name: `portrait-${n + 1}.png` })));
@@ -180,6 +181,18 @@ export class JobNotifier<T extends TargetAddress> {
       if (retry) await services.chatTargets.unclaim(jobId);
       else this.untrack(jobId);
     }
+  }
+
+  /** The validation portraits sampled after training, captioned with the likeness score when one was measured. */
+  private async sendSamples(entry: Tracked<T>, adapter: Adapter) {
+    const { t } = entry;
+    const metrics = (adapter.metrics ?? {}) as { likeness?: { mean?: number | null }; lowLikeness?: boolean };
+    const mean = metrics.likeness?.mean;
+    const score = typeof mean === 'number' ? mean.toFixed(2) : undefined;
+    const caption = [score ? t('done.samples', { score }) : t('done.samples_unscored')];
+    if (score && metrics.lowLikeness) caption.push(t('done.low_likeness', { score }));
+    const images = await Promise.all(adapter.sampleKeys.map(async (key, n) => ({ data: await this.app.store.get(key), name: `sample-${n + 1}.png` })));
+    await this.surface.sendImages(entry.target, images, caption.join('\n'));
   }
 
   private untrack(jobId: string) {

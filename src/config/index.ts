@@ -79,6 +79,8 @@ const envSchema = z.object({
   ENGINE_CONTROLNET: z.string().optional(),
   TRAIN_MAX_STEPS: z.preprocess(emptyAsUndefined, z.coerce.number().int().positive().optional()),
   GENERATE_STEPS: z.preprocess(emptyAsUndefined, z.coerce.number().int().positive().max(100).optional()),
+  // How many validation portraits to sample after training (default: every prompt × seed in config; 0: none).
+  LIKENESS_SAMPLES: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(0).optional()),
   MIN_TRAINING_PHOTOS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).optional()),
   TELEGRAM_BOT_TOKEN: optionalText,
   TELEGRAM_API_ROOT: z.preprocess(emptyAsUndefined, z.url().default('https://api.telegram.org')),
@@ -153,7 +155,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     training: { ...d.training, maxSteps: e.TRAIN_MAX_STEPS ?? d.training.maxSteps[profile] },
     generation: { ...d.generation, steps: e.GENERATE_STEPS ?? d.generation.steps[profile] },
     queue: d.queue,
-    likeness: d.likeness,
+    likeness: { ...d.likeness, samples: e.LIKENESS_SAMPLES ?? d.likeness.prompts.length * d.likeness.seeds.length },
     telegramToken: e.TELEGRAM_BOT_TOKEN,
     discordToken: e.DISCORD_TOKEN,
     vision: { modelsDir: resolve(e.VISION_MODELS_DIR), embedder: e.FACE_EMBEDDER },

@@ -101,6 +101,7 @@ export async function createTestEnv(overrides: Record<string, string> = {}): Pro
     LOG_LEVEL: 'silent',
     TRAIN_MAX_STEPS: '4',
     GENERATE_STEPS: '2',
+    LIKENESS_SAMPLES: '2',
     ...overrides,
   });
   return {
