@@ -130,14 +130,17 @@ def generate(
 
 
 def _derive(models: Models, scheduler: SchedulerName, controlnet: bool) -> DiffusionPipeline:
-    """A per-request pipeline sharing the base modules, with its own scheduler instance."""
-    base = models.pipe
-    components = dict(scheduler=_SCHEDULERS[scheduler](base.scheduler.config), dtype=models.dtype)
+    """A per-request pipeline sharing the base modules, with its own scheduler instance.
+
+    Built with the pipeline constructors rather than `from_pipe`, which casts every module to a dtype on each call
+    (float32 unless told otherwise): a walk over the whole model per request, and a silent fp16→fp32 cast if forgotten.
+    """
+    components = {**models.pipe.components, "scheduler": _SCHEDULERS[scheduler](models.pipe.scheduler.config)}
     if controlnet:
         if models.controlnet is None:
             raise EngineError("bad_request", "this engine has no ControlNet loaded; control_image is unavailable")
-        pipe = StableDiffusionControlNetPipeline.from_pipe(base, controlnet=models.controlnet, **components)
+        pipe = StableDiffusionControlNetPipeline(**components, controlnet=models.controlnet, requires_safety_checker=False)
     else:
-        pipe = StableDiffusionPipeline.from_pipe(base, **components)
+        pipe = StableDiffusionPipeline(**components, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
