@@ -127,6 +127,7 @@ describe('Discord', () => {
     const result = await discord.waitFor(() => record.followUps.find((m) => m.attachments.length > 0), 'the pose portrait', 150_000);
     assert.match(result.content, /“dancing”/);
     await replyOf(record, /Pose portrait done/);
+    assert.equal(record.followUps.length, 1, 'no skeleton preview without the pose models');
   });
 
   test('a replayed interaction is answered once', async () => {

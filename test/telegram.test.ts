@@ -72,6 +72,7 @@ describe('Telegram', () => {
     assert.match(albumReply.text!, /Photo 1: accepted[\s\S]*Photo 2: accepted/);
     assert.match(albumReply.text!, /send photos as files/, 'compressed photos get the files tip once');
     assert.match(albumReply.text!, /Send 1 more/);
+    assert.doesNotMatch(albumReply.text!, /Your set|Before training|Expressions/, 'no coverage summary without the face models');
     assert.equal(emulator.botMessages(anna.id).filter((m) => m.message_id > mark).length, 1, 'an album is answered once, not per photo');
 
     mark = lastMessageId();
@@ -135,6 +136,7 @@ describe('Telegram', () => {
     await emulator.waitFor(() => status.text === '✅ Pose portrait done.', 'the pose to finish', 150_000);
     const photo = emulator.botMessages(anna.id).find((m) => m.message_id > mark && m.photo);
     assert.match(photo!.caption!, /“dancing”/);
+    assert.equal(emulator.botMessages(anna.id).filter((m) => m.message_id > mark && m.photo).length, 1, 'no skeleton preview without the pose models');
 
     // Two pictures this hour already (the imagine and this pose): the limit is 2.
     const reference = emulator.sendPhoto(anna, await makeSkeleton(384));

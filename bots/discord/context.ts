@@ -62,7 +62,7 @@ export async function answer(deps: DiscordDeps, interaction: Answerable, person:
       channelId: interaction.channelId ?? '',
       userId: interaction.user.id,
       expiresAt: interaction.createdTimestamp + INTERACTION_TOKEN_LIFE_MS,
-    });
+    }, reply.job.preview);
   }
 }
 

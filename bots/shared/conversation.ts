@@ -6,6 +6,7 @@ import type { App } from '../../src/app.ts';
 import type { Job, JobKind, Platform } from '../../src/db/schema.ts';
 import { UserFacingError } from '../../src/services/errors.ts';
 import { knownKey, pickLocale, translator, type Locale, type MessageKey, type Params, type Translate } from './i18n/index.ts';
+import type { OutgoingImage } from './notifier.ts';
 
 export type ButtonAction = 'train_now' | 'forget_yes' | 'forget_no';
 export interface Button { action: ButtonAction; label: string; danger?: boolean }
@@ -13,11 +14,17 @@ export interface Button { action: ButtonAction; label: string; danger?: boolean 
 export interface Reply {
   text: string;
   buttons?: Button[];
-  /** A job was queued: the adapter sends this reply as the job's status message and hands it to the notifier. */
-  job?: { id: string; kind: JobKind };
+  /**
+   * A job was queued: the adapter sends this reply as the job's status message and hands it to the notifier, which
+   * first sends the preview (the extracted /pose skeleton) when there is one.
+   */
+  job?: { id: string; kind: JobKind; preview?: Preview };
   /** A refusal or failure (Discord shows these only to the person). */
   error?: boolean;
 }
+
+/** Pictures shown with a job's status message before it runs. */
+export interface Preview { images: OutgoingImage[]; caption: string }
 
 export interface Person {
   userId: string;
@@ -36,6 +43,9 @@ export interface IncomingFile {
 }
 
 const SESSION_TTL_S = 3600;
+/** Wrong /link codes allowed per person in a window, so codes can't be guessed. */
+export const LINK_ATTEMPTS = 5;
+export const LINK_ATTEMPTS_WINDOW_MS = 10 * 60 * 1000;
 const BAR_WIDTH = 10;
 
 export const progressBar = (fraction: number) => {
@@ -105,6 +115,7 @@ export class Conversation {
       if (total >= max) lines.push(p.t('photos.full', { max }));
       else if (total >= min) lines.push(p.t('photos.enough', { max }));
       else lines.push(p.t('photos.need_more', { more: min - total }));
+      lines.push(...(await this.coverageLines(p)));
       return { text: lines.join('\n').trim(), buttons: total >= min ? [this.trainButton(p)] : undefined };
     });
   }
@@ -125,12 +136,36 @@ export class Conversation {
     return p.t(result.duplicate ? 'photos.duplicate' : 'photos.accepted', { name: file.name });
   }
 
+  /** Where the set stands (angles, framing, light) and what to add, when the face models measured the photos. */
+  private async coverageLines(p: Person): Promise<string[]> {
+    const summary = await this.services.photos.coverage(p.userId);
+    if (!summary) return [];
+    const { angles, framing } = summary;
+    const lines = ['', p.t('coverage.summary', { ...angles, ...framing })];
+    const params: Params = {
+      min: this.config.photos.minForTraining,
+      more: Math.max(0, this.config.photos.minForTraining - summary.photos),
+      side: p.t(angles.left === 0 ? 'coverage.side_left' : 'coverage.side_right'),
+    };
+    // "Send N more" is said by the photo count already.
+    const tips = summary.suggestions
+      .filter((s) => s.code !== 'more_photos')
+      .flatMap((s) => { const key = knownKey(`coverage.${s.code}`); return key ? [`• ${p.t(key, params)}`] : []; });
+    if (tips.length > 0) lines.push(p.t('coverage.title'), ...tips);
+    else if (summary.suggestions.length === 0) lines.push(p.t('coverage.good'));
+    // Said once per /train session.
+    if (summary.notMeasured.includes('expressions') && (await this.redis.set(this.noteKey(p.userId), '1', 'EX', SESSION_TTL_S, 'NX')) === 'OK') {
+      lines.push(p.t('coverage.expressions'));
+    }
+    return lines;
+  }
+
   /** "Train now": queues the training within the person's limits. */
   async trainNow(p: Person): Promise<Reply> {
     return this.guard(p, async () => {
       if (await this.services.training.isTraining(p.userId)) return { text: p.t('train.already') };
       const started = await this.services.limits.run(p.userId, 'train', () => this.services.training.start(p.userId));
-      await this.redis.del(this.sessionKey(p.userId), this.tipKey(p.userId));
+      await this.redis.del(this.sessionKey(p.userId), this.tipKey(p.userId), this.noteKey(p.userId));
       return this.queued(p, started.job, started.position);
     });
   }
@@ -162,7 +197,16 @@ export class Conversation {
       }
       const text = prompt.trim() || this.config.training.instancePrompt;
       const queued = await this.services.limits.run(p.userId, 'pose', () => this.services.generation.pose(p.userId, bytes, text));
-      return this.queued(p, queued.job, queued.position);
+      const reply = this.queued(p, queued.job, queued.position);
+      // The extracted skeleton goes back as a preview; a reference used as the skeleton as is (no pose models) does not.
+      if (queued.skeleton && queued.generation.controlKey && reply.job) {
+        try {
+          reply.job.preview = { images: [{ data: await this.app.store.get(queued.generation.controlKey), name: 'pose.png' }], caption: p.t('pose.preview') };
+        } catch (error) {
+          this.logger.warn({ err: error, jobId: queued.job.id }, 'pose preview unavailable');
+        }
+      }
+      return reply;
     });
   }
 
@@ -207,7 +251,7 @@ export class Conversation {
   async forget(p: Person): Promise<Reply> {
     return this.guard(p, async () => {
       const gone = await this.services.forget.forget(p.userId);
-      await this.redis.del(this.sessionKey(p.userId), this.tipKey(p.userId));
+      await this.redis.del(this.sessionKey(p.userId), this.tipKey(p.userId), this.noteKey(p.userId));
       return { text: p.t('forget.done', { photos: gone.photos, adapters: gone.adapters, generations: gone.generations }) };
     });
   }
@@ -223,7 +267,22 @@ export class Conversation {
         const issued = await this.services.link.issue(p.userId, p.platform);
         return { text: p.t('link.code', { code: issued.code, minutes: issued.minutes }) };
       }
-      await this.services.link.redeem(p.userId, p.platform, code);
+      const attempts = this.linkAttemptsKey(p.userId);
+      if (Number(await this.redis.get(attempts)) >= LINK_ATTEMPTS) {
+        const ms = await this.redis.pttl(attempts);
+        throw new UserFacingError('link_attempts', 'Too many wrong link codes.', { minutes: Math.max(1, Math.ceil(ms / 60_000)) }, 429);
+      }
+      try {
+        await this.services.link.redeem(p.userId, p.platform, code);
+      } catch (error) {
+        if (error instanceof UserFacingError && error.code === 'link_code_invalid') {
+          // The window starts at the first wrong code (and is set again if it somehow got lost).
+          const counted = await this.redis.multi().incr(attempts).pttl(attempts).exec();
+          if (Number(counted?.[1]?.[1]) < 0) await this.redis.pexpire(attempts, LINK_ATTEMPTS_WINDOW_MS);
+        }
+        throw error;
+      }
+      await this.redis.del(attempts);
       return { text: p.t('link.done') };
     });
   }
@@ -271,4 +330,6 @@ export class Conversation {
 
   private sessionKey(userId: string) { return `${this.config.queuePrefix}:chat:collecting:${userId}`; }
   private tipKey(userId: string) { return `${this.config.queuePrefix}:chat:tip:${userId}`; }
+  private noteKey(userId: string) { return `${this.config.queuePrefix}:chat:coverage-note:${userId}`; }
+  private linkAttemptsKey(userId: string) { return `${this.config.queuePrefix}:chat:link-attempts:${userId}`; }
 }

@@ -8,7 +8,7 @@ import type { Adapter, ChatTarget, JobKind, Platform } from '../../src/db/schema
 import type { JobEvent } from '../../src/events/bus.ts';
 import type { TargetAddress } from '../../src/services/chat-targets.ts';
 import { knownKey, pickLocale, translator, type Translate } from './i18n/index.ts';
-import { progressBar, whatKey } from './conversation.ts';
+import { progressBar, whatKey, type Preview } from './conversation.ts';
 
 export interface OutgoingImage { data: Buffer; name: string }
 
@@ -66,8 +66,13 @@ export class JobNotifier<T extends TargetAddress> {
     this.tracked.clear();
   }
 
-  /** Shows job `jobId` in `target` from now on. */
-  async track(jobId: string, userId: string, locale: string, target: T): Promise<void> {
+  /** Shows job `jobId` in `target` from now on, after its preview (the /pose skeleton) when it has one. */
+  async track(jobId: string, userId: string, locale: string, target: T, preview?: Preview): Promise<void> {
+    // Before the job is followed, so the preview always comes ahead of the result. Best-effort: the job runs anyway.
+    if (preview) {
+      await this.surface.sendImages(target, preview.images, preview.caption)
+        .catch((error: unknown) => this.logger.warn({ err: error, jobId }, 'sending the preview failed'));
+    }
     const row = await this.app.services.chatTargets.register(jobId, userId, this.surface.platform, target, locale);
     await this.follow(row);
   }

@@ -36,7 +36,7 @@ export async function sendReply(deps: TelegramDeps, telegram: Telegram, chatId: 
     ? Markup.inlineKeyboard([reply.buttons.map((b) => Markup.button.callback(b.label, b.action))])
     : undefined;
   const sent = await telegram.sendMessage(chatId, reply.text, keyboard);
-  if (reply.job) await deps.notifier.track(reply.job.id, person.userId, person.locale, { chatId, messageId: sent.message_id });
+  if (reply.job) await deps.notifier.track(reply.job.id, person.userId, person.locale, { chatId, messageId: sent.message_id }, reply.job.preview);
   return sent;
 }
 

@@ -56,6 +56,9 @@ export async function buildWebServer(app: App) {
 
   web.setErrorHandler((error, request, reply) => {
     if (error instanceof UserFacingError) {
+      // A limit says when it frees up: as Retry-After too, for scripts.
+      const { minutes, hours } = error.details;
+      if (error.status === 429 && (minutes || hours)) reply.header('retry-after', String(Number(minutes ?? 0) * 60 + Number(hours ?? 0) * 3600));
       return reply.status(error.status).send({ error: { code: error.code, message: error.message, details: error.details } });
     }
     const status = (error as { statusCode?: number }).statusCode ?? 500;
@@ -112,23 +115,42 @@ export async function buildWebServer(app: App) {
       results: results.map((r) => (r.ok ? { filename: r.filename, ok: true, duplicate: r.duplicate, faceChecked: r.faceChecked, photoId: r.photo.id } : r)),
       total: await services.photos.count(userId),
       needed: config.photos.minForTraining,
+      // Angles, framing and light of the set, and what to add; absent without the face models.
+      coverage: await services.photos.coverage(userId),
     };
   });
 
-  web.get('/api/photos', async (request) => ({ photos: await services.photos.list(userOf(request)) }));
+  web.get('/api/photos', async (request) => {
+    const userId = userOf(request);
+    const [photos, coverage] = await Promise.all([services.photos.list(userId), services.photos.coverage(userId)]);
+    return { photos, coverage };
+  });
   web.delete<{ Params: { id: string } }>('/api/photos/:id', async (request) => {
     await services.photos.remove(userOf(request), request.params.id);
     return { ok: true };
   });
 
+  // Within the person's limits, like the chat bots (src/services/limits.ts). A training already open is handed back
+  // as it is, uncounted and never refused by a limit: a double-clicked Train is one training.
+  const startTraining = async (userId: string) => {
+    if (await services.training.isTraining(userId)) return services.training.start(userId);
+    try {
+      return await services.limits.run(userId, 'train', () => services.training.start(userId));
+    } catch (error) {
+      if (error instanceof UserFacingError && error.status === 429 && (await services.training.isTraining(userId))) return services.training.start(userId);
+      throw error;
+    }
+  };
+
   web.post('/api/train', async (request, reply) => {
-    const started = await services.training.start(userOf(request));
+    const started = await startTraining(userOf(request));
     reply.status(started.created ? 202 : 200);
     return { jobId: started.job.id, adapterId: started.adapter.id, version: started.adapter.version, created: started.created, position: started.position };
   });
 
   web.post<{ Body: { prompt?: string; options?: unknown } }>('/api/imagine', async (request, reply) => {
-    const queued = await services.generation.imagine(userOf(request), request.body?.prompt ?? '', request.body?.options ?? {});
+    const userId = userOf(request);
+    const queued = await services.limits.run(userId, 'imagine', () => services.generation.imagine(userId, request.body?.prompt ?? '', request.body?.options ?? {}));
     reply.status(202);
     return { jobId: queued.job.id, generationId: queued.generation.id, position: queued.position, seed: queued.generation.seed };
   });
@@ -140,7 +162,8 @@ export async function buildWebServer(app: App) {
     if (!image) throw new UserFacingError('no_pose_image', 'Attach a pose reference image.');
     if (!image.data) throw new UserFacingError('too_large_bytes', 'The pose image is too large.');
     const options = fields.options ? (JSON.parse(fields.options) as unknown) : {};
-    const queued = await services.generation.pose(userOf(request), image.data, fields.prompt ?? '', options);
+    const userId = userOf(request);
+    const queued = await services.limits.run(userId, 'pose', () => services.generation.pose(userId, image.data!, fields.prompt ?? '', options));
     reply.status(202);
     return {
       jobId: queued.job.id,

@@ -48,7 +48,7 @@ export class LimitService {
   async check(userId: string, kind: JobKind): Promise<void> {
     const [open] = await this.db.select({ n: count() }).from(jobs).where(and(eq(jobs.userId, userId), inArray(jobs.status, ['queued', 'active'])));
     const max = this.limits.activeJobs;
-    if ((open?.n ?? 0) >= max) throw new UserFacingError('limit_active_jobs', `You already have ${max} jobs running or waiting.`, { max }, 429);
+    if ((open?.n ?? 0) >= max) throw new UserFacingError('limit_active_jobs', `You already have ${max} jobs running or waiting. Wait for one to finish, or cancel it.`, { max }, 429);
 
     const [waiting] = await this.db.select({ n: count() }).from(jobs).where(eq(jobs.status, 'queued'));
     const cap = this.limits.queueMaxWaiting;
@@ -59,9 +59,9 @@ export class LimitService {
     if (oldest === undefined) return;
     const waitMs = Math.max(0, oldest + window.ms - Date.now());
     if (window.name === 'trainings') {
-      throw new UserFacingError('limit_trainings', `You have started ${window.max} trainings today.`, { max: window.max, hours: Math.ceil(waitMs / HOUR) }, 429);
+      throw new UserFacingError('limit_trainings', `You have started ${window.max} trainings today, the daily limit. Try again in ${Math.ceil(waitMs / HOUR)} h.`, { max: window.max, hours: Math.ceil(waitMs / HOUR) }, 429);
     }
-    throw new UserFacingError('limit_generations', `You have made ${window.max} pictures in the last hour.`, { max: window.max, minutes: Math.ceil(waitMs / 60_000) }, 429);
+    throw new UserFacingError('limit_generations', `You have made ${window.max} pictures in the last hour, the hourly limit. Try again in ${Math.ceil(waitMs / 60_000)} min.`, { max: window.max, minutes: Math.ceil(waitMs / 60_000) }, 429);
   }
 
   /**

@@ -4,7 +4,7 @@ import { photos, type Photo } from '../db/schema.ts';
 import type { BlobStore } from '../storage/storage.ts';
 import { normalizeUpload, trainingCrop, ImageRejectedError } from '../images/normalize.ts';
 import type { Config } from '../config/index.ts';
-import type { VisionService } from '../vision/index.ts';
+import type { CoverageSummary, FaceMeasures, VisionService } from '../vision/index.ts';
 import { UserFacingError, isUniqueViolation, notFound } from './errors.ts';
 import { deleteUnreferencedBlobs } from './blobs.ts';
 
@@ -76,6 +76,17 @@ export class PhotoService {
 
   list(userId: string): Promise<Photo[]> {
     return this.db.select().from(photos).where(and(eq(photos.userId, userId), eq(photos.status, 'accepted'))).orderBy(asc(photos.createdAt));
+  }
+
+  /**
+   * What the set covers (angles, framing, light) and what to add before training, from the faces measured at
+   * upload. Undefined when no photo was measured (the face models are not installed).
+   */
+  async coverage(userId: string): Promise<CoverageSummary | undefined> {
+    const measured = (await this.list(userId)).flatMap((p) =>
+      p.faceMeasures ? [{ measures: p.faceMeasures as unknown as FaceMeasures, imageShortSide: Math.min(p.width, p.height) }] : []);
+    if (measured.length === 0) return undefined;
+    return this.vision.coverage(measured, this.config.photos.minForTraining);
   }
 
   async count(userId: string): Promise<number> {

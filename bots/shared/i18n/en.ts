@@ -35,6 +35,19 @@ export const en = {
   'photos.enough': 'That is enough to train. Tap “Train now”, or send more first (up to {max}).',
   'photos.full': 'You have {max} photos, the most a training uses.',
 
+  'coverage.summary': 'Your set: {frontal} facing the camera, {left} turned left, {right} turned right; {closeUp} close-ups, {wider} from further away.',
+  'coverage.title': 'Before training, add:',
+  'coverage.good': '👍 Good variety of angles, framing and light.',
+  'coverage.expressions': 'Expressions can’t be measured from photos — vary them yourself: smiling, serious, laughing.',
+  'coverage.more_photos': '{more} more photo(s): training needs at least {min}.',
+  'coverage.more_angles': 'a few photos with your head turned left and right (all of them face the camera now).',
+  'coverage.other_side': 'a photo with your head turned {side} too.',
+  'coverage.side_left': 'left',
+  'coverage.side_right': 'right',
+  'coverage.wider_shots': 'a couple of photos taken from further away (head and shoulders).',
+  'coverage.close_ups': 'a couple of close-ups of your face.',
+  'coverage.more_lighting': 'photos in different light — indoors and outdoors, or at another time of day (all have similar light now).',
+
   'button.train_now': 'Train now',
   'button.forget_yes': 'Delete everything',
   'button.forget_no': 'Keep my data',
@@ -63,6 +76,7 @@ export const en = {
   'reason.queue_unavailable': 'the job queue was unavailable.',
   'reason.internal': 'something went wrong on our side.',
 
+  'pose.preview': 'Your pose — painting you in it now…',
   'pose.usage': 'Send a photo with the caption /pose (optionally followed by a prompt), or reply /pose to a photo.',
 
   'status.photos': 'Photos: {count} (training needs {min}–{max}).',
@@ -124,6 +138,7 @@ export const en = {
   'error.limit_trainings': 'You have started {max} trainings today, the daily limit. Try again in {hours} h.',
   'error.busy': 'I am still handling your previous request — try again in a moment.',
   'error.not_found': 'That was not found.',
+  'error.link_attempts': 'Too many wrong link codes. Try again in {minutes} min — or send /link on the other platform for a new code.',
   'error.link_code_invalid': 'This link code is wrong or has expired. Send /link on the other platform for a new one.',
   'error.link_same_platform': 'Enter the code on the other platform (the one you did not get it on).',
   'error.link_already': 'These accounts are already linked.',

@@ -36,6 +36,19 @@ export const ru: Record<MessageKey, string> = {
   'photos.enough': 'Этого достаточно. Нажмите «Обучить» или сначала добавьте ещё (до {max}).',
   'photos.full': 'У вас {max} фото — больше обучение не использует.',
 
+  'coverage.summary': 'Ваш набор: {frontal} анфас, {left} с поворотом влево, {right} с поворотом вправо; крупных планов: {closeUp}, издалека: {wider}.',
+  'coverage.title': 'Перед обучением добавьте:',
+  'coverage.good': '👍 Хорошее разнообразие ракурсов, планов и освещения.',
+  'coverage.expressions': 'Выражение лица по фото не измерить — меняйте его сами: улыбка, серьёзное лицо, смех.',
+  'coverage.more_photos': 'ещё {more} фото: для обучения нужно не меньше {min}.',
+  'coverage.more_angles': 'несколько фото с головой, повёрнутой влево и вправо (сейчас на всех вы смотрите в камеру).',
+  'coverage.other_side': 'фото с головой, повёрнутой {side}.',
+  'coverage.side_left': 'влево',
+  'coverage.side_right': 'вправо',
+  'coverage.wider_shots': 'пару фото издалека (голова и плечи).',
+  'coverage.close_ups': 'пару крупных планов лица.',
+  'coverage.more_lighting': 'фото при другом освещении — в помещении и на улице или в другое время дня (сейчас свет везде похожий).',
+
   'button.train_now': 'Обучить',
   'button.forget_yes': 'Удалить всё',
   'button.forget_no': 'Оставить',
@@ -64,6 +77,7 @@ export const ru: Record<MessageKey, string> = {
   'reason.queue_unavailable': 'очередь задач была недоступна.',
   'reason.internal': 'у нас что-то сломалось.',
 
+  'pose.preview': 'Ваша поза — уже рисую вас в ней…',
   'pose.usage': 'Пришлите фото с подписью /pose (можно добавить описание) или ответьте /pose на фото.',
 
   'status.photos': 'Фото: {count} (для обучения нужно {min}–{max}).',
@@ -125,6 +139,7 @@ export const ru: Record<MessageKey, string> = {
   'error.limit_trainings': 'Сегодня вы уже запускали обучение {max} раз — это дневной лимит. Попробуйте через {hours} ч.',
   'error.busy': 'Я ещё обрабатываю ваш предыдущий запрос — попробуйте через мгновение.',
   'error.not_found': 'Не найдено.',
+  'error.link_attempts': 'Слишком много неверных кодов. Попробуйте через {minutes} мин — или отправьте /link на другой платформе, чтобы получить новый код.',
   'error.link_code_invalid': 'Код неверный или устарел. Отправьте /link на другой платформе, чтобы получить новый.',
   'error.link_same_platform': 'Введите код на другой платформе (не там, где вы его получили).',
   'error.link_already': 'Эти аккаунты уже связаны.',
