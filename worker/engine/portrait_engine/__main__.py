@@ -22,7 +22,7 @@ def _take_stdout() -> TextIO:
     return events
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     # Imported here, after the stdout redirect, like everything heavy.
     import diffusers
     import transformers
@@ -37,7 +37,7 @@ def main() -> int:
     config = parse_config()  # before the redirect, so --help prints where it is expected
     events = _take_stdout()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _quiet_libraries()
+    quiet_libraries()
     from .server import run  # noqa: PLC0415 (after the redirect: libraries may print while importing)
 
     return run(config, events, sys.stdin.buffer)

@@ -31,11 +31,9 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> EngineConfig:
-    parser = argparse.ArgumentParser(
-        prog="python -m portrait_engine",
-        description="Portrait engine: JSON-lines requests on stdin, events on stdout, logs on stderr.",
-    )
+def add_engine_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str] = os.environ) -> None:
+    """The engine's flags, each falling back to its environment variable; other commands (the experiment runner)
+    add them to their own parser so that a model is named the same way everywhere."""
     parser.add_argument(
         "--profile",
         choices=PROFILES,
@@ -65,7 +63,10 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.
         help="real profile: ControlNet openpose folder in diffusers layout; without it pose requests "
         "are refused [ENGINE_CONTROLNET]",
     )
-    args = parser.parse_args(argv)
+
+
+def engine_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> EngineConfig:
+    """The EngineConfig from arguments parsed with add_engine_arguments; inconsistent ones end in parser.error."""
     if args.profile not in PROFILES:  # argparse does not check defaults, which come from the environment
         parser.error(f"ENGINE_PROFILE must be tiny or real, not {args.profile!r}")
     if args.profile == "real" and args.base_model is None:
@@ -81,3 +82,12 @@ def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.
         base_model=args.base_model,
         controlnet=args.controlnet,
     )
+
+
+def parse_config(argv: Sequence[str] | None = None, env: Mapping[str, str] = os.environ) -> EngineConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m portrait_engine",
+        description="Portrait engine: JSON-lines requests on stdin, events on stdout, logs on stderr.",
+    )
+    add_engine_arguments(parser, env)
+    return engine_config(parser, parser.parse_args(argv))
