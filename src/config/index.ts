@@ -156,8 +156,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     generation: { ...d.generation, steps: e.GENERATE_STEPS ?? d.generation.steps[profile] },
     queue: d.queue,
     likeness: { ...d.likeness, samples: e.LIKENESS_SAMPLES ?? d.likeness.prompts.length * d.likeness.seeds.length },
-    telegramToken: e.TELEGRAM_BOT_TOKEN,
-    discordToken: e.DISCORD_TOKEN,
     vision: { modelsDir: resolve(e.VISION_MODELS_DIR), embedder: e.FACE_EMBEDDER },
     telegram: {
       token: e.TELEGRAM_BOT_TOKEN,
