@@ -97,6 +97,17 @@ test('photos → train → imagine → pose through the web API', { timeout: 300
   const tensors = Object.keys(safetensorsHeader(lora)).filter((k) => k !== '__metadata__');
   assert.ok(tensors.length > 0 && tensors.every((k) => k.startsWith('unet.') && k.includes('lora')), tensors.join());
 
+  // The person can take their LoRA elsewhere: the same file, and kohya's format for A1111 / ComfyUI.
+  const status = await client.json('/api/status');
+  const downloads = status.body.adapters[0].downloads;
+  const diffusersFile = await client.request(downloads.diffusers);
+  assert.match(diffusersFile.headers.get('content-disposition')!, /portrait-lora-v1\.safetensors/);
+  assert.deepEqual(Buffer.from(await diffusersFile.arrayBuffer()), lora);
+  const kohyaFile = Buffer.from(await (await client.request(downloads.kohya)).arrayBuffer());
+  const kohyaTensors = Object.keys(safetensorsHeader(kohyaFile)).filter((k) => k !== '__metadata__');
+  assert.ok(kohyaTensors.length > 0 && kohyaTensors.every((k) => k.startsWith('lora_unet_')), kohyaTensors.slice(0, 3).join());
+  assert.equal((await new PlaygroundClient(stack.baseUrl).request(downloads.kohya)).status, 404, 'nobody else can download it');
+
   // 3. /imagine at a requested size.
   const imagine = await client.post('/api/imagine', { prompt: 'a portrait of me as an astronaut', options: { width: 256, height: 320, seed: 7 } });
   assert.equal(imagine.status, 202, JSON.stringify(imagine.body));
@@ -132,6 +143,13 @@ test('photos → train → imagine → pose through the web API', { timeout: 300
 
   const statuses = await db.select({ status: jobs.status }).from(jobs);
   assert.deepEqual(statuses.map((s) => s.status).sort(), ['completed', 'completed', 'completed']);
+
+  // 7. /forget leaves no file behind: photos, both LoRA files, samples, the pose reference and the outputs.
+  const [trainedAdapter] = await db.select().from(adapters).where(eq(adapters.id, first.body.adapterId));
+  const files = [trainedAdapter!.fileKey!, trainedAdapter!.kohyaFileKey!, ...trainedAdapter!.sampleKeys, poseRow!.controlKey!, ...poseRow!.outputKeys, ...generation!.outputKeys];
+  assert.equal((await client.post('/api/forget')).status, 200);
+  for (const key of files) assert.ok(!(await stack.app.store.has(key)), `${key} was deleted`);
+  assert.equal((await db.select().from(adapters)).length, 0);
 });
 
 test('bad requests get clear answers', async () => {

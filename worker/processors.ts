@@ -194,12 +194,14 @@ export function trainProcessor(deps: ProcessorDeps, running: RunningJobs) {
         run.onProgress,
       );
       const stored = await store.putFile(result.output, 'safetensors');
+      const kohya = result.kohya_output ? await store.putFile(result.kohya_output, 'safetensors') : undefined;
       const samples = await sampleValidationSet(deps, run, result.output, workDir);
       const likeness = await likenessToHeldOut(deps, adapter.heldOutPhotoId, samples.images);
       const lowLikeness = likeness?.mean != null && likeness.mean < deps.config.likeness.threshold;
       await setAdapter(adapterId, {
         status: 'ready',
         fileKey: stored.key,
+        kohyaFileKey: kohya?.key ?? null,
         sampleKeys: samples.keys,
         metrics: {
           finalLoss: result.final_loss,

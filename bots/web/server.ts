@@ -94,6 +94,9 @@ export async function buildWebServer(app: App) {
         likeness: (metrics as { likeness?: { mean?: number | null } } | null)?.likeness?.mean ?? null,
         lowLikeness: (metrics as { lowLikeness?: boolean } | null)?.lowLikeness ?? false,
         sampleUrls: sampleKeys.map((_key, n) => `/api/adapters/${a.id}/samples/${n}`),
+        downloads: a.fileKey
+          ? { diffusers: `/api/adapters/${a.id}/lora`, ...(a.kohyaFileKey ? { kohya: `/api/adapters/${a.id}/lora?format=kohya` } : {}) }
+          : undefined,
       })),
       jobs,
     };
@@ -209,6 +212,15 @@ export async function buildWebServer(app: App) {
   web.get<{ Params: { id: string; n: string } }>('/api/adapters/:id/samples/:n', async (request, reply) => {
     const adapter = (await services.training.list(userOf(request))).find((a) => a.id === request.params.id);
     return sendImage(reply, adapter?.sampleKeys[Number(request.params.n)]);
+  });
+  // The person's own LoRA, to use elsewhere: diffusers/peft format, or kohya's for A1111 and ComfyUI.
+  web.get<{ Params: { id: string }; Querystring: { format?: string } }>('/api/adapters/:id/lora', async (request, reply) => {
+    const adapter = (await services.training.list(userOf(request))).find((a) => a.id === request.params.id);
+    const kohya = request.query.format === 'kohya';
+    const key = kohya ? adapter?.kohyaFileKey : adapter?.fileKey;
+    if (!adapter || !key) throw notFound('Model file');
+    const name = `portrait-lora-v${adapter.version}${kohya ? '-kohya' : ''}.safetensors`;
+    return reply.type('application/octet-stream').header('content-disposition', `attachment; filename="${name}"`).send(await store.get(key));
   });
   web.get<{ Params: { id: string } }>('/api/generations/:id/control', async (request, reply) => {
     const generation = await services.generation.get(userOf(request), request.params.id);

@@ -79,6 +79,8 @@ export const adapters = pgTable(
     /** The upload kept out of training, so the likeness score compares against a photo the model never saw. */
     heldOutPhotoId: uuid('held_out_photo_id').references(() => photos.id, { onDelete: 'set null' }),
     fileKey: text('file_key'),
+    /** The same LoRA in kohya's format, which A1111 and ComfyUI load. */
+    kohyaFileKey: text('kohya_file_key'),
     /** Sample portraits generated right after training (the likeness validation set). */
     sampleKeys: jsonb('sample_keys').$type<string[]>().notNull().default([]),
     createdAt: createdAt(),

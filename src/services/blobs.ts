@@ -21,11 +21,12 @@ export async function deleteUnreferencedBlobs(db: Db, store: BlobStore, keys: It
     .where(or(inArray(photos.storageKey, candidates), inArray(photos.cropKey, candidates)));
   for (const row of photoRows) stillUsed.add(row.a).add(row.b);
   const adapterRows = await db
-    .select({ key: adapters.fileKey, samples: adapters.sampleKeys })
+    .select({ key: adapters.fileKey, kohya: adapters.kohyaFileKey, samples: adapters.sampleKeys })
     .from(adapters)
-    .where(or(inArray(adapters.fileKey, candidates), hasAnyKey(adapters.sampleKeys, candidates)));
+    .where(or(inArray(adapters.fileKey, candidates), inArray(adapters.kohyaFileKey, candidates), hasAnyKey(adapters.sampleKeys, candidates)));
   for (const row of adapterRows) {
     if (row.key) stillUsed.add(row.key);
+    if (row.kohya) stillUsed.add(row.kohya);
     for (const key of row.samples) stillUsed.add(key);
   }
   const generationRows = await db

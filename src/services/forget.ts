@@ -24,7 +24,7 @@ export class ForgetService {
     }
     const photoRows = await this.db.select({ a: photos.storageKey, b: photos.cropKey }).from(photos).where(eq(photos.userId, userId));
     const adapterRows = await this.db
-      .select({ key: adapters.fileKey, samples: adapters.sampleKeys })
+      .select({ key: adapters.fileKey, kohya: adapters.kohyaFileKey, samples: adapters.sampleKeys })
       .from(adapters)
       .where(eq(adapters.userId, userId));
     const generationRows = await this.db
@@ -33,7 +33,7 @@ export class ForgetService {
       .where(eq(generations.userId, userId));
     const keys = [
       ...photoRows.flatMap((r) => [r.a, r.b]),
-      ...adapterRows.flatMap((r) => [...(r.key ? [r.key] : []), ...r.samples]),
+      ...adapterRows.flatMap((r) => [r.key, r.kohya, ...r.samples].filter((key): key is string => key !== null)),
       ...generationRows.flatMap((r) => [...(r.control ? [r.control] : []), ...r.outputs]),
     ];
     // Rows first (one cascade), files after: a crash in between leaves orphan files, never rows without files.

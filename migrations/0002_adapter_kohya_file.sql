@@ -1,0 +1,1 @@
+ALTER TABLE "adapters" ADD COLUMN "kohya_file_key" text;
