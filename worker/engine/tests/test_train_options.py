@@ -18,7 +18,7 @@ from safetensors import safe_open
 from portrait_engine.engine import Engine
 from portrait_engine.errors import Cancelled, EngineError
 from portrait_engine.export import read_metadata
-from portrait_engine.protocol import TrainParams, TrainRequest
+from portrait_engine.protocol import GenerateRequest, TrainParams, TrainRequest
 from portrait_engine.tiny import BASE_DIR
 from portrait_engine.train import ReferenceRandom, resolve_params
 
@@ -141,6 +141,14 @@ def test_prior_preservation_text_encoder_lora_min_snr_and_offset_noise(engine: E
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
     assert any(k.startswith("lora_te_") for k in safetensors.torch.load_file(text.kohya_output))
     assert not any("lora" in name for name, _ in engine.models.pipe.text_encoder.named_modules())
+    # Both parts load back for generation (transformers ≤ 5.23 accepts the pinned peft 0.21).
+    def generate(lora: str | None) -> np.ndarray:
+        request = GenerateRequest(id=f"g{lora}", op="generate", prompt="a photo of sks person", lora=lora, steps=2,
+                                  width=64, height=64, seed=3, output_dir=str(tmp_path / f"out-{lora is None}"))
+        return np.asarray(Image.open(engine.generate(request, RecordingJob()).images[0]), dtype=np.int16)
+
+    assert np.abs(generate(text.output) - generate(None)).max() > 0
+    assert any("lora" in name for name, _ in engine.models.pipe.text_encoder.named_modules()), "text-encoder part loaded"
 
     weighted = engine.train(
         _request(photos, tmp_path / "snr.safetensors", snr_gamma=5.0, noise_offset=0.1, **base), RecordingJob()
