@@ -95,3 +95,23 @@ describe('models download', () => {
     assert.match(logged.join('\n'), /dw-ll_ucoco_384\.onnx/);
   });
 });
+
+describe('model manifest pins', () => {
+  const opencv = (id: string) => MODEL_MANIFEST.find((e) => e.id === id)!.files[0]!;
+  const revision = (url: string) => /opencv_zoo\/raw\/([0-9a-f]{40})\//.exec(url)?.[1];
+
+  test('YuNet is pinned to the released file: the real model in ../shared has exactly the pinned digest and size', () => {
+    const real = readFileSync(join('..', 'shared', 'models', 'face_detection_yunet_2023mar.onnx'));
+    const yunet = opencv('yunet');
+    assert.equal(createHash('sha256').update(real).digest('hex'), yunet.sha256);
+    assert.equal(real.length, yunet.bytes);
+  });
+
+  test('SFace is the released float32 model (38,696,353 B), at the same opencv_zoo main commit as YuNet', () => {
+    const sface = opencv('sface');
+    assert.equal(sface.sha256, '0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79');
+    assert.equal(sface.bytes, 38_696_353);
+    assert.ok(revision(sface.url), `SFace url is pinned to a commit: ${sface.url}`);
+    assert.equal(revision(sface.url), revision(opencv('yunet').url));
+  });
+});

@@ -1,6 +1,6 @@
 // Every model file the project uses, from pinned sources. `sha256` is the published digest where one could be
-// verified (git-LFS pointers of opencv_zoo at the pinned commit); entries without one are downloaded and their
-// digest printed so it can be pinned here — until then the downloader says "not verified".
+// verified (two independent public manifests agreeing, named beside each pin); entries without one are downloaded
+// and their digest printed so it can be pinned here — until then the downloader says "not verified".
 export interface ModelFile {
   /** Path inside the models folder. */
   path: string;
@@ -17,7 +17,10 @@ export interface ModelEntry {
   files: ModelFile[];
 }
 
-const OPENCV_ZOO = 'https://github.com/opencv/opencv_zoo/raw/82b38c8f98e7b52aa171400f3e4c722352d0669f/models';
+// A commit on opencv_zoo's main that holds both released files (YuNet 2023mar and the float32 SFace 2021dec). Two
+// independent projects' manifests pin this same commit with the same two digests and sizes.
+const OPENCV_ZOO_REVISION = '47534e27c9851bb1128ccc0102f1145e27f23f98';
+const OPENCV_ZOO = `https://github.com/opencv/opencv_zoo/raw/${OPENCV_ZOO_REVISION}/models`;
 const HF = (repo: string, revision: string, file: string) => `https://huggingface.co/${repo}/resolve/${revision}/${file}`;
 const SD15 = 'stable-diffusion-v1-5/stable-diffusion-v1-5';
 const OPENPOSE = 'lllyasviel/control_v11p_sd15_openpose';
@@ -40,9 +43,11 @@ export const MODEL_MANIFEST: readonly ModelEntry[] = [
     license: 'Apache-2.0',
     files: [{
       path: 'face_recognition_sface_2021dec.onnx',
-      url: `${OPENCV_ZOO.replace('82b38c8f98e7b52aa171400f3e4c722352d0669f', 'aeee99703db82d838f6c66b90429b0468bcedeb3')}/face_recognition_sface/face_recognition_sface_2021dec.onnx`,
-      sha256: 'f6abbfff9575e3041db692c1e29d782e995191888477fd59ebc81202d99fc63b',
-      bytes: 24_227_283,
+      // The released float32 model (on main since 2022). Not the float16 build of unmerged pull request #183, whose
+      // float16 input and output src/vision/onnx.ts cannot feed.
+      url: `${OPENCV_ZOO}/face_recognition_sface/face_recognition_sface_2021dec.onnx`,
+      sha256: '0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79',
+      bytes: 38_696_353,
     }],
   },
   {
