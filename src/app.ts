@@ -9,6 +9,7 @@ import type { BlobStore } from './storage/storage.ts';
 import { UserService } from './services/users.ts';
 import { PhotoService } from './services/photos.ts';
 import { JobService } from './services/jobs.ts';
+import { JobState } from './services/job-state.ts';
 import { TrainingService } from './services/training.ts';
 import { GenerationService } from './services/generation.ts';
 import { ForgetService } from './services/forget.ts';
@@ -19,6 +20,7 @@ import { VisionService } from './vision/index.ts';
 
 export interface Services {
   users: UserService;
+  jobState: JobState;
   photos: PhotoService;
   jobs: JobService;
   training: TrainingService;
@@ -54,12 +56,13 @@ export async function createApp(config: Config, logger: Logger = pino({ level: c
   const users = new UserService(db);
   const vision = new VisionService(config.vision);
   const photos = new PhotoService(db, store, config, vision);
-  const jobs = new JobService(db, queues, events);
-  const training = new TrainingService(db, queues, events, photos, jobs, vision, config);
-  const generation = new GenerationService(db, queues, events, store, training, jobs, vision, config);
-  const forget = new ForgetService(db, store, queues, jobs);
+  const jobState = new JobState(db);
+  const jobs = new JobService(db, queues, events, jobState);
+  const training = new TrainingService(db, queues, events, photos, jobs, vision, config, jobState);
+  const generation = new GenerationService(db, queues, events, store, training, jobs, vision, config, jobState);
   const link = new LinkService(db);
   const limits = new LimitService(db, redis, config.queuePrefix, config.limits);
+  const forget = new ForgetService(db, store, queues, jobState, limits, config);
   const chatTargets = new ChatTargetService(db);
   return {
     config,
@@ -69,7 +72,7 @@ export async function createApp(config: Config, logger: Logger = pino({ level: c
     queues,
     events,
     vision,
-    services: { users, photos, jobs, training, generation, forget, link, limits, chatTargets },
+    services: { users, jobState, photos, jobs, training, generation, forget, link, limits, chatTargets },
     async close() {
       await vision.close();
       await queues.close();

@@ -132,7 +132,7 @@ describe('training', () => {
     assert.equal(rows.length, 1);
     assert.equal(rows[0]!.queueJobId, `${a.job.id}-train`);
     const queued = await app.queues.train.getJob(`${a.job.id}-train`);
-    assert.deepEqual(queued?.data, { jobId: a.job.id, userId: user.id, adapterId: a.adapter.id });
+    assert.deepEqual(queued?.data, { jobId: a.job.id, adapterId: a.adapter.id }, "the queue record carries row ids only, never the user id");
     assert.equal(queued?.opts.attempts, app.config.queue.trainAttempts);
     const [adapter] = await app.database.db.select().from(adapters).where(eq(adapters.userId, user.id));
     assert.equal(adapter!.status, 'queued');

@@ -1,11 +1,15 @@
-// The worker: one BullMQ worker per queue over one engine process, with cancel and graceful shutdown.
+// The worker: one BullMQ worker per queue over one engine process, with cancel, reconciliation of job rows with the
+// queue, and graceful shutdown.
 import { Worker } from 'bullmq';
 import { resolve } from 'node:path';
 import type { Redis } from 'ioredis';
-import { channels, queueNames, redisConnection } from '../src/queue/index.ts';
+import { JobQueues, channels, queueNames, redisConnection } from '../src/queue/index.ts';
 import { repoRoot, type Config } from '../src/config/index.ts';
+import { JobState } from '../src/services/job-state.ts';
+import { sweepExpiredLeases } from '../src/services/blobs.ts';
 import { EngineSupervisor } from './engine-client/supervisor.ts';
 import { RunningJobs, generateProcessor, trainProcessor, type ProcessorDeps } from './processors.ts';
+import { reconcileJob, reconcileJobs } from './reconcile.ts';
 
 export function engineLaunch(config: Config) {
   const e = config.engine;
@@ -17,19 +21,34 @@ export function engineLaunch(config: Config) {
   return { python: e.python, args, cwd: resolve(repoRoot, 'worker/engine'), env: { ENGINE_DEVICE: undefined } };
 }
 
+export function engineSupervisor(config: Config, logger: ProcessorDeps['logger']) {
+  return new EngineSupervisor({
+    launch: engineLaunch(config),
+    logger: logger.child({ source: 'engine' }),
+    readyTimeoutMs: config.engine.readyTimeoutMs,
+    watchdogMs: config.engine.watchdogMs,
+  });
+}
+
 export interface WorkerHandle {
   engine: EngineSupervisor;
+  /** Runs one reconciliation of open job rows with the queue now (it also runs at start and periodically). */
+  reconcile(graceMs?: number): ReturnType<typeof reconcileJobs>;
   /** Hands running jobs back to the queue, then stops the workers and the engine. */
   close(): Promise<void>;
 }
 
-export async function startWorker(deps: Omit<ProcessorDeps, 'engine'>, engine?: EngineSupervisor): Promise<WorkerHandle> {
+export async function startWorker(deps: Omit<ProcessorDeps, 'engine' | 'state'>, engine?: EngineSupervisor): Promise<WorkerHandle> {
   const { config, logger } = deps;
-  const supervisor = engine ?? new EngineSupervisor({ launch: engineLaunch(config), logger: logger.child({ part: 'engine' }) });
-  await supervisor.start();
+  const supervisor = engine ?? engineSupervisor(config, logger);
+  // An engine that fails to start is restarted with backoff; jobs wait for it instead of the worker failing.
+  await supervisor.start().catch((error: Error) => logger.error({ err: error }, 'the engine did not start; retrying'));
   const running = new RunningJobs(supervisor);
-  const full: ProcessorDeps = { ...deps, engine: supervisor };
+  const state = new JobState(deps.db);
+  const full: ProcessorDeps = { ...deps, engine: supervisor, state };
   const connection = redisConnection(config.redisUrl, true);
+  const queues = new JobQueues(config, redisConnection(config.redisUrl));
+  const reconcileDeps = { db: deps.db, state, queues, events: deps.events, logger };
   const options = { connection, prefix: config.queuePrefix, concurrency: 1 };
   // Each queue has exactly one job name and one handler; anything else is a bug, not a retry.
   const workers = [
@@ -38,24 +57,45 @@ export async function startWorker(deps: Omit<ProcessorDeps, 'engine'>, engine?: 
   ];
   for (const worker of workers) {
     worker.on('error', (error) => logger.error({ err: error, queue: worker.name }, 'worker error'));
-    worker.on('failed', (job, error) => logger.warn({ queue: worker.name, jobId: job?.id, err: error }, 'job failed'));
+    worker.on('failed', (job, error) => {
+      logger.warn({ queue: worker.name, jobId: job?.data.jobId, err: error }, 'job failed');
+      // A job BullMQ failed without running our processor (stalled too often) still has an open row.
+      const jobId = job?.data.jobId;
+      if (jobId && !running.has(jobId)) {
+        void state.get(jobId)
+          .then((row) => (row && (row.status === 'queued' || row.status === 'active') ? reconcileJob(reconcileDeps, row) : undefined))
+          .catch((err: Error) => logger.warn({ err, jobId }, 'reconciling a failed job'));
+      }
+    });
   }
   const cancelSubscriber: Redis = redisConnection(config.redisUrl, true);
   cancelSubscriber.on('message', (_channel: string, jobId: string) => {
     void running.cancel(jobId).catch((error: Error) => logger.warn({ err: error, jobId }, 'cancel failed'));
   });
   await cancelSubscriber.subscribe(channels.cancel(config.queuePrefix));
+
+  const housekeeping = async () => {
+    await reconcileJobs(reconcileDeps).catch((error: Error) => logger.warn({ err: error }, 'reconciliation failed'));
+    await sweepExpiredLeases(deps.db, deps.store).catch((error: Error) => logger.warn({ err: error }, 'lease sweep failed'));
+  };
+  await housekeeping();
+  const timer = setInterval(() => void housekeeping(), config.reconcileIntervalMs);
+  timer.unref();
   logger.info({ engine: supervisor.info }, 'worker started');
 
   return {
     engine: supervisor,
+    reconcile: (graceMs) => reconcileJobs(reconcileDeps, graceMs),
     async close() {
+      clearInterval(timer);
       running.shuttingDown = true;
       await Promise.all(workers.map((w) => w.pause(true)));
       await running.cancelAll();
       await Promise.all(workers.map((w) => w.close()));
       await supervisor.stop();
       cancelSubscriber.disconnect();
+      await queues.close();
+      await queues.connection.quit();
       await connection.quit();
     },
   };

@@ -1,16 +1,19 @@
 // The BullMQ processors: each loads its request from the database, runs it on the engine, stores the results,
-// and keeps the job row and the person informed. Every state change goes through `JobRun`.
-import { mkdir, readFile, rm } from 'node:fs/promises';
+// and keeps the job row and the person informed. Job state changes go through JobState (compare-and-set), so a
+// cancel or /forget that lands while the engine finishes wins, and what the engine made is then discarded.
+import { copyFile, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UnrecoverableError, WaitingError, type Job as QueueJob } from 'bullmq';
-import { and, eq, inArray } from 'drizzle-orm';
+import { eq, inArray } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Db } from '../src/db/client.ts';
-import { adapters, generations, jobs, photos, type Job } from '../src/db/schema.ts';
+import { adapters, generations, photos, type Job } from '../src/db/schema.ts';
 import type { BlobStore } from '../src/storage/storage.ts';
 import type { EventBus } from '../src/events/bus.ts';
 import type { GenerateJobData, TrainJobData } from '../src/queue/index.ts';
 import { jobEvent } from '../src/services/jobs.ts';
+import type { JobState } from '../src/services/job-state.ts';
+import { abandonLeased, deleteUnreferencedBlobs, putFileLeased, releaseLeases, type LeasedBlob } from '../src/services/blobs.ts';
 import type { Config } from '../src/config/index.ts';
 import { EngineError, type EngineSupervisor } from './engine-client/supervisor.ts';
 import type { ProgressEvent, TrainParams } from './engine-client/protocol.ts';
@@ -21,6 +24,7 @@ export interface ProcessorDeps {
   store: BlobStore;
   events: EventBus;
   engine: EngineSupervisor;
+  state: JobState;
   config: Config;
   logger: Logger;
   vision: VisionService;
@@ -35,6 +39,7 @@ export class RunningJobs {
 
   add(jobId: string, requestId: string) { this.byJob.set(jobId, requestId); }
   delete(jobId: string) { this.byJob.delete(jobId); }
+  has(jobId: string) { return this.byJob.has(jobId); }
 
   async cancel(jobId: string): Promise<boolean> {
     const requestId = this.byJob.get(jobId);
@@ -46,11 +51,21 @@ export class RunningJobs {
   }
 }
 
+/** The job left 'active' under the worker (cancelled, or the person's data was forgotten): drop what it made. */
+class JobWithdrawn extends Error {
+  constructor() {
+    super('the job was cancelled or forgotten while it ran');
+    this.name = 'JobWithdrawn';
+  }
+}
+
 const PROGRESS_WRITE_INTERVAL_MS = 1000;
 
-class JobRun {
+export class JobRun {
   private lastWrite = 0;
   requestId: string;
+  /** Blobs stored for this job but not yet referred to by a committed row. */
+  private readonly leased: LeasedBlob[] = [];
 
   constructor(
     private readonly deps: ProcessorDeps,
@@ -62,6 +77,8 @@ class JobRun {
     this.requestId = `${row.id}-${queueJob.attemptsMade}-${Date.now()}`;
   }
 
+  get log() { return this.deps.logger.child({ jobId: this.row.id, kind: this.row.kind, attempt: this.queueJob.attemptsMade + 1 }); }
+
   /** A fresh engine request id for the next step of this job (e.g. each sample portrait), reachable by cancel. */
   nextRequest(step: string): string {
     this.requestId = `${this.row.id}-${this.queueJob.attemptsMade}-${step}-${Date.now()}`;
@@ -70,72 +87,92 @@ class JobRun {
   }
 
   async begin(): Promise<boolean> {
-    const [row] = await this.deps.db
-      .update(jobs)
-      .set({ status: 'active', startedAt: new Date(), attempts: this.queueJob.attemptsMade + 1, error: null, errorCode: null })
-      .where(and(eq(jobs.id, this.row.id), inArray(jobs.status, ['queued', 'active'])))
-      .returning();
-    if (!row) return false; // cancelled (or finished) before a worker picked it up
+    const row = await this.deps.state.begin(this.row.id, this.queueJob.attemptsMade + 1);
+    if (!row) return false; // cancelled (or finished, or forgotten) before a worker picked it up
     this.running.add(row.id, this.requestId);
+    this.log.info('job started');
     await this.publish(row);
     return true;
   }
 
+  /** Stores an engine output under a lease: nothing can delete it before the row that refers to it commits. */
+  async store(path: string, ext: string): Promise<LeasedBlob> {
+    const blob = await putFileLeased(this.deps.db, this.deps.store, path, ext);
+    this.leased.push(blob);
+    return blob;
+  }
+
   /** Throttled: the row and the chat get at most one update a second, plus the last step. */
-  onProgress = (event: ProgressEvent) => {
+  onProgress = (event: ProgressEvent, after?: () => Promise<void>) => {
     const now = Date.now();
     if (now - this.lastWrite < PROGRESS_WRITE_INTERVAL_MS && event.step < event.total) return;
     this.lastWrite = now;
-    const progress = event.total > 0 ? event.step / event.total : 0;
-    void this.writeProgress(event, progress).catch((error: Error) => this.deps.logger.warn({ err: error }, 'progress write failed'));
+    void this.writeProgress(event).then(after).catch((error: Error) => this.log.warn({ err: error }, 'progress write failed'));
   };
 
-  private async writeProgress(event: ProgressEvent, progress: number) {
+  private async writeProgress(event: ProgressEvent) {
     await this.queueJob.updateProgress({ step: event.step, total: event.total, loss: event.loss });
-    const [row] = await this.deps.db
-      .update(jobs)
-      .set({ progress, step: event.step, totalSteps: event.total })
-      .where(and(eq(jobs.id, this.row.id), eq(jobs.status, 'active')))
-      .returning();
+    const row = await this.deps.state.progress(this.row.id, event.step, event.total);
     // The row left 'active' under us: the person cancelled and the pub/sub message may have been missed.
     if (!row) await this.running.cancel(this.row.id);
     else await this.publish(row, { loss: event.loss });
   }
 
-  async complete(extra: Parameters<typeof jobEvent>[1] = {}) {
-    const [row] = await this.deps.db
-      .update(jobs)
-      .set({ status: 'completed', progress: 1, finishedAt: new Date() })
-      .where(eq(jobs.id, this.row.id))
-      .returning();
-    await this.publish(row!, extra);
+  /**
+   * Commits the job's results with its completion, or throws JobWithdrawn (after deleting what it stored) when a
+   * cancel or /forget got there first.
+   */
+  async complete(write: Parameters<JobState['complete']>[1], extra: Parameters<typeof jobEvent>[1] = {}) {
+    const row = await this.deps.state.complete(this.row.id, write);
+    if (!row) throw new JobWithdrawn();
+    await releaseLeases(this.deps.db, this.leased.splice(0).map((b) => b.leaseId));
+    this.log.info('job completed');
+    await this.publish(row, extra);
   }
 
-  /** Maps an engine failure onto the job: cancel, retry, give up, or hand back to the queue on shutdown. */
-  async fail(error: unknown, token: string | undefined, onFinalFailure: () => Promise<void>): Promise<never | void> {
-    const { db } = this.deps;
-    if (error instanceof EngineError && (error.code === 'cancelled' || error.code === 'engine_stopped') && this.running.shuttingDown) {
-      await db.update(jobs).set({ status: 'queued', progress: 0, step: null }).where(eq(jobs.id, this.row.id));
+  /** Maps a failure onto the job: withdrawn, cancel, retry, give up, or hand back to the queue on shutdown. */
+  async fail(error: unknown, token: string | undefined): Promise<Record<string, unknown>> {
+    const { state } = this.deps;
+    await this.discardStored();
+    if (error instanceof JobWithdrawn) {
+      this.log.info('job withdrawn while it ran; its results were discarded');
+      return { withdrawn: true };
+    }
+    const stopped = error instanceof EngineError && (error.code === 'cancelled' || error.code === 'engine_stopped');
+    if (stopped && this.running.shuttingDown) {
+      await state.handBack(this.row.id);
       await this.queueJob.moveToWait(token);
+      this.log.info('job handed back to the queue for shutdown');
       throw new WaitingError();
     }
-    if (error instanceof EngineError && error.code === 'cancelled') return; // JobService already marked it
-    const retryable = error instanceof EngineError ? error.retryable : true;
+    if (error instanceof EngineError && error.code === 'cancelled') {
+      this.log.info('job cancelled');
+      await this.dropCheckpoint();
+      return { cancelled: true }; // JobState already holds the cancel
+    }
+    const retryable = error instanceof EngineError ? error.retryable : !(error instanceof UnrecoverableError);
     const lastAttempt = this.queueJob.attemptsMade + 1 >= (this.queueJob.opts.attempts ?? 1);
-    const message = error instanceof Error ? error.message : String(error);
-    const code = error instanceof EngineError ? error.code : 'internal';
+    const failure = { code: error instanceof EngineError ? error.code : 'internal', message: error instanceof Error ? error.message : String(error) };
     if (retryable && !lastAttempt) {
-      await db.update(jobs).set({ status: 'queued', errorCode: code, error: message }).where(eq(jobs.id, this.row.id));
+      const row = await state.requeue(this.row.id, failure);
+      this.log.warn({ err: error }, 'job failed; it will be retried');
+      if (row) await this.publish(row);
       throw error;
     }
-    const [row] = await db
-      .update(jobs)
-      .set({ status: 'failed', errorCode: code, error: message, finishedAt: new Date() })
-      .where(eq(jobs.id, this.row.id))
-      .returning();
-    await onFinalFailure();
+    const row = await state.fail(this.row.id, failure);
+    await this.dropCheckpoint();
+    this.log.error({ err: error }, 'job failed for good');
     if (row) await this.publish(row);
-    throw retryable ? error : new UnrecoverableError(message);
+    throw retryable ? error : new UnrecoverableError(failure.message);
+  }
+
+  private async dropCheckpoint() {
+    const key = await this.deps.state.dropCheckpoint(this.row.id);
+    if (key) await deleteUnreferencedBlobs(this.deps.db, this.deps.store, [key]);
+  }
+
+  private async discardStored() {
+    await abandonLeased(this.deps.db, this.deps.store, this.leased.splice(0)).catch((error: Error) => this.log.warn({ err: error }, 'discarding stored results failed'));
   }
 
   end() {
@@ -150,74 +187,139 @@ class JobRun {
 interface JobBody<Data> {
   /** Runs the job on the engine inside `workDir`; its return value becomes the BullMQ job's result. */
   run(run: JobRun, data: Data, workDir: string): Promise<Record<string, unknown>>;
-  /** Undoes what the job started when it fails for good (e.g. the adapter row it was filling). */
-  onFinalFailure?(data: Data): Promise<void>;
 }
+
+/** The engine's scratch folder of one job: the same for every attempt, so a retry finds its checkpoints. */
+export const jobWorkDir = (config: Config, queue: string, jobId: string) => join(config.workDir, queue, jobId);
 
 /** The lifecycle every job shares: load its row, skip it if cancelled, run it, map failures, clean up. */
 function processor<Data extends { jobId: string }>(deps: ProcessorDeps, running: RunningJobs, queue: string, body: JobBody<Data>) {
   return async (queueJob: QueueJob<Data>, token?: string) => {
-    const [row] = await deps.db.select().from(jobs).where(eq(jobs.id, queueJob.data.jobId));
+    const row = await deps.state.get(queueJob.data.jobId);
     if (!row) return { skipped: 'job row is gone (forgotten)' };
     const run = new JobRun(deps, running, row, queueJob);
     if (!(await run.begin())) return { skipped: 'cancelled before start' };
-    const workDir = join(deps.config.workDir, queue, run.requestId);
+    const workDir = jobWorkDir(deps.config, queue, row.id);
+    let handedBack = false;
     try {
       await mkdir(workDir, { recursive: true });
       return await body.run(run, queueJob.data, workDir);
     } catch (error) {
-      return await run.fail(error, token, async () => body.onFinalFailure?.(queueJob.data));
+      try {
+        return await run.fail(error, token);
+      } catch (thrown) {
+        handedBack = thrown instanceof WaitingError;
+        throw thrown;
+      }
     } finally {
       run.end();
-      await rm(workDir, { recursive: true, force: true });
+      // Kept for a retry only when the job goes back to the queue; its checkpoints are in storage anyway.
+      if (!handedBack) await rm(workDir, { recursive: true, force: true });
+    }
+  };
+}
+
+/**
+ * Uploads each new engine checkpoint of a running training to storage and records it on the job row, so an
+ * attempt on any worker resumes from it. The engine writes `checkpoint-<step>/state.pt` atomically after the
+ * step's progress event; the newest one is picked up on the following progress events.
+ */
+class CheckpointShipper {
+  private shippedStep: number;
+  private busy = false;
+
+  constructor(private readonly deps: ProcessorDeps, private readonly run: JobRun, private readonly folder: string) {
+    this.shippedStep = run.row.checkpointStep ?? 0;
+  }
+
+  /** Puts the stored checkpoint (if any) where the engine looks for it, before the engine starts. */
+  async restore(): Promise<number | undefined> {
+    const { checkpointKey, checkpointStep } = this.run.row;
+    if (!checkpointKey || !checkpointStep) return undefined;
+    try {
+      const target = join(this.folder, `checkpoint-${checkpointStep}`);
+      await mkdir(target, { recursive: true });
+      await copyFile(await this.deps.store.localPath(checkpointKey), join(target, 'state.pt'));
+      return checkpointStep;
+    } catch (error) {
+      this.run.log.warn({ err: error }, 'stored checkpoint could not be restored; training starts over');
+      return undefined;
+    }
+  }
+
+  ship = async () => {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      const steps = (await readdir(this.folder).catch(() => []))
+        .map((name) => /^checkpoint-(\d+)$/.exec(name)?.[1])
+        .filter((s): s is string => s !== undefined)
+        .map(Number);
+      const newest = Math.max(0, ...steps);
+      if (newest <= this.shippedStep) return;
+      const previous = this.run.row.checkpointKey;
+      const blob = await this.run.store(join(this.folder, `checkpoint-${newest}`, 'state.pt'), 'pt');
+      const row = await this.deps.state.checkpoint(this.run.row.id, blob.key, newest);
+      if (!row) return; // withdrawn; the lease is discarded with the job
+      this.run.row.checkpointKey = blob.key;
+      this.shippedStep = newest;
+      if (previous && previous !== blob.key) await deleteUnreferencedBlobs(this.deps.db, this.deps.store, [previous]);
+    } catch (error) {
+      // The engine may have replaced the folder while it was read; the next checkpoint is shipped instead.
+      this.run.log.debug({ err: error }, 'checkpoint not shipped');
+    } finally {
+      this.busy = false;
     }
   };
 }
 
 export function trainProcessor(deps: ProcessorDeps, running: RunningJobs) {
   const { db, store, engine } = deps;
-  const setAdapter = (adapterId: string, values: Partial<typeof adapters.$inferInsert>) =>
-    db.update(adapters).set({ ...values, updatedAt: new Date() }).where(eq(adapters.id, adapterId)).returning();
   return processor<TrainJobData>(deps, running, 'train', {
     async run(run, { adapterId }, workDir) {
-      const [adapter] = await setAdapter(adapterId, { status: 'training' });
+      const [adapter] = await db.select().from(adapters).where(eq(adapters.id, adapterId));
       if (!adapter) throw new UnrecoverableError('adapter row is gone');
       const crops = await db.select({ key: photos.cropKey }).from(photos).where(inArray(photos.id, adapter.photoIds));
       if (crops.length === 0) throw new EngineError('bad_request', 'All photos of this training were deleted.');
+      const checkpointDir = join(workDir, 'checkpoints');
+      const checkpoints = new CheckpointShipper(deps, run, checkpointDir);
+      const resumeFrom = await checkpoints.restore();
+      if (resumeFrom) run.log.info({ step: resumeFrom }, 'resuming from the stored checkpoint');
       const result = await engine.train(
         {
           id: run.requestId,
           photos: await Promise.all(crops.map((c) => store.localPath(c.key))),
           output: join(workDir, 'lora.safetensors'),
+          checkpoint_dir: checkpointDir,
           params: adapter.params as TrainParams,
         },
-        run.onProgress,
+        (event) => run.onProgress(event, checkpoints.ship),
       );
-      const stored = await store.putFile(result.output, 'safetensors');
-      const kohya = result.kohya_output ? await store.putFile(result.kohya_output, 'safetensors') : undefined;
+      const stored = await run.store(result.output, 'safetensors');
+      const kohya = result.kohya_output ? await run.store(result.kohya_output, 'safetensors') : undefined;
       const samples = await sampleValidationSet(deps, run, result.output, workDir);
       const likeness = await likenessToHeldOut(deps, adapter.heldOutPhotoId, samples.images);
       const lowLikeness = likeness?.mean != null && likeness.mean < deps.config.likeness.threshold;
-      await setAdapter(adapterId, {
-        status: 'ready',
-        fileKey: stored.key,
-        kohyaFileKey: kohya?.key ?? null,
-        sampleKeys: samples.keys,
-        metrics: {
-          finalLoss: result.final_loss,
-          steps: result.steps,
-          seconds: result.seconds,
-          losses: result.losses,
-          photos: crops.length,
-          likeness: likeness ?? { skipped: deps.vision.availability().likeness ? 'no held-out photo or no face in it' : 'face models not installed' },
-          lowLikeness,
-        },
-      });
-      await run.complete({ adapterId, likeness: likeness?.mean ?? null, lowLikeness });
-      return { adapterId, fileKey: stored.key, sampleKeys: samples.keys };
-    },
-    async onFinalFailure({ adapterId }) {
-      await setAdapter(adapterId, { status: 'failed' });
+      const checkpointKey = run.row.checkpointKey;
+      await run.complete(async (tx) => {
+        await tx.update(adapters).set({
+          fileKey: stored.key,
+          kohyaFileKey: kohya?.key ?? null,
+          sampleKeys: samples.keys,
+          metrics: {
+            finalLoss: result.final_loss,
+            steps: result.steps,
+            seconds: result.seconds,
+            losses: result.losses,
+            photos: crops.length,
+            resumedFrom: result.resumed_from ?? null,
+            likeness: likeness ?? { skipped: deps.vision.availability().likeness ? 'no held-out photo or no face in it' : 'face models not installed' },
+            lowLikeness,
+          },
+        }).where(eq(adapters.id, adapterId));
+      }, { adapterId, likeness: likeness?.mean ?? null, lowLikeness });
+      if (checkpointKey) await deleteUnreferencedBlobs(db, store, [checkpointKey]);
+      return { adapterId, fileKey: stored.key, sampleKeys: samples.keys, resumedFrom: result.resumed_from ?? null };
     },
   });
 }
@@ -256,11 +358,12 @@ export function generateProcessor(deps: ProcessorDeps, running: RunningJobs) {
         run.onProgress,
       );
       const keys: string[] = [];
-      for (const image of result.images) keys.push((await store.putFile(image, 'png')).key);
+      for (const image of result.images) keys.push((await run.store(image, 'png')).key);
       // Posing can cost identity: each output is scored against the same held-out photo as the training.
       const likeness = await likenessToHeldOut(deps, found.heldOutPhotoId, await Promise.all(result.images.map((i) => readFile(i))));
-      await db.update(generations).set({ outputKeys: keys, likeness: likeness?.mean ?? null }).where(eq(generations.id, generation.id));
-      await run.complete({ generationId: generation.id, likeness: likeness?.mean ?? null });
+      await run.complete(async (tx) => {
+        await tx.update(generations).set({ outputKeys: keys, likeness: likeness?.mean ?? null }).where(eq(generations.id, generation.id));
+      }, { generationId: generation.id, likeness: likeness?.mean ?? null });
       return { generationId: generation.id, outputKeys: keys };
     },
   });
@@ -268,7 +371,7 @@ export function generateProcessor(deps: ProcessorDeps, running: RunningJobs) {
 
 /** Sample portraits from the new LoRA: the config's validation prompts × seeds (the first `samples` pairs). */
 async function sampleValidationSet(deps: ProcessorDeps, run: JobRun, lora: string, workDir: string) {
-  const { config, engine, store } = deps;
+  const { config, engine } = deps;
   const g = config.generation;
   const { prompts, seeds, samples } = config.likeness;
   const pairs = prompts.flatMap((prompt) => seeds.map((seed) => ({ prompt, seed }))).slice(0, samples);
@@ -290,7 +393,7 @@ async function sampleValidationSet(deps: ProcessorDeps, run: JobRun, lora: strin
     });
     for (const path of result.images) {
       images.push(await readFile(path));
-      keys.push((await store.putFile(path, 'png')).key);
+      keys.push((await run.store(path, 'png')).key);
     }
   }
   return { images, keys };

@@ -26,6 +26,7 @@ const defaults = z
       lrScheduler: z.enum(lrSchedulers),
       seed: z.number().int(),
       maxSteps: z.object({ real: z.number().int().positive(), tiny: z.number().int().positive() }),
+      checkpointSteps: z.object({ real: z.number().int().min(0), tiny: z.number().int().min(0) }),
     }),
     generation: z.object({
       steps: z.object({ real: z.number().int().positive(), tiny: z.number().int().positive() }),
@@ -82,6 +83,14 @@ const envSchema = z.object({
   // How many validation portraits to sample after training (default: every prompt × seed in config; 0: none).
   LIKENESS_SAMPLES: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(0).optional()),
   MIN_TRAINING_PHOTOS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).optional()),
+  // A resumable checkpoint every N optimizer steps goes to storage, so a retry on any worker resumes from it (0: off).
+  TRAIN_CHECKPOINT_STEPS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(0).optional()),
+  // An engine request that sends nothing (no progress, no result) for this long is taken as hung: the engine is
+  // killed and restarted and the job retried.
+  ENGINE_WATCHDOG_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(100).default(300_000)),
+  ENGINE_READY_TIMEOUT_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(100).default(600_000)),
+  // How often the worker compares open job rows with the queue (and at start).
+  RECONCILE_INTERVAL_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(100).default(60_000)),
   TELEGRAM_BOT_TOKEN: optionalText,
   TELEGRAM_API_ROOT: z.preprocess(emptyAsUndefined, z.url().default('https://api.telegram.org')),
   // polling (default) needs nothing public; webhook needs a public https URL Telegram can reach.
@@ -150,9 +159,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       cacheDir: resolve(e.ENGINE_CACHE_DIR),
       baseModel: e.ENGINE_BASE_MODEL,
       controlnet: e.ENGINE_CONTROLNET,
+      watchdogMs: e.ENGINE_WATCHDOG_MS,
+      readyTimeoutMs: e.ENGINE_READY_TIMEOUT_MS,
     },
+    reconcileIntervalMs: e.RECONCILE_INTERVAL_MS,
     photos: { ...d.photos, minForTraining: e.MIN_TRAINING_PHOTOS ?? d.photos.minForTraining },
-    training: { ...d.training, maxSteps: e.TRAIN_MAX_STEPS ?? d.training.maxSteps[profile] },
+    training: {
+      ...d.training,
+      maxSteps: e.TRAIN_MAX_STEPS ?? d.training.maxSteps[profile],
+      checkpointSteps: e.TRAIN_CHECKPOINT_STEPS ?? d.training.checkpointSteps[profile],
+    },
     generation: { ...d.generation, steps: e.GENERATE_STEPS ?? d.generation.steps[profile] },
     queue: d.queue,
     likeness: { ...d.likeness, samples: e.LIKENESS_SAMPLES ?? d.likeness.prompts.length * d.likeness.seeds.length },

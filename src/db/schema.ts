@@ -110,6 +110,9 @@ export const jobs = pgTable(
     error: text('error'),
     errorCode: text('error_code'),
     adapterId: uuid('adapter_id').references(() => adapters.id, { onDelete: 'set null' }),
+    /** The newest training checkpoint in storage, so a retry on any worker resumes from it. */
+    checkpointKey: text('checkpoint_key'),
+    checkpointStep: integer('checkpoint_step'),
     createdAt: createdAt(),
     startedAt: timestamp('started_at', { withTimezone: true }),
     finishedAt: timestamp('finished_at', { withTimezone: true }),
@@ -186,6 +189,20 @@ export const chatTargets = pgTable(
     createdAt: createdAt(),
   },
   (t) => [index('chat_targets_pending').on(t.platform).where(sql`${t.deliveredAt} is null`)],
+);
+
+/**
+ * A claim on a blob between storing it and committing the row that refers to it. Blobs are content-addressed and
+ * shared, so without it a delete of "unreferenced" bytes could remove what another request has just stored.
+ */
+export const blobLeases = pgTable(
+  'blob_leases',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    key: text('key').notNull(),
+    expiresAt: timestamp('expires_at', { withTimezone: true }).notNull(),
+  },
+  (t) => [index('blob_leases_key').on(t.key), index('blob_leases_expires').on(t.expiresAt)],
 );
 
 export type User = typeof users.$inferSelect;

@@ -6,9 +6,12 @@ import type { Config } from '../config/index.ts';
 export const queueNames = { train: 'train', generate: 'generate' } as const;
 export type QueueName = (typeof queueNames)[keyof typeof queueNames];
 
-/** Payloads carry ids only: the database holds the request, so a retried job always sees its current state. */
-export interface TrainJobData { jobId: string; userId: string; adapterId: string }
-export interface GenerateJobData { jobId: string; userId: string; generationId: string }
+/**
+ * Payloads carry ids of rows only: the database holds the request, so a retried job always sees its current state,
+ * and a queue record left after /forget names nobody (its rows are gone, and no user id is in it).
+ */
+export interface TrainJobData { jobId: string; adapterId: string }
+export interface GenerateJobData { jobId: string; generationId: string }
 export interface JobDataByQueue { train: TrainJobData; generate: GenerateJobData }
 
 export const queueJobId = (jobId: string, queue: QueueName) => `${jobId}-${queue}`;
@@ -61,6 +64,14 @@ export class JobQueues {
     if (state === 'active') return false;
     await job.remove();
     return true;
+  }
+
+  /** Removes the queue records of finished or waiting jobs (a running one is withdrawn by its worker instead). */
+  async removeRecords(queue: QueueName, jobIds: string[]): Promise<void> {
+    for (const jobId of jobIds) {
+      const job = await this[queue].getJob(queueJobId(jobId, queue));
+      if (job && (await job.getState()) !== 'active') await job.remove();
+    }
   }
 
   /** Tells every worker to stop this job if it holds it (it checks the job's row too, so a missed message is harmless). */

@@ -13,8 +13,9 @@ import type { TrainingService } from './training.ts';
 import { enqueueOrFail } from './training.ts';
 import { jobEvent, type JobService } from './jobs.ts';
 import { UserFacingError } from './errors.ts';
+import type { JobState } from './job-state.ts';
 import type { VisionService } from '../vision/index.ts';
-import { deleteUnreferencedBlobs } from './blobs.ts';
+import { abandonLeased, putLeased, releaseLeases } from './blobs.ts';
 
 const dimension = z.number().int().min(256).max(1024).multipleOf(8);
 export const generationOptions = z
@@ -45,6 +46,7 @@ export class GenerationService {
     private readonly jobs: JobService,
     private readonly vision: VisionService,
     private readonly config: Config,
+    private readonly state: JobState,
   ) {}
 
   /** `/imagine <prompt>`: a portrait of the user from their newest LoRA. */
@@ -68,11 +70,15 @@ export class GenerationService {
     }
     const pose = await this.vision.pose(normalized.data);
     if (!pose.ok && pose.code !== 'pose_unavailable') throw new UserFacingError(pose.code, pose.message, pose.details);
-    const stored = pose.ok ? await this.store.put(pose.skeleton, 'png') : await this.store.put(normalized.data, 'jpg');
+    // Leased until the generation row refers to it: an identical reference that another request is deleting right
+    // now (content-addressed, so the same key) cannot vanish under this one.
+    const stored = pose.ok ? await putLeased(this.db, this.store, pose.skeleton, 'png') : await putLeased(this.db, this.store, normalized.data, 'jpg');
     try {
-      return { ...(await this.queue(userId, 'pose', prompt, options, stored.key)), skeleton: pose.ok };
+      const queued = await this.queue(userId, 'pose', prompt, options, stored.key);
+      await releaseLeases(this.db, [stored.leaseId]);
+      return { ...queued, skeleton: pose.ok };
     } catch (error) {
-      await deleteUnreferencedBlobs(this.db, this.store, [stored.key]);
+      await abandonLeased(this.db, this.store, [stored]);
       throw error;
     }
   }
@@ -112,10 +118,7 @@ export class GenerationService {
     };
     const jobId = randomUUID();
     const created = await this.db.transaction(async (tx) => {
-      const [job] = await tx
-        .insert(jobs)
-        .values({ id: jobId, userId, kind, queueJobId: queueJobId(jobId, 'generate'), adapterId: adapter.id, totalSteps: params.steps })
-        .returning();
+      const job = await this.state.create(tx, { id: jobId, userId, kind, queueJobId: queueJobId(jobId, 'generate'), adapterId: adapter.id, totalSteps: params.steps });
       const [generation] = await tx
         .insert(generations)
         .values({
@@ -130,9 +133,9 @@ export class GenerationService {
           controlKey,
         })
         .returning();
-      return { job: job!, generation: generation! };
+      return { job, generation: generation! };
     });
-    await enqueueOrFail(this.db, created.job, () => this.queues.addGenerate({ jobId, userId, generationId: created.generation.id }));
+    await enqueueOrFail(this.state, created.job, () => this.queues.addGenerate({ jobId, generationId: created.generation.id }));
     const position = await this.jobs.position(created.job);
     await this.events.publish(userId, jobEvent(created.job, { position, generationId: created.generation.id }));
     return { ...created, position };

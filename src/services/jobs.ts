@@ -1,13 +1,13 @@
 import { and, count, desc, eq, inArray, lt } from 'drizzle-orm';
 import type { Db } from '../db/client.ts';
-import { adapters, generations, jobs, type Job, type JobKind } from '../db/schema.ts';
+import { generations, jobs, type Job, type JobKind } from '../db/schema.ts';
 import type { JobQueues, QueueName } from '../queue/index.ts';
 import type { EventBus, JobEvent } from '../events/bus.ts';
 import { UserFacingError, notFound } from './errors.ts';
+import { OPEN_STATUSES, type JobState } from './job-state.ts';
 
 export const queueOf = (kind: JobKind): QueueName => (kind === 'train' ? 'train' : 'generate');
 const kindsOf = (queue: QueueName): JobKind[] => (queue === 'train' ? ['train'] : ['imagine', 'pose']);
-const openStatuses = ['queued', 'active'] as const;
 
 export interface JobView {
   job: Job;
@@ -38,6 +38,7 @@ export class JobService {
     private readonly db: Db,
     private readonly queues: JobQueues,
     private readonly events: EventBus,
+    private readonly state: JobState,
   ) {}
 
   async position(job: Job): Promise<number> {
@@ -64,7 +65,7 @@ export class JobService {
   }
 
   open(userId: string): Promise<Job[]> {
-    return this.db.select().from(jobs).where(and(eq(jobs.userId, userId), inArray(jobs.status, [...openStatuses]))).orderBy(desc(jobs.createdAt));
+    return this.db.select().from(jobs).where(and(eq(jobs.userId, userId), inArray(jobs.status, [...OPEN_STATUSES]))).orderBy(desc(jobs.createdAt));
   }
 
   /**
@@ -75,15 +76,8 @@ export class JobService {
     const candidates = await this.open(userId);
     const job = jobId ? candidates.find((j) => j.id === jobId) : candidates[0];
     if (!job) throw new UserFacingError('nothing_to_cancel', 'There is nothing running to cancel.');
-    const [cancelled] = await this.db
-      .update(jobs)
-      .set({ status: 'cancelled', finishedAt: new Date(), errorCode: 'cancelled', error: 'Cancelled by you.' })
-      .where(and(eq(jobs.id, job.id), inArray(jobs.status, [...openStatuses])))
-      .returning();
+    const cancelled = await this.state.cancel(job.id);
     if (!cancelled) throw new UserFacingError('nothing_to_cancel', 'That job has already finished.');
-    if (cancelled.adapterId && cancelled.kind === 'train') {
-      await this.db.update(adapters).set({ status: 'cancelled', updatedAt: new Date() }).where(eq(adapters.id, cancelled.adapterId));
-    }
     const removed = await this.queues.removeWaiting(queueOf(job.kind), job.id);
     if (!removed) await this.queues.requestCancel(job.id);
     await this.events.publish(userId, jobEvent(cancelled));

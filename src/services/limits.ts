@@ -86,6 +86,15 @@ export class LimitService {
     return Number(members[(members.length / 2 - window.max) * 2 + 1]);
   }
 
+  /** Deletes every Redis key that names the user (for /forget). */
+  async forget(userId: string): Promise<void> {
+    await this.redis.del(
+      this.key(this.windowOf('train'), userId),
+      this.key(this.windowOf('imagine'), userId),
+      `${this.prefix}:limits:lock:${userId}`,
+    );
+  }
+
   private windowOf(kind: JobKind): Window {
     return kind === 'train'
       ? { name: 'trainings', ms: DAY, max: this.limits.trainingsPerDay }

@@ -6,7 +6,7 @@ import { normalizeUpload, trainingCrop, ImageRejectedError } from '../images/nor
 import type { Config } from '../config/index.ts';
 import type { CoverageSummary, FaceMeasures, VisionService } from '../vision/index.ts';
 import { UserFacingError, isUniqueViolation, notFound } from './errors.ts';
-import { deleteUnreferencedBlobs } from './blobs.ts';
+import { abandonLeased, deleteUnreferencedBlobs, putLeased, releaseLeases } from './blobs.ts';
 
 export type PhotoUploadResult =
   /** faceChecked is false when the face models are not installed (the tiny playground): only format checks ran. */
@@ -47,8 +47,9 @@ export class PhotoService {
     if (!check.verdict.ok) return reject(check.verdict);
     // The face-centred crop when a face was found; a centred square when the face models are not installed.
     const crop = check.crop ?? (await trainingCrop(normalized.data, this.config.training.resolution));
-    const original = await this.store.put(normalized.data, 'jpg');
-    const cropped = await this.store.put(crop, 'png');
+    // Leased until the photo row refers to them (content-addressed blobs may be shared with a photo being deleted).
+    const original = await putLeased(this.db, this.store, normalized.data, 'jpg');
+    const cropped = await putLeased(this.db, this.store, crop, 'png');
     try {
       const [photo] = await this.db
         .insert(photos)
@@ -67,8 +68,10 @@ export class PhotoService {
           faceMeasures: check.measures ? { ...check.measures } : null,
         })
         .returning();
+      await releaseLeases(this.db, [original.leaseId, cropped.leaseId]);
       return { ok: true, photo: photo!, duplicate: false, total: total + 1, faceChecked: check.faceCheckRun };
     } catch (error) {
+      await abandonLeased(this.db, this.store, [original, cropped]);
       if (!isUniqueViolation(error, 'photos_user_sha256')) throw error;
       return { ok: true, photo: (await this.findBySha(userId, normalized.sha256))!, duplicate: true, total, faceChecked: check.faceCheckRun };
     }

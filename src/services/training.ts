@@ -10,6 +10,7 @@ import type { TrainParams } from '../../worker/engine-client/protocol.ts';
 import type { PhotoService } from './photos.ts';
 import { jobEvent, type JobService } from './jobs.ts';
 import { UserFacingError } from './errors.ts';
+import type { JobState } from './job-state.ts';
 import type { VisionService } from '../vision/index.ts';
 
 export interface TrainingStarted { job: Job; adapter: Adapter; created: boolean; position: number }
@@ -27,6 +28,7 @@ export class TrainingService {
     private readonly jobs: JobService,
     private readonly vision: VisionService,
     private readonly config: Config,
+    private readonly state: JobState,
   ) {}
 
   params(): TrainParams {
@@ -42,6 +44,8 @@ export class TrainingService {
       seed: t.seed,
       instance_prompt: t.instancePrompt,
       lr_scheduler: t.lrScheduler,
+      // The checkpoint interval does not change the training (it is not in the engine's job fingerprint).
+      checkpoint_steps: t.checkpointSteps > 0 && t.checkpointSteps < t.maxSteps ? t.checkpointSteps : null,
     };
   }
 
@@ -78,14 +82,13 @@ export class TrainingService {
           heldOutPhotoId: heldOut?.id,
         })
         .returning();
-      const [job] = await tx
-        .insert(jobs)
-        .values({ id: jobId, userId, kind: 'train', queueJobId: queueJobId(jobId, 'train'), adapterId: adapter!.id, totalSteps: this.config.training.maxSteps })
-        .returning();
-      return { job: job!, adapter: adapter! };
+      const job = await this.state.create(tx, {
+        id: jobId, userId, kind: 'train', queueJobId: queueJobId(jobId, 'train'), adapterId: adapter!.id, totalSteps: this.config.training.maxSteps,
+      });
+      return { job, adapter: adapter! };
     });
     if (!created) return (await this.openTraining(userId))!;
-    await enqueueOrFail(this.db, created.job, () => this.queues.addTrain({ jobId, userId, adapterId: created.adapter.id }));
+    await enqueueOrFail(this.state, created.job, () => this.queues.addTrain({ jobId, adapterId: created.adapter.id }));
     const position = await this.jobs.position(created.job);
     await this.events.publish(userId, jobEvent(created.job, { position }));
     return { ...created, created: true, position };
@@ -134,15 +137,11 @@ function pickHeldOut(photos: Photo[]): Photo | undefined {
 const openTrainingOf = (userId: string) => and(eq(jobs.userId, userId), eq(jobs.kind, 'train'), inArray(jobs.status, ['queued', 'active']));
 
 /** Adds the queue entry after the rows are committed; if Redis refuses, the rows say so instead of waiting forever. */
-export async function enqueueOrFail(db: Db, job: Job, add: () => Promise<unknown>): Promise<void> {
+export async function enqueueOrFail(state: JobState, job: Job, add: () => Promise<unknown>): Promise<void> {
   try {
     await add();
-  } catch (error) {
-    await db
-      .update(jobs)
-      .set({ status: 'failed', errorCode: 'queue_unavailable', error: 'The job queue is unavailable; please try again.', finishedAt: new Date() })
-      .where(eq(jobs.id, job.id));
-    if (job.adapterId && job.kind === 'train') await db.update(adapters).set({ status: 'failed' }).where(eq(adapters.id, job.adapterId));
+  } catch {
+    await state.fail(job.id, { code: 'queue_unavailable', message: 'The job queue is unavailable; please try again.' });
     throw new UserFacingError('queue_unavailable', 'The job queue is unavailable right now; please try again in a minute.', {}, 503);
   }
 }

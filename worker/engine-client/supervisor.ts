@@ -11,7 +11,7 @@ import {
 
 export class EngineError extends Error {
   constructor(
-    readonly code: EngineErrorCode | 'engine_crashed' | 'engine_stopped',
+    readonly code: EngineErrorCode | 'engine_crashed' | 'engine_stopped' | 'engine_hung',
     message: string,
   ) {
     super(message);
@@ -20,7 +20,7 @@ export class EngineError extends Error {
 
   /** Bad input will fail the same way again; a crash or an internal error may not. */
   get retryable(): boolean {
-    return this.code === 'internal' || this.code === 'engine_crashed' || this.code === 'busy';
+    return this.code === 'internal' || this.code === 'engine_crashed' || this.code === 'engine_hung' || this.code === 'busy';
   }
 }
 
@@ -35,7 +35,20 @@ export interface SupervisorOptions {
   launch: EngineLaunch;
   logger: Logger;
   readyTimeoutMs?: number;
+  /** A pending request with no event (progress or result) for this long means the engine hangs: it is killed. */
+  watchdogMs?: number;
   restartDelayMs?: { min: number; max: number };
+}
+
+/**
+ * What the engine process may see of our environment: where Python, CUDA and the caches are, and its own ENGINE_*
+ * settings. Never the chat tokens, DATABASE_URL or REDIS_URL: the engine needs none of them.
+ */
+const ENGINE_ENV = /^(PATH|HOME|USER|LANG|LC_[A-Z]+|TZ|TMPDIR|LD_LIBRARY_PATH|VIRTUAL_ENV|XDG_CACHE_HOME|PYTHON[A-Z_]*|ENGINE_[A-Z_]+|CUDA_[A-Z_]+|NVIDIA_[A-Z_]+|NCCL_[A-Z_]+|HF_[A-Z_]+|TORCH[A-Z_]*|TORCHINDUCTOR_[A-Z_]+|OMP_NUM_THREADS|MKL_NUM_THREADS|OPENBLAS_[A-Z_]+)$/;
+
+export function engineEnvironment(env: NodeJS.ProcessEnv, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  const kept = Object.fromEntries(Object.entries(env).filter(([name]) => ENGINE_ENV.test(name)));
+  return { ...kept, PYTHONUNBUFFERED: '1', ...extra };
 }
 
 type ProgressHandler = (event: ProgressEvent) => void;
@@ -43,6 +56,8 @@ interface Pending {
   resolve: (value: Record<string, unknown>) => void;
   reject: (error: Error) => void;
   onProgress?: ProgressHandler;
+  /** When the engine last said anything about this request (sent, progress). */
+  lastHeard: number;
 }
 
 export class EngineSupervisor {
@@ -53,6 +68,10 @@ export class EngineSupervisor {
   private restarts = 0;
   private restartTimer?: NodeJS.Timeout;
   private stderrTail: string[] = [];
+  private watchdog?: NodeJS.Timeout;
+  /** Why the current engine process is being killed by us (watchdog, ready timeout), for its pending requests. */
+  private killedFor?: { code: 'engine_hung' | 'engine_crashed'; why: string };
+  restartCount = 0;
   info: Record<string, unknown> = {};
 
   constructor(private readonly options: SupervisorOptions) {}
@@ -68,22 +87,30 @@ export class EngineSupervisor {
     const { launch, logger } = this.options;
     const child = spawn(launch.python, launch.args, {
       cwd: launch.cwd,
-      env: { ...process.env, PYTHONUNBUFFERED: '1', ...launch.env },
+      env: engineEnvironment(process.env, launch.env),
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     this.child = child;
     this.stderrTail = [];
+    this.killedFor = undefined;
     let markReady!: () => void;
     let failStart!: (error: Error) => void;
     const ready = new Promise<void>((resolve, reject) => { markReady = resolve; failStart = reject; });
-    const timer = setTimeout(
-      () => failStart(new EngineError('engine_crashed', `engine did not become ready in ${this.options.readyTimeoutMs ?? 300_000} ms`)),
-      this.options.readyTimeoutMs ?? 300_000,
-    );
+    const readyTimeoutMs = this.options.readyTimeoutMs ?? 300_000;
+    // An engine that never becomes ready is killed; its exit schedules the restart like any crash.
+    const timer = setTimeout(() => this.kill(child, 'engine_crashed', `engine did not become ready in ${readyTimeoutMs} ms`), readyTimeoutMs);
+    // A write to an engine that just died fails with EPIPE; the exit handler deals with its requests.
+    child.stdin!.on('error', (error) => logger.warn({ err: error }, 'engine stdin closed'));
 
+    let inTraceback = false;
     createInterface({ input: child.stderr! }).on('line', (line) => {
       this.stderrTail = [...this.stderrTail.slice(-19), line];
-      logger.debug({ engine: line }, 'engine stderr');
+      // Tracebacks and warnings must be seen at the default level; the rest is the engine's own info log.
+      if (line.startsWith('Traceback')) inTraceback = true;
+      const serious = inTraceback || /\b(ERROR|CRITICAL|WARNING)\b|Error:|Exception/.test(line);
+      if (inTraceback && /^\S/.test(line) && !line.startsWith('Traceback')) inTraceback = false;
+      if (serious) logger.warn({ engine: line }, 'engine stderr');
+      else logger.info({ engine: line }, 'engine stderr');
     });
     createInterface({ input: child.stdout! }).on('line', (line) => {
       const envelope = eventEnvelope.safeParse(safeJson(line));
@@ -101,6 +128,7 @@ export class EngineSupervisor {
         return;
       }
       const pending = event.id === null ? undefined : this.pending.get(event.id);
+      if (pending) pending.lastHeard = Date.now();
       if (!pending) {
         if (event.event === 'error') logger.warn({ event }, 'engine error for no pending request');
         return;
@@ -121,11 +149,12 @@ export class EngineSupervisor {
     child.on('error', (error) => failStart(new EngineError('engine_crashed', `could not start the engine: ${error.message}`)));
     child.on('exit', (code, signal) => {
       clearTimeout(timer);
-      const why = `engine exited (code ${code}, signal ${signal})${this.stderrTail.length ? `: ${this.stderrTail.slice(-5).join(' | ')}` : ''}`;
+      const killed = this.killedFor;
+      const why = killed?.why ?? `engine exited (code ${code}, signal ${signal})${this.stderrTail.length ? `: ${this.stderrTail.slice(-5).join(' | ')}` : ''}`;
       failStart(new EngineError('engine_crashed', why));
       for (const [id, pending] of this.pending) {
         this.pending.delete(id);
-        pending.reject(new EngineError(this.stopping ? 'engine_stopped' : 'engine_crashed', why));
+        pending.reject(new EngineError(this.stopping ? 'engine_stopped' : killed?.code ?? 'engine_crashed', why));
       }
       this.child = undefined;
       this.ready = undefined;
@@ -134,10 +163,33 @@ export class EngineSupervisor {
     return ready;
   }
 
+  /** Kills an engine process that misbehaves; its exit rejects its requests with `code` and restarts it. */
+  private kill(child: ChildProcess, code: 'engine_hung' | 'engine_crashed', why: string) {
+    if (child !== this.child || child.exitCode !== null) return;
+    this.killedFor = { code, why };
+    this.options.logger.error({ why, pid: child.pid }, 'killing the engine');
+    child.kill('SIGKILL');
+  }
+
+  /** Kills the engine when any pending request has been silent for longer than the watchdog allows. */
+  private checkWatchdog = () => {
+    const limit = this.options.watchdogMs;
+    const child = this.child;
+    if (!limit || !child) return;
+    const now = Date.now();
+    for (const [id, pending] of this.pending) {
+      if (now - pending.lastHeard > limit) {
+        this.kill(child, 'engine_hung', `the engine sent nothing about request ${id} for ${Math.round((now - pending.lastHeard) / 1000)} s; it was restarted`);
+        return;
+      }
+    }
+  };
+
   private scheduleRestart(why: string) {
     const { min, max } = this.options.restartDelayMs ?? { min: 1000, max: 30_000 };
     const delay = Math.min(max, min * 2 ** this.restarts);
     this.restarts += 1;
+    this.restartCount += 1;
     this.options.logger.error({ why, delay }, 'engine died; restarting');
     this.restartTimer = setTimeout(() => {
       this.start().catch((error: Error) => this.options.logger.error({ err: error }, 'engine restart failed'));
@@ -149,7 +201,11 @@ export class EngineSupervisor {
     const id = typeof message.id === 'string' ? message.id : randomUUID();
     const child = this.child;
     if (!child?.stdin?.writable) throw new EngineError('engine_crashed', 'engine is not running');
-    const result = new Promise<Record<string, unknown>>((resolve, reject) => this.pending.set(id, { resolve, reject, onProgress }));
+    const result = new Promise<Record<string, unknown>>((resolve, reject) => this.pending.set(id, { resolve, reject, onProgress, lastHeard: Date.now() }));
+    if (this.options.watchdogMs && !this.watchdog) {
+      this.watchdog = setInterval(this.checkWatchdog, Math.max(50, Math.min(5000, this.options.watchdogMs / 4)));
+      this.watchdog.unref();
+    }
     child.stdin.write(`${JSON.stringify({ ...message, id })}\n`);
     return result;
   }
@@ -176,6 +232,8 @@ export class EngineSupervisor {
   async stop(timeoutMs = 20_000): Promise<void> {
     this.stopping = true;
     clearTimeout(this.restartTimer);
+    clearInterval(this.watchdog);
+    this.watchdog = undefined;
     const child = this.child;
     if (!child || child.exitCode !== null) return;
     const exited = once(child, 'exit');

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import signal
 import sys
 from typing import TextIO
 
@@ -33,7 +34,23 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def die_with_parent() -> None:
+    """If the worker that started us dies (even by kill -9), we get SIGTERM, which cancels our jobs and exits:
+    an orphaned engine must not keep training a job that the queue will hand to another worker."""
+    parent = os.getppid()
+    try:
+        import ctypes  # noqa: PLC0415
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return  # not Linux: stdin closing still ends the process once its work is done
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def main() -> int:
+    die_with_parent()
     config = parse_config()  # before the redirect, so --help prints where it is expected
     events = _take_stdout()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
