@@ -89,6 +89,8 @@ const envSchema = z.object({
   // killed and restarted and the job retried.
   ENGINE_WATCHDOG_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(100).default(300_000)),
   ENGINE_READY_TIMEOUT_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(100).default(600_000)),
+  // How many times a training is tried (engine crashes, hangs) before it fails for good.
+  TRAIN_ATTEMPTS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).max(20).optional()),
   // How often the worker compares open job rows with the queue (and at start).
   RECONCILE_INTERVAL_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(100).default(60_000)),
   TELEGRAM_BOT_TOKEN: optionalText,
@@ -170,7 +172,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       checkpointSteps: e.TRAIN_CHECKPOINT_STEPS ?? d.training.checkpointSteps[profile],
     },
     generation: { ...d.generation, steps: e.GENERATE_STEPS ?? d.generation.steps[profile] },
-    queue: d.queue,
+    queue: { ...d.queue, trainAttempts: e.TRAIN_ATTEMPTS ?? d.queue.trainAttempts },
     likeness: { ...d.likeness, samples: e.LIKENESS_SAMPLES ?? d.likeness.prompts.length * d.likeness.seeds.length },
     vision: { modelsDir: resolve(e.VISION_MODELS_DIR), embedder: e.FACE_EMBEDDER },
     telegram: {
