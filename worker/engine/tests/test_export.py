@@ -238,9 +238,13 @@ def test_every_target_module_set_converts_completely_to_comfyui_keys(full_size_e
 
 def test_the_diffusers_file_names_text_encoder_layers_as_comfyui_and_older_diffusers_do(full_size_export, comfyui):
     lora, _ = full_size_export
-    keys = safetensors.torch.load_file(lora).keys()
-    encoder = {k.split(".lora_")[0] for k in keys if k.startswith("text_encoder.")}
+    modules = {k.split(".lora_")[0] for k in safetensors.torch.load_file(lora).keys()}
+    encoder = {m for m in modules if m.startswith("text_encoder.")}
     assert len(encoder) == 48 and encoder <= set(comfyui["diffusers"])
+    # What the README says: ComfyUI's diffusers names for attention are the old `processor.to_q`, so of this file's
+    # UNet layers it reads only proj_in/proj_out and the feed-forward ones; ComfyUI users get the kohya file.
+    unet = modules - encoder
+    assert {m for m in unet if m in comfyui["diffusers"]} == {m for m in unet if ".attn" not in m} != unet
 
 
 # --- metadata ---------------------------------------------------------------------------------------------------
