@@ -146,8 +146,10 @@ def run_ours(args, engine: Engine, photos: Path, out: Path, seed: int) -> tuple[
 
 def load(path: Path) -> dict[str, torch.Tensor]:
     import safetensors.torch
+    from diffusers.utils import convert_unet_state_dict_to_peft
 
-    return {k: v.float() for k, v in safetensors.torch.load_file(path).items()}
+    # The reference saves attention LoRA layers as `.lora.down`/`.lora.up`, the engine in peft's `.lora_A`/`.lora_B`.
+    return convert_unet_state_dict_to_peft({k: v.float() for k, v in safetensors.torch.load_file(path).items()})
 
 
 def differences(losses: list[float], reference_losses: list[float], weights: dict, reference_weights: dict) -> dict:

@@ -14,7 +14,8 @@ SchedulerName = Literal["unipc", "dpmpp_2m_karras", "euler_a", "ddim"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 TrainMode = Literal["lora", "full"]
 LrScheduler = Literal["constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"]
-# UNet linear layers a LoRA may target (attention projections first; the rest are the other nn.Linear in its blocks).
+# UNet layers a LoRA may target (attention projections first, then the transformer blocks' other layers: SD1.5's
+# proj_in/proj_out are 1x1 convolutions, the feed-forward ones nn.Linear). Every one exports to both LoRA formats.
 TargetModule = Literal["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 
 MAX_SEED = 2**32 - 1

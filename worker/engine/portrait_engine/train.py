@@ -433,7 +433,7 @@ class Training:
             return None
         write_lora(output, self.unet, self.text_encoder, ADAPTER, metadata)
         kohya = kohya_path(output)
-        write_kohya(kohya, output, metadata)
+        write_kohya(kohya, output, metadata, prediction_type=self.noise_scheduler.config.prediction_type)
         return kohya
 
 @torch.no_grad()
