@@ -11,6 +11,8 @@ import torch
 
 Profile = Literal["tiny", "real"]
 PROFILES = get_args(Profile)
+FastMode = Literal["auto", "on", "off"]
+FAST_MODES = get_args(FastMode)
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,13 @@ class EngineConfig:
     device: torch.device
     base_model: Path | None = None
     controlnet: Path | None = None
+    # Generation through captured CUDA graphs (fast.py). auto: with CUDA; on: also elsewhere, eagerly (tests);
+    # off: diffusers' pipelines only.
+    fast: FastMode = "auto"
+
+    @property
+    def use_fast(self) -> bool:
+        return self.fast == "on" or (self.fast == "auto" and self.device.type == "cuda")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -63,6 +72,12 @@ def add_engine_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]
         help="real profile: ControlNet openpose folder in diffusers layout; without it pose requests "
         "are refused [ENGINE_CONTROLNET]",
     )
+    parser.add_argument(
+        "--fast",
+        default=env.get("ENGINE_FAST", "auto"),
+        help="auto|on|off: generate through CUDA graphs captured at start (auto: when the device is CUDA); "
+        "tuned by ENGINE_FAST_BATCHES, ENGINE_FAST_COMPILE, ENGINE_FAST_MAX_RANK [ENGINE_FAST]",
+    )
 
 
 def engine_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> EngineConfig:
@@ -71,6 +86,8 @@ def engine_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"ENGINE_PROFILE must be tiny or real, not {args.profile!r}")
     if args.profile == "real" and args.base_model is None:
         parser.error("--base-model (or ENGINE_BASE_MODEL) is required with --profile real")
+    if args.fast not in FAST_MODES:
+        parser.error(f"ENGINE_FAST must be auto, on or off, not {args.fast!r}")
     try:
         device = torch.device(args.device)
     except RuntimeError as error:
@@ -81,6 +98,7 @@ def engine_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         device=device,
         base_model=args.base_model,
         controlnet=args.controlnet,
+        fast=args.fast,
     )
 
 

@@ -1,5 +1,6 @@
 """The engine's operations on the shared models, independent of how requests arrive."""
 
+import logging
 import random
 import threading
 import time
@@ -14,11 +15,15 @@ import transformers
 
 from .checkpoint import Checkpoints, default_folder, fingerprint
 from .config import EngineConfig
+from . import fast_train
+from .fast import FastGenerator, inductor_cache, settings_from_env
 from .generate import LoraCache, generate
 from .images import load_photos, open_rgb, save_pngs
 from .models import load_models
 from .protocol import MAX_SEED, GenerateRequest, GenerateResult, PongResult, TrainRequest, TrainResult
 from .train import Training, resolve_params, training_session
+
+log = logging.getLogger(__name__)
 
 # Called after every optimizer step with the job's live state (the experiment runner samples images from it).
 StepObserver = Callable[[Training], None]
@@ -38,6 +43,13 @@ class Engine:
         self.config = config
         self.models = load_models(config)
         self.loras = LoraCache(self.models.pipe)
+        self.fast: FastGenerator | None = None
+        self.warmup: dict | None = None  # what the ready event reports about the fast path
+        self.fast_training = config.use_fast  # LoRA steps in a CUDA graph where fast_train accepts the job
+        if config.use_fast:
+            inductor_cache(config.cache_dir)
+            self.fast = FastGenerator(self.models, settings_from_env())
+            self.warmup = self.fast.warm_up()
         # Jobs share one UNet (and its adapters): they must never overlap, whoever calls them.
         self._job_lock = threading.Lock()
 
@@ -72,13 +84,19 @@ class Engine:
         with self._job_lock:
             self.loras.clear()
             with training_session(models, params, photos, class_photos) as training:
+                stepper = training
+                why = fast_train.refusal(params, models.device, class_photos is not None)
+                if self.fast_training and why is None:
+                    stepper = fast_train.GraphedStep(training)
+                elif self.fast_training:
+                    log.info("training %s steps eagerly: %s", request.id, why)
                 resumed_from = None
                 if checkpoints is not None and (state := checkpoints.latest()) is not None:
                     training.load_state_dict(state)
                     resumed_from = training.step_count
                 while training.step_count < params.max_steps:
                     ctx.check_cancel()
-                    loss = training.step()
+                    loss = stepper.step()
                     ctx.progress(training.step_count, params.max_steps, loss)
                     if observer is not None:
                         observer(training)
@@ -113,6 +131,6 @@ class Engine:
             ctx.progress(step, total)
 
         with self._job_lock:
-            images = generate(self.models, self.loras, request, seed, control, on_step)
+            images = generate(self.models, self.loras, request, seed, control, on_step, self.fast)
         paths = save_pngs(images, Path(request.output_dir))
         return GenerateResult(id=request.id, images=paths, seed=seed, seconds=time.monotonic() - started)

@@ -240,6 +240,6 @@ def run(config: EngineConfig, events: TextIO, stdin: Iterable[bytes]) -> int:
         log.exception("could not load the models")
         emitter.emit(ErrorEvent(id=None, code="internal", message=f"could not load the models: {error}"))
         return 1
-    emitter.emit(ReadyEvent(profile=config.profile, device=str(config.device)))
+    emitter.emit(ReadyEvent(profile=config.profile, device=str(config.device), info=engine.warmup))
     Server(engine, emitter).serve(stdin)
     return 0
