@@ -232,6 +232,7 @@ class Training:
         self.device = models.device
         self.text_encoder = pipe.text_encoder if params.train_text_encoder else None
         self.autocast_dtype = _AUTOCAST[params.mixed_precision]
+        self.autocast_cache = True  # a CUDA-graph capture needs it off (fast_train.py)
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.warnings: list[str] = []
         self.step_count = 0
@@ -358,7 +359,8 @@ class Training:
             return self.text_encoder(torch.cat(tokens), return_dict=False)[0]
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None,
+                              cache_enabled=self.autocast_cache)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         optimizer = torch.optim.AdamW
