@@ -20,6 +20,9 @@ class EngineConfig:
     device: torch.device
     base_model: Path | None = None
     controlnet: Path | None = None
+    # The slot LoRA table (multilora.py): how many users' adapters the shared models hold at once, and their max rank.
+    lora_slots: int = 16
+    lora_max_rank: int = 32
 
     @property
     def dtype(self) -> torch.dtype:
