@@ -89,35 +89,62 @@ class Generation:
 
 
 @torch.no_grad()
-def denoise_step(models: Models, generations: Sequence[Generation]) -> None:
-    """One denoising step for every unfinished request given (see the module docstring)."""
+def denoise_step(models: Models, generations: Sequence[Generation]) -> dict[Generation, Exception]:
+    """One denoising step for every unfinished request given (see the module docstring). Returns the requests that
+    failed, with their exception: a shared call that raises is retried request by request, so only the request at
+    fault fails; the others have taken their step."""
     groups: dict[tuple, list[Generation]] = {}
     for generation in generations:
         if not generation.done:
             groups.setdefault(generation.key(), []).append(generation)
+    failures: dict[Generation, Exception] = {}
     for members in groups.values():
-        inputs = [g.model_input() for g in members]
-        sizes = [len(x) for x in inputs]
-        sample = torch.cat(inputs)
-        timesteps = torch.cat([g.timesteps[g.step_index].expand(n) for g, n in zip(members, sizes)])
-        embeddings = torch.cat([g.embeddings for g in members])
-        index = torch.cat([torch.full((n,), g.slot, dtype=torch.long) for g, n in zip(members, sizes)])
-        extra = {}
-        if members[0].control is not None:
-            # conditioning_scale 1, then each request's own scale per row: the same products the pipeline takes.
-            down, mid = models.controlnet(
-                sample, timesteps, encoder_hidden_states=embeddings,
-                controlnet_cond=torch.cat([g.control for g in members]), conditioning_scale=1.0, guess_mode=False,
-                return_dict=False,
-            )
-            scale = torch.cat(
-                [torch.full((n,), g.request.controlnet_scale, dtype=sample.dtype) for g, n in zip(members, sizes)]
-            ).to(sample.device)[:, None, None, None]
-            extra = dict(
-                down_block_additional_residuals=[d * scale for d in down],
-                mid_block_additional_residual=mid * scale,
-            )
-        with models.slots.use(index):
-            noise = models.pipe.unet(sample, timesteps, encoder_hidden_states=embeddings, return_dict=False, **extra)[0]
-        for generation, part in zip(members, noise.split(sizes)):
-            generation.advance(part)
+        try:
+            noise = _predict(models, members)
+        except Exception as error:  # noqa: BLE001
+            if len(members) == 1:
+                failures[members[0]] = error
+                continue
+            noise = []
+            for generation in members:
+                try:
+                    noise.append(_predict(models, [generation])[0])
+                except Exception as alone:  # noqa: BLE001
+                    failures[generation] = alone
+                    noise.append(None)
+        for generation, part in zip(members, noise):
+            if part is None:
+                continue
+            try:
+                generation.advance(part)
+            except Exception as error:  # noqa: BLE001
+                failures[generation] = error
+    return failures
+
+
+def _predict(models: Models, members: list[Generation]) -> list[torch.Tensor]:
+    """The UNet's (and ControlNet's) prediction for every member's rows, in one call."""
+    inputs = [g.model_input() for g in members]
+    sizes = [len(x) for x in inputs]
+    sample = torch.cat(inputs)
+    timesteps = torch.cat([g.timesteps[g.step_index].expand(n) for g, n in zip(members, sizes)])
+    embeddings = torch.cat([g.embeddings for g in members])
+    index = torch.cat([torch.full((n,), g.slot, dtype=torch.long) for g, n in zip(members, sizes)])
+    extra = {}
+    if members[0].control is not None:
+        # conditioning_scale 1, then each request's own scale per row: the same products the pipeline takes.
+        down, mid = models.controlnet(
+            sample, timesteps, encoder_hidden_states=embeddings,
+            controlnet_cond=torch.cat([g.control for g in members]), conditioning_scale=1.0, guess_mode=False,
+            return_dict=False,
+        )
+        scale = torch.cat(
+            [torch.full((n,), g.request.controlnet_scale, dtype=sample.dtype) for g, n in zip(members, sizes)]
+        ).to(sample.device)[:, None, None, None]
+        extra = dict(
+            down_block_additional_residuals=[d * scale for d in down],
+            mid_block_additional_residual=mid * scale,
+        )
+    with models.slots.use(index):
+        noise = models.pipe.unet(sample, timesteps, encoder_hidden_states=embeddings, return_dict=False, **extra)[0]
+    return list(noise.split(sizes))
