@@ -76,7 +76,8 @@ class SlotTraining(Training):
         return list(self.named.values())
 
     def _trained_weights(self) -> dict[str, torch.Tensor]:
-        return dict(self.named)
+        # Named as the peft path names them, so that either path resumes the other's checkpoints.
+        return {name.replace(".weight", f".{ADAPTER}.weight"): param for name, param in self.named.items()}
 
     def _lora_modules(self) -> tuple:
         set_peft_weights(self.skeleton, "unet", ADAPTER, self.named)

@@ -163,8 +163,6 @@ class Scheduler:
     def _admit_generation(self, task: Task) -> str:
         request = task.request
         seed, control = self.engine.generation_inputs(request)
-        if control is not None and self.engine.models.controlnet is None:
-            raise EngineError("bad_request", "this engine has no ControlNet loaded; control_image is unavailable")
         slot = NONE
         if request.lora is not None:
             try:
