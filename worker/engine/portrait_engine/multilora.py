@@ -268,28 +268,35 @@ class SlotLayer:
         return self.slot_A[index], self.slot_B[index], self.slot_scale[index]
 
 
-class SlotLinear(SlotLayer, nn.Linear):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = F.linear(x, self.weight, self.bias)
+    def _with_slots(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """The base layer's `result` plus each sample's slot update, cast back to the result's dtype as peft does."""
         if self.lora is None or self.lora.active == 0:
             return result
         a, b, scale = self._gathered(x.shape[0])
-        flat = x.to(a.dtype).reshape(x.shape[0], -1, x.shape[-1])  # [B, N, in]
-        delta = torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2)) * scale[:, None, None]
+        delta = self._delta(x.to(a.dtype), a, b) * scale[:, None, None]
         return (result + delta.reshape(result.shape)).to(result.dtype)
+
+
+class SlotLinear(SlotLayer, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._with_slots(x, F.linear(x, self.weight, self.bias))
+
+    @staticmethod
+    def _delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [B, N, in]
+        return torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2))
 
 
 class SlotConv2d(SlotLayer, nn.Conv2d):
     """A 1x1 convolution: a Linear over channels at every pixel."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self._conv_forward(x, self.weight, self.bias)
-        if self.lora is None or self.lora.active == 0:
-            return result
-        a, b, scale = self._gathered(x.shape[0])
-        flat = x.to(a.dtype).reshape(x.shape[0], x.shape[1], -1)  # [B, in, HW]
-        delta = torch.bmm(b, torch.bmm(a, flat)) * scale[:, None, None]
-        return (result + delta.reshape(result.shape)).to(result.dtype)
+        return self._with_slots(x, self._conv_forward(x, self.weight, self.bias))
+
+    @staticmethod
+    def _delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(x.shape[0], x.shape[1], -1)  # [B, in, HW]
+        return torch.bmm(b, torch.bmm(a, flat))
 
 
 # --- peft's view of a slot: initialization and saving ---------------------------------------------------------

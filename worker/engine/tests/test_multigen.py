@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
 from portrait_engine.engine import Engine
@@ -14,7 +13,7 @@ from portrait_engine.multilora import NONE
 from portrait_engine.protocol import GenerateRequest
 from portrait_engine.tiny import BASE_DIR, CONTROLNET_DIR
 
-from .test_equivalence import REFERENCE_SCHEDULERS, TOLERANCE
+from .test_equivalence import TOLERANCE, _theirs
 from .test_multilora import random_lora
 
 
@@ -33,23 +32,10 @@ def _reference(pipe, request: GenerateRequest, lora: Path | None, control=None) 
     if lora is not None:
         pipe.load_lora_weights(str(lora))
     try:
-        pipe.scheduler = REFERENCE_SCHEDULERS[request.scheduler](pipe.base_scheduler_config)
         extra = {} if control is None else dict(image=control, controlnet_conditioning_scale=request.controlnet_scale)
-        images = pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance_scale,
-            width=request.width,
-            height=request.height,
-            num_images_per_prompt=request.num_images,
-            generator=[torch.Generator("cpu").manual_seed(request.seed + i) for i in range(request.num_images)],
-            cross_attention_kwargs={"scale": request.lora_scale},
-            **extra,
-        ).images
+        return _theirs(pipe, request.scheduler, pipe.base_scheduler_config, request.model_dump(), **extra)
     finally:
         pipe.unload_lora_weights()
-    return np.stack([np.asarray(image) for image in images]).astype(int)
 
 
 def test_a_mixed_batch_matches_the_pipelines_request_by_request(
