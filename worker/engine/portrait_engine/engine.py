@@ -49,8 +49,14 @@ class Engine:
         self.fast_training = config.use_fast  # LoRA steps in a CUDA graph where fast_train accepts the job
         if config.use_fast:
             inductor_cache(config.cache_dir)
-            self.fast = FastGenerator(self.models, settings_from_env())
-            self.warmup = self.fast.warm_up()
+            try:
+                self.fast = FastGenerator(self.models, settings_from_env())
+                self.warmup = self.fast.warm_up()
+            except Exception as error:  # noqa: BLE001
+                # Without graphs the engine is slower, not broken: serve eagerly and say why in the ready event.
+                log.exception("fast path warm-up failed; generating eagerly")
+                self.fast = None
+                self.warmup = {"fast": False, "error": f"{type(error).__name__}: {error}"[:500]}
         # Jobs share one UNet (and its adapters): they must never overlap, whoever calls them.
         self._job_lock = threading.Lock()
 
@@ -125,7 +131,7 @@ class Engine:
             ctx.progress(step, total)
 
         with self._job_lock:
-            images = generate(self.models, self.loras, request, seed, control, on_step, self.fast)
+            images = generate(self.models, self.loras, request, seed, control, on_step)
         return finish_generation(request, images, seed, started)
 
 

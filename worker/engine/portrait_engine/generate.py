@@ -1,10 +1,8 @@
 """Generation: txt2img and ControlNet pipelines derived per request from the shared base pipeline."""
 
-import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from diffusers import (
@@ -22,11 +20,6 @@ from PIL import Image
 from .errors import EngineError
 from .models import Models
 from .protocol import GenerateRequest, SchedulerName
-
-if TYPE_CHECKING:
-    from .fast import FastGenerator
-
-log = logging.getLogger(__name__)
 
 LORA_CACHE_SIZE = 8
 
@@ -104,16 +97,9 @@ def generate(
     seed: int,
     control_image: Image.Image | None,
     on_step: StepCallback,
-    fast: "FastGenerator | None" = None,
 ) -> list[Image.Image]:
-    """Runs one request; `on_step(step, total)` is called after every denoising step and may raise to stop it.
-    With `fast`, requests its graphs can serve go through them; the others (and all without it) through diffusers."""
+    """Runs one request; `on_step(step, total)` is called after every denoising step and may raise to stop it."""
     pipe = _derive(models, request.scheduler, controlnet=control_image is not None)
-    if fast is not None:
-        refusal = fast.refusal(request, controlnet=control_image is not None)
-        if refusal is None:
-            return fast.generate(request, seed, control_image, on_step, pipe)
-        log.info("request %s takes the plain path: %s", request.id, refusal)
     extra = {}
     if control_image is not None:
         extra = dict(image=control_image, controlnet_conditioning_scale=request.controlnet_scale)

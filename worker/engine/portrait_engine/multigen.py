@@ -13,6 +13,7 @@ compares each request of a mixed batch with diffusers' pipelines: the equivalenc
 """
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
@@ -22,6 +23,9 @@ from .generate import _derive
 from .models import Models
 from .multilora import NONE
 from .protocol import GenerateRequest
+
+if TYPE_CHECKING:
+    from .fast import FastGenerator
 
 
 class Generation:
@@ -89,7 +93,9 @@ class Generation:
 
 
 @torch.no_grad()
-def denoise_step(models: Models, generations: Sequence[Generation]) -> dict[Generation, Exception]:
+def denoise_step(
+    models: Models, generations: Sequence[Generation], fast: "FastGenerator | None" = None
+) -> dict[Generation, Exception]:
     """One denoising step for every unfinished request given (see the module docstring). Returns the requests that
     failed, with their exception: a shared call that raises is retried request by request, so only the request at
     fault fails; the others have taken their step."""
@@ -100,7 +106,7 @@ def denoise_step(models: Models, generations: Sequence[Generation]) -> dict[Gene
     failures: dict[Generation, Exception] = {}
     for members in groups.values():
         try:
-            noise = _predict(models, members)
+            noise = _predict(models, members, fast)
         except Exception as error:  # noqa: BLE001
             if len(members) == 1:
                 failures[members[0]] = error
@@ -108,7 +114,7 @@ def denoise_step(models: Models, generations: Sequence[Generation]) -> dict[Gene
             noise = []
             for generation in members:
                 try:
-                    noise.append(_predict(models, [generation])[0])
+                    noise.append(_predict(models, [generation], fast)[0])
                 except Exception as alone:  # noqa: BLE001
                     failures[generation] = alone
                     noise.append(None)
@@ -122,14 +128,24 @@ def denoise_step(models: Models, generations: Sequence[Generation]) -> dict[Gene
     return failures
 
 
-def _predict(models: Models, members: list[Generation]) -> list[torch.Tensor]:
-    """The UNet's (and ControlNet's) prediction for every member's rows, in one call."""
+def _predict(models: Models, members: list[Generation], fast: "FastGenerator | None" = None) -> list[torch.Tensor]:
+    """The UNet's (and ControlNet's) prediction for every member's rows, in one call (a captured graph's, when
+    `fast` holds one for these rows)."""
     inputs = [g.model_input() for g in members]
     sizes = [len(x) for x in inputs]
     sample = torch.cat(inputs)
     timesteps = torch.cat([g.timesteps[g.step_index].expand(n) for g, n in zip(members, sizes)])
     embeddings = torch.cat([g.embeddings for g in members])
     index = torch.cat([torch.full((n,), g.slot, dtype=torch.long) for g, n in zip(members, sizes)])
+    if fast is not None:
+        control = scale = None
+        if members[0].control is not None:
+            control = torch.cat([g.control for g in members])
+            scale = torch.cat([torch.full((n,), g.request.controlnet_scale, dtype=sample.dtype)
+                               for g, n in zip(members, sizes)]).to(sample.device)[:, None, None, None]
+        noise = fast.predict(sample, timesteps, embeddings, index, control, scale)
+        if noise is not None:
+            return list(noise.split(sizes))
     extra = {}
     if members[0].control is not None:
         # conditioning_scale 1, then each request's own scale per row: the same products the pipeline takes.

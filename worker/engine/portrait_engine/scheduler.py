@@ -199,7 +199,7 @@ class Scheduler:
             self._end(task, error=Cancelled())
         generations = [t for t in self.active if t.generation is not None]
         if generations:
-            failures = denoise_step(self.engine.models, [t.generation for t in generations])
+            failures = denoise_step(self.engine.models, [t.generation for t in generations], self.engine.fast)
             for task in generations:
                 generation = task.generation
                 if generation in failures:

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import safetensors.torch
 import torch
 from PIL import Image
 
 from portrait_engine import fast_train
 from portrait_engine.config import EngineConfig, parse_config
 from portrait_engine.engine import Engine
-from portrait_engine.fast import FastGenerator, FastSettings, Unsupported, bucket, settings_from_env
-from portrait_engine.generate import _derive, generate
+from portrait_engine.fast import FastGenerator, FastSettings, bucket, settings_from_env
+from portrait_engine.multigen import Generation, denoise_step
+from portrait_engine.multilora import NONE
 from portrait_engine.protocol import GenerateRequest, TrainParams, TrainRequest
 
 from .support import ENGINE_DIR, QUICK_TRAIN, RecordingJob
@@ -29,18 +29,25 @@ SIZE = 64
 def fast(engine: Engine) -> FastGenerator:
     generator = FastGenerator(engine.models, FastSettings(batch_sizes=(1, 2, 4), width=SIZE, height=SIZE))
     generator.warm_up()
-    yield generator
-    generator.slots.remove()  # the session's engine goes on without these hooks
+    return generator
 
 
 @pytest.fixture(scope="module")
 def other_lora(engine: Engine, photos: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second user: other photos order, other seed, so its LoRA differs from trained_lora."""
+    """A second user: other photo order, other seed, so its LoRA differs from trained_lora."""
     output = tmp_path_factory.mktemp("other") / "other.safetensors"
     params = TrainParams(**{**QUICK_TRAIN, "seed": 5})
     engine.train(TrainRequest(id="other", op="train", photos=photos[::-1], output=str(output), params=params),
                  RecordingJob())
     return output
+
+
+@pytest.fixture
+def slots(engine: Engine):
+    """Slot 0 and 1 for this test's users, cleared afterwards (the slot table is the session's)."""
+    yield engine.models.slots
+    for slot in (0, 1):
+        engine.models.slots.clear_slot(slot)
 
 
 def request(**fields) -> GenerateRequest:
@@ -52,8 +59,12 @@ def pixels(images: list[Image.Image]) -> np.ndarray:
     return np.stack([np.asarray(image, dtype=np.int16) for image in images])
 
 
-def run(engine: Engine, req: GenerateRequest, fast: FastGenerator | None, control: Image.Image | None = None):
-    return pixels(generate(engine.models, engine.loras, req, req.seed, control, lambda step, total: None, fast))
+def run(engine: Engine, cases, fast: FastGenerator | None) -> list[np.ndarray]:
+    """(request, slot, control image) cases denoised together as the scheduler does it; each one's images."""
+    generations = [Generation(engine.models, r, r.seed, control, slot) for r, slot, control in cases]
+    while not all(g.done for g in generations):
+        assert denoise_step(engine.models, generations, fast) == {}
+    return [pixels(g.finish()) for g in generations]
 
 
 # --- selection -------------------------------------------------------------------------------------------------
@@ -79,10 +90,8 @@ def test_bad_engine_fast_is_a_usage_error(capsys):
 def test_settings_from_the_environment():
     default = settings_from_env({})
     assert (default.batch_sizes, default.compile_batches, default.width, default.height) == ((1, 2, 4, 8), (1,), 512, 512)
-    custom = settings_from_env({"ENGINE_FAST_BATCHES": "8,2", "ENGINE_FAST_COMPILE": "none", "ENGINE_FAST_SIZE": "768x512",
-                                "ENGINE_FAST_MAX_RANK": "64"})
-    assert (custom.batch_sizes, custom.compile_batches, custom.width, custom.height, custom.max_rank) == \
-        ((2, 8), (), 768, 512, 64)
+    custom = settings_from_env({"ENGINE_FAST_BATCHES": "8,2", "ENGINE_FAST_COMPILE": "none", "ENGINE_FAST_SIZE": "768x512"})
+    assert (custom.batch_sizes, custom.compile_batches, custom.width, custom.height) == ((2, 8), (), 768, 512)
 
 
 def test_without_cuda_the_engine_runs_the_plain_path(engine: Engine):
@@ -105,76 +114,64 @@ def test_batch_buckets():
     assert bucket(3, (2, 6)) == 6 and bucket(1, ()) is None
 
 
-# --- equivalence with diffusers ----------------------------------------------------------------------------------
+# --- the graphed call computes what multigen's eager call computes -------------------------------------------------
 
 
 @pytest.mark.parametrize("scheduler", ["unipc", "euler_a", "dpmpp_2m_karras", "ddim"])
-def test_fast_path_equals_the_pipeline(engine: Engine, fast: FastGenerator, trained_lora: Path, scheduler):
-    req = request(scheduler=scheduler, lora=str(trained_lora), num_images=3)  # 3 images in the batch-4 buffers
-    assert fast.refusal(req, controlnet=False) is None
-    ours, theirs = run(engine, req, fast), run(engine, req, None)
-    assert np.array_equal(ours, theirs)
-    assert not np.array_equal(ours, run(engine, request(scheduler=scheduler, num_images=3), fast))  # LoRA acts
+def test_graph_route_equals_the_eager_batched_call(engine, fast, slots, trained_lora, other_lora, scheduler):
+    slots.load_slot_file(0, trained_lora, 1.0)
+    slots.load_slot_file(1, other_lora, 0.6)
+    cases = [  # two users, a request without LoRA, CFG off: 2 + 1 + 2 + 1 = 6 rows in the 8-row graph
+        (request(scheduler=scheduler, num_images=1), 0, None),
+        (request(scheduler=scheduler, prompt="two", seed=3, guidance_scale=1.0), NONE, None),
+        (request(scheduler=scheduler, prompt="three", seed=5, guidance_scale=4.0), 1, None),
+        (request(scheduler=scheduler, prompt="four", seed=6, guidance_scale=1.0), 1, None),
+    ]
+    graph = fast.graph_for(torch.zeros(6, 4, *fast.latent_hw), False)
+    assert graph.rows == 8
+    calls = graph.calls
+    ours, theirs = run(engine, cases, fast), run(engine, cases, None)
+    assert graph.calls == calls + cases[0][0].steps  # every step went through the graph
+    for a, b in zip(ours, theirs):
+        assert np.array_equal(a, b)
+    assert not np.array_equal(ours[0], run(engine, [(request(scheduler=scheduler), NONE, None)], fast)[0])  # LoRA acts
 
 
-def test_fast_controlnet_equals_the_pipeline(engine: Engine, fast: FastGenerator, trained_lora: Path, photos):
-    control = Image.open(photos[0]).convert("RGB").resize((SIZE, SIZE))
-    req = request(lora=str(trained_lora), controlnet_scale=0.5, negative_prompt="blurry", guidance_scale=5.0)
-    ours, theirs = run(engine, req, fast, control), run(engine, req, None, control)
-    assert np.array_equal(ours, theirs)
+def test_graph_route_with_controlnet_equals_the_eager_call(engine, fast, slots, trained_lora, photos):
+    slots.load_slot_file(0, trained_lora, 1.0)
+    control = Image.open(photos[0]).convert("RGB")
+    cases = [(request(controlnet_scale=0.5, negative_prompt="blurry", guidance_scale=5.0), 0, control),
+             (request(controlnet_scale=1.0, seed=2), NONE, control)]
+    calls = fast.graphs[(True, 4)].calls
+    for a, b in zip(run(engine, cases, fast), run(engine, cases, None)):
+        assert np.array_equal(a, b)
+    assert fast.graphs[(True, 4)].calls == calls + 3
 
 
-def test_lora_scale_folds_into_the_slot(engine: Engine, fast: FastGenerator, trained_lora: Path):
-    req = request(lora=str(trained_lora), lora_scale=0.4)
-    assert np.array_equal(run(engine, req, fast), run(engine, req, None))
+def test_switching_users_is_an_index_and_leaves_nothing_behind(engine, fast, slots, trained_lora, other_lora):
+    slots.load_slot_file(0, trained_lora, 1.0)
+    slots.load_slot_file(1, other_lora, 1.0)
+    a = run(engine, [(request(), 0, None)], fast)[0]
+    b = run(engine, [(request(), 1, None), (request(seed=4, num_images=3), 0, None)], fast)  # fills all 8 rows
+    assert not np.array_equal(a, b[0][:1])
+    # Back to user a alone (2-row graph), then beside a request without CFG (3 rows: the 4-row graph's last row
+    # still holds the previous call's data).
+    assert np.array_equal(run(engine, [(request(), 0, None)], fast)[0], a)
+    assert np.array_equal(run(engine, [(request(), 0, None), (request(seed=9, guidance_scale=1.0), NONE, None)],
+                              fast)[0], a)
 
 
-# --- LoRA slots ------------------------------------------------------------------------------------------------
-
-
-def test_switching_users_is_a_copy_and_keeps_outputs_equal(engine, fast, trained_lora, other_lora):
-    a, b = request(lora=str(trained_lora)), request(lora=str(other_lora))
-    first_a = run(engine, a, fast)
-    only_b = run(engine, b, fast)
-    assert not np.array_equal(first_a, only_b)
-    assert np.array_equal(run(engine, a, fast), first_a)  # back to a: the slot holds exactly a again
-    assert np.array_equal(only_b, run(engine, b, None))
-    packed, _ = fast.slots.pack(str(trained_lora))
-    assert fast.slots.pack(str(trained_lora))[0] is packed  # packed once, switched by copying
-
-
-def test_one_batch_of_several_users_equals_each_alone(engine, fast, trained_lora, other_lora):
-    items = [(request(lora=str(trained_lora), prompt="one"), 3), (request(prompt="two"), 4),
-             (request(lora=str(other_lora), prompt="three", guidance_scale=4.0), 5)]
-    pipe = _derive(engine.models, "unipc", controlnet=False)
-    together = fast.generate_many(items, None, lambda step, total: None, pipe)
-    for (req, seed), images in zip(items, together):
-        alone = run(engine, req.model_copy(update={"seed": seed}), None)
-        # Batched kernels round differently from batch-1 ones: at most one level of 255.
-        assert np.abs(pixels(images) - alone).max() <= 1
-
-
-def test_requests_the_graphs_cannot_serve_take_the_plain_path(engine, fast, trained_lora, tmp_path):
-    assert "not captured" in fast.refusal(request(width=96), controlnet=False)
-    assert "CFG" in fast.refusal(request(guidance_scale=1.0), controlnet=False)
-    state = safetensors.torch.load_file(trained_lora)
-    big = {k: torch.cat([v] * 10, dim=0 if "down" in k else 1) for k, v in state.items()}  # rank 40 > 32
-    safetensors.torch.save_file(big, tmp_path / "big.safetensors",
-                                metadata={"lora_adapter_metadata": json.dumps({"unet.r": 40, "unet.lora_alpha": 40})})
-    assert "rank 40" in fast.refusal(request(lora=str(tmp_path / "big.safetensors")), controlnet=False)
-    text = {**state, "text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.down.weight":
-            torch.zeros(4, 32)}
-    safetensors.torch.save_file(text, tmp_path / "text.safetensors")
-    with pytest.raises(Unsupported, match="text encoder"):
-        fast.slots.pack(str(tmp_path / "text.safetensors"))
-    # A refused request still gets its images, from diffusers.
-    req = request(width=96, lora=str(trained_lora))
-    assert np.array_equal(run(engine, req, fast), run(engine, req, None))
+def test_batches_no_graph_holds_run_eagerly(engine, fast):
+    assert fast.graph_for(torch.zeros(2, 4, 12, 8), False) is None  # another latent size
+    assert fast.graph_for(torch.zeros(10, 4, *fast.latent_hw), False) is None  # more rows than captured
+    cases = [(request(width=96, seed=s), NONE, None) for s in range(2)]
+    for a, b in zip(run(engine, cases, fast), run(engine, cases, None)):
+        assert np.array_equal(a, b)
 
 
 def test_ready_event_reports_the_warm_up(cache_dir: Path, tmp_path: Path):
     env = {**os.environ, "ENGINE_CACHE_DIR": str(cache_dir), "ENGINE_DEVICE": "cpu", "ENGINE_FAST": "on",
-           "ENGINE_FAST_SIZE": "64x64", "ENGINE_FAST_BATCHES": "1"}
+           "ENGINE_FAST_SIZE": "64x64", "ENGINE_FAST_BATCHES": "1", "ENGINE_LORA_PATH": "slots"}
     done = subprocess.run([sys.executable, "-m", "portrait_engine", "--profile", "tiny"], cwd=ENGINE_DIR, env=env,
                           input=b"", capture_output=True, timeout=120)
     ready = json.loads(done.stdout.splitlines()[0])
