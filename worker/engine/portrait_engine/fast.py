@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from diffusers import StableDiffusionPipeline
 
 from .models import Models
