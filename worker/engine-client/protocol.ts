@@ -85,7 +85,14 @@ export type GenerateRequest = z.infer<typeof generateRequest>;
 export const errorCodes = ['bad_request', 'not_found', 'cancelled', 'busy', 'internal'] as const;
 export type EngineErrorCode = (typeof errorCodes)[number];
 
-export const readyEvent = z.strictObject({ id: z.null(), event: z.literal('ready'), profile: z.string(), device: z.string() });
+export const readyEvent = z.strictObject({
+  id: z.null(),
+  event: z.literal('ready'),
+  profile: z.string(),
+  device: z.string(),
+  // The fast path's warm-up report (seconds, peak GPU memory, captured batch sizes); absent when it is off.
+  info: z.record(z.string(), z.unknown()).optional(),
+});
 export const progressEvent = z.strictObject({
   id: z.string(),
   event: z.literal('progress'),

@@ -11,6 +11,8 @@ import torch
 
 Profile = Literal["tiny", "real"]
 PROFILES = get_args(Profile)
+FastMode = Literal["auto", "on", "off"]
+FAST_MODES = get_args(FastMode)
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,21 @@ class EngineConfig:
     device: torch.device
     base_model: Path | None = None
     controlnet: Path | None = None
+    # Generation through captured CUDA graphs (fast.py). auto: with CUDA; on: also elsewhere, eagerly (tests);
+    # off: diffusers' pipelines only.
+    fast: FastMode = "auto"
+
+    @property
+    def use_fast(self) -> bool:
+        return self.fast == "on" or (self.fast == "auto" and self.device.type == "cuda")
+    # The slot LoRA table (multilora.py): how many users' adapters the shared models hold at once, and their max rank.
+    lora_slots: int = 16
+    lora_max_rank: int = 32
+    # "slots": jobs batched by the scheduler over the slot table; "peft": every job alone on diffusers' peft path.
+    lora_path: Literal["slots", "peft"] = "slots"
+    # Jobs the scheduler runs at once, and the fixed row count of its training UNet calls (0: natural sizes).
+    max_jobs: int = 8
+    train_rows: int = 8
 
     @property
     def dtype(self) -> torch.dtype:
@@ -63,6 +80,26 @@ def add_engine_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]
         help="real profile: ControlNet openpose folder in diffusers layout; without it pose requests "
         "are refused [ENGINE_CONTROLNET]",
     )
+    parser.add_argument(
+        "--fast",
+        default=env.get("ENGINE_FAST", "auto"),
+        help="auto|on|off: generate through CUDA graphs captured at start (auto: when the device is CUDA); "
+        "tuned by ENGINE_FAST_BATCHES, ENGINE_FAST_COMPILE, ENGINE_FAST_SIZE [ENGINE_FAST]",
+    )
+    parser.add_argument(
+        "--lora-path",
+        choices=("slots", "peft"),
+        default=env.get("ENGINE_LORA_PATH", "slots"),
+        help="slots: jobs batched together over per-user LoRA slots; peft: one job at a time on diffusers' peft "
+        "path [ENGINE_LORA_PATH, default slots]",
+    )
+    for flag, variable, default, what in (
+        ("--max-jobs", "ENGINE_MAX_JOBS", 8, "jobs run at once (more wait in the queue)"),
+        ("--lora-slots", "ENGINE_LORA_SLOTS", 16, "users' LoRAs held at once"),
+        ("--lora-max-rank", "ENGINE_LORA_MAX_RANK", 32, "largest rank a slot holds (above: the peft path)"),
+        ("--train-rows", "ENGINE_TRAIN_ROWS", 8, "rows per training UNet call, padded (0: natural sizes)"),
+    ):
+        parser.add_argument(flag, type=int, default=env.get(variable, str(default)), help=f"{what} [{variable}]")
 
 
 def engine_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> EngineConfig:
@@ -71,6 +108,12 @@ def engine_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"ENGINE_PROFILE must be tiny or real, not {args.profile!r}")
     if args.profile == "real" and args.base_model is None:
         parser.error("--base-model (or ENGINE_BASE_MODEL) is required with --profile real")
+    if args.fast not in FAST_MODES:
+        parser.error(f"ENGINE_FAST must be auto, on or off, not {args.fast!r}")
+    if args.lora_path not in ("slots", "peft"):
+        parser.error(f"ENGINE_LORA_PATH must be slots or peft, not {args.lora_path!r}")
+    if min(args.max_jobs, args.lora_slots, args.lora_max_rank) < 1 or args.train_rows < 0:
+        parser.error("--max-jobs, --lora-slots and --lora-max-rank must be at least 1, --train-rows at least 0")
     try:
         device = torch.device(args.device)
     except RuntimeError as error:
@@ -81,6 +124,12 @@ def engine_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         device=device,
         base_model=args.base_model,
         controlnet=args.controlnet,
+        fast=args.fast,
+        lora_path=args.lora_path,
+        max_jobs=args.max_jobs,
+        lora_slots=args.lora_slots,
+        lora_max_rank=args.lora_max_rank,
+        train_rows=args.train_rows,
     )
 
 

@@ -1,5 +1,6 @@
 """The engine's operations on the shared models, independent of how requests arrive."""
 
+import logging
 import random
 import threading
 import time
@@ -11,14 +12,19 @@ import diffusers
 import peft
 import torch
 import transformers
+from PIL import Image
 
 from .checkpoint import Checkpoints, default_folder, fingerprint
 from .config import EngineConfig
+from . import fast_train
+from .fast import FastGenerator, inductor_cache, settings_from_env
 from .generate import LoraCache, generate
 from .images import load_photos, open_rgb, save_pngs
 from .models import load_models
-from .protocol import MAX_SEED, GenerateRequest, GenerateResult, PongResult, TrainRequest, TrainResult
+from .protocol import MAX_SEED, GenerateRequest, GenerateResult, PongResult, TrainParams, TrainRequest, TrainResult
 from .train import Training, resolve_params, training_session
+
+log = logging.getLogger(__name__)
 
 # Called after every optimizer step with the job's live state (the experiment runner samples images from it).
 StepObserver = Callable[[Training], None]
@@ -38,6 +44,19 @@ class Engine:
         self.config = config
         self.models = load_models(config)
         self.loras = LoraCache(self.models.pipe)
+        self.fast: FastGenerator | None = None
+        self.warmup: dict | None = None  # what the ready event reports about the fast path
+        self.fast_training = config.use_fast  # LoRA steps in a CUDA graph where fast_train accepts the job
+        if config.use_fast:
+            inductor_cache(config.cache_dir)
+            try:
+                self.fast = FastGenerator(self.models, settings_from_env())
+                self.warmup = self.fast.warm_up()
+            except Exception as error:  # noqa: BLE001
+                # Without graphs the engine is slower, not broken: serve eagerly and say why in the ready event.
+                log.exception("fast path warm-up failed; generating eagerly")
+                self.fast = None
+                self.warmup = {"fast": False, "error": f"{type(error).__name__}: {error}"[:500]}
         # Jobs share one UNet (and its adapters): they must never overlap, whoever calls them.
         self._job_lock = threading.Lock()
 
@@ -57,6 +76,33 @@ class Engine:
     def train(self, request: TrainRequest, ctx: JobContext, observer: StepObserver | None = None) -> TrainResult:
         started = time.monotonic()
         models = self.models
+        params, photos, class_photos, checkpoints = self.prepare_training(request)
+        with self._job_lock:
+            self.loras.clear()
+            with training_session(models, params, photos, class_photos) as training:
+                stepper = training
+                why = fast_train.refusal(params, models.device, class_photos is not None)
+                if self.fast_training and why is None:
+                    stepper = fast_train.GraphedStep(training)
+                elif self.fast_training:
+                    log.info("training %s steps eagerly: %s", request.id, why)
+                resumed_from = resume(training, checkpoints)
+                while training.step_count < params.max_steps:
+                    ctx.check_cancel()
+                    loss = stepper.step()
+                    ctx.progress(training.step_count, params.max_steps, loss)
+                    if observer is not None:
+                        observer(training)
+                    checkpoint(training, checkpoints)
+                ctx.check_cancel()
+                result = finish_training(request, training, checkpoints, started, resumed_from)
+        return result
+
+    def prepare_training(
+        self, request: TrainRequest
+    ) -> tuple[TrainParams, torch.Tensor, torch.Tensor | None, Checkpoints | None]:
+        """A train request's resolved parameters, photos, class photos and checkpoint folder (or None)."""
+        models = self.models
         photos = load_photos(request.photos, request.params.resolution)
         class_photos = load_photos(request.class_photos, request.params.resolution) if request.class_photos else None
         params = resolve_params(
@@ -69,44 +115,16 @@ class Engine:
                 params, request.photos, request.class_photos or [], models.base_hash, str(models.device), str(models.dtype)
             )
             checkpoints = Checkpoints(folder, job)
-        with self._job_lock:
-            self.loras.clear()
-            with training_session(models, params, photos, class_photos) as training:
-                resumed_from = None
-                if checkpoints is not None and (state := checkpoints.latest()) is not None:
-                    training.load_state_dict(state)
-                    resumed_from = training.step_count
-                while training.step_count < params.max_steps:
-                    ctx.check_cancel()
-                    loss = training.step()
-                    ctx.progress(training.step_count, params.max_steps, loss)
-                    if observer is not None:
-                        observer(training)
-                    if checkpoints is not None and training.step_count % params.checkpoint_steps == 0 \
-                            and training.step_count < params.max_steps:
-                        checkpoints.save(training.state_dict(), training.save_lora)
-                ctx.check_cancel()
-                kohya = training.save(Path(request.output))
-                losses, warnings = training.losses, training.warnings
-        if checkpoints is not None:
-            checkpoints.clear()
-        return TrainResult(
-            id=request.id,
-            output=request.output,
-            kohya_output=None if kohya is None else str(kohya),
-            steps=len(losses),
-            final_loss=losses[-1],
-            losses=losses,
-            seconds=time.monotonic() - started,
-            params=params,
-            resumed_from=resumed_from,
-            warnings=warnings,
-        )
+        return params, photos, class_photos, checkpoints
+
+    def generation_inputs(self, request: GenerateRequest) -> tuple[int, Image.Image | None]:
+        """The request's seed (drawn when it has none) and its opened control image."""
+        seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
+        return seed, open_rgb(request.control_image) if request.control_image else None
 
     def generate(self, request: GenerateRequest, ctx: JobContext) -> GenerateResult:
         started = time.monotonic()
-        seed = request.seed if request.seed is not None else random.randint(0, MAX_SEED)
-        control = open_rgb(request.control_image) if request.control_image else None
+        seed, control = self.generation_inputs(request)
 
         def on_step(step: int, total: int) -> None:
             ctx.check_cancel()
@@ -114,5 +132,47 @@ class Engine:
 
         with self._job_lock:
             images = generate(self.models, self.loras, request, seed, control, on_step)
-        paths = save_pngs(images, Path(request.output_dir))
-        return GenerateResult(id=request.id, images=paths, seed=seed, seconds=time.monotonic() - started)
+        return finish_generation(request, images, seed, started)
+
+
+def resume(training: Training, checkpoints: Checkpoints | None) -> int | None:
+    """Loads the newest matching checkpoint into `training`; returns the step it resumed from."""
+    if checkpoints is not None and (state := checkpoints.latest()) is not None:
+        training.load_state_dict(state)
+        return training.step_count
+    return None
+
+
+def checkpoint(training: Training, checkpoints: Checkpoints | None) -> None:
+    """Saves a checkpoint after a step when one is due (never after the last: the output follows)."""
+    params = training.params
+    if checkpoints is not None and training.step_count % params.checkpoint_steps == 0 \
+            and training.step_count < params.max_steps:
+        checkpoints.save(training.state_dict(), training.save_lora)
+
+
+def finish_training(
+    request: TrainRequest, training: Training, checkpoints: Checkpoints | None, started: float, resumed_from: int | None
+) -> TrainResult:
+    """Writes the job's output files, drops its checkpoints and describes the result."""
+    kohya = training.save(Path(request.output))
+    if checkpoints is not None:
+        checkpoints.clear()
+    losses = training.losses
+    return TrainResult(
+        id=request.id,
+        output=request.output,
+        kohya_output=None if kohya is None else str(kohya),
+        steps=len(losses),
+        final_loss=losses[-1],
+        losses=losses,
+        seconds=time.monotonic() - started,
+        params=training.params,
+        resumed_from=resumed_from,
+        warnings=training.warnings,
+    )
+
+
+def finish_generation(request: GenerateRequest, images: list, seed: int, started: float) -> GenerateResult:
+    paths = save_pngs(images, Path(request.output_dir))
+    return GenerateResult(id=request.id, images=paths, seed=seed, seconds=time.monotonic() - started)

@@ -2,6 +2,7 @@
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import EngineError
+
+PNG_THREADS = 4
 
 
 def open_rgb(path: str) -> Image.Image:
@@ -59,8 +62,10 @@ def save_pngs(images: Sequence[Image.Image], folder: Path) -> list[str]:
     finals = [folder / f"{i}.png" for i in range(len(images))]
     temps = [folder / f".{final.name}.tmp" for final in finals]
     try:
-        for image, temp in zip(images, temps):
-            image.save(temp, format="PNG")
+        # zlib's fastest level: several times faster than PIL's default (6) for ~10% more bytes; PIL releases the
+        # GIL while compressing, so a batch's images encode in parallel.
+        with ThreadPoolExecutor(max_workers=min(len(images), PNG_THREADS) or 1) as pool:
+            list(pool.map(lambda pair: pair[0].save(pair[1], format="PNG", compress_level=1), zip(images, temps)))
         for temp, final in zip(temps, finals):
             os.replace(temp, final)
     finally:

@@ -6,6 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import torch
 from diffusers import ControlNetModel, StableDiffusionPipeline
@@ -13,9 +14,13 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from .config import EngineConfig
 from .errors import EngineError
+from .multilora import SlotLoRA
+from .protocol import TargetModule
 from .tiny import ensure_tiny_models
 
 log = logging.getLogger(__name__)
+
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # the reference's, for --train_text_encoder
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,8 @@ class Models:
     dtype: torch.dtype
     # The folder the pipeline was loaded from: full-UNet training reloads the UNet from it in float32.
     base_path: Path
+    # Slot layers over the UNet's and the text encoder's LoRA targets (empty slots: exactly the base model).
+    slots: SlotLoRA
 
     @property
     def base_hash(self) -> str:
@@ -41,9 +48,9 @@ def load_models(config: EngineConfig) -> Models:
     """The shared Models for this configuration, loaded on first call (under a lock, so exactly once)."""
     with _lock:
         base, controlnet = _model_paths(config)
-        key = (base, controlnet, config.device, config.dtype)
+        key = (base, controlnet, config.device, config.dtype, config.lora_slots, config.lora_max_rank)
         if key not in _loaded:
-            _loaded[key] = _load(base, controlnet, config.device, config.dtype)
+            _loaded[key] = _load(base, controlnet, config)
         return _loaded[key]
 
 
@@ -56,7 +63,8 @@ def _model_paths(config: EngineConfig) -> tuple[Path, Path | None]:
     return config.base_model, config.controlnet
 
 
-def _load(base: Path, controlnet: Path | None, device: torch.device, dtype: torch.dtype) -> Models:
+def _load(base: Path, controlnet: Path | None, config: EngineConfig) -> Models:
+    device, dtype = config.device, config.dtype
     log.info("loading %s (controlnet %s) on %s as %s", base, controlnet, device, dtype)
     pipe = StableDiffusionPipeline.from_pretrained(
         base, dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True
@@ -73,7 +81,11 @@ def _load(base: Path, controlnet: Path | None, device: torch.device, dtype: torc
     for module in (pipe.unet, pipe.vae, cn):
         if module is not None:
             module.set_attn_processor(AttnProcessor2_0())
-    return Models(pipe=pipe, controlnet=cn, device=device, dtype=dtype, base_path=base)
+    # Trained LoRA weights are float32 (as the scripts keep them), so the slots are too.
+    slots = SlotLoRA(config.lora_slots, config.lora_max_rank, device=device, dtype=torch.float32)
+    slots.install("unet", pipe.unet, get_args(TargetModule))
+    slots.install("text_encoder", pipe.text_encoder, TEXT_ENCODER_TARGETS)
+    return Models(pipe=pipe, controlnet=cn, device=device, dtype=dtype, base_path=base, slots=slots)
 
 
 @functools.cache

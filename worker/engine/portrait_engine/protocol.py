@@ -163,6 +163,8 @@ class ReadyEvent(_Strict):
     event: Literal["ready"] = "ready"
     profile: str
     device: str
+    # The fast path's warm-up (seconds, peak GPU memory, captured batch sizes, what was compiled); absent when off.
+    info: dict[str, Any] | None = Field(None, exclude_if=lambda info: info is None)
 
 
 class ProgressEvent(_Event):

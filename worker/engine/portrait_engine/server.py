@@ -1,7 +1,8 @@
 """The process around the engine: reads requests, queues jobs, writes events.
 
-The reading thread answers ping and cancel at once; train and generate run one at a time, in arrival order, on a
-worker thread. Every request ends with exactly one result or error event.
+The reading thread answers ping and cancel at once; train and generate jobs wait in arrival order and a worker
+thread admits them into the scheduler (scheduler.py), up to `max_active` at once, which runs them together step by
+step. Every request ends with exactly one result or error event.
 """
 
 import json
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from .config import EngineConfig
 from .engine import Engine
+from .scheduler import Scheduler
 from .errors import Cancelled, EngineError
 from .protocol import (
     REQUEST,
@@ -33,6 +35,7 @@ from .protocol import (
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 32  # queued jobs beyond this are refused with "busy"
+MAX_ACTIVE = 8  # jobs the scheduler runs at once (the rest wait in the queue)
 TRAIN_PROGRESS_INTERVAL = 0.1  # seconds between training progress events (the last step is always reported)
 
 JobRequest = TrainRequest | GenerateRequest
@@ -67,6 +70,9 @@ class Job:
         self._interval = TRAIN_PROGRESS_INTERVAL if isinstance(request, TrainRequest) else 0.0
         self._last_progress = float("-inf")
 
+    def is_cancelled(self) -> bool:
+        return self.cancelled.is_set()
+
     def check_cancel(self) -> None:
         if self.cancelled.is_set():
             raise Cancelled()
@@ -84,12 +90,24 @@ class Terminated(BaseException):
 
 
 class Server:
-    def __init__(self, engine: Engine, emitter: Emitter, max_pending: int = MAX_PENDING):
+    def __init__(
+        self,
+        engine: Engine,
+        emitter: Emitter,
+        max_pending: int = MAX_PENDING,
+        max_active: int = MAX_ACTIVE,
+        train_rows: int | None = None,
+        peft_only: bool = False,
+    ):
         self.engine = engine
         self.emitter = emitter
         self.max_pending = max_pending
+        self.max_active = max_active
+        self.scheduler = Scheduler(engine, emitter.emit, train_rows=train_rows, peft_only=peft_only)
         self._pending: deque[Job] = deque()
-        self._running: Job | None = None
+        # Admitted jobs (in the scheduler, or waiting to run alone on the peft path): the worker's, mirrored here.
+        self._admitted: list[Job] = []
+        self._exclusive: deque[Job] = deque()
         self._closing = False
         self._changed = threading.Condition()
         self._worker = threading.Thread(target=self._work, name="engine-worker")
@@ -148,46 +166,48 @@ class Server:
         with self.emitter.lock:
             with self._changed:
                 job = next((job for job in self._jobs() if job.request.id == request.target), None)
-                queued = job is not None and job is not self._running
+                queued = job is not None and job in self._pending
                 if queued:
                     self._pending.remove(job)
                 elif job is not None:
-                    job.cancelled.set()
+                    job.cancelled.set()  # the scheduler drops it before its next step
             self.emitter.emit(CancelResult(id=request.id, cancelled=job is not None))
             if queued:
                 self.emitter.emit(_error_event(job.request.id, Cancelled()))
 
     def _jobs(self) -> list[Job]:
-        return [*self._pending, *([self._running] if self._running else [])]
+        return [*self._pending, *self._admitted]
 
     def _work(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: self._pending or self._closing)
-                if not self._pending:
+                self._changed.wait_for(lambda: self._pending or self._admitted or self._closing)
+                if not (self._pending or self._admitted):
                     return
-                job = self._running = self._pending.popleft()
-            outcome = self._run(job)
-            with self._changed:
-                self._running = None
-            self.emitter.emit(outcome)
-
-    def _run(self, job: Job) -> BaseModel:
-        request = job.request
-        log.info("%s %s: started", request.op, request.id)
-        try:
-            if isinstance(request, TrainRequest):
-                outcome = self.engine.train(request, job)
+                joining = []
+                # A job waiting to run alone stops admissions, so the batched ones drain and it gets its turn.
+                while self._pending and len(self._admitted) < self.max_active and not self._exclusive:
+                    job = self._pending.popleft()
+                    self._admitted.append(job)
+                    joining.append(job)
+            for i, job in enumerate(joining):
+                status = self.scheduler.admit(job)
+                if status == "exclusive":
+                    self._exclusive.append(job)
+                elif status == "full":  # no slot free: back to the queue's head, with those behind it
+                    with self._changed:
+                        for later in reversed(joining[i:]):
+                            self._admitted.remove(later)
+                            self._pending.appendleft(later)
+                    break
+            if self.scheduler.idle and self._exclusive:
+                job = self._exclusive.popleft()
+                self.scheduler.run_exclusive(job)
             else:
-                outcome = self.engine.generate(request, job)
-        except EngineError as error:
-            log.info("%s %s: %s: %s", request.op, request.id, error.code, error.message)
-            return _error_event(request.id, error)
-        except Exception as error:
-            log.exception("%s %s: failed", request.op, request.id)
-            return ErrorEvent(id=request.id, code="internal", message=f"{type(error).__name__}: {error}")
-        log.info("%s %s: done in %.2f s", request.op, request.id, outcome.seconds)
-        return outcome
+                self.scheduler.tick()
+            with self._changed:
+                running = {id(task.job) for task in self.scheduler.active} | {id(job) for job in self._exclusive}
+                self._admitted = [job for job in self._admitted if id(job) in running]
 
     def _close(self, cancel: bool) -> None:
         with self.emitter.lock, self._changed:
@@ -196,8 +216,8 @@ class Server:
                 for job in self._pending:
                     self.emitter.emit(_error_event(job.request.id, Cancelled()))
                 self._pending.clear()
-                if self._running:
-                    self._running.cancelled.set()
+                for job in self._admitted:
+                    job.cancelled.set()
             self._changed.notify()
         self._worker.join()
 
@@ -240,6 +260,12 @@ def run(config: EngineConfig, events: TextIO, stdin: Iterable[bytes]) -> int:
         log.exception("could not load the models")
         emitter.emit(ErrorEvent(id=None, code="internal", message=f"could not load the models: {error}"))
         return 1
-    emitter.emit(ReadyEvent(profile=config.profile, device=str(config.device)))
-    Server(engine, emitter).serve(stdin)
+    emitter.emit(ReadyEvent(profile=config.profile, device=str(config.device), info=engine.warmup))
+    Server(
+        engine,
+        emitter,
+        max_active=config.max_jobs,
+        train_rows=config.train_rows or None,
+        peft_only=config.lora_path == "peft",
+    ).serve(stdin)
     return 0

@@ -34,7 +34,7 @@ from peft import LoraConfig, inject_adapter_in_model
 
 from .errors import EngineError
 from .export import kohya_path, write_kohya, write_lora, write_unet
-from .models import Models
+from .models import TEXT_ENCODER_TARGETS, Models
 from .protocol import MixedPrecision, TrainParams
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ VAE_CHUNK = 4  # photos per VAE encode, to bound activation memory at high resol
 DEFAULT_LEARNING_RATE = {"lora": 1e-4, "full": 5e-6}  # the seed's
 MIN_REAL_RESOLUTION = 512  # SD1.5's own; the seed lost likeness training below it
 MAX_STEPS = 20_000
-TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # the reference's, for --train_text_encoder
 
 _AUTOCAST = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 _NATIVE = {torch.float32: "no", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -232,20 +231,13 @@ class Training:
         self.device = models.device
         self.text_encoder = pipe.text_encoder if params.train_text_encoder else None
         self.autocast_dtype = _AUTOCAST[params.mixed_precision]
+        self.autocast_cache = True  # a CUDA-graph capture needs it off (fast_train.py)
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.warnings: list[str] = []
         self.step_count = 0
         self.losses: list[float] = []
 
-        self.unet.train()
-        if self.text_encoder is not None:
-            self.text_encoder.train()
-        if params.mode == "lora":
-            # LoRA weights train in float32 whatever the base's precision (the script: cast_training_params).
-            cast_training_params([m for m in (self.unet, self.text_encoder) if m is not None], dtype=torch.float32)
-        self.trainable = [p for p in self.unet.parameters() if p.requires_grad]
-        if self.text_encoder is not None:
-            self.trainable += [p for p in self.text_encoder.parameters() if p.requires_grad]
+        self.trainable = self._prepare_trainable()
         self.optimizer = self._optimizer()
         self.lr_scheduler = get_scheduler(
             params.lr_scheduler,
@@ -266,14 +258,34 @@ class Training:
         length = dataset_length(len(photos), len(class_photos) if self.prior else 0)
         self.windows = EpochWindows(length, params, random)
 
+    def _prepare_trainable(self) -> list[torch.nn.Parameter]:
+        self.unet.train()
+        if self.text_encoder is not None:
+            self.text_encoder.train()
+        if self.params.mode == "lora":
+            # LoRA weights train in float32 whatever the base's precision (the script: cast_training_params).
+            cast_training_params([m for m in (self.unet, self.text_encoder) if m is not None], dtype=torch.float32)
+        trainable = [p for p in self.unet.parameters() if p.requires_grad]
+        if self.text_encoder is not None:
+            trainable += [p for p in self.text_encoder.parameters() if p.requires_grad]
+        return trainable
+
     def step(self) -> float:
         """One optimizer step over `grad_accum` micro-batches; returns their mean loss."""
         losses = []
         for indices in self.windows.next():
-            loss = self._micro_batch_loss(indices)
-            # accelerate divides by the configured accumulation even when an epoch's last window is shorter.
-            self.scaler.scale(loss / self.params.grad_accum).backward()
+            loss = self.loss(*self.draw(indices), prior=self.prior)
+            self.scaled(loss).backward()
             losses.append(loss.item())
+        return self.finish_step(losses)
+
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """What a micro-batch's loss contributes to the backward pass (loss scaling, accumulation)."""
+        # accelerate divides by the configured accumulation even when an epoch's last window is shorter.
+        return self.scaler.scale(loss / self.params.grad_accum)
+
+    def finish_step(self, losses: list[float]) -> float:
+        """The optimizer step once the micro-batches' gradients are in; returns the step's mean loss."""
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.trainable, MAX_GRAD_NORM)
         scale = self.scaler.get_scale()
@@ -291,7 +303,9 @@ class Training:
         self.losses.append(mean)
         return mean
 
-    def _micro_batch_loss(self, indices: list[int]) -> torch.Tensor:
+    def draw(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A micro-batch's inputs: scaled latents, noise, timesteps (drawn from the job's generators) and prompt
+        embeddings."""
         # The scripts' collate order: instance examples, then (prior preservation) their class examples.
         photos = [i % len(self.latent_mean) for i in indices]
         mean, std = self.latent_mean[photos], self.latent_std[photos]
@@ -304,7 +318,7 @@ class Training:
         if self.params.noise_offset:
             noise = noise + self.params.noise_offset * self.random.normal((*latents.shape[:2], 1, 1), torch.float32)
         timesteps = self.random.integers(self.noise_scheduler.config.num_train_timesteps, len(latents))
-        return self.loss(latents, noise, timesteps, self._embeddings(len(indices)), prior=self.prior)
+        return latents, noise, timesteps, self._embeddings(len(indices))
 
     def loss(
         self,
@@ -322,6 +336,12 @@ class Training:
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         with self._autocast():
             prediction = self.unet(noisy, timesteps, embeddings, return_dict=False)[0]
+        return self.objective(prediction, latents, noise, timesteps, prior)
+
+    def objective(
+        self, prediction: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, prior: bool
+    ) -> torch.Tensor:
+        """The loss of the UNet's `prediction` for these inputs (see `loss`)."""
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
@@ -358,7 +378,8 @@ class Training:
             return self.text_encoder(torch.cat(tokens), return_dict=False)[0]
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None,
+                              cache_enabled=self.autocast_cache)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         optimizer = torch.optim.AdamW
@@ -422,7 +443,11 @@ class Training:
     def save_lora(self, path: Path) -> None:
         """The LoRA as it is now (lora mode; a checkpoint's loadable snapshot). Full mode writes nothing here."""
         if self.params.mode == "lora":
-            write_lora(path, self.unet, self.text_encoder, ADAPTER, self.metadata())
+            write_lora(path, *self._lora_modules(), ADAPTER, self.metadata())
+
+    def _lora_modules(self) -> tuple:
+        """The modules holding the trained peft adapter, as export.write_lora reads them: (unet, text_encoder)."""
+        return self.unet, self.text_encoder
 
     def save(self, output: Path) -> Path | None:
         """Writes the trained weights to `output` (lora: diffusers LoRA; full: the UNet) and, for a LoRA, its kohya
@@ -431,7 +456,7 @@ class Training:
         if self.params.mode == "full":
             write_unet(output, self.unet, metadata)
             return None
-        write_lora(output, self.unet, self.text_encoder, ADAPTER, metadata)
+        write_lora(output, *self._lora_modules(), ADAPTER, metadata)
         kohya = kohya_path(output)
         write_kohya(kohya, output, metadata, prediction_type=self.noise_scheduler.config.prediction_type)
         return kohya

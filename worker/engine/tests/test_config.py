@@ -23,11 +23,22 @@ def test_every_flag_falls_back_to_the_environment():
         controlnet=Path("/models/openpose"),
     )
     assert parse_config(["--profile", "tiny", "--cache-dir", "/elsewhere"], ENV).cache_dir == Path("/elsewhere")
+    scheduling = parse_config(["--max-jobs", "3"], {"ENGINE_LORA_PATH": "peft", "ENGINE_TRAIN_ROWS": "0",
+                                                    "ENGINE_LORA_SLOTS": "4", "ENGINE_LORA_MAX_RANK": "64"})
+    assert (scheduling.lora_path, scheduling.max_jobs, scheduling.train_rows) == ("peft", 3, 0)
+    assert (scheduling.lora_slots, scheduling.lora_max_rank) == (4, 64)
 
 
 @pytest.mark.parametrize(
     "argv, env",
-    [(["--profile", "real"], {}), ([], {"ENGINE_PROFILE": "huge"}), (["--device", "gpu"], {})],
+    [
+        (["--profile", "real"], {}),
+        ([], {"ENGINE_PROFILE": "huge"}),
+        (["--device", "gpu"], {}),
+        ([], {"ENGINE_LORA_PATH": "fast"}),
+        (["--max-jobs", "0"], {}),
+        ([], {"ENGINE_TRAIN_ROWS": "many"}),
+    ],
 )
 def test_bad_configuration_stops_with_a_usage_error(argv, env, capsys):
     with pytest.raises(SystemExit) as exit:

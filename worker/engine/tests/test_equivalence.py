@@ -69,19 +69,19 @@ def _ours(engine: Engine, folder: Path, **fields) -> np.ndarray:
     return np.stack([np.asarray(Image.open(path)) for path in result.images]).astype(int)
 
 
-def _theirs(pipe, scheduler: str, base_config, **extra) -> np.ndarray:
+def _theirs(pipe, scheduler: str, base_config, request: dict = REQUEST, **extra) -> np.ndarray:
     # From the model's own config each time: a config read back from another scheduler carries its options along.
     pipe.scheduler = REFERENCE_SCHEDULERS[scheduler](base_config)
     images = pipe(
-        prompt=REQUEST["prompt"],
-        negative_prompt=REQUEST["negative_prompt"],
-        num_inference_steps=REQUEST["steps"],
-        guidance_scale=REQUEST["guidance_scale"],
-        width=REQUEST["width"],
-        height=REQUEST["height"],
-        num_images_per_prompt=REQUEST["num_images"],
-        generator=[torch.Generator("cpu").manual_seed(REQUEST["seed"] + i) for i in range(REQUEST["num_images"])],
-        cross_attention_kwargs={"scale": REQUEST["lora_scale"]},
+        prompt=request["prompt"],
+        negative_prompt=request["negative_prompt"],
+        num_inference_steps=request["steps"],
+        guidance_scale=request["guidance_scale"],
+        width=request["width"],
+        height=request["height"],
+        num_images_per_prompt=request["num_images"],
+        generator=[torch.Generator("cpu").manual_seed(request["seed"] + i) for i in range(request["num_images"])],
+        cross_attention_kwargs={"scale": request["lora_scale"]},
         **extra,
     ).images
     return np.stack([np.asarray(image) for image in images]).astype(int)

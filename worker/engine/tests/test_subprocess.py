@@ -157,7 +157,7 @@ def test_bad_requests_get_error_events_and_the_engine_keeps_serving(start, photo
 
 
 def test_ping_and_cancel_are_answered_while_training(start, photos, tmp_path: Path):
-    engine = start()
+    engine = start("--max-jobs", "1")  # one job at a time, so that the generation stays queued
     output = tmp_path / "lora" / "user.safetensors"
     since = engine.send(_train("t1", photos, output, **LONG_TRAIN))
     engine.send(_generate("g-queued", tmp_path / "queued"))
@@ -196,11 +196,13 @@ def test_sigterm_cancels_running_work_then_exits_0(start, photos, tmp_path: Path
     engine = start()
     output = tmp_path / "user.safetensors"
     since = engine.send(_train("t1", photos, output, **LONG_TRAIN))
-    engine.wait_for(lambda e: e["id"] == "t1" and e["event"] == "progress", since)
+    engine.send(_train("t2", photos, tmp_path / "other.safetensors", **LONG_TRAIN))  # running beside t1
+    for name in ("t1", "t2"):
+        engine.wait_for(lambda e, n=name: e["id"] == n and e["event"] == "progress", since)
     engine.process.send_signal(signal.SIGTERM)
     assert engine.process.wait(timeout=TIMEOUT) == 0
-    assert engine.outcome("t1")["code"] == "cancelled"
-    assert not output.exists()
+    assert engine.outcome("t1")["code"] == engine.outcome("t2")["code"] == "cancelled"
+    assert not output.exists() and not (tmp_path / "other.safetensors").exists()
 
 
 def test_missing_model_folder_fails_start_up_with_an_error_event(start, tmp_path: Path):

@@ -1,0 +1,244 @@
+"""The fast generation path: the UNet call of a denoising step (UNet, or ControlNet + UNet) captured in CUDA graphs
+over static buffers at fixed row counts, optionally after torch.compile, with users' LoRAs in the shared slot layers
+(multilora.py) read through their preallocated index buffer.
+
+`FastGenerator.predict` is a drop-in for multigen's batched UNet call: the scheduler's requests (several users, CFG's
+rows, per-row timesteps, slots and ControlNet scales) are copied into the buffers of the smallest captured row count
+that holds them, the graph is replayed and the rows come back. Everything around it (prompt encoding, latents, each
+request's scheduler step, guidance, VAE decode) stays multigen's, so what it computes is what diffusers' pipelines
+compute (tests/test_fast.py, test_multigen.py). A batch no graph holds (another latent size, more rows) runs eagerly.
+"""
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from .models import Models
+from .multilora import NONE
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZES = (1, 2, 4, 8)
+
+
+def bucket(count: int, sizes: Sequence[int] = BATCH_SIZES) -> int | None:
+    """The smallest captured batch size that holds `count` samples (None: more than the largest)."""
+    return next((size for size in sorted(sizes) if size >= count), None)
+
+
+@dataclass(frozen=True)
+class FastSettings:
+    batch_sizes: tuple[int, ...] = BATCH_SIZES
+    compile_batches: tuple[int, ...] = (1,)  # torch.compile (mode default) costs ~100 s per shape on first start
+    compile_controlnet: bool = False
+    width: int = 512
+    height: int = 512
+
+
+@dataclass
+class StepGraph:
+    """One UNet call over `rows` rows of static buffers: `sample` (rows,4,h,w), `t` (rows,), `embeds` (rows,77,768),
+    for ControlNet `cond` (rows,3,H,W) and `cond_scale` (rows,1,1,1); `run()` replays it (eagerly on the CPU) and
+    leaves the prediction in `out`. LoRA comes from the slot layers, whose index the caller sets for all rows."""
+
+    rows: int
+    body: Callable[[], torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    graph: torch.cuda.CUDAGraph | None = None
+    out: torch.Tensor | None = None
+    compiled: bool = False
+    seconds: float = 0.0
+    calls: int = 0
+
+    def run(self) -> torch.Tensor:
+        self.calls += 1
+        if self.graph is None:
+            self.out = self.body()
+        else:
+            self.graph.replay()
+        return self.out
+
+
+class FastGenerator:
+    """Captured UNet calls for the scheduler's batched denoising (multigen.denoise_step); built once at engine
+    start (`warm_up`). Batch sizes count images; with CFG each image is two rows, so the graphs hold 2, 4, 8, 16."""
+
+    def __init__(self, models: Models, settings: FastSettings = FastSettings()):
+        self.models, self.settings = models, settings
+        self.pipe: StableDiffusionPipeline = models.pipe
+        self.device, self.dtype = models.device, models.dtype
+        self.latent_hw = (settings.height // self.pipe.vae_scale_factor, settings.width // self.pipe.vae_scale_factor)
+        self.rows = tuple(2 * b for b in settings.batch_sizes)
+        self.graphs: dict[tuple[bool, int], StepGraph] = {}
+        # Without CUDA (tests) the same buffers and step body run eagerly.
+        self.use_graphs = self.device.type == "cuda"
+        self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self._compiled: dict[str, Callable] = {}
+        self.info: dict = {}
+
+    # --- warm-up ------------------------------------------------------------------------------------------------
+
+    def warm_up(self) -> dict:
+        """Compiles (where configured) and captures every graph; returns what the ready event reports."""
+        started = time.monotonic()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        kinds = [False] + ([True] if self.models.controlnet is not None else [])
+        for controlnet in kinds:
+            for batch in self.settings.batch_sizes:
+                try:
+                    self.graphs[(controlnet, 2 * batch)] = self._build(controlnet, batch)
+                except Exception:
+                    if batch not in self.settings.compile_batches or self.device.type != "cuda":
+                        raise
+                    # A compiler failure costs speed, not service: capture the eager modules instead.
+                    log.exception("torch.compile failed for batch %d; capturing it uncompiled", batch)
+                    self._compiled = {k: v for k, v in self._compiled.items() if not k.endswith(f"@{batch}")}
+                    self.settings = replace(self.settings, compile_batches=tuple(
+                        b for b in self.settings.compile_batches if b != batch))
+                    self.graphs[(controlnet, 2 * batch)] = self._build(controlnet, batch)
+        self.info = {
+            "fast": True,
+            "warmup_s": round(time.monotonic() - started, 2),
+            "batch_sizes": list(self.settings.batch_sizes),
+            "compiled": sorted({f"{'controlnet' if c else 'unet'}@{r // 2}" for (c, r), g in self.graphs.items()
+                                if g.compiled}),
+            "graphs": len(self.graphs),
+            "size": [self.settings.width, self.settings.height],
+        }
+        if self.device.type == "cuda":
+            self.info["peak_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
+            self.info["reserved_gib"] = round(torch.cuda.memory_reserved(self.device) / 2**30, 2)
+        log.info("fast path warm: %s", self.info)
+        return self.info
+
+    def _modules(self, controlnet: bool, batch: int) -> tuple[Callable, Callable | None]:
+        unet, cn = self.pipe.unet, self.models.controlnet if controlnet else None
+        if batch in self.settings.compile_batches and self.device.type == "cuda" and (
+            cn is None or self.settings.compile_controlnet
+        ):
+            # One compiled function per (graph kind, batch), dynamic=False: no shape or signature (the ControlNet's
+            # residuals are extra UNet inputs) ever recompiles another's. Each costs ~100 s on a first start.
+            kind = "cn" if cn is not None else "txt"
+            unet = self._compiled.setdefault(f"unet-{kind}@{batch}", torch.compile(unet, mode="default", dynamic=False))
+            if cn is not None:
+                cn = self._compiled.setdefault(f"cn@{batch}", torch.compile(cn, mode="default", dynamic=False))
+        return unet, cn
+
+    def _build(self, controlnet: bool, batch: int) -> StepGraph:
+        started = time.monotonic()
+        rows, (h, w) = 2 * batch, self.latent_hw
+        dev, dt = self.device, self.dtype
+        text = self.pipe.text_encoder.config
+        b = {
+            "sample": torch.zeros(rows, self.pipe.unet.config.in_channels, h, w, device=dev, dtype=dt),
+            "t": torch.full((rows,), 999.0, device=dev),
+            "embeds": torch.zeros(rows, text.max_position_embeddings, self.pipe.unet.config.cross_attention_dim,
+                                  device=dev, dtype=dt),
+        }
+        if controlnet:
+            b["cond"] = torch.zeros(rows, 3, self.settings.height, self.settings.width, device=dev, dtype=dt)
+            b["cond_scale"] = torch.ones(rows, 1, 1, 1, device=dev, dtype=dt)
+        unet, cn = self._modules(controlnet, batch)
+
+        def body() -> torch.Tensor:
+            extra = {}
+            if cn is not None:
+                # multigen's products: conditioning_scale 1, then each row's own scale.
+                down, mid = cn(b["sample"], b["t"], encoder_hidden_states=b["embeds"], controlnet_cond=b["cond"],
+                               conditioning_scale=1.0, guess_mode=False, return_dict=False)
+                extra = dict(down_block_additional_residuals=[d * b["cond_scale"] for d in down],
+                             mid_block_additional_residual=mid * b["cond_scale"])
+            return unet(b["sample"], b["t"], encoder_hidden_states=b["embeds"], return_dict=False, **extra)[0]
+
+        step = StepGraph(rows=rows, body=body, buffers=b, compiled=unet is not self.pipe.unet)
+        if self.use_graphs:
+            # The slot layers read index[:rows] of the table's preallocated index: captured once, set per call.
+            with torch.no_grad(), self.models.slots.use([NONE] * rows):
+                stream = torch.cuda.Stream(dev)
+                stream.wait_stream(torch.cuda.current_stream(dev))
+                with torch.cuda.stream(stream):
+                    for _ in range(3):  # compiles, autotunes cuDNN and warms the allocator before capture
+                        body()
+                torch.cuda.current_stream(dev).wait_stream(stream)
+                step.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(step.graph, pool=self._pool):
+                    step.out = body()
+                torch.cuda.synchronize(dev)
+        step.seconds = time.monotonic() - started
+        log.info("captured %s batch %d in %.1f s", "controlnet+unet" if controlnet else "unet", batch, step.seconds)
+        return step
+
+    # --- calls ----------------------------------------------------------------------------------------------------
+
+    def graph_for(self, sample: torch.Tensor, controlnet: bool) -> StepGraph | None:
+        """The graph that holds this batch of rows, or None (another latent size, or more rows than captured)."""
+        rows = bucket(len(sample), self.rows)
+        if rows is None or tuple(sample.shape[2:]) != self.latent_hw:
+            return None
+        return self.graphs.get((controlnet, rows))
+
+    @torch.no_grad()
+    def predict(
+        self,
+        sample: torch.Tensor,
+        timesteps: torch.Tensor,
+        embeddings: torch.Tensor,
+        index: torch.Tensor,
+        control: torch.Tensor | None = None,
+        cond_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
+        """The UNet's prediction for these rows (slot `index` per row, NONE for none) through a graph, or None when
+        none holds them. Rows past the batch are left as they were: every row is computed independently."""
+        step = self.graph_for(sample, control is not None)
+        if step is None:
+            return None
+        n, b = len(sample), step.buffers
+        b["sample"][:n].copy_(sample)
+        b["t"][:n].copy_(timesteps)  # device to device: no sync
+        b["embeds"][:n].copy_(embeddings)
+        if control is not None:
+            b["cond"][:n].copy_(control)
+            b["cond_scale"][:n].copy_(cond_scale)
+        padded = torch.full((step.rows,), NONE, dtype=torch.long)
+        padded[:n] = index
+        with self.models.slots.use(padded):
+            out = step.run()
+        # The output buffer is the next replay's: the caller keeps its own copy.
+        return out[:n].clone()
+
+
+def settings_from_env(env=os.environ) -> FastSettings:
+    """ENGINE_FAST_* variables (see config.py) into FastSettings."""
+
+    def sizes(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+        raw = env.get(name)
+        if raw is None:
+            return default
+        raw = raw.strip().lower()
+        if raw in ("", "none", "off"):
+            return ()
+        return tuple(sorted({int(part) for part in raw.split(",")}))
+
+    batch_sizes = sizes("ENGINE_FAST_BATCHES", BATCH_SIZES)
+    width, _, height = env.get("ENGINE_FAST_SIZE", "512x512").lower().partition("x")
+    return FastSettings(
+        width=int(width),
+        height=int(height or width),
+        batch_sizes=batch_sizes,
+        compile_batches=sizes("ENGINE_FAST_COMPILE", (1,)),
+        compile_controlnet=env.get("ENGINE_FAST_COMPILE_CONTROLNET", "0") in ("1", "true", "on"),
+    )
+
+
+def inductor_cache(cache_dir: Path) -> None:
+    """Keeps inductor's compiled kernels on disk (under the engine's cache folder) so a restart is quick."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor"))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")

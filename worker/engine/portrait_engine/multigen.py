@@ -1,0 +1,166 @@
+"""Several generate requests in one denoising loop, each user's LoRA in its own slot (multilora.py).
+
+A `Generation` is one request's state, set up exactly as `StableDiffusionPipeline.__call__` /
+`StableDiffusionControlNetPipeline.__call__` set it up (their own `encode_prompt`, `prepare_latents`,
+`prepare_image`, `prepare_extra_step_kwargs`, a fresh scheduler per request, CPU generators seeded seed + i), with
+its prompt encoded under its own slot. `denoise_step(models, generations)` advances every given request by one
+step: requests of one latent size (and ControlNet or not) share one UNet call (and one ControlNet call) over all
+their rows, CFG's uncond/cond rows included, each row with its request's slot, timestep and ControlNet scale;
+guidance and the scheduler step are then per request, on its own rows, with its own generators. So a request's
+image does not depend on its batch mates (up to float rounding of the batched kernels; tests/test_multigen.py
+compares each request of a mixed batch with diffusers' pipelines: the equivalence tests' 1/255). `finish()` decodes
+(the pipelines' VAE decode and postprocessing) once the request's steps are done.
+"""
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+from PIL import Image
+
+from .generate import _derive
+from .models import Models
+from .multilora import NONE
+from .protocol import GenerateRequest
+
+if TYPE_CHECKING:
+    from .fast import FastGenerator
+
+
+class Generation:
+    """One request in the batched loop; `slot` holds its LoRA (NONE for none)."""
+
+    def __init__(
+        self, models: Models, request: GenerateRequest, seed: int, control_image: Image.Image | None, slot: int = NONE
+    ):
+        self.models, self.request, self.seed, self.slot = models, request, seed, slot
+        self.pipe = pipe = _derive(models, request.scheduler, controlnet=control_image is not None)
+        device, count = models.device, request.num_images
+        self.cfg = request.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
+        # One generator per image, seeded seed, seed+1, ...: image i of a request is image 0 of seed+i.
+        self.generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(count)]
+        with torch.no_grad(), models.slots.use([slot]):
+            positive, negative = pipe.encode_prompt(
+                request.prompt, device, count, self.cfg, request.negative_prompt
+            )
+        self.embeddings = torch.cat([negative, positive]) if self.cfg else positive
+        self.timesteps, _ = retrieve_timesteps(pipe.scheduler, request.steps, device)
+        height, width = request.height, request.width
+        self.control = None
+        if control_image is not None:
+            self.control = pipe.prepare_image(
+                image=control_image, width=width, height=height, batch_size=count, num_images_per_prompt=count,
+                device=device, dtype=models.controlnet.dtype, do_classifier_free_guidance=self.cfg, guess_mode=False,
+            )
+            height, width = self.control.shape[-2:]
+        self.latents = pipe.prepare_latents(
+            count, pipe.unet.config.in_channels, height, width, self.embeddings.dtype, device, self.generators
+        )
+        self.extra = pipe.prepare_extra_step_kwargs(self.generators, 0.0)
+        self.step_index = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def done(self) -> bool:
+        return self.step_index >= len(self.timesteps)
+
+    def key(self) -> tuple:
+        """Requests with equal keys can share a UNet call."""
+        return tuple(self.latents.shape[1:]), self.control is not None
+
+    def model_input(self) -> torch.Tensor:
+        t = self.timesteps[self.step_index]
+        latents = torch.cat([self.latents] * 2) if self.cfg else self.latents
+        return self.pipe.scheduler.scale_model_input(latents, t)
+
+    def advance(self, noise_pred: torch.Tensor) -> None:
+        if self.cfg:
+            uncond, text = noise_pred.chunk(2)
+            noise_pred = uncond + self.request.guidance_scale * (text - uncond)
+        t = self.timesteps[self.step_index]
+        self.latents = self.pipe.scheduler.step(noise_pred, t, self.latents, **self.extra, return_dict=False)[0]
+        self.step_index += 1
+
+    @torch.no_grad()
+    def finish(self) -> list[Image.Image]:
+        vae = self.pipe.vae
+        image = vae.decode(self.latents / vae.config.scaling_factor, return_dict=False, generator=self.generators)[0]
+        return self.pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True] * len(image))
+
+
+@torch.no_grad()
+def denoise_step(
+    models: Models, generations: Sequence[Generation], fast: "FastGenerator | None" = None
+) -> dict[Generation, Exception]:
+    """One denoising step for every unfinished request given (see the module docstring). Returns the requests that
+    failed, with their exception: a shared call that raises is retried request by request, so only the request at
+    fault fails; the others have taken their step."""
+    groups: dict[tuple, list[Generation]] = {}
+    for generation in generations:
+        if not generation.done:
+            groups.setdefault(generation.key(), []).append(generation)
+    failures: dict[Generation, Exception] = {}
+    for members in groups.values():
+        try:
+            noise = _predict(models, members, fast)
+        except Exception as error:  # noqa: BLE001
+            if len(members) == 1:
+                failures[members[0]] = error
+                continue
+            noise = []
+            for generation in members:
+                try:
+                    noise.append(_predict(models, [generation], fast)[0])
+                except Exception as alone:  # noqa: BLE001
+                    failures[generation] = alone
+                    noise.append(None)
+        for generation, part in zip(members, noise):
+            if part is None:
+                continue
+            try:
+                generation.advance(part)
+            except Exception as error:  # noqa: BLE001
+                failures[generation] = error
+    return failures
+
+
+def _predict(models: Models, members: list[Generation], fast: "FastGenerator | None" = None) -> list[torch.Tensor]:
+    """The UNet's (and ControlNet's) prediction for every member's rows, in one call (a captured graph's, when
+    `fast` holds one for these rows)."""
+    inputs = [g.model_input() for g in members]
+    sizes = [len(x) for x in inputs]
+    sample = torch.cat(inputs)
+    timesteps = torch.cat([g.timesteps[g.step_index].expand(n) for g, n in zip(members, sizes)])
+    embeddings = torch.cat([g.embeddings for g in members])
+    index = torch.cat([torch.full((n,), g.slot, dtype=torch.long) for g, n in zip(members, sizes)])
+    if fast is not None:
+        control = scale = None
+        if members[0].control is not None:
+            control = torch.cat([g.control for g in members])
+            scale = torch.cat([torch.full((n,), g.request.controlnet_scale, dtype=sample.dtype)
+                               for g, n in zip(members, sizes)]).to(sample.device)[:, None, None, None]
+        noise = fast.predict(sample, timesteps, embeddings, index, control, scale)
+        if noise is not None:
+            return list(noise.split(sizes))
+    extra = {}
+    if members[0].control is not None:
+        # conditioning_scale 1, then each request's own scale per row: the same products the pipeline takes.
+        down, mid = models.controlnet(
+            sample, timesteps, encoder_hidden_states=embeddings,
+            controlnet_cond=torch.cat([g.control for g in members]), conditioning_scale=1.0, guess_mode=False,
+            return_dict=False,
+        )
+        scale = torch.cat(
+            [torch.full((n,), g.request.controlnet_scale, dtype=sample.dtype) for g, n in zip(members, sizes)]
+        ).to(sample.device)[:, None, None, None]
+        extra = dict(
+            down_block_additional_residuals=[d * scale for d in down],
+            mid_block_additional_residual=mid * scale,
+        )
+    with models.slots.use(index):
+        noise = models.pipe.unet(sample, timesteps, encoder_hidden_states=embeddings, return_dict=False, **extra)[0]
+    return list(noise.split(sizes))

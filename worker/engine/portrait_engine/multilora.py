@@ -1,0 +1,356 @@
+"""Many users' LoRAs in one batch: slot buffers inside the shared models' target layers.
+
+`SlotLoRA.install(prefix, module, targets)` turns every target `nn.Linear` (and 1x1 `nn.Conv2d`, which SD1.5's
+`proj_in`/`proj_out` are) of `module` into a `SlotLinear`/`SlotConv2d`: the same object type for peft (a subclass
+of the original class, sharing its weight and bias, same state_dict), plus preallocated, non-persistent buffers
+
+    slot_A[S + 1, R, in]    slot_B[S + 1, out, R]    slot_scale[S + 1]
+
+for S slots of max rank R. Slot S (index -1 from outside) is the zero slot: "no LoRA". A rank r < R fills
+`slot_A[s, :r]` and `slot_B[s, :, :r]` and leaves the rest zero, which is exact. `slot_scale[s]` is alpha / r times
+the user's LoRA scale.
+
+Per forward, `set_slots(index)` (a context manager too: `with lora.slots(index): ...`) gives every sample of the
+batch its slot (a [n] tensor or list of ints, -1 for none). The index is copied into a preallocated buffer, so a
+captured CUDA graph reads the new index without recapture. A layer whose input batch is k * n (CFG's doubled batch
+`cat([x] * 2)`, or images per prompt laid out the same way) tiles the index k times. Each layer then adds
+
+    (x @ slot_A[idx].T @ slot_B[idx].T) * slot_scale[idx]          (batched, gathered matmuls)
+
+to the base layer's output, in the slot dtype (float32 by default), cast back to the base output's dtype as peft
+does. With no slots set (`active == 0`) a layer is exactly its base layer, so the plain peft path (diffusers'
+`load_lora_weights`, peft's `inject_adapter_in_model`) keeps working on top of the same modules: peft sees an
+`nn.Linear` and wraps it as usual.
+
+Loading a user is a copy: `load_slot(slot, state_dict, alpha=..., scale=...)` takes the diffusers/peft LoRA keys the
+engine writes (`unet.<path>.lora.down.weight`, `...lora_A.weight`, `text_encoder.<path>.lora_linear_layer.up.weight`,
+...), and `load_slot_file(slot, path, scale)` reads such a file with its `lora_adapter_metadata` (r, lora_alpha).
+`clear_slot(slot)` zeroes it. No module is ever swapped after `install`.
+
+Training: `trainable(slot, rank)` returns leaf Parameters that alias `slot_A[slot, :rank]` / `slot_B[slot, :, :rank]`
+(named like peft's: `<prefix>.<path>.lora_A.weight`), so an ordinary optimizer over them updates the slot in place.
+With `requires_grad(True)` the slot buffers collect gradients in a backward pass; `collect_grads(slot, params)` hands
+each alias its slice of them (the other slots' samples contribute nothing to it), and `zero_grad()` drops them.
+"""
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import nn
+
+NONE = -1  # the slot index meaning "no LoRA"
+# diffusers/peft key spellings of one LoRA matrix: (component).(module path).(down|up).weight
+_KEY = re.compile(
+    r"(unet|text_encoder)\.(.+?)\.(?:lora\.(down|up)|lora_linear_layer\.(down|up)|lora_(A|B)(?:\.[^.]+)?)\.weight"
+)
+_KIND = {"down": "A", "up": "B", "A": "A", "B": "B"}
+
+
+class SlotLoRA:
+    """The slot table of the shared models: S slots of max rank R over every installed layer."""
+
+    def __init__(
+        self,
+        slots: int,
+        max_rank: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_batch: int = 256,
+    ):
+        self.slots, self.max_rank, self.dtype = slots, max_rank, dtype
+        self.device = torch.device(device)
+        self.zero_slot = slots
+        self.layers: dict[str, "SlotLayer"] = {}  # "<prefix>.<path>" -> layer
+        # Preallocated so graphs captured over it see each new index; `active` is the batch's index length.
+        self.index = torch.full((max_batch,), slots, dtype=torch.long, device=self.device)
+        self.active = 0
+
+    # --- installation ------------------------------------------------------------------------------------------
+
+    def install(self, prefix: str, module: nn.Module, targets: Iterable[str]) -> list[str]:
+        """Makes every Linear / 1x1 Conv2d of `module` whose name ends with one of `targets` a slot layer; returns
+        their names ("<prefix>.<path>"). Done once, before any graph capture."""
+        targets = tuple(targets)
+        installed = []
+        for path, layer in list(module.named_modules()):
+            if not path or not any(path == t or path.endswith("." + t) for t in targets) or isinstance(layer, SlotLayer):
+                continue
+            if type(layer) is nn.Linear:
+                cls = SlotLinear
+            elif type(layer) is nn.Conv2d and layer.kernel_size == (1, 1) and layer.stride == (1, 1) \
+                    and layer.padding in ((0, 0), "valid") and layer.groups == 1:
+                cls = SlotConv2d
+            else:
+                continue
+            slotted = cls.adopt(layer, self)
+            parent_path, _, name = path.rpartition(".")
+            setattr(module.get_submodule(parent_path) if parent_path else module, name, slotted)
+            self.layers[f"{prefix}.{path}"] = slotted
+            installed.append(f"{prefix}.{path}")
+        return installed
+
+    # --- the per-batch index -----------------------------------------------------------------------------------
+
+    def set_slots(self, index: torch.Tensor | Sequence[int] | None) -> None:
+        """Every sample's slot for the next forward passes (-1: none); None: LoRA off (layers are the base)."""
+        if index is None:
+            self.active = 0
+            return
+        index = torch.as_tensor(index, dtype=torch.long)
+        if index.ndim != 1 or len(index) > len(self.index):
+            raise ValueError(f"slot index must be 1-D with at most {len(self.index)} entries")
+        if ((index < NONE) | (index >= self.slots)).any():
+            raise ValueError(f"slot index out of range: {index.tolist()}")
+        self.index[: len(index)].copy_(torch.where(index == NONE, self.zero_slot, index))
+        self.active = len(index)
+
+    @contextmanager
+    def use(self, index: torch.Tensor | Sequence[int] | None) -> Iterator[None]:
+        previous = self.index[: self.active].clone(), self.active
+        self.set_slots(index)
+        try:
+            yield
+        finally:
+            self.index[: previous[1]].copy_(previous[0])
+            self.active = previous[1]
+
+    # --- loading users -----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def clear_slot(self, slot: int) -> None:
+        self._check(slot)
+        for layer in self.layers.values():
+            layer.slot_A[slot].zero_()
+            layer.slot_B[slot].zero_()
+            layer.slot_scale[slot] = 0
+
+    @torch.no_grad()
+    def load_slot(
+        self,
+        slot: int,
+        state_dict: dict[str, torch.Tensor],
+        alpha: float | dict[str, float] | None = None,
+        scale: float = 1.0,
+    ) -> None:
+        """Copies a LoRA (diffusers/peft keys) into `slot`; layers it does not name are zero there. `alpha` is one
+        value or one per component ("unet", "text_encoder"); None means alpha = rank (scaling 1), as peft does
+        without metadata. Raises ValueError (slot unchanged) for keys or shapes that do not fit."""
+        self._check(slot)
+        pairs: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in state_dict.items():
+            match = _KEY.fullmatch(key)
+            if match is None:
+                raise ValueError(f"unexpected LoRA key {key}")
+            component, path = match.group(1), match.group(2)
+            kind = _KIND[next(g for g in match.groups()[2:] if g)]
+            if f"{component}.{path}" not in self.layers:
+                raise ValueError(f"LoRA key {key} names no slot layer")
+            pairs.setdefault(f"{component}.{path}", {})[kind] = tensor
+        for name, pair in pairs.items():
+            if pair.keys() != {"A", "B"}:
+                raise ValueError(f"LoRA layer {name} lacks its up or down matrix")
+            layer, rank = self.layers[name], pair["A"].shape[0]
+            a, b = pair["A"].reshape(rank, -1), pair["B"].reshape(pair["B"].shape[0], -1)
+            if rank > self.max_rank:
+                raise ValueError(f"LoRA rank {rank} is above the slots' {self.max_rank}")
+            if a.shape[1] != layer.slot_A.shape[2] or b.shape != (layer.slot_B.shape[1], rank):
+                raise ValueError(f"LoRA layer {name} has shapes {tuple(a.shape)}, {tuple(b.shape)}")
+        self.clear_slot(slot)
+        for name, pair in pairs.items():
+            layer, rank = self.layers[name], pair["A"].shape[0]
+            component = name.split(".", 1)[0]
+            a_value = alpha.get(component) if isinstance(alpha, dict) else alpha
+            layer.slot_A[slot, :rank].copy_(pair["A"].reshape(rank, -1))
+            layer.slot_B[slot, :, :rank].copy_(pair["B"].reshape(-1, rank))
+            layer.slot_scale[slot] = scale * (rank if a_value is None else a_value) / rank
+
+    def load_slot_file(self, slot: int, path: str | Path, scale: float = 1.0) -> None:
+        """A diffusers LoRA file as the engine writes it (alpha from its lora_adapter_metadata)."""
+        tensors = safetensors.torch.load_file(str(path))
+        with safe_open(str(path), "pt") as file:
+            metadata = file.metadata() or {}
+        shapes = json.loads(metadata.get("lora_adapter_metadata", "{}"))
+        alphas = {c: float(shapes[f"{c}.lora_alpha"]) for c in ("unet", "text_encoder") if f"{c}.lora_alpha" in shapes}
+        self.load_slot(slot, tensors, alphas or None, scale)
+
+    @torch.no_grad()
+    def set_scale(self, slot: int, alpha: float, rank: int, scale: float = 1.0) -> None:
+        self._check(slot)
+        for layer in self.layers.values():
+            layer.slot_scale[slot] = scale * alpha / rank
+
+    # --- training ----------------------------------------------------------------------------------------------
+
+    def trainable(self, slot: int, rank: int, names: Iterable[str] | None = None) -> dict[str, nn.Parameter]:
+        """Leaf Parameters aliasing `slot`'s first `rank` rows/columns of the given layers (default all), named
+        "<layer>.lora_A.weight" / "<layer>.lora_B.weight" in peft's layer order."""
+        self._check(slot)
+        if rank > self.max_rank:
+            raise ValueError(f"rank {rank} is above the slots' {self.max_rank}")
+        params = {}
+        for name in self.layers if names is None else names:
+            layer = self.layers[name]
+            params[f"{name}.lora_A.weight"] = nn.Parameter(layer.slot_A.detach()[slot, :rank])
+            params[f"{name}.lora_B.weight"] = nn.Parameter(layer.slot_B.detach()[slot, :, :rank])
+        return params
+
+    def requires_grad(self, enabled: bool) -> None:
+        for layer in self.layers.values():
+            layer.slot_A.requires_grad_(enabled)
+            layer.slot_B.requires_grad_(enabled)
+            if not enabled:
+                layer.slot_A.grad = layer.slot_B.grad = None
+
+    def collect_grads(self, slot: int, params: dict[str, nn.Parameter]) -> None:
+        """Gives each alias (from `trainable`) its slice of the slot buffers' gradients (None where there is none)."""
+        for name, param in params.items():
+            layer_name, kind = name.rsplit(".lora_", 1)
+            layer = self.layers[layer_name]
+            rank = param.shape[0] if kind.startswith("A") else param.shape[1]
+            grad = (layer.slot_A if kind.startswith("A") else layer.slot_B).grad
+            if grad is None:
+                param.grad = None
+            elif kind.startswith("A"):
+                param.grad = grad[slot, :rank]
+            else:
+                param.grad = grad[slot, :, :rank]
+
+    def zero_grad(self) -> None:
+        for layer in self.layers.values():
+            layer.slot_A.grad = layer.slot_B.grad = None
+
+    def _check(self, slot: int) -> None:
+        if not 0 <= slot < self.slots:
+            raise ValueError(f"slot {slot} is not in 0..{self.slots - 1}")
+
+
+class SlotLayer:
+    """What SlotLinear and SlotConv2d share: the slot buffers and the gathered low-rank update."""
+
+    # None on instances peft builds from our class (its Conv2d adapter layers use type(base_layer)): plain layers.
+    lora: SlotLoRA | None = None
+
+    @classmethod
+    def adopt(cls, layer: nn.Module, lora: SlotLoRA) -> "SlotLayer":
+        # Same parameters, hooks and attributes as `layer` (its weight and bias are the very same tensors).
+        slotted = cls.__new__(cls)
+        slotted.__dict__.update(layer.__dict__)
+        slotted._parameters = dict(layer._parameters)
+        slotted._buffers = dict(layer._buffers)
+        slotted._modules = dict(layer._modules)
+        slotted._non_persistent_buffers_set = set(layer._non_persistent_buffers_set)
+        # Not a submodule: the table is shared by every layer and must not enter state_dict or .to() walks.
+        object.__setattr__(slotted, "lora", lora)
+        fan_in, fan_out = layer.weight.shape[1], layer.weight.shape[0]
+        kw = dict(device=lora.device, dtype=lora.dtype)
+        S, R = lora.slots + 1, lora.max_rank
+        slotted.register_buffer("slot_A", torch.zeros(S, R, fan_in, **kw), persistent=False)
+        slotted.register_buffer("slot_B", torch.zeros(S, fan_out, R, **kw), persistent=False)
+        slotted.register_buffer("slot_scale", torch.zeros(S, **kw), persistent=False)
+        return slotted
+
+    def _gathered(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n = self.lora.active
+        if batch % n:
+            raise ValueError(f"a batch of {batch} does not fit a slot index of {n}")
+        index = self.lora.index[:n]
+        if batch != n:
+            index = index.repeat(batch // n)  # cat([x] * k) layout: CFG's uncond/cond halves
+        elif torch.is_grad_enabled():
+            index = index.clone()  # autograd keeps it for backward, which may run after the next set_slots
+        return self.slot_A[index], self.slot_B[index], self.slot_scale[index]
+
+
+    def _with_slots(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """The base layer's `result` plus each sample's slot update, cast back to the result's dtype as peft does."""
+        if self.lora is None or self.lora.active == 0:
+            return result
+        a, b, scale = self._gathered(x.shape[0])
+        delta = self._delta(x.to(a.dtype), a, b) * scale[:, None, None]
+        return (result + delta.reshape(result.shape)).to(result.dtype)
+
+
+class SlotLinear(SlotLayer, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._with_slots(x, F.linear(x, self.weight, self.bias))
+
+    @staticmethod
+    def _delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [B, N, in]
+        return torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2))
+
+
+class SlotConv2d(SlotLayer, nn.Conv2d):
+    """A 1x1 convolution: a Linear over channels at every pixel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._with_slots(x, self._conv_forward(x, self.weight, self.bias))
+
+    @staticmethod
+    def _delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(x.shape[0], x.shape[1], -1)  # [B, in, HW]
+        return torch.bmm(b, torch.bmm(a, flat))
+
+
+# --- peft's view of a slot: initialization and saving ---------------------------------------------------------
+
+
+def peft_skeleton(lora: SlotLoRA, prefix: str, dtype: torch.dtype) -> nn.Module:
+    """A module tree with, at the same paths as `prefix`'s slot layers, weightless stand-ins of the same class and
+    shape (`dtype`, on the CPU). peft's `inject_adapter_in_model` on it draws exactly the random numbers it draws on
+    the real model (same layers in the same order: peft initializes adapters on the CPU), and peft's state-dict and
+    diffusers' save functions read it as they read the real model, so the files are the same."""
+    root = nn.Module()
+    for name, layer in lora.layers.items():
+        component, _, path = name.partition(".")
+        if component != prefix:
+            continue
+        parent = root
+        *parents, leaf = path.split(".")
+        for part in parents:
+            if part not in parent._modules:
+                parent.add_module(part, nn.Module())
+            parent = parent._modules[part]
+        if isinstance(layer, nn.Conv2d):
+            stand_in = torch.nn.utils.skip_init(
+                nn.Conv2d, layer.in_channels, layer.out_channels, 1, bias=layer.bias is not None, device="meta"
+            )
+        else:
+            stand_in = torch.nn.utils.skip_init(
+                nn.Linear, layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta"
+            )
+        # Expanded scalars: the right shape, device and dtype for peft, and no memory.
+        for key, value in list(stand_in._parameters.items()):
+            if value is not None:
+                stand_in._parameters[key] = nn.Parameter(
+                    torch.zeros((), dtype=dtype).expand(value.shape), requires_grad=False
+                )
+        parent.add_module(leaf, stand_in)
+    return root
+
+
+def peft_weights(skeleton: nn.Module, prefix: str, adapter: str) -> dict[str, torch.Tensor]:
+    """The adapter's matrices in a skeleton, keyed like `trainable`'s names, as [r, in] and [out, r]."""
+    weights = {}
+    for path, module in skeleton.named_modules():
+        if hasattr(module, "lora_A") and adapter in getattr(module, "lora_A", {}):
+            a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
+            weights[f"{prefix}.{path}.lora_A.weight"] = a.detach().reshape(a.shape[0], -1)
+            weights[f"{prefix}.{path}.lora_B.weight"] = b.detach().reshape(b.shape[0], -1)
+    return weights
+
+
+@torch.no_grad()
+def set_peft_weights(skeleton: nn.Module, prefix: str, adapter: str, weights: dict[str, torch.Tensor]) -> None:
+    """Copies `trainable`-named weights into the skeleton's peft layers (to save them with peft/diffusers)."""
+    for path, module in skeleton.named_modules():
+        if hasattr(module, "lora_A") and adapter in getattr(module, "lora_A", {}):
+            for kind, target in (("A", module.lora_A[adapter].weight), ("B", module.lora_B[adapter].weight)):
+                target.copy_(weights[f"{prefix}.{path}.lora_{kind}.weight"].reshape(target.shape))

@@ -1,0 +1,277 @@
+"""The scheduler inside the engine: every active job on the shared models, batched step by step.
+
+Each `tick()` first drops cancelled jobs, then runs one denoising step over every active generation (latency first;
+multigen.denoise_step batches them across users), then one optimizer step over every active LoRA training together
+(multitrain.shared_step). Jobs join (`admit`) and leave between ticks, so a cancel takes effect within one step and
+an `/imagine` never waits for anyone's whole training. A job that fails (a bad photo or LoRA at admission, a loss
+that is not finite, an exception in its own part of a step or in writing its output) ends with its own error; the
+others go on.
+
+Users' LoRAs live in slots (multilora.py): a training holds one for its whole job; a generation's LoRA file is
+copied into a slot that stays cached (least recently used reused first) so the next request of that user finds it.
+What the slots can't hold (full-UNet training, a trained text encoder, 8-bit Adam, a rank above the slots', a LoRA
+file the slot loader can't read) and every job under `lora_path: peft` runs `exclusive`ly on the plain peft path
+(Engine.train / Engine.generate, as before), once no batched job is active.
+"""
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from .engine import Engine, checkpoint, finish_generation, finish_training, resume
+from .errors import Cancelled, EngineError
+from .multigen import Generation, denoise_step
+from .multilora import NONE, SlotLoRA
+from .multitrain import SlotTraining, shared_step, slot_trainable
+from .protocol import ErrorEvent, GenerateRequest, TrainRequest
+from .train import free_memory
+
+log = logging.getLogger(__name__)
+
+
+class JobHandle(Protocol):
+    """What the scheduler needs of a job (server.Job): its request, cancel flag and progress reporting."""
+
+    request: TrainRequest | GenerateRequest
+
+    def is_cancelled(self) -> bool: ...
+
+    def check_cancel(self) -> None: ...
+
+    def progress(self, step: int, total: int, loss: float | None = None) -> None: ...
+
+
+class SlotTable:
+    """Which slot holds what: trainings own theirs; LoRA files (by path, version and scale) stay cached, LRU."""
+
+    def __init__(self, slots: SlotLoRA):
+        self.slots = slots
+        self._free = list(range(slots.slots))
+        self._files: OrderedDict[tuple, int] = OrderedDict()  # (path, mtime, size, scale) -> slot
+        self._pins: dict[int, int] = {}
+
+    def take(self) -> int | None:
+        """An empty slot for a training (evicting an unused cached file if need be), or None when all are busy."""
+        if not self._free:
+            victim = next((key for key, slot in self._files.items() if not self._pins.get(slot)), None)
+            if victim is None:
+                return None
+            self._free.append(self._files.pop(victim))
+        slot = self._free.pop(0)
+        self._pins[slot] = 1
+        return slot
+
+    def give_back(self, slot: int) -> None:
+        self.slots.clear_slot(slot)
+        self._pins.pop(slot, None)
+        self._free.append(slot)
+
+    def file(self, path: str, scale: float) -> int | None:
+        """The slot holding the LoRA file at `path` at `scale`, loaded if need be and pinned until `unpin`; None
+        when every slot is busy. Raises EngineError (not_found) or ValueError (a file the slots can't hold)."""
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError as error:
+            raise EngineError("not_found", f"LoRA {path} does not exist") from error
+        key = (path, stat.st_mtime_ns, stat.st_size, scale)
+        slot = self._files.get(key)
+        if slot is None:
+            slot = self.take()
+            if slot is None:
+                return None
+            try:
+                self.slots.load_slot_file(slot, path, scale)
+            except Exception:
+                self.give_back(slot)
+                raise
+            self._pins[slot] = 0
+            self._files[key] = slot
+        self._files.move_to_end(key)
+        self._pins[slot] = self._pins.get(slot, 0) + 1
+        return slot
+
+    def unpin(self, slot: int) -> None:
+        self._pins[slot] -= 1
+
+
+class Task:
+    """An admitted job and what it holds."""
+
+    def __init__(self, job: JobHandle):
+        self.job, self.request = job, job.request
+        self.started = time.monotonic()
+        self.slot: int | None = None
+        self.generation: Generation | None = None
+        self.training: SlotTraining | None = None
+        self.checkpoints = None
+        self.resumed_from: int | None = None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        emit: Callable[[BaseModel], None],
+        train_rows: int | None = None,
+        peft_only: bool = False,
+    ):
+        self.engine, self.emit = engine, emit
+        self.train_rows, self.peft_only = train_rows, peft_only
+        self.table = SlotTable(engine.models.slots)
+        self.active: list[Task] = []
+
+    @property
+    def idle(self) -> bool:
+        return not self.active
+
+    # --- joining --------------------------------------------------------------------------------------------------
+
+    def admit(self, job: JobHandle) -> str:
+        """Sets a job up to join at the next tick: "joined", "exclusive" (it must run alone on the peft path: call
+        `run_exclusive` once idle), "full" (no slot free now: try again later) or "ended" (it failed; its error was
+        emitted)."""
+        task = Task(job)
+        try:
+            if self.peft_only:
+                return "exclusive"
+            if isinstance(task.request, TrainRequest):
+                return self._admit_training(task)
+            return self._admit_generation(task)
+        except Exception as error:  # noqa: BLE001 (a job's failure is its own)
+            self._release(task)
+            self._fail(task, error)
+            return "ended"
+
+    def _admit_training(self, task: Task) -> str:
+        params, photos, class_photos, checkpoints = self.engine.prepare_training(task.request)
+        if not slot_trainable(params, self.table.slots):
+            return "exclusive"
+        task.slot = self.table.take()
+        if task.slot is None:
+            return "full"
+        task.training = SlotTraining(self.engine.models, params, task.slot, photos, class_photos, self.train_rows)
+        task.checkpoints = checkpoints
+        task.resumed_from = resume(task.training, checkpoints)
+        self.active.append(task)
+        return "joined"
+
+    def _admit_generation(self, task: Task) -> str:
+        request = task.request
+        seed, control = self.engine.generation_inputs(request)
+        slot = NONE
+        if request.lora is not None:
+            try:
+                slot = self.table.file(request.lora, request.lora_scale)
+            except ValueError as error:
+                log.info("%s: %s; generating on the peft path", request.id, error)
+                return "exclusive"
+            if slot is None:
+                return "full"
+            task.slot = slot
+        task.generation = Generation(self.engine.models, request, seed, control, slot)
+        self.active.append(task)
+        return "joined"
+
+    def run_exclusive(self, job: JobHandle) -> None:
+        """A job on the plain peft path, alone (the engine's serial methods check its cancel flag every step)."""
+        task = Task(job)
+        try:
+            job.check_cancel()
+            if isinstance(task.request, TrainRequest):
+                outcome = self.engine.train(task.request, job)
+            else:
+                outcome = self.engine.generate(task.request, job)
+        except Exception as error:  # noqa: BLE001
+            self._fail(task, error)
+            return
+        self._done(task, outcome)
+
+    # --- one tick -------------------------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Cancelled jobs leave; one denoising step for every generation, then one optimizer step for every training."""
+        for task in [t for t in self.active if t.job.is_cancelled()]:
+            self._end(task, error=Cancelled())
+        generations = [t for t in self.active if t.generation is not None]
+        if generations:
+            failures = denoise_step(self.engine.models, [t.generation for t in generations], self.engine.fast)
+            for task in generations:
+                generation = task.generation
+                if generation in failures:
+                    self._end(task, error=failures[generation])
+                    continue
+                task.job.progress(generation.step_index, generation.total)
+                if generation.done:
+                    self._end(task, finish=lambda t=task: self._finish_generation(t))
+        trainings = [t for t in self.active if t.training is not None]
+        if trainings:
+            outcome = shared_step(self.table.slots, [t.training for t in trainings], self.train_rows)
+            for task in trainings:
+                training, result = task.training, outcome[task.training]
+                if isinstance(result, BaseException):
+                    self._end(task, error=result)
+                    continue
+                task.job.progress(training.step_count, training.params.max_steps, result)
+                try:
+                    checkpoint(training, task.checkpoints)
+                except Exception as error:  # noqa: BLE001
+                    self._end(task, error=error)
+                    continue
+                if training.step_count >= training.params.max_steps:
+                    self._end(task, finish=lambda t=task: finish_training(
+                        t.request, t.training, t.checkpoints, t.started, t.resumed_from
+                    ))
+
+    def cancel_all(self) -> None:
+        for task in list(self.active):
+            self._end(task, error=Cancelled())
+
+    # --- leaving --------------------------------------------------------------------------------------------------
+
+    def _finish_generation(self, task: Task):
+        generation = task.generation
+        return finish_generation(task.request, generation.finish(), generation.seed, task.started)
+
+    def _end(self, task: Task, finish: Callable[[], BaseModel] | None = None, error: BaseException | None = None):
+        """Takes the task out; writes its outputs (`finish`) or reports `error`; gives its slot back."""
+        self.active.remove(task)
+        outcome = None
+        if finish is not None:
+            try:
+                outcome = finish()
+            except Exception as failure:  # noqa: BLE001
+                error = failure
+        self._release(task)
+        if error is not None:
+            self._fail(task, error)
+        else:
+            self._done(task, outcome)
+
+    def _release(self, task: Task) -> None:
+        if task.slot is None:
+            return
+        if task.training is not None or (task.generation is None and isinstance(task.request, TrainRequest)):
+            self.table.give_back(task.slot)
+            task.training = None
+            free_memory(self.engine.models.device)
+        else:
+            self.table.unpin(task.slot)
+        task.slot = None
+
+    def _done(self, task: Task, outcome: BaseModel) -> None:
+        log.info("%s %s: done in %.2f s", task.request.op, task.request.id, outcome.seconds)
+        self.emit(outcome)
+
+    def _fail(self, task: Task, error: BaseException) -> None:
+        request = task.request
+        if isinstance(error, EngineError):
+            log.info("%s %s: %s: %s", request.op, request.id, error.code, error.message)
+            self.emit(ErrorEvent(id=request.id, code=error.code, message=error.message))
+        else:
+            log.error("%s %s: failed", request.op, request.id, exc_info=error)
+            self.emit(ErrorEvent(id=request.id, code="internal", message=f"{type(error).__name__}: {error}"))

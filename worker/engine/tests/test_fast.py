@@ -1,0 +1,179 @@
+"""The fast path on the CPU: selection by config, fallbacks, batch buckets, and that the code the CUDA graphs capture
+(same buffers, same step body, same LoRA slots, run eagerly here) computes exactly what diffusers' pipelines do."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from portrait_engine import fast_train
+from portrait_engine.config import EngineConfig, parse_config
+from portrait_engine.engine import Engine
+from portrait_engine.fast import FastGenerator, FastSettings, bucket, settings_from_env
+from portrait_engine.multigen import Generation, denoise_step
+from portrait_engine.multilora import NONE
+from portrait_engine.protocol import GenerateRequest, TrainParams, TrainRequest
+
+from .support import ENGINE_DIR, QUICK_TRAIN, RecordingJob
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def fast(engine: Engine) -> FastGenerator:
+    generator = FastGenerator(engine.models, FastSettings(batch_sizes=(1, 2, 4), width=SIZE, height=SIZE))
+    generator.warm_up()
+    return generator
+
+
+@pytest.fixture(scope="module")
+def other_lora(engine: Engine, photos: list[str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second user: other photo order, other seed, so its LoRA differs from trained_lora."""
+    output = tmp_path_factory.mktemp("other") / "other.safetensors"
+    params = TrainParams(**{**QUICK_TRAIN, "seed": 5})
+    engine.train(TrainRequest(id="other", op="train", photos=photos[::-1], output=str(output), params=params),
+                 RecordingJob())
+    return output
+
+
+@pytest.fixture
+def slots(engine: Engine):
+    """Slot 0 and 1 for this test's users, cleared afterwards (the slot table is the session's)."""
+    yield engine.models.slots
+    for slot in (0, 1):
+        engine.models.slots.clear_slot(slot)
+
+
+def request(**fields) -> GenerateRequest:
+    defaults = dict(prompt="a photo of sks person", steps=3, width=SIZE, height=SIZE, seed=11, output_dir="/tmp/x")
+    return GenerateRequest(id="g", op="generate", **{**defaults, **fields})
+
+
+def pixels(images: list[Image.Image]) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.int16) for image in images])
+
+
+def run(engine: Engine, cases, fast: FastGenerator | None) -> list[np.ndarray]:
+    """(request, slot, control image) cases denoised together as the scheduler does it; each one's images."""
+    generations = [Generation(engine.models, r, r.seed, control, slot) for r, slot, control in cases]
+    while not all(g.done for g in generations):
+        assert denoise_step(engine.models, generations, fast) == {}
+    return [pixels(g.finish()) for g in generations]
+
+
+# --- selection -------------------------------------------------------------------------------------------------
+
+
+def test_engine_fast_selects_the_path_and_auto_means_cuda():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    base = dict(profile="tiny", cache_dir=Path("/c"))
+    assert not EngineConfig(**base, device=cpu).use_fast  # auto without CUDA: the plain path
+    assert EngineConfig(**base, device=cuda).use_fast
+    assert not EngineConfig(**base, device=cuda, fast="off").use_fast
+    assert EngineConfig(**base, device=cpu, fast="on").use_fast
+    assert parse_config([], {"ENGINE_FAST": "off"}).fast == "off"
+    assert parse_config(["--fast", "on"], {"ENGINE_FAST": "off"}).fast == "on"
+
+
+def test_bad_engine_fast_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse_config([], {"ENGINE_FAST": "fast"})
+    assert exit.value.code == 2 and "ENGINE_FAST" in capsys.readouterr().err
+
+
+def test_settings_from_the_environment():
+    default = settings_from_env({})
+    assert (default.batch_sizes, default.compile_batches, default.width, default.height) == ((1, 2, 4, 8), (1,), 512, 512)
+    custom = settings_from_env({"ENGINE_FAST_BATCHES": "8,2", "ENGINE_FAST_COMPILE": "none", "ENGINE_FAST_SIZE": "768x512"})
+    assert (custom.batch_sizes, custom.compile_batches, custom.width, custom.height) == ((2, 8), (), 768, 512)
+
+
+def test_without_cuda_the_engine_runs_the_plain_path(engine: Engine):
+    assert engine.config.device.type == "cpu" and engine.fast is None and engine.warmup is None
+    assert fast_train.refusal(TrainParams(), torch.device("cpu"), False) == "no CUDA"
+
+
+def test_graphed_training_refuses_what_it_does_not_compute():
+    cuda = torch.device("cuda")
+    assert fast_train.refusal(TrainParams(), cuda, False) is None
+    assert fast_train.refusal(TrainParams(mode="full"), cuda, False) == "full-UNet mode"
+    assert fast_train.refusal(TrainParams(train_text_encoder=True), cuda, False) == "text-encoder training"
+    assert fast_train.refusal(TrainParams(), cuda, True) == "prior preservation"
+    assert fast_train.refusal(TrainParams(snr_gamma=5.0), cuda, False) == "min-SNR weighting"
+    assert fast_train.refusal(TrainParams(checkpoint_steps=10), cuda, False) == "checkpoints"
+
+
+def test_batch_buckets():
+    assert [bucket(n) for n in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 4, 4, 8, 8, None]
+    assert bucket(3, (2, 6)) == 6 and bucket(1, ()) is None
+
+
+# --- the graphed call computes what multigen's eager call computes -------------------------------------------------
+
+
+@pytest.mark.parametrize("scheduler", ["unipc", "euler_a", "dpmpp_2m_karras", "ddim"])
+def test_graph_route_equals_the_eager_batched_call(engine, fast, slots, trained_lora, other_lora, scheduler):
+    slots.load_slot_file(0, trained_lora, 1.0)
+    slots.load_slot_file(1, other_lora, 0.6)
+    cases = [  # two users, a request without LoRA, CFG off: 2 + 1 + 2 + 1 = 6 rows in the 8-row graph
+        (request(scheduler=scheduler, num_images=1), 0, None),
+        (request(scheduler=scheduler, prompt="two", seed=3, guidance_scale=1.0), NONE, None),
+        (request(scheduler=scheduler, prompt="three", seed=5, guidance_scale=4.0), 1, None),
+        (request(scheduler=scheduler, prompt="four", seed=6, guidance_scale=1.0), 1, None),
+    ]
+    graph = fast.graph_for(torch.zeros(6, 4, *fast.latent_hw), False)
+    assert graph.rows == 8
+    calls = graph.calls
+    ours, theirs = run(engine, cases, fast), run(engine, cases, None)
+    assert graph.calls == calls + cases[0][0].steps  # every step went through the graph
+    for a, b in zip(ours, theirs):
+        assert np.array_equal(a, b)
+    assert not np.array_equal(ours[0], run(engine, [(request(scheduler=scheduler), NONE, None)], fast)[0])  # LoRA acts
+
+
+def test_graph_route_with_controlnet_equals_the_eager_call(engine, fast, slots, trained_lora, photos):
+    slots.load_slot_file(0, trained_lora, 1.0)
+    control = Image.open(photos[0]).convert("RGB")
+    cases = [(request(controlnet_scale=0.5, negative_prompt="blurry", guidance_scale=5.0), 0, control),
+             (request(controlnet_scale=1.0, seed=2), NONE, control)]
+    calls = fast.graphs[(True, 4)].calls
+    for a, b in zip(run(engine, cases, fast), run(engine, cases, None)):
+        assert np.array_equal(a, b)
+    assert fast.graphs[(True, 4)].calls == calls + 3
+
+
+def test_switching_users_is_an_index_and_leaves_nothing_behind(engine, fast, slots, trained_lora, other_lora):
+    slots.load_slot_file(0, trained_lora, 1.0)
+    slots.load_slot_file(1, other_lora, 1.0)
+    a = run(engine, [(request(), 0, None)], fast)[0]
+    b = run(engine, [(request(), 1, None), (request(seed=4, num_images=3), 0, None)], fast)  # fills all 8 rows
+    assert not np.array_equal(a, b[0][:1])
+    # Back to user a alone (2-row graph), then beside a request without CFG (3 rows: the 4-row graph's last row
+    # still holds the previous call's data).
+    assert np.array_equal(run(engine, [(request(), 0, None)], fast)[0], a)
+    assert np.array_equal(run(engine, [(request(), 0, None), (request(seed=9, guidance_scale=1.0), NONE, None)],
+                              fast)[0], a)
+
+
+def test_batches_no_graph_holds_run_eagerly(engine, fast):
+    assert fast.graph_for(torch.zeros(2, 4, 12, 8), False) is None  # another latent size
+    assert fast.graph_for(torch.zeros(10, 4, *fast.latent_hw), False) is None  # more rows than captured
+    cases = [(request(width=96, seed=s), NONE, None) for s in range(2)]
+    for a, b in zip(run(engine, cases, fast), run(engine, cases, None)):
+        assert np.array_equal(a, b)
+
+
+def test_ready_event_reports_the_warm_up(cache_dir: Path, tmp_path: Path):
+    env = {**os.environ, "ENGINE_CACHE_DIR": str(cache_dir), "ENGINE_DEVICE": "cpu", "ENGINE_FAST": "on",
+           "ENGINE_FAST_SIZE": "64x64", "ENGINE_FAST_BATCHES": "1", "ENGINE_LORA_PATH": "slots"}
+    done = subprocess.run([sys.executable, "-m", "portrait_engine", "--profile", "tiny"], cwd=ENGINE_DIR, env=env,
+                          input=b"", capture_output=True, timeout=120)
+    ready = json.loads(done.stdout.splitlines()[0])
+    assert ready["event"] == "ready" and ready["info"]["fast"] is True
+    assert ready["info"]["batch_sizes"] == [1] and ready["info"]["size"] == [64, 64] and ready["info"]["warmup_s"] >= 0

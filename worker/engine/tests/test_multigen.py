@@ -1,0 +1,96 @@
+"""Batched generation across users: every request of one mixed batch matches diffusers' own pipeline for it."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+
+from portrait_engine.engine import Engine
+from portrait_engine.images import open_rgb
+from portrait_engine.multigen import Generation, denoise_step
+from portrait_engine.multilora import NONE
+from portrait_engine.protocol import GenerateRequest
+from portrait_engine.tiny import BASE_DIR, CONTROLNET_DIR
+
+from .test_equivalence import TOLERANCE, _theirs
+from .test_multilora import random_lora
+
+
+@pytest.fixture(scope="module")
+def text_lora(engine: Engine, tmp_path_factory) -> Path:
+    """A LoRA on the UNet and the text encoder."""
+    return random_lora(engine, tmp_path_factory.mktemp("text-lora") / "t.safetensors", 2, 3.0, 9, ["to_q", "to_v"], True)
+
+
+def _request(**fields) -> GenerateRequest:
+    base = dict(prompt="a photo of sks person", steps=3, width=96, height=64, seed=1, output_dir="/tmp/unused")
+    return GenerateRequest(id="m", op="generate", **{**base, **fields})
+
+
+def _reference(pipe, request: GenerateRequest, lora: Path | None, control=None) -> np.ndarray:
+    if lora is not None:
+        pipe.load_lora_weights(str(lora))
+    try:
+        extra = {} if control is None else dict(image=control, controlnet_conditioning_scale=request.controlnet_scale)
+        return _theirs(pipe, request.scheduler, pipe.base_scheduler_config, request.model_dump(), **extra)
+    finally:
+        pipe.unload_lora_weights()
+
+
+def test_a_mixed_batch_matches_the_pipelines_request_by_request(
+    engine: Engine, cache_dir: Path, trained_lora: Path, text_lora: Path, photos
+):
+    models = engine.models
+    pose = open_rgb(photos[1])
+    cases = [  # request, LoRA file, control image
+        (_request(lora=str(trained_lora), lora_scale=0.7, negative_prompt="blurry", guidance_scale=6.0, num_images=2,
+                  seed=11), trained_lora, None),
+        (_request(prompt="a portrait", scheduler="euler_a", guidance_scale=1.0, seed=4), None, None),  # no CFG
+        (_request(lora=str(text_lora), scheduler="ddim", steps=4, seed=5), text_lora, None),  # more steps
+        (_request(width=64, height=64, scheduler="dpmpp_2m_karras", seed=6), None, None),  # another size
+        (_request(lora=str(trained_lora), control_image=photos[1], controlnet_scale=0.8, seed=7), trained_lora, pose),
+        (_request(control_image=photos[1], controlnet_scale=0.5, scheduler="euler_a", seed=8), None, pose),
+    ]
+    slots = {trained_lora: (0, 0.7), text_lora: (1, 1.0)}
+    for path, (slot, scale) in slots.items():
+        models.slots.load_slot_file(slot, path, scale)
+    # The same LoRA at another scale is another slot.
+    models.slots.load_slot_file(2, trained_lora, 1.0)
+    try:
+        generations = []
+        for request, lora, control in cases:
+            slot = NONE if lora is None else (2 if control is not None else slots[lora][0])
+            generations.append(Generation(models, request, request.seed, control, slot))
+        calls = []
+        original = models.pipe.unet.forward
+        models.pipe.unet.forward = lambda *a, **k: calls.append(len(a[0])) or original(*a, **k)
+        try:
+            while not all(g.done for g in generations):
+                denoise_step(models, generations)
+        finally:
+            del models.pipe.unet.forward
+        ours = [np.stack([np.asarray(i) for i in g.finish()]).astype(int) for g in generations]
+    finally:
+        for slot in range(3):
+            models.slots.clear_slot(slot)
+    # One UNet call per step and group: 96x64 txt2img (2x2 + 1 + 2 rows), 64x64, ControlNet (2 + 2 rows).
+    assert calls[:3] == [7, 2, 4]
+
+    reference = StableDiffusionPipeline.from_pretrained(cache_dir / BASE_DIR, safety_checker=None,
+                                                        requires_safety_checker=False)
+    reference.set_progress_bar_config(disable=True)
+    reference.base_scheduler_config = reference.scheduler.config
+    controlnet = StableDiffusionControlNetPipeline(
+        **reference.components, controlnet=ControlNetModel.from_pretrained(cache_dir / CONTROLNET_DIR)
+    )
+    controlnet.set_progress_bar_config(disable=True)
+    controlnet.base_scheduler_config = reference.base_scheduler_config
+    for (request, lora, control), image in zip(cases, ours):
+        if control is not None:
+            request = request.model_copy(update=dict(lora_scale=1.0))
+        theirs = _reference(controlnet if control is not None else reference, request, lora, control)
+        assert image.shape == theirs.shape
+        assert np.abs(image - theirs).max() <= TOLERANCE, request
+    # Not vacuous: LoRAs, prompts and seeds make different pictures.
+    assert np.abs(ours[0][0] - ours[1][0]).max() > 10 and np.abs(ours[4][0] - ours[5][0]).max() > 10
