@@ -9,8 +9,8 @@ others go on.
 
 Users' LoRAs live in slots (multilora.py): a training holds one for its whole job; a generation's LoRA file is
 copied into a slot that stays cached (least recently used reused first) so the next request of that user finds it.
-What the slots can't hold (full-UNet training, a trained text encoder, 8-bit Adam, a rank above the slots', a LoRA
-file the slot loader can't read) and every job under `lora_path: peft` runs `exclusive`ly on the plain peft path
+What the slots can't hold (full-UNet training, 8-bit Adam, a rank above the slots', a LoRA file the slot loader
+can't read) and every job under `lora_path: peft` runs `exclusive`ly on the plain peft path
 (Engine.train / Engine.generate, as before), once no batched job is active.
 """
 

@@ -226,7 +226,7 @@ def test_the_job_limit_queues_the_rest_until_one_leaves(running, photos, tmp_pat
 def test_what_the_slots_cannot_hold_runs_alone_on_the_peft_path(running, photos, tmp_path: Path):
     server = running()
     server.send(_train("slots", photos, tmp_path / "slots.safetensors", max_steps=4))
-    server.send(_train("text", photos, tmp_path / "text.safetensors", max_steps=2, train_text_encoder=True))
+    server.send(_train("text", photos, tmp_path / "text.safetensors", max_steps=2, use_8bit_adam=True))
     server.send(_generate("after", tmp_path / "after"))
     outcomes = {name: server.events.outcome(name) for name in ("slots", "text", "after")}
     server.close()
@@ -234,7 +234,6 @@ def test_what_the_slots_cannot_hold_runs_alone_on_the_peft_path(running, photos,
     text_progress = server.events.progress("text")
     # It ran alone: once the batched jobs had left.
     assert text_progress[0]["_at"] > max(outcomes["slots"]["_at"], outcomes["after"]["_at"])
-    assert any(k.startswith("text_encoder.") for k in safetensors.torch.load_file(tmp_path / "text.safetensors"))
 
     peft = running(peft_only=True)  # the configured plain diffusers path: the same requests, one at a time
     peft.send(_train("p", photos, tmp_path / "p.safetensors", max_steps=4))
