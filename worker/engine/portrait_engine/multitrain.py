@@ -7,8 +7,8 @@ given: micro-batch round k concatenates each job's k-th micro-batch (grouped by 
 sample carrying its job's slot, and backpropagates the sum of the jobs' own (scaled, accumulation-divided) losses.
 A job's gradient comes only from its own samples, so it gets exactly the gradient of the step it would take alone;
 each then steps its own optimizer. Each job draws from its own generators, so what it trains does not depend on
-who else is in the batch (tests/test_multitrain.py: relative L2 <= 1e-5 against the job alone and against the peft
-path, fp32 CPU). Jobs join and leave between calls.
+who else is in the batch (tests/test_multitrain.py, fp32 CPU: relative L2 <= 1e-5 against the job alone; against
+the peft path: losses and first-step gradients within 1e-5, weights within AdamW's amplification of rounding). Jobs join and leave between calls.
 
 Initialization draws what peft draws: peft's `inject_adapter_in_model` runs on a weightless skeleton of the target
 layers (same paths, classes, shapes and dtype) under the job's seed, and saving writes through that skeleton, so the
@@ -116,8 +116,9 @@ def shared_step(
     loss is not finite or whose part of the batch raised fails alone; the others step normally).
 
     `rows`: UNet calls over exactly this many rows (the batch is cut into chunks and the last padded with zero-slot
-    rows), which makes each job's result independent of its batch mates bit for bit on the CPU; None: one call per
-    group at its natural size (then a job's result depends on its mates within float rounding)."""
+    rows), so that kernels compute each job's rows the same way whatever its mates hold (on the CPU: the same
+    numbers, measured bit for bit for UNet LoRAs); None: one call per group at its natural size (then a job's
+    numbers move with its mates' by float rounding)."""
     outcome: dict[SlotTraining, float | Exception] = {}
     slots.requires_grad(True)
     try:
