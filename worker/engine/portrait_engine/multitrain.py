@@ -8,7 +8,8 @@ sample carrying its job's slot, and backpropagates the sum of the jobs' own (sca
 A job's gradient comes only from its own samples, so it gets exactly the gradient of the step it would take alone;
 each then steps its own optimizer. Each job draws from its own generators, so what it trains does not depend on
 who else is in the batch (tests/test_multitrain.py, fp32 CPU: relative L2 <= 1e-5 against the job alone; against
-the peft path: losses and first-step gradients within 1e-5, weights within AdamW's amplification of rounding). Jobs join and leave between calls.
+the peft path: losses and first-step gradients within 1e-5, weights within AdamW's amplification of rounding).
+Jobs join and leave between calls.
 
 Initialization draws what peft draws: peft's `inject_adapter_in_model` runs on a weightless skeleton of the target
 layers (same paths, classes, shapes and dtype) under the job's seed, and saving writes through that skeleton, so the

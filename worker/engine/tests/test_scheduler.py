@@ -168,9 +168,14 @@ def test_cancel_takes_effect_within_one_step(running, photos, tmp_path: Path):
     server = running()
     server.send(_train("t1", photos, tmp_path / "t1.safetensors", max_steps=5000))
     server.send(_train("t2", photos, tmp_path / "t2.safetensors", max_steps=4))
+    server.send(_generate("g", tmp_path / "g", steps=100, width=512, height=512))
     server.events.wait_for(lambda e: e["id"] == "t1" and e["event"] == "progress" and e["step"] >= 2)
+    server.events.wait_for(lambda e: e["id"] == "g" and e["event"] == "progress")
+    server.send({"id": "cg", "op": "cancel", "target": "g"})
     server.send({"id": "c", "op": "cancel", "target": "t1"})
     answer, ended = server.events.outcome("c"), server.events.outcome("t1")
+    generation_answer, generation_ended = server.events.outcome("cg"), server.events.outcome("g")
+    generation_after = [e for e in server.events.progress("g") if e["_at"] > generation_answer["_at"]]
     last = _steps(server.events.progress("t1"))[-1]
     after = [e for e in server.events.progress("t1") if e["_at"] > answer["_at"]]
     t2 = server.events.outcome("t2")
@@ -181,6 +186,9 @@ def test_cancel_takes_effect_within_one_step(running, photos, tmp_path: Path):
     assert len(after) <= 1 and last < 5000  # at most the step that was running when the cancel arrived
     assert not (tmp_path / "t1.safetensors").exists()
     assert t2["event"] == "result" and t2["steps"] == 4  # the other job was not disturbed
+    assert generation_answer["cancelled"] is True and generation_ended["code"] == "cancelled"
+    assert len(generation_after) <= 1 and _steps(server.events.progress("g"))[-1] < 100
+    assert not (tmp_path / "g").exists()
 
 
 def test_a_failing_job_fails_alone(running, photos, tmp_path: Path):
