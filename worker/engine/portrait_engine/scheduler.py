@@ -73,7 +73,8 @@ class SlotTable:
 
     def file(self, path: str, scale: float) -> int | None:
         """The slot holding the LoRA file at `path` at `scale`, loaded if need be and pinned until `unpin`; None
-        when every slot is busy. Raises EngineError (not_found) or ValueError (a file the slots can't hold)."""
+        when every slot is busy. Raises EngineError (not_found), or whatever reading a file the slots can't hold
+        raises."""
         try:
             stat = os.stat(path)
         except FileNotFoundError as error:
@@ -167,7 +168,10 @@ class Scheduler:
         if request.lora is not None:
             try:
                 slot = self.table.file(request.lora, request.lora_scale)
-            except ValueError as error:
+            except EngineError:
+                raise
+            except Exception as error:  # noqa: BLE001 (kohya keys, a rank above the slots', a damaged file, ...)
+                # diffusers' own loader reads more formats, and says bad_request for what it can't read either.
                 log.info("%s: %s; generating on the peft path", request.id, error)
                 return "exclusive"
             if slot is None:

@@ -194,6 +194,7 @@ def test_cancel_takes_effect_within_one_step(running, photos, tmp_path: Path):
 def test_a_failing_job_fails_alone(running, photos, tmp_path: Path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
+    blocker.with_name("damaged.safetensors").write_bytes(b"\x10not a safetensors file")
     reference = running()
     reference.send(_train("ref", photos, tmp_path / "ref.safetensors", max_steps=4))
     reference.send(_generate("gref", tmp_path / "gref"))
@@ -206,13 +207,15 @@ def test_a_failing_job_fails_alone(running, photos, tmp_path: Path):
     server.send(_train("cannot-save", photos, blocker / "x.safetensors", max_steps=2))
     server.send(_generate("no-lora", tmp_path / "n", lora=str(tmp_path / "missing.safetensors")))
     server.send(_generate("cannot-write", blocker / "images"))
+    server.send(_generate("bad-lora", tmp_path / "b", lora=str(blocker.with_name("damaged.safetensors"))))
     server.send(_generate("gen", tmp_path / "gen"))
     outcomes = {name: server.events.outcome(name) for name in
-                ("good", "no-photo", "cannot-save", "no-lora", "cannot-write", "gen")}
+                ("good", "no-photo", "cannot-save", "no-lora", "cannot-write", "bad-lora", "gen")}
     server.close()
 
     assert outcomes["no-photo"]["code"] == "not_found" and outcomes["no-lora"]["code"] == "not_found"
     assert outcomes["cannot-save"]["code"] == "internal" and outcomes["cannot-write"]["code"] == "internal"
+    assert outcomes["bad-lora"]["code"] == "bad_request"  # refused by the peft path's loader, as before
     assert outcomes["good"]["event"] == outcomes["gen"]["event"] == "result"
     _same_file(tmp_path / "good.safetensors", tmp_path / "ref.safetensors")
     assert (tmp_path / "gen" / "0.png").read_bytes() == (tmp_path / "gref" / "0.png").read_bytes()
