@@ -7,16 +7,17 @@ given: micro-batch round k concatenates each job's k-th micro-batch (grouped by 
 sample carrying its job's slot, and backpropagates the sum of the jobs' own (scaled, accumulation-divided) losses.
 A job's gradient comes only from its own samples, so it gets exactly the gradient of the step it would take alone;
 each then steps its own optimizer. Each job draws from its own generators, so what it trains does not depend on
-who else is in the batch (tests/test_multitrain.py: relative L2 <= 1e-5 against the job alone and against the peft
-path, fp32 CPU). Jobs join and leave between calls.
+who else is in the batch (tests/test_multitrain.py, fp32 CPU: relative L2 <= 1e-5 against the job alone; against
+the peft path: losses and first-step gradients within 1e-5, weights within AdamW's amplification of rounding).
+Jobs join and leave between calls.
 
 Initialization draws what peft draws: peft's `inject_adapter_in_model` runs on a weightless skeleton of the target
 layers (same paths, classes, shapes and dtype) under the job's seed, and saving writes through that skeleton, so the
 files are the peft path's (export.write_lora, then write_kohya).
 
-Supported here: lora mode on the UNet, any rank up to the slots' max rank, alpha, targets, LR schedules, fp16/bf16
-autocast, prior preservation, min-SNR, offset noise. The rest (full mode, a trained text encoder, 8-bit Adam, a rank
-above the slots') takes the peft path: `slot_trainable(params, slots)` says which.
+Supported here: lora mode, on the UNet and optionally the text encoder, any rank up to the slots' max rank, alpha,
+targets, LR schedules, fp16/bf16 autocast, prior preservation, min-SNR, offset noise. The rest (full mode, 8-bit
+Adam, a rank above the slots') takes the peft path: `slot_trainable(params, slots)` says which.
 """
 
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 import torch
 from peft import inject_adapter_in_model
 
-from .models import Models
+from .models import TEXT_ENCODER_TARGETS, Models
 from .multilora import NONE, SlotLoRA, peft_skeleton, peft_weights, set_peft_weights
 from .protocol import TrainParams
 from .train import ADAPTER, ReferenceRandom, Training, _lora_config
@@ -32,12 +33,7 @@ from .train import ADAPTER, ReferenceRandom, Training, _lora_config
 
 def slot_trainable(params: TrainParams, slots: SlotLoRA) -> bool:
     """Whether a job with these (resolved) parameters can train in a slot."""
-    return (
-        params.mode == "lora"
-        and not params.train_text_encoder
-        and not params.use_8bit_adam
-        and params.rank <= slots.max_rank
-    )
+    return params.mode == "lora" and not params.use_8bit_adam and params.rank <= slots.max_rank
 
 
 class SlotTraining(Training):
@@ -55,13 +51,21 @@ class SlotTraining(Training):
         self.slots, self.slot, self.rows = models.slots, slot, rows
         if not slot_trainable(params, self.slots):
             raise ValueError("these parameters need the peft path")
-        layer_dtype = models.pipe.unet.dtype
+        pipe = models.pipe
+        # peft's init draws, in training_session's order: the UNet's adapter, then the text encoder's.
+        self.skeletons = {"unet": peft_skeleton(self.slots, "unet", pipe.unet.dtype)}
+        targets = {"unet": list(params.target_modules)}
+        if params.train_text_encoder:
+            self.skeletons["text_encoder"] = peft_skeleton(self.slots, "text_encoder", pipe.text_encoder.dtype)
+            targets["text_encoder"] = TEXT_ENCODER_TARGETS
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(params.seed)  # set_seed's CPU side, as training_session does
-            self.skeleton = peft_skeleton(self.slots, "unet", layer_dtype)
-            inject_adapter_in_model(_lora_config(params, list(params.target_modules)), self.skeleton, ADAPTER)
+            for component, skeleton in self.skeletons.items():
+                inject_adapter_in_model(_lora_config(params, targets[component]), skeleton, ADAPTER)
             cpu_state = torch.get_rng_state()
-        initial = peft_weights(self.skeleton, "unet", ADAPTER)
+        initial = {}
+        for component, skeleton in self.skeletons.items():
+            initial |= peft_weights(skeleton, component, ADAPTER)
         layers = list(dict.fromkeys(name.rsplit(".lora_", 1)[0] for name in initial))
         self.slots.clear_slot(slot)
         self.named = self.slots.trainable(slot, params.rank, layers)
@@ -75,13 +79,20 @@ class SlotTraining(Training):
     def _prepare_trainable(self) -> list[torch.nn.Parameter]:
         return list(self.named.values())
 
+    def _embeddings(self, count: int) -> torch.Tensor:
+        # A trained text encoder runs under this job's slot (one row per prompt), with gradients into the slot.
+        rows = count * (2 if self.prior else 1)
+        with self.slots.use([self.slot] * rows):
+            return super()._embeddings(count)
+
     def _trained_weights(self) -> dict[str, torch.Tensor]:
         # Named as the peft path names them, so that either path resumes the other's checkpoints.
         return {name.replace(".weight", f".{ADAPTER}.weight"): param for name, param in self.named.items()}
 
     def _lora_modules(self) -> tuple:
-        set_peft_weights(self.skeleton, "unet", ADAPTER, self.named)
-        return self.skeleton, None
+        for component, skeleton in self.skeletons.items():
+            set_peft_weights(skeleton, component, ADAPTER, self.named)
+        return self.skeletons["unet"], self.skeletons.get("text_encoder")
 
     def finish_step(self, losses: list[float]) -> float:
         self.slots.collect_grads(self.slot, self.named)
@@ -106,19 +117,21 @@ def shared_step(
     loss is not finite or whose part of the batch raised fails alone; the others step normally).
 
     `rows`: UNet calls over exactly this many rows (the batch is cut into chunks and the last padded with zero-slot
-    rows), which makes each job's result independent of its batch mates bit for bit on the CPU; None: one call per
-    group at its natural size (then a job's result depends on its mates within float rounding)."""
+    rows), so that kernels compute each job's rows the same way whatever its mates hold (on the CPU: the same
+    numbers, measured bit for bit for UNet LoRAs); None: one call per group at its natural size (then a job's
+    numbers move with its mates' by float rounding)."""
     outcome: dict[SlotTraining, float | Exception] = {}
-    # Every job's draws for this step first, in the order its own step would draw them.
-    draws = {}
-    for training in trainings:
-        try:
-            draws[training] = [training.draw(indices) for indices in training.windows.next()]
-        except Exception as error:  # noqa: BLE001 (one job's failure is its own)
-            outcome[training] = error
-    losses: dict[SlotTraining, list[float]] = {training: [] for training in draws}
     slots.requires_grad(True)
     try:
+        # Every job's draws for this step first, in the order its own step would draw them (a trained text
+        # encoder runs here, keeping its graph for the backward pass).
+        draws = {}
+        for training in trainings:
+            try:
+                draws[training] = [training.draw(indices) for indices in training.windows.next()]
+            except Exception as error:  # noqa: BLE001 (one job's failure is its own)
+                outcome[training] = error
+        losses: dict[SlotTraining, list[float]] = {training: [] for training in draws}
         rounds = max((len(d) for d in draws.values()), default=0)
         for k in range(rounds):
             groups: dict[tuple, list[SlotTraining]] = {}
@@ -149,28 +162,35 @@ def _backward_group(
     outcome: dict,
     rows: int | None,
 ) -> None:
-    """One forward and backward over several jobs' micro-batches of one shape; if it raises, each job again alone,
-    so that only the job at fault fails."""
+    """One forward and backward over several jobs' micro-batches of one shape. If the forward raises, each job's
+    forward again alone, so that only the job at fault fails (a failed forward has added no gradient); a backward
+    that raises fails the whole group, whose gradients it may have left half accumulated."""
     try:
-        _forward_backward(slots, members, inputs, losses, rows)
+        parts = [(members, _forward(slots, members, inputs, rows))]
     except Exception:  # noqa: BLE001
         if len(members) == 1:
             raise
-        slots.zero_grad()  # nothing of the failed pass may leak into anyone's step
+        parts = []
         for training, micro in zip(members, inputs):
             try:
-                _forward_backward(slots, [training], [micro], losses, rows)
+                parts.append(([training], _forward(slots, [training], [micro], rows)))
             except Exception as error:  # noqa: BLE001
                 outcome[training] = error
+    for group, (total, values) in parts:
+        try:
+            total.backward()
+        except Exception as error:  # noqa: BLE001
+            for training in group:
+                outcome[training] = error
+            continue
+        for training, loss in zip(group, values):
+            losses[training].append(loss.item())
 
 
-def _forward_backward(
-    slots: SlotLoRA,
-    members: list[SlotTraining],
-    inputs: list[tuple[torch.Tensor, ...]],
-    losses: dict[SlotTraining, list[float]],
-    rows: int | None,
-) -> None:
+def _forward(
+    slots: SlotLoRA, members: list[SlotTraining], inputs: list[tuple[torch.Tensor, ...]], rows: int | None
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The members' summed, scaled losses (what to backpropagate) and each member's own loss."""
     noisy = [t.noise_scheduler.add_noise(lat, noise, steps) for t, (lat, noise, steps, _) in zip(members, inputs)]
     index = torch.cat([torch.full((len(x),), t.slot, dtype=torch.long) for t, x in zip(members, noisy)])
     sample, timesteps = torch.cat(noisy), torch.cat([steps for _, _, steps, _ in inputs])
@@ -197,6 +217,4 @@ def _forward_backward(
         scaled = training.scaled(loss)
         total = scaled if total is None else total + scaled
         values.append(loss)
-    total.backward()
-    for training, loss in zip(members, values):
-        losses[training].append(loss.item())
+    return total, values

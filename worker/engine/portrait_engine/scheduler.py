@@ -9,8 +9,8 @@ others go on.
 
 Users' LoRAs live in slots (multilora.py): a training holds one for its whole job; a generation's LoRA file is
 copied into a slot that stays cached (least recently used reused first) so the next request of that user finds it.
-What the slots can't hold (full-UNet training, a trained text encoder, 8-bit Adam, a rank above the slots', a LoRA
-file the slot loader can't read) and every job under `lora_path: peft` runs `exclusive`ly on the plain peft path
+What the slots can't hold (full-UNet training, 8-bit Adam, a rank above the slots', a LoRA file the slot loader
+can't read) and every job under `lora_path: peft` runs `exclusive`ly on the plain peft path
 (Engine.train / Engine.generate, as before), once no batched job is active.
 """
 
@@ -73,7 +73,8 @@ class SlotTable:
 
     def file(self, path: str, scale: float) -> int | None:
         """The slot holding the LoRA file at `path` at `scale`, loaded if need be and pinned until `unpin`; None
-        when every slot is busy. Raises EngineError (not_found) or ValueError (a file the slots can't hold)."""
+        when every slot is busy. Raises EngineError (not_found), or whatever reading a file the slots can't hold
+        raises."""
         try:
             stat = os.stat(path)
         except FileNotFoundError as error:
@@ -167,7 +168,10 @@ class Scheduler:
         if request.lora is not None:
             try:
                 slot = self.table.file(request.lora, request.lora_scale)
-            except ValueError as error:
+            except EngineError:
+                raise
+            except Exception as error:  # noqa: BLE001 (kohya keys, a rank above the slots', a damaged file, ...)
+                # diffusers' own loader reads more formats, and says bad_request for what it can't read either.
                 log.info("%s: %s; generating on the peft path", request.id, error)
                 return "exclusive"
             if slot is None:

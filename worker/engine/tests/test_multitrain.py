@@ -20,10 +20,11 @@ ROWS = 4  # fixed-shape UNet calls (the engine's train_rows); a's and c's micro-
 
 USERS = {
     # rank, alpha, learning rate, schedule, steps, accumulation, batch, resolution and options all differ
-    "a": dict(rank=4, alpha=8.0, learning_rate=3e-2, max_steps=5, grad_accum=2, resolution=64, seed=1),
+    "a": dict(rank=4, alpha=8.0, learning_rate=3e-2, max_steps=5, grad_accum=2, resolution=64, seed=1,
+              train_text_encoder=True),
     "b": dict(
         rank=2, alpha=4.0, learning_rate=1e-2, max_steps=3, grad_accum=1, batch_size=2, resolution=64, seed=2,
-        lr_scheduler="cosine", snr_gamma=5.0, noise_offset=0.1,
+        lr_scheduler="cosine", snr_gamma=5.0, noise_offset=0.1, train_text_encoder=True,
     ),
     "c": dict(
         rank=8, alpha=8.0, learning_rate=2e-2, max_steps=4, grad_accum=2, resolution=128, seed=3,
@@ -31,7 +32,7 @@ USERS = {
     ),
 }
 JOINS = {"a": 0, "b": 0, "c": 2}  # c joins when the others have taken two steps
-PRIOR = {"b"}  # b trains with prior preservation
+PRIOR = {"b"}  # b trains with prior preservation (a and b train the text encoder too)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -165,6 +166,7 @@ def test_alone_in_a_slot_equals_the_peft_path_and_writes_the_same_files(engine: 
     ours, theirs = tmp_path / "slot-a.safetensors", tmp_path / "peft-a.safetensors"
     a, b = safetensors.torch.load_file(ours), safetensors.torch.load_file(theirs)
     assert a.keys() == b.keys() and max(rel(a[k], b[k]) for k in a) <= 5e-3
+    assert any(k.startswith("text_encoder.") for k in a)
     with safe_open(ours, "pt") as x, safe_open(theirs, "pt") as y:
         assert x.metadata()["lora_adapter_metadata"] == y.metadata()["lora_adapter_metadata"]
     assert kohya.exists() and safetensors.torch.load_file(kohya).keys() == safetensors.torch.load_file(
@@ -193,5 +195,6 @@ def test_what_needs_the_peft_path(engine: Engine):
     slots = engine.models.slots
     assert slot_trainable(TrainParams(), slots)
     assert not slot_trainable(TrainParams(mode="full"), slots)
-    assert not slot_trainable(TrainParams(train_text_encoder=True), slots)
+    assert slot_trainable(TrainParams(train_text_encoder=True), slots)
+    assert not slot_trainable(TrainParams(use_8bit_adam=True), slots)
     assert not slot_trainable(TrainParams(rank=slots.max_rank + 1), slots)
