@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { VisionService } from '../src/vision/index.ts';
-import { coverageSummary, faceCrop, hammingDistance, perceptualHash, type FaceMeasures } from '../src/vision/photo-checks.ts';
+import { coverageSummary, DEFAULT_PHOTO_CHECKS, faceCrop, hammingDistance, perceptualHash, type FaceMeasures } from '../src/vision/photo-checks.ts';
 import { fixtureModelsDir, renderScene, sceneJpeg, type Scene } from './helpers/vision.ts';
 
 const vision = new VisionService({ modelsDir: fixtureModelsDir, embedder: 'sface' });
@@ -22,7 +22,7 @@ describe('photo checks', () => {
     const result = await vision.checkUpload(await sceneJpeg(portrait()));
     assert.equal(result.faceCheckRun, true);
     assert.equal(result.verdict.code, 'ok', result.verdict.message);
-    assert.ok(result.measures!.sharpness > 40, `sharpness ${result.measures!.sharpness}`);
+    assert.ok(result.measures!.sharpness > DEFAULT_PHOTO_CHECKS.minSharpness, `sharpness ${result.measures!.sharpness}`);
     const meta = await sharp(result.crop!).metadata();
     assert.deepEqual([meta.width, meta.height, meta.format], [512, 512, 'png']);
     // the crop is centred on the face: its middle pixel is face-red
@@ -108,8 +108,8 @@ async function backlitJpeg(): Promise<Buffer> {
 }
 
 describe('coverage summary', () => {
-  const m = (yaw: number, faceSide: number, brightness: number): { measures: FaceMeasures; imageShortSide: number } => ({
-    measures: { yaw, faceSide, brightness, sharpness: 100 }, imageShortSide: 1000,
+  const m = (yaw: number, faceSide: number, brightness: number): { measures: FaceMeasures; imageLongSide: number } => ({
+    measures: { yaw, faceSide, brightness, sharpness: 100 }, imageLongSide: 1000,
   });
 
   test('a uniform set is told what to add', () => {

@@ -95,7 +95,7 @@ export class VisionService {
     return { faceCheckRun: true, verdict, phash, embedding, measures: verdict.measures, crop };
   }
 
-  coverage(items: readonly { measures: FaceMeasures; imageShortSide: number }[], minPhotos: number): CoverageSummary {
+  coverage(items: readonly { measures: FaceMeasures; imageLongSide: number }[], minPhotos: number): CoverageSummary {
     return coverageSummary(items, minPhotos);
   }
 
