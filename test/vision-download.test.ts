@@ -3,7 +3,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -37,6 +37,19 @@ after(() => new Promise<void>((r) => server.close(() => r())));
 
 const tmp = () => mkdtempSync(join(tmpdir(), 'models-'));
 
+/** Runs the `models` command with its console output captured. */
+async function capture(run: () => Promise<number>): Promise<{ code: number; logs: string[]; errors: string[] }> {
+  const logs: string[] = [], errors: string[] = [];
+  const original = { log: console.log, error: console.error };
+  console.log = (...args: unknown[]) => { logs.push(args.join(' ')); };
+  console.error = (...args: unknown[]) => { errors.push(args.join(' ')); };
+  try {
+    return { code: await run(), logs, errors };
+  } finally {
+    Object.assign(console, original);
+  }
+}
+
 describe('models download', () => {
   test('downloads, verifies and then leaves a present file alone', async () => {
     const dir = tmp();
@@ -59,13 +72,59 @@ describe('models download', () => {
     assert.equal(existsSync(join(dir, 'b/model.onnx.part')), false);
   });
 
-  test('a digest mismatch deletes the download and never installs it', async () => {
+  test('a digest mismatch never installs the download: it is kept aside (not as .part, so never resumed onto) and named in the error', async () => {
     const dir = tmp();
     const wrong = '0'.repeat(64);
-    await assert.rejects(downloadFile({ path: 'model.onnx', url: `${base}/model.onnx`, sha256: wrong }, dir), (e: unknown) =>
-      e instanceof ChecksumError && e.expected === wrong && e.actual === digest);
+    const aside = join(dir, `model.onnx.mismatch-${digest.slice(0, 8)}`);
+    await assert.rejects(downloadFile({ path: 'model.onnx', url: `${base}/model.onnx`, sha256: wrong, bytes: 299_999 }, dir), (e: unknown) => {
+      assert.ok(e instanceof ChecksumError);
+      assert.deepEqual([e.expected, e.actual, e.download], [wrong, digest, { sha256: digest, bytes: body.length, keptAt: aside }]);
+      assert.equal(e.message, `model.onnx: the download is 300,000 B with sha256 ${digest}; expected sha256 ${wrong}, 299,999 B. Kept it as ${aside}.`);
+      return true;
+    });
     assert.equal(existsSync(join(dir, 'model.onnx')), false);
     assert.equal(existsSync(join(dir, 'model.onnx.part')), false);
+    assert.ok(readFileSync(aside).equals(body), 'the bad download is kept, byte for byte');
+    ranges.length = 0;
+    await assert.rejects(downloadFile({ path: 'model.onnx', url: `${base}/model.onnx`, sha256: wrong }, dir), ChecksumError);
+    assert.deepEqual(ranges, [undefined], 'the second try starts from scratch, not from the bad bytes');
+  });
+
+  test('a wrong file at the final name is renamed aside, never deleted, and the command says what it found, expected and where it went', async () => {
+    const dir = tmp();
+    const handPlaced = Buffer.from('an older release, copied in by hand');
+    const handSha = createHash('sha256').update(handPlaced).digest('hex');
+    writeFileSync(join(dir, 'model.onnx'), handPlaced);
+    const entries: ModelEntry[] = [{ id: 'm', usedFor: 'test', license: 'MIT', files: [{ path: 'model.onnx', url: `${base}/model.onnx`, sha256: digest, bytes: body.length }] }];
+    const { code, errors } = await capture(() => modelsCommand(['m'], { VISION_MODELS_DIR: dir }, entries));
+    assert.equal(code, 0);
+    const aside = join(dir, `model.onnx.mismatch-${handSha.slice(0, 8)}`);
+    assert.ok(readFileSync(aside).equals(handPlaced), 'the hand-placed file is kept, byte for byte');
+    assert.ok(readFileSync(join(dir, 'model.onnx')).equals(body), 'and the pinned file installed in its place');
+    assert.equal(errors.join('\n'), `wrong file ${join(dir, 'model.onnx')}: found 35 B with sha256 ${handSha}; expected sha256 ${digest}, 300,000 B. ` +
+      `Kept it as ${aside}. (--replace deletes a wrong file instead.)`);
+  });
+
+  test('--replace deletes a wrong file at the final name, and says so', async () => {
+    const dir = tmp();
+    writeFileSync(join(dir, 'model.onnx'), 'wrong');
+    const entries: ModelEntry[] = [{ id: 'm', usedFor: 'test', license: 'MIT', files: [{ path: 'model.onnx', url: `${base}/model.onnx`, sha256: digest }] }];
+    const { code, errors } = await capture(() => modelsCommand(['m', '--replace'], { VISION_MODELS_DIR: dir }, entries));
+    assert.equal(code, 0);
+    assert.deepEqual(readdirSync(dir), ['model.onnx']);
+    assert.ok(readFileSync(join(dir, 'model.onnx')).equals(body));
+    assert.match(errors.join('\n'), /found 5 B with sha256 [0-9a-f]{64}; expected sha256 [0-9a-f]{64}\. Deleted it \(--replace\)\.$/);
+  });
+
+  test('the wrong file is already aside when the download then fails: the command reports both', async () => {
+    const dir = tmp();
+    writeFileSync(join(dir, 'x.onnx'), 'wrong');
+    const entries: ModelEntry[] = [{ id: 'x', usedFor: 'test', license: 'MIT', files: [{ path: 'x.onnx', url: 'http://127.0.0.1:9/x.onnx', sha256: digest }] }];
+    const { code, errors } = await capture(() => modelsCommand([], { VISION_MODELS_DIR: dir }, entries));
+    assert.equal(code, 1);
+    assert.match(errors[0]!, /^wrong file .*x\.onnx: found 5 B .*Kept it as .*x\.onnx\.mismatch-[0-9a-f]{8}\./);
+    assert.match(errors[1]!, /^failed +x\.onnx: /);
+    assert.equal(readdirSync(dir).filter((f) => f.startsWith('x.onnx.mismatch-')).length, 1);
   });
 
   test('offline: says exactly which files are missing, where to put them and where they come from', async () => {
@@ -83,16 +142,10 @@ describe('models download', () => {
   test('the manifest covers every model the project uses, and `models status` reports them all missing in an empty folder', async () => {
     assert.deepEqual(MODEL_MANIFEST.map((e) => e.id), ['yunet', 'sface', 'dwpose', 'sd15', 'controlnet-openpose']);
     for (const e of MODEL_MANIFEST) for (const f of e.files) assert.match(f.url, /^https:\/\//);
-    const logged: string[] = [];
-    const original = console.log;
-    console.log = (...args: unknown[]) => { logged.push(args.join(' ')); };
-    try {
-      assert.equal(await modelsCommand(['status'], { VISION_MODELS_DIR: tmp() }), 1);
-    } finally {
-      console.log = original;
-    }
-    assert.match(logged.join('\n'), /face_detection_yunet_2023mar\.onnx/);
-    assert.match(logged.join('\n'), /dw-ll_ucoco_384\.onnx/);
+    const { code, logs } = await capture(() => modelsCommand(['status'], { VISION_MODELS_DIR: tmp() }));
+    assert.equal(code, 1);
+    assert.match(logs.join('\n'), /face_detection_yunet_2023mar\.onnx/);
+    assert.match(logs.join('\n'), /dw-ll_ucoco_384\.onnx/);
   });
 });
 
