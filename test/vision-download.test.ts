@@ -7,7 +7,9 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync, mkdi
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ChecksumError, downloadFile, missingFiles, offlineMessage } from '../src/models/download.ts';
+import {
+  ChecksumError, downloadFile, expectedDigest, missingFiles, offlineMessage, readRecordedDigests, RECORDED_DIGESTS_FILE,
+} from '../src/models/download.ts';
 import { MODEL_MANIFEST, type ModelEntry } from '../src/models/manifest.ts';
 import { main as modelsCommand } from '../scripts/models.ts';
 
@@ -149,7 +151,73 @@ describe('models download', () => {
   });
 });
 
+describe('files with no published digest: recorded on first download, checked after', () => {
+  test('the first download records the digest; a later run checks against it and keeps a changed file aside', async () => {
+    const dir = tmp();
+    const entries: ModelEntry[] = [{ id: 'u', usedFor: 'test', license: 'MIT', files: [{ path: 'u/model.onnx', url: `${base}/model.onnx` }] }];
+    const first = await capture(() => modelsCommand(['u'], { VISION_MODELS_DIR: dir }, entries));
+    assert.equal(first.code, 0);
+    const record = join(dir, RECORDED_DIGESTS_FILE);
+    assert.equal(first.logs.at(-1), `downloaded u/model.onnx  sha256 ${digest}  (no published digest: recorded in ${record} on this first download; later runs check against it)`);
+    assert.deepEqual(Object.keys(readRecordedDigests(dir)), ['u/model.onnx']);
+    assert.deepEqual([readRecordedDigests(dir)['u/model.onnx']!.sha256, readRecordedDigests(dir)['u/model.onnx']!.bytes], [digest, body.length]);
+
+    const again = await capture(() => modelsCommand(['u'], { VISION_MODELS_DIR: dir }, entries));
+    assert.match(again.logs.at(-1)!, /^present +u\/model\.onnx .*\(matches the digest recorded on its first download/);
+
+    writeFileSync(join(dir, 'u/model.onnx'), 'swapped');
+    const swapped = await capture(() => modelsCommand(['u'], { VISION_MODELS_DIR: dir }, entries));
+    assert.equal(swapped.code, 0);
+    assert.match(swapped.errors[0]!, new RegExp(`^wrong file .*u/model\\.onnx: found 7 B with sha256 [0-9a-f]{64}; expected sha256 ${digest}\\. Kept it as .*mismatch-`));
+    assert.ok(readFileSync(join(dir, 'u/model.onnx')).equals(body));
+  });
+
+  test('a record made for another address (an older revision) is not used', () => {
+    const file = { path: 'm.onnx', url: 'https://example.invalid/resolve/bbbb/m.onnx' };
+    const recorded = { 'm.onnx': { sha256: digest, bytes: 1, url: 'https://example.invalid/resolve/aaaa/m.onnx', recordedAt: '' } };
+    assert.deepEqual(expectedDigest(file, recorded), { source: 'none' });
+    assert.deepEqual(expectedDigest({ ...file, url: recorded['m.onnx'].url }, recorded), { sha256: digest, source: 'recorded' });
+    assert.deepEqual(expectedDigest({ ...file, sha256: 'f'.repeat(64) }, recorded), { sha256: 'f'.repeat(64), source: 'pinned' });
+  });
+});
+
 describe('model manifest pins', () => {
+  const entry = (id: string) => MODEL_MANIFEST.find((e) => e.id === id)!;
+  const hfRevision = (url: string) => /huggingface\.co\/[^/]+\/[^/]+\/resolve\/([^/]+)\//.exec(url)?.[1];
+
+  test('every file is fetched from a commit, never a branch', () => {
+    for (const e of MODEL_MANIFEST) {
+      for (const f of e.files) assert.match(f.url, /\/(raw|resolve)\/[0-9a-f]{40}\//, `${e.id}: ${f.url}`);
+    }
+  });
+
+  test('DWPose: yzd-v/DWPose at 1a71441… with both digests and sizes', () => {
+    const files = entry('dwpose').files;
+    assert.deepEqual(files.map((f) => [f.path, hfRevision(f.url), f.sha256, f.bytes]), [
+      ['yolox_l.onnx', '1a7144101628d69ee7a3768d1ee3a094070dc388', '7860ae79de6c89a3c1eb72ae9a2756c0ccfbe04b7791bb5880afabd97855a411', 216_746_733],
+      ['dw-ll_ucoco_384.onnx', '1a7144101628d69ee7a3768d1ee3a094070dc388', '724f4ff2439ed61afb86fb8a1951ec39c6220682803b4a8bd4f598cd913b1843', 134_399_116],
+    ]);
+  });
+
+  test('SD1.5 at 451f4fe… with the three weight files pinned; ControlNet openpose at 9ae9f97…, its digest recorded on first download', () => {
+    const sd15 = entry('sd15').files;
+    assert.ok(sd15.every((f) => hfRevision(f.url) === '451f4fe16113bff5a5d2269ed5ad43b0592e9a14'));
+    assert.deepEqual(sd15.filter((f) => f.sha256).map((f) => [f.path, f.bytes]), [
+      ['sd15/text_encoder/model.safetensors', 492_265_874],
+      ['sd15/unet/diffusion_pytorch_model.safetensors', 3_438_167_540],
+      ['sd15/vae/diffusion_pytorch_model.safetensors', 334_643_276],
+    ]);
+    const cn = entry('controlnet-openpose').files;
+    assert.ok(cn.every((f) => hfRevision(f.url) === '9ae9f970358db89e211b87c915f9535c6686d5ba' && !f.sha256));
+  });
+
+  test('--cpu is the CPU-only set (yunet, sface, dwpose): status lists those files and no diffusion weights', async () => {
+    const { code, logs } = await capture(() => modelsCommand(['status', '--cpu'], { VISION_MODELS_DIR: tmp() }));
+    assert.equal(code, 1);
+    const listed = logs.join('\n').split('\n').filter((l) => l.startsWith('  - ')).map((l) => l.replace(/^.*\//, ''));
+    assert.deepEqual(listed, ['face_detection_yunet_2023mar.onnx', 'face_recognition_sface_2021dec.onnx', 'yolox_l.onnx', 'dw-ll_ucoco_384.onnx']);
+  });
+
   const opencv = (id: string) => MODEL_MANIFEST.find((e) => e.id === id)!.files[0]!;
   const revision = (url: string) => /opencv_zoo\/raw\/([0-9a-f]{40})\//.exec(url)?.[1];
 

@@ -3,8 +3,8 @@
 // Nothing is deleted without being asked: a wrong file (found at the final name, or just downloaded) is renamed
 // aside to `<name>.mismatch-<first 8 of its sha256>` and reported; `replace` deletes a wrong file found instead.
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, statSync } from 'node:fs';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { createReadStream, existsSync, readFileSync, statSync } from 'node:fs';
+import { mkdir, open, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import type { ModelEntry, ModelFile } from './manifest.ts';
 
@@ -113,6 +113,31 @@ export async function downloadFile(file: ModelFile, dir: string, options: Downlo
   return { path: target, status: resumed ? 'resumed' : 'downloaded', sha256, verified: Boolean(file.sha256), ...(replaced ? { replaced } : {}) };
 }
 
+// ---- digests recorded on first download (files with no published digest) ----------------------------------------
+
+export const RECORDED_DIGESTS_FILE = 'models-digests.json';
+
+export interface RecordedDigest { sha256: string; bytes: number; url: string; recordedAt: string }
+
+export function readRecordedDigests(dir: string): Record<string, RecordedDigest> {
+  const path = resolve(dir, RECORDED_DIGESTS_FILE);
+  return existsSync(path) ? JSON.parse(readFileSync(path, 'utf8')) as Record<string, RecordedDigest> : {};
+}
+
+/** The digest to check a file against: the pinned one, else the one recorded when it was first downloaded from
+ * the same address (a record of another revision's file says nothing about this one). */
+export function expectedDigest(file: ModelFile, recorded: Record<string, RecordedDigest>): { sha256?: string; source: 'pinned' | 'recorded' | 'none' } {
+  if (file.sha256) return { sha256: file.sha256, source: 'pinned' };
+  const r = recorded[file.path];
+  return r && r.url === file.url ? { sha256: r.sha256, source: 'recorded' } : { source: 'none' };
+}
+
+export async function recordDigest(dir: string, file: ModelFile, sha256: string): Promise<void> {
+  const all = readRecordedDigests(dir);
+  all[file.path] = { sha256, bytes: statSync(resolve(dir, file.path)).size, url: file.url, recordedAt: new Date().toISOString() };
+  await writeFile(resolve(dir, RECORDED_DIGESTS_FILE), `${JSON.stringify(all, null, 2)}\n`);
+}
+
 export interface MissingFile { entry: string; path: string; url: string; sha256?: string }
 
 /** Files not (completely) in place, with where each must go. */
@@ -124,6 +149,6 @@ export function missingFiles(entries: readonly ModelEntry[], dir: string): Missi
 
 export function offlineMessage(missing: readonly MissingFile[]): string {
   if (missing.length === 0) return 'All models are in place.';
-  const lines = missing.map((m) => `  - ${m.path}\n      from ${m.url}${m.sha256 ? `\n      sha256 ${m.sha256}` : ''}`);
+  const lines = missing.map((m) => `  - ${m.path}\n      from ${m.url}\n      ${m.sha256 ? `sha256 ${m.sha256}` : 'sha256: none published; recorded on its first download'}`);
   return `These model files are missing. Download each from the address shown and put it at the path shown:\n${lines.join('\n')}`;
 }
