@@ -142,7 +142,7 @@ describe('/pose skeleton preview', () => {
     const sent = telegram.callsOf('sendPhoto').at(-1)!;
     assert.equal(Number(sent.params.reply_parameters.message_id), status.message_id, 'the preview answers the status message');
     const meta = await sharp(sent.files.photo!).metadata();
-    assert.deepEqual([meta.format, meta.width, meta.height], ['png', 800, 600]);
+    assert.deepEqual([meta.format, meta.width, meta.height], ['png', 704, 512], 'drawn at detect resolution (512 on the short side)');
     const [generation] = await stack.app.database.db.select().from(generations).where(eq(generations.userId, id));
     assert.deepEqual(sent.files.photo, await stack.app.store.get(generation!.controlKey!), 'the preview is the stored skeleton');
     assert.equal((await poseJobs(id)).length, 1);
@@ -172,7 +172,7 @@ describe('/pose skeleton preview', () => {
     assert.equal(preview.content, 'Your pose — painting you in it now…');
     assert.ok(!discord.isEphemeral(preview));
     const meta = await sharp(preview.attachments[0]!.data).metadata();
-    assert.deepEqual([meta.format, meta.width, meta.height], ['png', 800, 600]);
+    assert.deepEqual([meta.format, meta.width, meta.height], ['png', 704, 512], 'drawn at detect resolution (512 on the short side)');
 
     const refused = discord.command(lena, 'pose', { image: await file(nobody) });
     const refusal = await discord.waitFor(() => refused.followUps[0], 'an ephemeral refusal');

@@ -133,13 +133,36 @@ describe('coverage summary', () => {
 });
 
 describe('/pose and likeness', () => {
-  test('one person: skeleton PNG the size of the picture', async () => {
+  test('one person: skeleton PNG at detect resolution (512 on the short side, sides rounded to 64, as controlnet_aux)', async () => {
     const r = await vision.pose(await sceneJpeg({ width: 800, height: 600, persons: [{ x: 300, y: 60, w: 180, h: 500 }] }));
     assert.equal(r.ok, true);
     if (!r.ok) return;
     assert.equal(r.pose.people.length, 1);
     const meta = await sharp(r.skeleton).metadata();
-    assert.deepEqual([meta.width, meta.height], [800, 600]);
+    assert.deepEqual([meta.width, meta.height], [704, 512]);
+  });
+
+  test('a 12 MP photo gives the same skeleton as the same scene at a quarter of the size: limbs do not thin out', async () => {
+    const person = (f: number): Scene => ({ width: 756 * f, height: 1008 * f, persons: [{ x: 250 * f, y: 120 * f, w: 260 * f, h: 760 * f }] });
+    const skeletons = [];
+    for (const f of [1, 4]) {
+      const r = await vision.pose(await sceneJpeg(person(f)));
+      assert.ok(r.ok, `×${f}`);
+      const { data, info } = await sharp(r.skeleton).raw().toBuffer({ resolveWithObject: true });
+      assert.deepEqual([info.width, info.height], [512, 704], `×${f}: 3024×4032 and 756×1008 both draw at 512×704`);
+      let bright = 0;
+      for (let i = 0; i < data.length; i += 3) if (Math.max(data[i]!, data[i + 1]!, data[i + 2]!) > 50) bright++;
+      skeletons.push(bright);
+    }
+    // Before, the large one came back 3024×4032 with 4 px limbs, a fifth of them left once shrunk (vision-draw.test.ts).
+    assert.ok(Math.abs(skeletons[1]! - skeletons[0]!) <= 0.05 * skeletons[0]!, `bright pixels ${skeletons.join(' vs ')}`);
+  });
+
+  test('image_resolution resizes the drawing (INTER_LINEAR) after it was drawn at detect resolution', async () => {
+    const r = await vision.pose(await sceneJpeg({ width: 800, height: 600, persons: [{ x: 300, y: 60, w: 180, h: 500 }] }), { imageResolution: 768 });
+    assert.ok(r.ok);
+    const meta = await sharp(r.skeleton).metadata();
+    assert.deepEqual([meta.width, meta.height], [1024, 768]);
   });
 
   test('no person and several people are refused with a clear message (several still get a preview)', async () => {
