@@ -2,7 +2,7 @@
 // face embeddings for likeness. Models load lazily, once, from the configured folder; when a model file is
 // missing the checks that need it are skipped and results say so (the tiny playground has no real weights).
 import { existsSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { basename, resolve } from 'node:path';
 import { decodeRgb, encodePng, resizeArea, resizeBilinear, type RgbImage } from './raster.ts';
 import { loadSession, releaseSessions } from './onnx.ts';
 import { detectFaces, type Face } from './yunet.ts';
@@ -22,6 +22,9 @@ export const VISION_MODEL_FILES = {
   dwpose: 'dw-ll_ucoco_384.onnx',
 } as const;
 export type VisionModel = keyof typeof VISION_MODEL_FILES;
+
+/** Installs every model the vision tier uses (YuNet, SFace, DWPose; no diffusion weights). */
+export const VISION_SETUP_COMMAND = 'npm run models -- --cpu';
 
 export interface VisionConfig {
   modelsDir: string;
@@ -66,6 +69,20 @@ export class VisionService {
       pose: models.yolox && models.dwpose,
       likeness: models.yunet && models[embedder],
       missing: (['yunet', embedder, 'yolox', 'dwpose'] as VisionModel[]).filter((m) => !models[m]).map((m) => this.modelPath(m)),
+    };
+  }
+
+  /**
+   * What a client (the playground page) may be told: which checks run, which model files are missing (names only,
+   * no server paths) and the command that installs them.
+   */
+  publicAvailability() {
+    const { faceChecks, pose, likeness, models } = this.availability();
+    const absent = (list: VisionModel[]) => list.filter((m) => !models[m]).map((m) => basename(this.modelPath(m)));
+    return {
+      faceChecks, pose, likeness,
+      missing: { face: absent(['yunet', this.config.embedder]), pose: absent(['yolox', 'dwpose']) },
+      setupCommand: VISION_SETUP_COMMAND,
     };
   }
 
