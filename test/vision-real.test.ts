@@ -212,6 +212,9 @@ describe('real YuNet on real photos', { skip }, () => {
     // Face over the long side: obama 0.29, obama2 0.34, biden 0.18. Against the short side (before) they read
     // 0.36, 0.64 and 0.41: all three "close-ups", though biden.jpg is a knee-length shot.
     assert.deepEqual(s.framing, { closeUp: 0, wider: 4 });
+    // Lighting spread (max − min mean face luma) 150 − 108 = 42 ≥ 25: "varied". One stop moves these faces' luma by
+    // 30..50 levels (see the exposure test), so the threshold 25 is a little over half a stop.
+    assert.deepEqual(s.lighting, { spread: 42, varied: true });
     assert.ok(s.suggestions.some((x) => x.code === 'close_ups'));
   });
 
