@@ -23,6 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from controlnet_aux_glue import draw_like_controlnet_aux
+
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "test" / "fixtures" / "vision" / "reference"
 FRAME = (3024, 4032)  # width, height of the "phone photo"
@@ -57,17 +59,8 @@ def main() -> None:
     photo = np.zeros((FRAME[1], FRAME[0], 3), np.uint8)
     detect = aux.resize_image(aux.HWC3(photo), 512)
     H, W, _ = detect.shape
-    candidate = keypoints / FRAME  # normalised, as candidate[..., 0] /= W on the detect canvas
-    nums = candidate.shape[0]
-    body = candidate[:, :18].copy().reshape(nums * 18, 2)
-    subset = scores[:, :18].copy()
-    for i in range(len(subset)):
-        for j in range(len(subset[i])):
-            subset[i][j] = int(18 * i + j) if subset[i][j] > 0.3 else -1
-    candidate[scores < 0.3] = -1
-    canvas = np.zeros((H, W, 3), np.uint8)
-    canvas = cn_util.draw_bodypose(canvas, body, subset)
-    canvas = cn_util.draw_facepose(canvas, candidate[:, 24:92])
+    # Normalised by the frame, as candidate[..., 0] /= W normalises by the detect canvas; drawn on that canvas.
+    canvas = draw_like_controlnet_aux(cn_util, keypoints, scores, *FRAME, faces=True, canvas_size=(W, H))
     out = {"frame": list(FRAME), "keypoints": keypoints.tolist(), "scores": scores.tolist(), "opencv": cv2.__version__, "images": {}}
     for resolution in (512, 768):
         img = aux.resize_image(detect, resolution)
