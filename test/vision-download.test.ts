@@ -218,6 +218,13 @@ describe('model manifest pins', () => {
     assert.deepEqual(listed, ['face_detection_yunet_2023mar.onnx', 'face_recognition_sface_2021dec.onnx', 'yolox_l.onnx', 'dw-ll_ucoco_384.onnx']);
   });
 
+  test('`models status` says which files have no published digest and that theirs is recorded on first download', async () => {
+    const { logs } = await capture(() => modelsCommand(['status', 'controlnet-openpose'], { VISION_MODELS_DIR: tmp() }));
+    const text = logs.join('\n');
+    assert.equal(text.match(/sha256: none published; recorded on its first download/g)?.length, 2, text);
+    assert.match(text, /resolve\/9ae9f970358db89e211b87c915f9535c6686d5ba\/diffusion_pytorch_model\.safetensors/);
+  });
+
   const opencv = (id: string) => MODEL_MANIFEST.find((e) => e.id === id)!.files[0]!;
   const revision = (url: string) => /opencv_zoo\/raw\/([0-9a-f]{40})\//.exec(url)?.[1];
 
