@@ -107,6 +107,23 @@ describe('models download', () => {
       `Kept it as ${aside}. (--replace deletes a wrong file instead.)`);
   });
 
+  test('a file set aside never replaces another one: the same wrong file again reuses its copy, a different one gets a new name', async () => {
+    const dir = tmp();
+    const file = { path: 'model.onnx', url: `${base}/model.onnx`, sha256: digest };
+    const wrong = Buffer.from('wrong, again');
+    const aside = join(dir, `model.onnx.mismatch-${createHash('sha256').update(wrong).digest('hex').slice(0, 8)}`);
+    writeFileSync(join(dir, 'model.onnx'), wrong);
+    await downloadFile(file, dir);
+    writeFileSync(join(dir, 'model.onnx'), wrong);
+    assert.equal((await downloadFile(file, dir)).replaced?.keptAt, aside);
+    // A different file under that aside name (a prefix collision, or edited by hand) is left alone.
+    writeFileSync(aside, 'something else');
+    writeFileSync(join(dir, 'model.onnx'), wrong);
+    assert.equal((await downloadFile(file, dir)).replaced?.keptAt, `${aside}-2`);
+    assert.equal(readFileSync(aside, 'utf8'), 'something else');
+    assert.ok(readFileSync(`${aside}-2`).equals(wrong));
+  });
+
   test('--replace deletes a wrong file at the final name, and says so', async () => {
     const dir = tmp();
     writeFileSync(join(dir, 'model.onnx'), 'wrong');

@@ -33,9 +33,19 @@ export class ChecksumError extends Error {
 /** Renames a wrong file aside (never over a different file) and says where it went. */
 async function setAside(path: string, target: string, sha256: string): Promise<WrongFile> {
   const bytes = statSync(path).size;
-  const keptAt = `${target}.mismatch-${sha256.slice(0, 8)}`;
-  await rename(path, keptAt); // same first 8 hex digits of a sha256 and same size: the same file again
-  return { sha256, bytes, keptAt };
+  const base = `${target}.mismatch-${sha256.slice(0, 8)}`;
+  for (let n = 1; ; n++) {
+    const keptAt = n === 1 ? base : `${base}-${n}`;
+    if (!existsSync(keptAt)) {
+      await rename(path, keptAt);
+      return { sha256, bytes, keptAt };
+    }
+    // The same wrong file was set aside before: that copy stays, this one is its duplicate.
+    if (await sha256File(keptAt) === sha256) {
+      await rm(path);
+      return { sha256, bytes, keptAt };
+    }
+  }
 }
 
 export async function sha256File(path: string): Promise<string> {
