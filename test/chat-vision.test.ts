@@ -27,6 +27,7 @@ const pavel: EmulatedUser = { id: 7002, first_name: 'Павел', language_code:
 const lena: EmulatedDiscordUser = { id: '710000000000000001', username: 'lena', locale: 'en-US' };
 
 // Three different shots, every one facing the camera (yaw ≈ 0 with the fixture landmarks), all in the same light.
+// Framing is face side over the long side: the first (0.32) and second (0.33) are wider shots, the third (0.42) a close-up.
 const frontal: Scene[] = [
   { width: 900, height: 1200, faces: [{ x: 290, y: 300, w: 320, h: 380 }] },
   { width: 1200, height: 900, faces: [{ x: 600, y: 150, w: 330, h: 400 }] },
@@ -85,7 +86,7 @@ describe('coverage of the photo set', () => {
     mark = lastMessageId();
     telegram.sendDocument(vera, shots[0]!, 'one.jpg', 'image/jpeg');
     const first = (await botSays(vera, /one\.jpg: accepted/, mark)).text!;
-    assert.match(first, /Your set: 1 facing the camera, 0 turned left, 0 turned right; 1 close-ups, 0 from further away\./);
+    assert.match(first, /Your set: 1 facing the camera, 0 turned left, 0 turned right; 0 close-ups, 1 from further away\./);
     assert.doesNotMatch(first, /Before training, add/, 'too few photos to judge variety; “send 2 more” is said already');
     assert.match(first, /Send 2 more/);
     assert.match(first, /Expressions can’t be measured/);
@@ -141,7 +142,7 @@ describe('/pose skeleton preview', () => {
     const sent = telegram.callsOf('sendPhoto').at(-1)!;
     assert.equal(Number(sent.params.reply_parameters.message_id), status.message_id, 'the preview answers the status message');
     const meta = await sharp(sent.files.photo!).metadata();
-    assert.deepEqual([meta.format, meta.width, meta.height], ['png', 800, 600]);
+    assert.deepEqual([meta.format, meta.width, meta.height], ['png', 704, 512], 'drawn at detect resolution (512 on the short side)');
     const [generation] = await stack.app.database.db.select().from(generations).where(eq(generations.userId, id));
     assert.deepEqual(sent.files.photo, await stack.app.store.get(generation!.controlKey!), 'the preview is the stored skeleton');
     assert.equal((await poseJobs(id)).length, 1);
@@ -171,7 +172,7 @@ describe('/pose skeleton preview', () => {
     assert.equal(preview.content, 'Your pose — painting you in it now…');
     assert.ok(!discord.isEphemeral(preview));
     const meta = await sharp(preview.attachments[0]!.data).metadata();
-    assert.deepEqual([meta.format, meta.width, meta.height], ['png', 800, 600]);
+    assert.deepEqual([meta.format, meta.width, meta.height], ['png', 704, 512], 'drawn at detect resolution (512 on the short side)');
 
     const refused = discord.command(lena, 'pose', { image: await file(nobody) });
     const refusal = await discord.waitFor(() => refused.followUps[0], 'an ephemeral refusal');

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { catalogues, knownKey, pickLocale, placeholders, translator } from '../bots/shared/i18n/index.ts';
+import { samplesCaption } from '../bots/shared/notifier.ts';
 
 const [first, ...others] = Object.entries(catalogues);
 
@@ -51,4 +52,18 @@ test('translate fills placeholders; pickLocale maps platform locales', () => {
   assert.equal(translator('ru')('photos.need_more', { more: 3 }), 'Пришлите ещё 3, чтобы начать обучение.');
   assert.equal(translator('en')('photos.need_more'), 'Send {more} more to start training.', 'a missing value stays visible');
   assert.deepEqual(['ru', 'ru-RU', 'en-GB', 'de', undefined, 'RU_ru'].map(pickLocale), ['ru', 'ru', 'en', 'en', 'en', 'ru']);
+});
+
+test('sample captions say why likeness is missing: models not installed, or no face to compare (not the same thing)', () => {
+  for (const locale of ['en', 'ru'] as const) {
+    const t = translator(locale);
+    assert.equal(samplesCaption(t, { likeness: { skipped: 'face models not installed' } }), t('done.samples_unscored'));
+    assert.equal(samplesCaption(t, {}), t('done.samples_unscored'), `${locale}: an adapter trained before likeness existed`);
+    // Face models installed, but the worker had no held-out face, or no sample portrait held a face.
+    assert.equal(samplesCaption(t, { likeness: { skipped: 'no held-out photo or no face in it' } }), t('done.samples_no_face'));
+    assert.equal(samplesCaption(t, { likeness: { mean: null, scores: [null, null] } }), t('done.samples_no_face'));
+    assert.equal(samplesCaption(t, { likeness: { mean: 0.61234 } }), t('done.samples', { score: '0.61' }));
+    assert.equal(samplesCaption(t, { likeness: { mean: 0.2 }, lowLikeness: true }), `${t('done.samples', { score: '0.20' })}\n${t('done.low_likeness', { score: '0.20' })}`);
+  }
+  assert.match(translator('en')('done.samples_no_face'), /could not be measured: no face to compare/);
 });

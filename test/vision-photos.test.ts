@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { VisionService } from '../src/vision/index.ts';
-import { coverageSummary, faceCrop, hammingDistance, perceptualHash, type FaceMeasures } from '../src/vision/photo-checks.ts';
+import { coverageSummary, DEFAULT_PHOTO_CHECKS, faceCrop, hammingDistance, perceptualHash, type FaceMeasures } from '../src/vision/photo-checks.ts';
 import { fixtureModelsDir, renderScene, sceneJpeg, type Scene } from './helpers/vision.ts';
 
 const vision = new VisionService({ modelsDir: fixtureModelsDir, embedder: 'sface' });
@@ -22,7 +22,7 @@ describe('photo checks', () => {
     const result = await vision.checkUpload(await sceneJpeg(portrait()));
     assert.equal(result.faceCheckRun, true);
     assert.equal(result.verdict.code, 'ok', result.verdict.message);
-    assert.ok(result.measures!.sharpness > 40, `sharpness ${result.measures!.sharpness}`);
+    assert.ok(result.measures!.sharpness > DEFAULT_PHOTO_CHECKS.minSharpness, `sharpness ${result.measures!.sharpness}`);
     const meta = await sharp(result.crop!).metadata();
     assert.deepEqual([meta.width, meta.height, meta.format], [512, 512, 'png']);
     // the crop is centred on the face: its middle pixel is face-red
@@ -108,8 +108,8 @@ async function backlitJpeg(): Promise<Buffer> {
 }
 
 describe('coverage summary', () => {
-  const m = (yaw: number, faceSide: number, brightness: number): { measures: FaceMeasures; imageShortSide: number } => ({
-    measures: { yaw, faceSide, brightness, sharpness: 100 }, imageShortSide: 1000,
+  const m = (yaw: number, faceSide: number, brightness: number): { measures: FaceMeasures; imageLongSide: number } => ({
+    measures: { yaw, faceSide, brightness, sharpness: 100 }, imageLongSide: 1000,
   });
 
   test('a uniform set is told what to add', () => {
@@ -133,13 +133,36 @@ describe('coverage summary', () => {
 });
 
 describe('/pose and likeness', () => {
-  test('one person: skeleton PNG the size of the picture', async () => {
+  test('one person: skeleton PNG at detect resolution (512 on the short side, sides rounded to 64, as controlnet_aux)', async () => {
     const r = await vision.pose(await sceneJpeg({ width: 800, height: 600, persons: [{ x: 300, y: 60, w: 180, h: 500 }] }));
     assert.equal(r.ok, true);
     if (!r.ok) return;
     assert.equal(r.pose.people.length, 1);
     const meta = await sharp(r.skeleton).metadata();
-    assert.deepEqual([meta.width, meta.height], [800, 600]);
+    assert.deepEqual([meta.width, meta.height], [704, 512]);
+  });
+
+  test('a 12 MP photo gives the same skeleton as the same scene at a quarter of the size: limbs do not thin out', async () => {
+    const person = (f: number): Scene => ({ width: 756 * f, height: 1008 * f, persons: [{ x: 250 * f, y: 120 * f, w: 260 * f, h: 760 * f }] });
+    const skeletons = [];
+    for (const f of [1, 4]) {
+      const r = await vision.pose(await sceneJpeg(person(f)));
+      assert.ok(r.ok, `×${f}`);
+      const { data, info } = await sharp(r.skeleton).raw().toBuffer({ resolveWithObject: true });
+      assert.deepEqual([info.width, info.height], [512, 704], `×${f}: 3024×4032 and 756×1008 both draw at 512×704`);
+      let bright = 0;
+      for (let i = 0; i < data.length; i += 3) if (Math.max(data[i]!, data[i + 1]!, data[i + 2]!) > 50) bright++;
+      skeletons.push(bright);
+    }
+    // Before, the large one came back 3024×4032 with 4 px limbs, a fifth of them left once shrunk (vision-draw.test.ts).
+    assert.ok(Math.abs(skeletons[1]! - skeletons[0]!) <= 0.05 * skeletons[0]!, `bright pixels ${skeletons.join(' vs ')}`);
+  });
+
+  test('image_resolution resizes the drawing (INTER_LINEAR) after it was drawn at detect resolution', async () => {
+    const r = await vision.pose(await sceneJpeg({ width: 800, height: 600, persons: [{ x: 300, y: 60, w: 180, h: 500 }] }), { imageResolution: 768 });
+    assert.ok(r.ok);
+    const meta = await sharp(r.skeleton).metadata();
+    assert.deepEqual([meta.width, meta.height], [1024, 768]);
   });
 
   test('no person and several people are refused with a clear message (several still get a preview)', async () => {

@@ -12,6 +12,22 @@ import { progressBar, whatKey, type Preview } from './conversation.ts';
 
 export interface OutgoingImage { data: Buffer; name: string }
 
+/**
+ * The caption of the validation samples: the likeness score, or why there is none. The worker stores
+ * `likeness: { skipped: 'face models not installed' | … }` when it could not score, and a null mean when no sample
+ * portrait held a face.
+ */
+export function samplesCaption(t: Translate, rawMetrics: unknown): string {
+  const metrics = (rawMetrics ?? {}) as { likeness?: { mean?: number | null; skipped?: string }; lowLikeness?: boolean };
+  const mean = metrics.likeness?.mean;
+  if (typeof mean === 'number') {
+    const score = mean.toFixed(2);
+    return [t('done.samples', { score }), ...(metrics.lowLikeness ? [t('done.low_likeness', { score })] : [])].join('\n');
+  }
+  const modelsMissing = !metrics.likeness || metrics.likeness.skipped === 'face models not installed';
+  return t(modelsMissing ? 'done.samples_unscored' : 'done.samples_no_face');
+}
+
 export interface ChatSurface<T extends TargetAddress> {
   readonly platform: Platform;
   /** Replaces the text of the job's status message. */
@@ -190,14 +206,8 @@ export class JobNotifier<T extends TargetAddress> {
 
   /** The validation portraits sampled after training, captioned with the likeness score when one was measured. */
   private async sendSamples(entry: Tracked<T>, adapter: Adapter) {
-    const { t } = entry;
-    const metrics = (adapter.metrics ?? {}) as { likeness?: { mean?: number | null }; lowLikeness?: boolean };
-    const mean = metrics.likeness?.mean;
-    const score = typeof mean === 'number' ? mean.toFixed(2) : undefined;
-    const caption = [score ? t('done.samples', { score }) : t('done.samples_unscored')];
-    if (score && metrics.lowLikeness) caption.push(t('done.low_likeness', { score }));
     const images = await Promise.all(adapter.sampleKeys.map(async (key, n) => ({ data: await this.app.store.get(key), name: `sample-${n + 1}.png` })));
-    await this.surface.sendImages(entry.target, images, caption.join('\n'));
+    await this.surface.sendImages(entry.target, images, samplesCaption(entry.t, adapter.metrics));
   }
 
   private untrack(jobId: string) {

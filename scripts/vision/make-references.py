@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+from controlnet_aux_glue import draw_like_controlnet_aux
+
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "test" / "fixtures" / "vision"
 MODELS = FIXTURES / "models"
@@ -178,25 +180,6 @@ def dwpose_refs(dwpose_dir: Path, cn_util) -> dict:
             cv2.imwrite(str(OUT / f"dwpose-{name}.png"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
         out[name] = entry
     return out
-
-
-def draw_like_controlnet_aux(cn_util, keypoints: np.ndarray, scores: np.ndarray, w: int, h: int, faces: bool) -> np.ndarray:
-    """The glue of controlnet_aux's DWposeDetector.__call__ / draw_pose, around its own drawing functions."""
-    candidate = keypoints.astype(np.float64)
-    nums = candidate.shape[0]
-    candidate[..., 0] /= float(w)
-    candidate[..., 1] /= float(h)
-    bodies = candidate[:, :18].copy().reshape(nums * 18, 2)
-    subset = scores[:, :18].astype(np.float64).copy()
-    for i in range(len(subset)):
-        for j in range(len(subset[i])):
-            subset[i][j] = int(18 * i + j) if subset[i][j] > 0.3 else -1
-    candidate[scores < 0.3] = -1
-    canvas = np.zeros((h, w, 3), np.uint8)
-    canvas = cn_util.draw_bodypose(canvas, bodies, subset)
-    if faces:
-        canvas = cn_util.draw_facepose(canvas, candidate[:, 24:92])
-    return canvas
 
 
 def drawing_refs(cn_util) -> dict:

@@ -1,6 +1,7 @@
-// Every model file the project uses, from pinned sources. `sha256` is the published digest where one could be
-// verified (two independent public manifests agreeing, named beside each pin); entries without one are downloaded
-// and their digest printed so it can be pinned here — until then the downloader says "not verified".
+// Every model file the project uses, from pinned sources (a commit, never a branch). `sha256` is the published
+// digest where one could be verified (two independent public manifests agreeing, named beside each pin); a file
+// without one has its digest recorded on its first download (models-digests.json in the models folder), and later
+// runs check it against that record.
 export interface ModelFile {
   /** Path inside the models folder. */
   path: string;
@@ -24,6 +25,27 @@ const OPENCV_ZOO = `https://github.com/opencv/opencv_zoo/raw/${OPENCV_ZOO_REVISI
 const HF = (repo: string, revision: string, file: string) => `https://huggingface.co/${repo}/resolve/${revision}/${file}`;
 const SD15 = 'stable-diffusion-v1-5/stable-diffusion-v1-5';
 const OPENPOSE = 'lllyasviel/control_v11p_sd15_openpose';
+// DWPose: revision, digests and sizes as pinned by chelij/papan (src/pose.js) and, independently, by a ComfyUI
+// model-fetch catalog ("dwpose-onnx", revision sha 1a71441…, both files with digest and size); a third project's
+// DWPose acquisition script pins the same revision with the same dw-ll digest and size.
+const DWPOSE_REVISION = '1a7144101628d69ee7a3768d1ee3a094070dc388';
+// SD1.5: the revision most public manifests pin. The three weight files' digests and sizes agree across a Rust
+// model manifest (hf_repo stable-diffusion-v1-5/stable-diffusion-v1-5), a verification script for the ModelScope
+// mirror (AI-ModelScope/stable-diffusion-v1-5, "expected values from ModelScope repo/files"), a model-detection
+// hash table ("sd1", "diffusers safetensors") and, for the VAE, a Hugging Face cache scan of this very snapshot
+// (blob a2b5134f…). The small JSON/text files have no published sha256 (the cache scan shows git sha1s only).
+const SD15_REVISION = '451f4fe16113bff5a5d2269ed5ad43b0592e9a14';
+const SD15_WEIGHTS: Record<string, { sha256: string; bytes: number }> = {
+  'text_encoder/model.safetensors': { sha256: 'd008943c017f0092921106440254dbbe00b6a285f7883ec8ba160c3faad88334', bytes: 492_265_874 },
+  'unet/diffusion_pytorch_model.safetensors': { sha256: '19da7aaa4b880e59d56843f1fcb4dd9b599c28a1d9d9af7c1143057c8ffae9f1', bytes: 3_438_167_540 },
+  'vae/diffusion_pytorch_model.safetensors': { sha256: 'a2b5134f4dbc140d9c11f11cba3233099e00af40f262f136c691fb7d38d2194c', bytes: 334_643_276 },
+};
+// ControlNet 1.1 openpose: the revision pinned by enfugue's ControlNet table, a model catalog and a Hugging Face
+// cache snapshot map. No two public sources give the digest of its float32 safetensors: recorded on first download.
+const OPENPOSE_REVISION = '9ae9f970358db89e211b87c915f9535c6686d5ba';
+
+/** The models a CPU-only install needs (face checks, likeness, /pose extraction): about 390 MB, no diffusion. */
+export const CPU_MODEL_IDS = ['yunet', 'sface', 'dwpose'] as const;
 
 export const MODEL_MANIFEST: readonly ModelEntry[] = [
   {
@@ -55,8 +77,14 @@ export const MODEL_MANIFEST: readonly ModelEntry[] = [
     usedFor: '/pose person detection and whole-body keypoints',
     license: 'Apache-2.0',
     files: [
-      { path: 'yolox_l.onnx', url: HF('yzd-v/DWPose', 'main', 'yolox_l.onnx') },
-      { path: 'dw-ll_ucoco_384.onnx', url: HF('yzd-v/DWPose', 'main', 'dw-ll_ucoco_384.onnx') },
+      {
+        path: 'yolox_l.onnx', url: HF('yzd-v/DWPose', DWPOSE_REVISION, 'yolox_l.onnx'),
+        sha256: '7860ae79de6c89a3c1eb72ae9a2756c0ccfbe04b7791bb5880afabd97855a411', bytes: 216_746_733,
+      },
+      {
+        path: 'dw-ll_ucoco_384.onnx', url: HF('yzd-v/DWPose', DWPOSE_REVISION, 'dw-ll_ucoco_384.onnx'),
+        sha256: '724f4ff2439ed61afb86fb8a1951ec39c6220682803b4a8bd4f598cd913b1843', bytes: 134_399_116,
+      },
     ],
   },
   {
@@ -69,12 +97,12 @@ export const MODEL_MANIFEST: readonly ModelEntry[] = [
       'tokenizer/merges.txt', 'tokenizer/special_tokens_map.json', 'tokenizer/tokenizer_config.json', 'tokenizer/vocab.json',
       'unet/config.json', 'unet/diffusion_pytorch_model.safetensors',
       'vae/config.json', 'vae/diffusion_pytorch_model.safetensors',
-    ].map((f) => ({ path: `sd15/${f}`, url: HF(SD15, 'main', f) })),
+    ].map((f) => ({ path: `sd15/${f}`, url: HF(SD15, SD15_REVISION, f), ...SD15_WEIGHTS[f] })),
   },
   {
     id: 'controlnet-openpose',
     usedFor: '/pose generation (ENGINE_CONTROLNET=<models>/controlnet-openpose)',
     license: 'OpenRAIL',
-    files: ['config.json', 'diffusion_pytorch_model.safetensors'].map((f) => ({ path: `controlnet-openpose/${f}`, url: HF(OPENPOSE, 'main', f) })),
+    files: ['config.json', 'diffusion_pytorch_model.safetensors'].map((f) => ({ path: `controlnet-openpose/${f}`, url: HF(OPENPOSE, OPENPOSE_REVISION, f) })),
   },
 ];

@@ -87,7 +87,7 @@ export class PhotoService {
    */
   async coverage(userId: string): Promise<CoverageSummary | undefined> {
     const measured = (await this.list(userId)).flatMap((p) =>
-      p.faceMeasures ? [{ measures: p.faceMeasures as unknown as FaceMeasures, imageShortSide: Math.min(p.width, p.height) }] : []);
+      p.faceMeasures ? [{ measures: p.faceMeasures as unknown as FaceMeasures, imageLongSide: Math.max(p.width, p.height) }] : []);
     if (measured.length === 0) return undefined;
     return this.vision.coverage(measured, this.config.photos.minForTraining);
   }

@@ -282,6 +282,16 @@ export interface PoseDrawing {
   faces?: ([number, number] | null)[][];
 }
 
+/**
+ * controlnet_aux's resize_image size: the short side scaled to `resolution`, each side then rounded to a multiple
+ * of 64 (numpy rounds halves to even). DWposeDetector detects and draws at this size for detect_resolution, then
+ * resizes the drawing (INTER_LINEAR) to this size for image_resolution.
+ */
+export function controlNetAuxSize(width: number, height: number, resolution: number): { width: number; height: number } {
+  const k = resolution / Math.min(width, height);
+  return { width: cvRound((width * k) / 64) * 64, height: cvRound((height * k) / 64) * 64 };
+}
+
 /** The full conditioning image on black, as controlnet_aux's draw_pose (hands not drawn). */
 export function drawPose(width: number, height: number, pose: PoseDrawing, options: { faces?: boolean } = {}): RgbImage {
   const canvas = drawBodyPose(blank(width, height), pose.bodies);

@@ -2,13 +2,13 @@
 // face embeddings for likeness. Models load lazily, once, from the configured folder; when a model file is
 // missing the checks that need it are skipped and results say so (the tiny playground has no real weights).
 import { existsSync } from 'node:fs';
-import { resolve } from 'node:path';
-import { decodeRgb, encodePng, type RgbImage } from './raster.ts';
+import { basename, resolve } from 'node:path';
+import { decodeRgb, encodePng, resizeArea, resizeBilinear, type RgbImage } from './raster.ts';
 import { loadSession, releaseSessions } from './onnx.ts';
 import { detectFaces, type Face } from './yunet.ts';
 import { cosineSimilarity, embedFace, type EmbedderKind } from './sface.ts';
 import { extractPose, poseForDrawing, type PoseResult } from './dwpose.ts';
-import { drawPose } from './draw-openpose.ts';
+import { controlNetAuxSize, drawPose } from './draw-openpose.ts';
 import {
   checkPhoto, coverageSummary, DEFAULT_PHOTO_CHECKS, duplicateVerdict, findNearDuplicate, perceptualHash, trainingCropFromBox,
   type CoverageSummary, type FaceMeasures, type KnownPhoto, type PhotoCheckOptions, type PhotoVerdict,
@@ -22,6 +22,9 @@ export const VISION_MODEL_FILES = {
   dwpose: 'dw-ll_ucoco_384.onnx',
 } as const;
 export type VisionModel = keyof typeof VISION_MODEL_FILES;
+
+/** Installs every model the vision tier uses (YuNet, SFace, DWPose; no diffusion weights). */
+export const VISION_SETUP_COMMAND = 'npm run models -- --cpu';
 
 export interface VisionConfig {
   modelsDir: string;
@@ -69,6 +72,20 @@ export class VisionService {
     };
   }
 
+  /**
+   * What a client (the playground page) may be told: which checks run, which model files are missing (names only,
+   * no server paths) and the command that installs them.
+   */
+  publicAvailability() {
+    const { faceChecks, pose, likeness, models } = this.availability();
+    const absent = (list: VisionModel[]) => list.filter((m) => !models[m]).map((m) => basename(this.modelPath(m)));
+    return {
+      faceChecks, pose, likeness,
+      missing: { face: absent(['yunet', this.config.embedder]), pose: absent(['yolox', 'dwpose']) },
+      setupCommand: VISION_SETUP_COMMAND,
+    };
+  }
+
   async faces(image: RgbImage): Promise<Face[]> {
     return detectFaces(await loadSession(this.modelPath('yunet')), image);
   }
@@ -95,21 +112,33 @@ export class VisionService {
     return { faceCheckRun: true, verdict, phash, embedding, measures: verdict.measures, crop };
   }
 
-  coverage(items: readonly { measures: FaceMeasures; imageShortSide: number }[], minPhotos: number): CoverageSummary {
+  coverage(items: readonly { measures: FaceMeasures; imageLongSide: number }[], minPhotos: number): CoverageSummary {
     return coverageSummary(items, minPhotos);
   }
 
-  /** /pose: exactly one person, skeleton drawn as ControlNet openpose expects (PNG, same size as the picture). */
-  async pose(bytes: Buffer): Promise<PoseOutcome> {
+  /**
+   * /pose: exactly one person, skeleton drawn as ControlNet openpose expects (PNG). As controlnet_aux's
+   * DWposeDetector: the picture resized to `detectResolution` on its short side (sides rounded to 64), the pose
+   * detected and drawn there, the drawing resized to `imageResolution`. Drawn at a 12 MP photo's own size and
+   * shrunk, the 4 px limbs would fall to under a pixel.
+   */
+  async pose(bytes: Buffer, { detectResolution = 512, imageResolution = detectResolution }: { detectResolution?: number; imageResolution?: number } = {}): Promise<PoseOutcome> {
     if (!this.availability().pose) {
       return { ok: false, code: 'pose_unavailable', message: 'Pose extraction is not available: the DWPose models are not installed.', details: {} };
     }
     const image = await decodeRgb(bytes);
-    const pose = await extractPose(await loadSession(this.modelPath('yolox')), await loadSession(this.modelPath('dwpose')), image);
+    const at = controlNetAuxSize(image.width, image.height, detectResolution);
+    // controlnet_aux: INTER_AREA down, Lanczos up (bilinear here: the detector letterboxes the picture again anyway).
+    const input = at.width === image.width && at.height === image.height ? image
+      : at.width < image.width ? resizeArea(image, at.width, at.height) : resizeBilinear(image, at.width, at.height);
+    const pose = await extractPose(await loadSession(this.modelPath('yolox')), await loadSession(this.modelPath('dwpose')), input);
     if (pose.people.length === 0) {
       return { ok: false, code: 'no_person', message: 'No person found in this picture — send a photo where one whole person is clearly visible.', details: {} };
     }
-    const skeleton = await encodePng(drawPose(image.width, image.height, poseForDrawing(pose), { faces: true }));
+    let drawing = drawPose(at.width, at.height, poseForDrawing(pose), { faces: true });
+    const out = controlNetAuxSize(at.width, at.height, imageResolution);
+    if (out.width !== at.width || out.height !== at.height) drawing = resizeBilinear(drawing, out.width, out.height);
+    const skeleton = await encodePng(drawing);
     if (pose.people.length > 1) {
       return { ok: false, code: 'several_people', message: `${pose.people.length} people in this picture — send one with just one person.`, details: { people: pose.people.length }, skeleton };
     }

@@ -11,7 +11,10 @@ export interface PhotoCheckOptions {
   cropFactor: number;
   /** Smallest accepted face box side in source pixels. */
   minFaceSide: number;
-  /** Variance of the Laplacian of the face (resampled to 128 px) below which the photo is too blurry. */
+  /**
+   * Variance of the Laplacian over the variance of the face itself (both on the face resampled to 128 px) below which
+   * the photo is too blurry. Divided by the contrast so that a low-contrast face is not called blurry.
+   */
   minSharpness: number;
   /** Mean face luma (0..255) bounds. */
   minBrightness: number;
@@ -21,9 +24,12 @@ export interface PhotoCheckOptions {
 export const DEFAULT_PHOTO_CHECKS: PhotoCheckOptions = {
   cropSize: 512,
   cropFactor: 2.2,
+  // Thresholds re-checked on the real YuNet and real photos (test/vision-real.test.ts records the measurements):
+  // sharpness 0.06 passes every portrait blurred by up to 1 px (Gaussian σ at training scale) and refuses every one
+  // blurred by 2 px; brightness 60..210 passes ±1 stop and refuses ±3 stops on all three portraits.
   minFaceSide: 160,
-  minSharpness: 40,
-  minBrightness: 55,
+  minSharpness: 0.06,
+  minBrightness: 60,
   maxBrightness: 210,
 };
 
@@ -87,10 +93,13 @@ export function measureFace(image: RgbImage, face: Face): FaceMeasures {
   const region = resizeBilinear(faceRegion(image, face), 128, 128);
   const gray = toGray(region);
   const brightness = gray.reduce((a, b) => a + b, 0) / gray.length;
+  const contrast = gray.reduce((a, v) => a + (v - brightness) ** 2, 0) / gray.length;
   const [re, le, nose] = face.landmarks;
   const eyeDistance = Math.hypot(le![0] - re![0], le![1] - re![1]) || 1;
   return {
-    sharpness: laplacianVariance(gray, 128, 128),
+    // Real faces have a grey variance of 1,100..3,800; the floor (a standard deviation of 10 levels) keeps a nearly
+    // featureless face, whose only detail is noise, from reading as sharp.
+    sharpness: laplacianVariance(gray, 128, 128) / Math.max(contrast, 100),
     brightness,
     yaw: (nose![0] - (re![0] + le![0]) / 2) / eyeDistance,
     faceSide: Math.max(face.width, face.height),
@@ -114,8 +123,13 @@ export function checkPhoto(image: RgbImage, faces: readonly Face[], options: Pho
   if (faces.length > 1) return verdict('several_faces', `${faces.length} faces in this photo — crop it to just you.`, { faces: faces.length });
   const face = faces[0]!;
   const margin = 0.01 * Math.max(face.width, face.height);
+  // YuNet snaps the box of a truncated face to the frame edge, but when a quarter of the face is gone the box can
+  // end a few pixels inside it: the eyes and mouth corners then sit much closer to the edge than on a whole face
+  // (about 0.6 eye distances from the box side on a frontal face; 0.12 with a quarter cut off, in the real photos).
+  const [re, le] = face.landmarks;
+  const landmarkMargin = 0.25 * Math.hypot(le![0] - re![0], le![1] - re![1]);
   const outside = face.x < margin || face.y < margin || face.x + face.width > image.width - margin || face.y + face.height > image.height - margin ||
-    face.landmarks.some(([x, y]) => x < 0 || y < 0 || x >= image.width || y >= image.height);
+    face.landmarks.some(([x, y]) => x < landmarkMargin || y < landmarkMargin || x >= image.width - landmarkMargin || y >= image.height - landmarkMargin);
   if (outside) return verdict('face_cut_off', 'Your face is cut off at the edge of the photo — send one with your whole face in the frame.', {}, { face });
   const measures = measureFace(image, face);
   const side = Math.round(measures.faceSide);
@@ -219,14 +233,18 @@ export interface CoverageSummary {
 
 const YAW_TURNED = 0.12;
 
-export function coverageSummary(items: readonly { measures: FaceMeasures; imageShortSide: number }[], minPhotos: number): CoverageSummary {
+/** A face at least this share of the picture's longer side is a close-up (the 2.2× training crop itself is 0.45). */
+export const CLOSE_UP_SHARE = 0.4;
+
+export function coverageSummary(items: readonly { measures: FaceMeasures; imageLongSide: number }[], minPhotos: number): CoverageSummary {
   const angles = { left: 0, frontal: 0, right: 0 };
   const framing = { closeUp: 0, wider: 0 };
-  for (const { measures, imageShortSide } of items) {
+  for (const { measures, imageLongSide } of items) {
     if (measures.yaw <= -YAW_TURNED) angles.right++;
     else if (measures.yaw >= YAW_TURNED) angles.left++;
     else angles.frontal++;
-    if (measures.faceSide >= 0.35 * imageShortSide) framing.closeUp++;
+    // Against the longer side: a full-length portrait photo is narrow, and its face is large next to the width.
+    if (measures.faceSide >= CLOSE_UP_SHARE * imageLongSide) framing.closeUp++;
     else framing.wider++;
   }
   const brightness = items.map((i) => i.measures.brightness);

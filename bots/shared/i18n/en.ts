@@ -64,6 +64,7 @@ export const en = {
   'done.generate': '✅ {what} done.',
   'done.samples': 'Sample portraits from your new model. Likeness to a photo of you it never saw: {score} (1 is identical).',
   'done.samples_unscored': 'Sample portraits from your new model (likeness is not measured here: the face models are not installed).',
+  'done.samples_no_face': 'Sample portraits from your new model (likeness could not be measured: no face to compare — none in the photo kept aside for it, or none in these portraits).',
   'done.low_likeness': '⚠️ The likeness is low ({score}). Add more varied photos of yourself — other angles, other light — and train again.',
   'done.caption': '“{prompt}” · seed {seed}',
   'failed.train': '❌ Training failed: {reason} It does not count against your daily trainings — tap “Train now” or send /train to try again.',
