@@ -4,6 +4,13 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { decodeSlots } from '../src/images/decode-slots.ts';
+import { flatLosslessWebp, jpegClaiming } from './hostile/images.ts';
 import {
   DEFAULT_IMAGE_LIMITS,
   ImageRejectedError,
@@ -242,8 +249,8 @@ describe('normalizeUpload: rejections', () => {
     const started = performance.now();
     const err = await rejected(bomb, 'too_many_pixels');
     assert.ok(performance.now() - started < 1000, 'must refuse from the header alone');
-    assert.deepEqual(err.details, { width: 20000, height: 20000, pixels: 400_000_000, maxPixels: 40_000_000 });
-    assert.match(err.message, /20000×20000 pixels \(400 megapixels\); the limit is 40 megapixels/);
+    assert.deepEqual(err.details, { width: 20000, height: 20000, pixels: 400_000_000, maxPixels: 25_000_000 });
+    assert.match(err.message, /20000×20000 pixels \(400 megapixels\); the limit is 25 megapixels/);
 
     // A panorama within the pixel budget but longer than JPEG can store.
     assert.deepEqual((await rejected(await pngClaiming(70000, 300), 'too_many_pixels')).details,
@@ -422,5 +429,59 @@ describe('trainingCrop', () => {
     const jpeg = await photo(300, 300).jpeg().toBuffer();
     await assert.rejects(trainingCrop(jpeg, 0), RangeError);
     await assert.rejects(trainingCrop(jpeg, 12.5), RangeError);
+  });
+});
+
+describe('normalizeUpload: lying headers and decode memory', () => {
+  test('a JPEG whose header says 4000×4000 over 640×800 of data is refused as truncated, not stored grey', async () => {
+    const real = await photo(640, 800).jpeg({ quality: 90 }).toBuffer();
+    const lying = jpegClaiming(real, 4000, 4000);
+    const meta = await sharp(lying).metadata();
+    assert.deepEqual([meta.width, meta.height], [4000, 4000]);
+    const err = await rejected(lying, 'truncated');
+    assert.match(err.message, /cut off/);
+    // The same picture with an honest header still passes.
+    assert.equal((await normalizeUpload(real)).width, 640);
+  });
+
+  test('a 1.7 KB lossless WebP of 39.9 MP is refused from its header, before any decode', async () => {
+    const bomb = await flatLosslessWebp(6320, 6320);
+    assert.ok(bomb.length < 4096, `${bomb.length} bytes`);
+    const started = performance.now();
+    const slotsBefore = decodeSlots.stats;
+    const err = await rejected(bomb, 'too_many_pixels');
+    const ms = performance.now() - started;
+    assert.ok(ms < 200, `refused in ${ms.toFixed(0)} ms`);
+    assert.equal(err.details.pixels, 6320 * 6320);
+    assert.deepEqual(decodeSlots.stats, slotsBefore);
+  });
+
+  // glibc keeps freed rasters of its per-thread arenas as RSS, which hides what is live at once; jemalloc (what
+  // sharp recommends in production) with no decay returns them at once, so the peak measures what is live.
+  const jemalloc = ['/usr/lib/x86_64-linux-gnu/libjemalloc.so.2', '/usr/lib/aarch64-linux-gnu/libjemalloc.so.2'].find((p) => existsSync(p));
+  test('eight parallel 9 MP decodes hold at most the decode slots\' rasters: peak RSS and time', { skip: !jemalloc && 'libjemalloc is not installed', timeout: 120_000 }, async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'decode-peak-'));
+    try {
+      const big = join(dir, 'big.webp');
+      const small = join(dir, 'small.png');
+      await writeFile(big, await flatLosslessWebp(3000, 3000));
+      await writeFile(small, await photo(8, 8).png().toBuffer());
+      const probe = (count: number, slots: number) => {
+        const out = execFileSync(process.execPath, ['--import', 'tsx', 'test/helpers/decode-peak.ts', big, String(count), String(slots), small], {
+          env: { ...process.env, LD_PRELOAD: jemalloc, MALLOC_CONF: 'dirty_decay_ms:0,muzzy_decay_ms:0' }, encoding: 'utf8',
+        });
+        return JSON.parse(out) as { peakMb: number; ms: number; concurrent: number };
+      };
+      const bounded = probe(8, 2);
+      const unbounded = probe(8, 8);
+      console.log(JSON.stringify({ bounded, unbounded }));
+      assert.equal(bounded.concurrent, 2);
+      assert.equal(unbounded.concurrent, 8);
+      // Measured 266–318 MB with two slots against 548–664 MB with eight decodes at once.
+      assert.ok(bounded.peakMb < 0.7 * unbounded.peakMb, `2 slots ${bounded.peakMb} MB vs 8 at once ${unbounded.peakMb} MB`);
+      assert.ok(bounded.ms < 30_000, `${bounded.ms} ms`);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import sharp, { type Metadata, type OutputInfo, type SharpOptions } from 'sharp';
 import { HEIF_SEQUENCE_BRANDS, sniffFormat, type AcceptedFormat, type Sniffed } from './sniff.ts';
+import { decodeSlots } from './decode-slots.ts';
 
 /** The resolution the engine trains at. Never trained lower: a seed experiment at 64 px destroyed likeness. */
 export const TRAINING_SIZE = 512;
@@ -20,7 +21,8 @@ export interface ImageLimits {
 
 export const DEFAULT_IMAGE_LIMITS: Readonly<ImageLimits> = Object.freeze({
   maxBytes: 20 * 1024 * 1024,
-  maxPixels: 40_000_000,
+  // A 24 MP camera photo fits; a 40 MP one would cost ~460 MB to decode (lossless WebP), so it is refused unread.
+  maxPixels: 25_000_000,
   minShortSide: 256,
 });
 
@@ -226,16 +228,30 @@ export async function normalizeUpload(input: Buffer, limits?: Partial<ImageLimit
       { width, height, minShortSide: lim.minShortSide, trainingSize: TRAINING_SIZE }, format);
   }
 
-  let out: { data: Buffer; info: OutputInfo };
-  try {
-    let pipeline = sharp(input, { ...inputOptions, autoOrient: true });
+  const encode = (failOn: SharpOptions['failOn']) => {
+    let pipeline = sharp(input, { ...inputOptions, failOn, autoOrient: true });
     if (meta.hasAlpha) pipeline = pipeline.flatten({ background: '#ffffff' });
     // No keepMetadata()/withMetadata()/keep*(): sharp writes no EXIF, XMP, IPTC or ICC, and converts to sRGB
     // using the embedded ICC profile when there is one (Display P3 phone photos, CMYK scans).
-    out = await pipeline
+    return pipeline
       .toColourspace('srgb')
       .jpeg({ quality: 95, mozjpeg: false, chromaSubsampling: '4:4:4', progressive: false })
       .toBuffer({ resolveWithObject: true });
+  };
+  let out: { data: Buffer; info: OutputInfo };
+  try {
+    out = await decodeSlots.run(async () => {
+      if (format !== 'jpeg') return encode(inputOptions.failOn);
+      // libjpeg reports scan data that ends before the frame does ("premature end of data segment": a header that
+      // claims more pixels than the file holds) only as a warning, and fills the rest with grey. Other warnings
+      // (stray bytes before a marker, common from some cameras) leave the picture whole: decode those leniently.
+      try {
+        return await encode('warning');
+      } catch (err) {
+        if (isMissingScanData(err)) throw err;
+        return encode(inputOptions.failOn);
+      }
+    });
   } catch (err) {
     throw decodeFailure(err, format, lim);
   }
@@ -252,6 +268,10 @@ export async function normalizeUpload(input: Buffer, limits?: Partial<ImageLimit
     bytes: out.data.length,
     sha256: createHash('sha256').update(out.data).digest('hex'),
   };
+}
+
+function isMissingScanData(err: unknown): boolean {
+  return /premature end|data segment|unexpected end/i.test(err instanceof Error ? err.message : String(err));
 }
 
 function animated(frames: number, format: AcceptedFormat): ImageRejectedError {
@@ -284,10 +304,11 @@ function apngFrameCount(png: Buffer): number {
  */
 export async function trainingCrop(normalized: Buffer, size = TRAINING_SIZE): Promise<Buffer> {
   if (!Number.isInteger(size) || size < 1) throw new RangeError(`trainingCrop: size must be a positive integer, got ${size}`);
-  return sharp(normalized, { failOn: 'truncated', limitInputPixels: DEFAULT_IMAGE_LIMITS.maxPixels, autoOrient: true })
-    .flatten({ background: '#ffffff' })
-    .resize(size, size, { fit: 'cover', position: 'centre', kernel: 'lanczos3' })
-    .toColourspace('srgb')
-    .png()
-    .toBuffer();
+  return decodeSlots.run(() =>
+    sharp(normalized, { failOn: 'truncated', limitInputPixels: DEFAULT_IMAGE_LIMITS.maxPixels, autoOrient: true })
+      .flatten({ background: '#ffffff' })
+      .resize(size, size, { fit: 'cover', position: 'centre', kernel: 'lanczos3' })
+      .toColourspace('srgb')
+      .png()
+      .toBuffer());
 }

@@ -32,6 +32,7 @@ export class PhotoService {
     try {
       normalized = await normalizeUpload(bytes, {
         maxBytes: this.config.photos.maxUploadBytes,
+        maxPixels: this.config.photos.maxPixels,
         minShortSide: this.config.photos.minShortSide,
       });
     } catch (error) {
