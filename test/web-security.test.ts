@@ -98,6 +98,23 @@ test('CSRF: auto-submitting forms from another local port change nothing; the pa
   }
 });
 
+test('an Origin naming the host the request was sent to is the playground; the same host on another port is not', async () => {
+  const { request } = await import('node:http');
+  const port = new URL(stack.baseUrl).port;
+  const post = (host: string, origin: string) => new Promise<{ status: number; code: string }>((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path: '/api/imagine', method: 'POST', headers: { host, origin, 'content-type': 'application/json' } }, (res) => {
+      let body = '';
+      res.on('data', (c) => { body += c; }).on('end', () => resolve({ status: res.statusCode!, code: JSON.parse(body).error?.code }));
+    });
+    req.on('error', reject);
+    req.end('{"prompt":7}');
+  });
+  // A LAN address: the browser's Origin is the address it loaded the page from.
+  assert.deepEqual(await post(`192.168.1.5:${port}`, `http://192.168.1.5:${port}`), { status: 400, code: 'bad_prompt' });
+  assert.deepEqual(await post(`192.168.1.5:${port}`, 'http://192.168.1.5:8080'), { status: 403, code: 'cross_site' });
+  assert.deepEqual(await post(`192.168.1.5:${port}`, `http://127.0.0.1:${Number(port) + 1}`), { status: 403, code: 'cross_site' });
+});
+
 test('cookieless reads create no one: 50 GETs (and failing first writes) leave 0 users', async () => {
   const before = await userCount();
   const id = '00000000-0000-4000-8000-000000000000';

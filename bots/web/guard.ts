@@ -13,11 +13,18 @@ export const isStateChanging = (request: FastifyRequest) => !SAFE_METHODS.has(re
 const crossSite = () => new UserFacingError('cross_site', 'This request came from another site and was refused.', {}, 403);
 const wrongType = () => new UserFacingError('bad_content_type', 'Send JSON, or photos as multipart/form-data.', {}, 415);
 
-/** The playground's own origins: its loopback names on the port this connection arrived at, and WEB_HOST. */
+/**
+ * The playground's own origins: its loopback names on the port this connection arrived at, WEB_HOST, and the host
+ * the request was sent to (a LAN address). An Origin equal to the request's own Host is same-origin by definition;
+ * under DNS rebinding it is the attacker's name, whose cookies are not the victim's.
+ */
 export function ownOrigins(request: FastifyRequest, webHost: string): Set<string> {
   const port = request.socket.localPort;
   const hosts = ['127.0.0.1', 'localhost', '[::1]', webHost.includes(':') ? `[${webHost}]` : webHost];
-  return new Set(hosts.map((host) => `http://${host}:${port}`));
+  const origins = new Set(hosts.map((host) => `http://${host}:${port}`));
+  const host = request.headers.host;
+  if (host && /^[a-z0-9.\-[\]:]+$/i.test(host)) for (const scheme of ['http', 'https']) origins.add(`${scheme}://${host.toLowerCase()}`);
+  return origins;
 }
 
 /**

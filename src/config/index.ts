@@ -77,7 +77,7 @@ const envSchema = z.object({
   WEB_HOST: z.string().default('127.0.0.1'),
   WEB_PORT: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(0).max(65535).default(3000)),
   // Origins allowed to change state through the web API (comma-separated, e.g. https://portraits.example.org);
-  // unset: the playground's own loopback origins on the port it listens on.
+  // unset: the playground's own origin (its loopback names on the port it listens on, or the Host it was reached at).
   WEB_ORIGINS: z.preprocess(emptyAsUndefined, z.string().optional())
     .transform((s) => (s ?? '').split(',').map((o) => o.trim()).filter(Boolean))
     .pipe(z.array(z.url({ protocol: /^https?$/ }).transform((u) => new URL(u).origin))),
