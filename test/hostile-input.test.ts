@@ -87,11 +87,12 @@ test(`hostile input: every case gets a clear 4xx in the sender's language and le
   const outcomes = new Map<string, number>();
   const failures: string[] = [];
   let requests = 0;
+  // Each case's "after" is the next one's "before": one snapshot per case.
+  let state = await snapshot();
   for (const hostile of cases) {
     const senders = hostile.byFullPerson ? [full] : [en, ru, stranger];
     for (const sender of senders) {
       const where = `${hostile.group} / ${hostile.name} / ${sender.label}`;
-      const beforeState = await snapshot();
       const answers = await Promise.all(hostile.requests.map((r) => send(sender, r)));
       requests += answers.length;
       for (const answer of answers) {
@@ -116,7 +117,9 @@ test(`hostile input: every case gets a clear 4xx in the sender's language and le
           if (LIBRARY_TEXT.test(message)) failures.push(`${where}: library text: ${message}`);
         }
       }
-      const changed = diff(beforeState, await snapshot());
+      const after = await snapshot();
+      const changed = diff(state, after);
+      state = after;
       if (changed.length > 0) failures.push(`${where}: left behind ${changed.slice(0, 5).join('; ')}`);
       if ((await fetch(`${stack.baseUrl}/api/info`)).status !== 200) failures.push(`${where}: the server stopped answering`);
     }
