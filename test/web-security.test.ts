@@ -15,7 +15,7 @@ import { chromium } from 'playwright-core';
 import { jobs, photos, users } from '../src/db/schema.ts';
 import { createApp } from '../src/app.ts';
 import { buildWebServer } from '../bots/web/server.ts';
-import { PlaygroundClient, startStack, type Stack } from './helpers/stack.ts';
+import { PlaygroundClient, eventually, startStack, type Stack } from './helpers/stack.ts';
 import { createTestEnv, testLogger } from './helpers/env.ts';
 import { makePhoto, makePhotos } from './helpers/images.ts';
 
@@ -182,6 +182,24 @@ test('uploads stream to temporary files: ten 19 MiB files never sit in memory to
   assert.ok(sawTempFile, 'the upload went through a temporary file');
   assert.deepEqual(await readdir(stack.env.config.web.uploadTmpDir), [], 'temporary files are removed');
   assert.equal(await userCount(), 0, 'every file was refused: no user is left');
+});
+
+test('an upload whose connection drops halfway leaves no temporary file, no row and a working server', { timeout: 60_000 }, async () => {
+  const { connect } = await import('node:net');
+  const port = Number(new URL(stack.baseUrl).port);
+  const boundary = 'dropped-boundary';
+  const head = Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="photos"; filename="big.jpg"\r\nContent-Type: image/jpeg\r\n\r\n`);
+  const socket = connect(port, '127.0.0.1');
+  await new Promise((resolve) => socket.once('connect', resolve));
+  socket.write(`POST /api/photos HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nOrigin: ${stack.baseUrl}\r\nContent-Type: multipart/form-data; boundary=${boundary}\r\nContent-Length: ${head.length + 8 * 1024 * 1024}\r\n\r\n`);
+  socket.write(head);
+  socket.write(Buffer.alloc(4 * 1024 * 1024, 0x41));
+  // The server is writing the file: then the person's connection is gone.
+  await eventually(async () => (await readdir(stack.env.config.web.uploadTmpDir)).length > 0, 10_000, 'the temporary upload folder');
+  socket.destroy();
+  await eventually(async () => (await readdir(stack.env.config.web.uploadTmpDir)).length === 0, 10_000, 'the temporary files to go');
+  assert.equal((await fetch(`${stack.baseUrl}/api/info`)).status, 200);
+  assert.equal(await userCount(), 0);
 });
 
 test('failure reasons come from codes: raw worker text and storage keys never reach the person', async () => {
