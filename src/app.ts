@@ -17,6 +17,7 @@ import { LinkService } from './services/link.ts';
 import { LimitService } from './services/limits.ts';
 import { ChatTargetService } from './services/chat-targets.ts';
 import { VisionService } from './vision/index.ts';
+import { decodeSlots } from './images/decode-slots.ts';
 
 export interface Services {
   users: UserService;
@@ -49,6 +50,7 @@ export async function createApp(config: Config, logger: Logger = pino({ level: c
   await migrateDatabase(database.db);
   const db = database.db;
   const store = new LocalBlobStore(config.storageDir);
+  decodeSlots.resize(config.photos.decodeConcurrency);
   const redis = redisConnection(config.redisUrl);
   const subscriber = redisConnection(config.redisUrl, true);
   const queues = new JobQueues(config, redis);

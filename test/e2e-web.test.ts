@@ -58,7 +58,6 @@ test('photos → train → imagine → pose through the web API', { timeout: 300
   const info = await client.json('/api/info');
   assert.equal(info.body.engineProfile, 'tiny');
   assert.match(info.body.notice, /noise/);
-  void collectEvents();
 
   // 1. Ten good photos and four bad ones in one upload; each bad one gets its own message.
   const bad = await badUploads();
@@ -74,6 +73,8 @@ test('photos → train → imagine → pose through the web API', { timeout: 300
     [['notes.jpg', 'not_an_image'], ['cut.jpg', 'truncated'], ['dot.png', 'too_small'], ['wave.gif', 'animated']],
   );
   assert.equal(upload.body.total, 10);
+  // The person exists from the first upload on (reads create no one): follow their events from here.
+  void collectEvents();
 
   // 2. Train, clicked twice: one job.
   const first = await client.post('/api/train');

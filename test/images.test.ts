@@ -2,8 +2,14 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { crc32 } from 'node:zlib';
 import sharp from 'sharp';
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { decodeSlots } from '../src/images/decode-slots.ts';
+import { bmp, fakeHeic, flatLosslessWebp, jpegClaiming, pngChunk, pngClaiming } from './hostile/images.ts';
 import {
   DEFAULT_IMAGE_LIMITS,
   ImageRejectedError,
@@ -54,24 +60,6 @@ function near(actual: readonly number[], expected: readonly number[], tolerance:
   assert.ok(actual.every((v, i) => Math.abs(v - (expected[i] ?? NaN)) <= tolerance), `${what}: got ${actual.join(',')}, expected ≈${expected.join(',')}`);
 }
 
-function pngChunk(type: string, data: Buffer): Buffer {
-  const len = Buffer.alloc(4);
-  len.writeUInt32BE(data.length);
-  const typeAndData = Buffer.concat([Buffer.from(type, 'latin1'), data]);
-  const crc = Buffer.alloc(4);
-  crc.writeUInt32BE(crc32(typeAndData));
-  return Buffer.concat([len, typeAndData, crc]);
-}
-
-/** A PNG whose IHDR claims width×height while holding the data of a tiny image: a decompression-bomb header. */
-async function pngClaiming(width: number, height: number): Promise<Buffer> {
-  const png = Buffer.from(await photo(16, 16).png().toBuffer());
-  const ihdr = Buffer.from(png.subarray(16, 29));
-  ihdr.writeUInt32BE(width, 0);
-  ihdr.writeUInt32BE(height, 4);
-  return Buffer.concat([png.subarray(0, 8), pngChunk('IHDR', ihdr), png.subarray(33)]);
-}
-
 /** Insert a JPEG marker segment right after SOI. */
 function withJpegSegment(jpeg: Buffer, marker: number, payload: Buffer): Buffer {
   const header = Buffer.from([0xff, marker, 0, 0]);
@@ -95,43 +83,6 @@ function exifHasTag(exif: Buffer | undefined, tag: number): boolean {
   return exif.includes(le) || exif.includes(be);
 }
 
-/** A minimal, structurally valid HEIC (ISO-BMFF, one 'hvc1' item). The HEVC payload is junk. */
-function fakeHeic(width: number, height: number): Buffer {
-  const u32 = (n: number) => { const b = Buffer.alloc(4); b.writeUInt32BE(n); return b; };
-  const u16 = (n: number) => { const b = Buffer.alloc(2); b.writeUInt16BE(n); return b; };
-  const box = (type: string, ...parts: Buffer[]) => { const body = Buffer.concat(parts); return Buffer.concat([u32(body.length + 8), Buffer.from(type, 'latin1'), body]); };
-  const full = (type: string, version: number, ...parts: Buffer[]) => box(type, Buffer.from([version, 0, 0, 0]), ...parts);
-  const payload = Buffer.alloc(64, 0x55);
-  const ftyp = box('ftyp', Buffer.from('heic', 'latin1'), u32(0), Buffer.from('mif1heic', 'latin1'));
-  const meta = (dataOffset: number) => full('meta', 0,
-    full('hdlr', 0, u32(0), Buffer.from('pict', 'latin1'), Buffer.alloc(12), Buffer.from([0])),
-    full('pitm', 0, u16(1)),
-    full('iloc', 0, Buffer.from([0x44, 0x40]), u16(1), u16(1), u16(0), u32(0), u16(1), u32(dataOffset), u32(payload.length)),
-    full('iinf', 0, u16(1), full('infe', 2, u16(1), u16(0), Buffer.from('hvc1', 'latin1'), Buffer.from([0]))),
-    box('iprp',
-      box('ipco',
-        box('hvcC', Buffer.from([1, 1, 0x60, 0, 0, 0, 0x90, 0, 0, 0, 0, 0, 90, 0xf0, 0, 0xfc, 0xfd, 0xf8, 0xf8, 0, 0, 0x0f, 0])),
-        full('ispe', 0, u32(width), u32(height))),
-      full('ipma', 0, u32(1), u16(1), Buffer.from([2, 0x81, 0x02]))));
-  const dataOffset = ftyp.length + meta(0).length + 8;
-  return Buffer.concat([ftyp, meta(dataOffset), box('mdat', payload)]);
-}
-
-/** A 24-bit BMP (sharp cannot write BMP). */
-function bmp(width: number, height: number): Buffer {
-  const rowSize = Math.ceil((width * 3) / 4) * 4;
-  const buf = Buffer.alloc(54 + rowSize * height, 0x80);
-  buf.write('BM', 0, 'latin1');
-  buf.writeUInt32LE(buf.length, 2);
-  buf.writeUInt32LE(0, 6);
-  buf.writeUInt32LE(54, 10);
-  buf.writeUInt32LE(40, 14);
-  buf.writeInt32LE(width, 18);
-  buf.writeInt32LE(height, 22);
-  buf.writeUInt16LE(1, 26);
-  buf.writeUInt16LE(24, 28);
-  return buf;
-}
 
 describe('normalizeUpload: rejections', () => {
   test('empty buffer → empty', async () => {
@@ -242,8 +193,8 @@ describe('normalizeUpload: rejections', () => {
     const started = performance.now();
     const err = await rejected(bomb, 'too_many_pixels');
     assert.ok(performance.now() - started < 1000, 'must refuse from the header alone');
-    assert.deepEqual(err.details, { width: 20000, height: 20000, pixels: 400_000_000, maxPixels: 40_000_000 });
-    assert.match(err.message, /20000×20000 pixels \(400 megapixels\); the limit is 40 megapixels/);
+    assert.deepEqual(err.details, { width: 20000, height: 20000, pixels: 400_000_000, maxPixels: 25_000_000 });
+    assert.match(err.message, /20000×20000 pixels \(400 megapixels\); the limit is 25 megapixels/);
 
     // A panorama within the pixel budget but longer than JPEG can store.
     assert.deepEqual((await rejected(await pngClaiming(70000, 300), 'too_many_pixels')).details,
@@ -422,5 +373,76 @@ describe('trainingCrop', () => {
     const jpeg = await photo(300, 300).jpeg().toBuffer();
     await assert.rejects(trainingCrop(jpeg, 0), RangeError);
     await assert.rejects(trainingCrop(jpeg, 12.5), RangeError);
+  });
+});
+
+describe('normalizeUpload: lying headers and decode memory', () => {
+  test('a JPEG whose header says 4000×4000 over 640×800 of data is refused as truncated, not stored grey', async () => {
+    const real = await photo(640, 800).jpeg({ quality: 90 }).toBuffer();
+    const lying = jpegClaiming(real, 4000, 4000);
+    const meta = await sharp(lying).metadata();
+    assert.deepEqual([meta.width, meta.height], [4000, 4000]);
+    const err = await rejected(lying, 'truncated');
+    assert.match(err.message, /cut off/);
+    // The same picture with an honest header still passes.
+    assert.equal((await normalizeUpload(real)).width, 640);
+    // Every time, also with other decodes running (libvips' own warning check lost it in 4 rounds of 5), and also
+    // progressive and EXIF-rotated (the missing rows end up on the left).
+    const progressive = jpegClaiming(await photo(640, 800).jpeg({ progressive: true }).toBuffer(), 1000, 1200);
+    const rotated = jpegClaiming(await photo(640, 800).withExif({ IFD0: { Orientation: '6' } }).jpeg().toBuffer(), 2000, 2000);
+    const outcomes = await Promise.all([lying, real, progressive, lying, rotated, await photo(500, 500).png().toBuffer(), lying]
+      .map((b) => normalizeUpload(b).then(() => 'ok', (e: ImageRejectedError) => e.code)));
+    assert.deepEqual(outcomes, ['truncated', 'ok', 'truncated', 'truncated', 'truncated', 'ok', 'truncated']);
+  });
+
+  test('a photo whose bottom third is a black or white bar is not mistaken for missing data', async () => {
+    for (const background of ['#000000', '#ffffff']) {
+      const barred = await sharp({ create: { width: 640, height: 900, channels: 3, background } })
+        .composite([{ input: await photo(640, 600).png().toBuffer(), top: 0, left: 0 }])
+        .jpeg()
+        .toBuffer();
+      assert.equal((await normalizeUpload(barred)).height, 900, background);
+    }
+  });
+
+  test('a 1.7 KB lossless WebP of 39.9 MP is refused from its header, before any decode', async () => {
+    const bomb = await flatLosslessWebp(6320, 6320);
+    assert.ok(bomb.length < 4096, `${bomb.length} bytes`);
+    const started = performance.now();
+    const slotsBefore = decodeSlots.stats;
+    const err = await rejected(bomb, 'too_many_pixels');
+    const ms = performance.now() - started;
+    assert.ok(ms < 200, `refused in ${ms.toFixed(0)} ms`);
+    assert.equal(err.details.pixels, 6320 * 6320);
+    assert.deepEqual(decodeSlots.stats, slotsBefore);
+  });
+
+  // glibc keeps freed rasters of its per-thread arenas as RSS, which hides what is live at once; jemalloc (what
+  // sharp recommends in production) with no decay returns them at once, so the peak measures what is live.
+  const jemalloc = ['/usr/lib/x86_64-linux-gnu/libjemalloc.so.2', '/usr/lib/aarch64-linux-gnu/libjemalloc.so.2'].find((p) => existsSync(p));
+  test('eight parallel 9 MP decodes hold at most the decode slots\' rasters: peak RSS and time', { skip: !jemalloc && 'libjemalloc is not installed', timeout: 120_000 }, async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'decode-peak-'));
+    try {
+      const big = join(dir, 'big.webp');
+      const small = join(dir, 'small.png');
+      await writeFile(big, await flatLosslessWebp(3000, 3000));
+      await writeFile(small, await photo(8, 8).png().toBuffer());
+      const probe = (count: number, slots: number) => {
+        const out = execFileSync(process.execPath, ['--import', 'tsx', 'test/helpers/decode-peak.ts', big, String(count), String(slots), small], {
+          env: { ...process.env, LD_PRELOAD: jemalloc, MALLOC_CONF: 'dirty_decay_ms:0,muzzy_decay_ms:0' }, encoding: 'utf8',
+        });
+        return JSON.parse(out) as { peakMb: number; ms: number; concurrent: number };
+      };
+      const bounded = probe(8, 2);
+      const unbounded = probe(8, 8);
+      console.log(JSON.stringify({ bounded, unbounded }));
+      assert.equal(bounded.concurrent, 2);
+      assert.equal(unbounded.concurrent, 8);
+      // Measured 266–318 MB with two slots against 548–664 MB with eight decodes at once.
+      assert.ok(bounded.peakMb < 0.7 * unbounded.peakMb, `2 slots ${bounded.peakMb} MB vs 8 at once ${unbounded.peakMb} MB`);
+      assert.ok(bounded.ms < 30_000, `${bounded.ms} ms`);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

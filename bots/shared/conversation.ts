@@ -5,6 +5,7 @@ import type { Redis } from 'ioredis';
 import type { App } from '../../src/app.ts';
 import type { Job, JobKind, Platform } from '../../src/db/schema.ts';
 import { UserFacingError } from '../../src/services/errors.ts';
+import { errorMessage } from './error-text.ts';
 import { knownKey, pickLocale, translator, type Locale, type MessageKey, type Params, type Translate } from './i18n/index.ts';
 import type { OutgoingImage } from './notifier.ts';
 
@@ -299,12 +300,7 @@ export class Conversation {
 
   /** The text for a service error code in the person's language (English service text only as a last resort). */
   errorText(p: Person, code: string, details: Params = {}): string {
-    const { minForTraining: min, maxPerUser: max } = this.config.photos;
-    const params: Params = { min, max, ...details };
-    if (code === 'too_large_bytes') params.maxMb = Math.floor(this.config.photos.maxUploadBytes / 1048576);
-    if (code === 'not_enough_photos') params.more = Number(details.need ?? min) - Number(details.have ?? 0);
-    const key = knownKey(`error.${code}`);
-    return key ? p.t(key, params) : p.t('error.internal');
+    return errorMessage(p.t, this.config.photos, code, details) ?? p.t('error.internal');
   }
 
   private trainButton(p: Person): Button {

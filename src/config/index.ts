@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { resolve } from 'node:path';
+import { tmpdir } from 'node:os';
 import { lrSchedulers, schedulers } from '../../worker/engine-client/protocol.ts';
 
 export const repoRoot = resolve(fileURLToPath(new URL('../..', import.meta.url)));
@@ -14,6 +15,10 @@ const defaults = z
       maxPerUser: z.number().int().min(1),
       maxUploadBytes: z.number().int().positive(),
       minShortSide: z.number().int().positive(),
+      // Largest width × height decoded (refused from the header first); bounds a decode's memory.
+      maxPixels: z.number().int().positive(),
+      // Image decodes running at once in this process; the rest wait (each can take ~10 bytes per pixel).
+      decodeConcurrency: z.number().int().min(1),
     }),
     training: z.object({
       instancePrompt: z.string().min(1),
@@ -72,6 +77,14 @@ const envSchema = z.object({
     .pipe(z.array(z.enum(['web', 'worker', 'telegram', 'discord'])).min(1)),
   WEB_HOST: z.string().default('127.0.0.1'),
   WEB_PORT: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(0).max(65535).default(3000)),
+  // Origins allowed to change state through the web API (comma-separated, e.g. https://portraits.example.org);
+  // unset: the playground's own origin (its loopback names on the port it listens on, or the Host it was reached at).
+  WEB_ORIGINS: z.preprocess(emptyAsUndefined, z.string().optional())
+    .transform((s) => (s ?? '').split(',').map((o) => o.trim()).filter(Boolean))
+    .pipe(z.array(z.url({ protocol: /^https?$/ }).transform((u) => new URL(u).origin))),
+  // Uploads are streamed to files here (with a byte limit) instead of being held in memory.
+  UPLOAD_TMP_DIR: z.string().min(1).default(resolve(tmpdir(), 'portrait-uploads')),
+  IMAGE_DECODE_CONCURRENCY: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).max(64).optional()),
   ENGINE_PROFILE: z.enum(['tiny', 'real']).default('tiny'),
   ENGINE_DEVICE: z.enum(['auto', 'cpu', 'cuda']).default('auto'),
   ENGINE_PYTHON: z.string().default(resolve(repoRoot, '.venv/bin/python')),
@@ -153,7 +166,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     storageDir: resolve(e.STORAGE_DIR),
     workDir: resolve(e.WORK_DIR),
     roles: new Set(e.ROLES),
-    web: { host: e.WEB_HOST, port: e.WEB_PORT },
+    web: { host: e.WEB_HOST, port: e.WEB_PORT, origins: e.WEB_ORIGINS, uploadTmpDir: resolve(e.UPLOAD_TMP_DIR) },
     engine: {
       profile,
       device: e.ENGINE_DEVICE,
@@ -165,7 +178,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       readyTimeoutMs: e.ENGINE_READY_TIMEOUT_MS,
     },
     reconcileIntervalMs: e.RECONCILE_INTERVAL_MS,
-    photos: { ...d.photos, minForTraining: e.MIN_TRAINING_PHOTOS ?? d.photos.minForTraining },
+    photos: { ...d.photos, minForTraining: e.MIN_TRAINING_PHOTOS ?? d.photos.minForTraining, decodeConcurrency: e.IMAGE_DECODE_CONCURRENCY ?? d.photos.decodeConcurrency },
     training: {
       ...d.training,
       maxSteps: e.TRAIN_MAX_STEPS ?? d.training.maxSteps[profile],

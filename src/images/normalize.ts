@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import sharp, { type Metadata, type OutputInfo, type SharpOptions } from 'sharp';
 import { HEIF_SEQUENCE_BRANDS, sniffFormat, type AcceptedFormat, type Sniffed } from './sniff.ts';
+import { decodeSlots } from './decode-slots.ts';
 
 /** The resolution the engine trains at. Never trained lower: a seed experiment at 64 px destroyed likeness. */
 export const TRAINING_SIZE = 512;
@@ -20,7 +21,8 @@ export interface ImageLimits {
 
 export const DEFAULT_IMAGE_LIMITS: Readonly<ImageLimits> = Object.freeze({
   maxBytes: 20 * 1024 * 1024,
-  maxPixels: 40_000_000,
+  // A 24 MP camera photo fits; a 40 MP one would cost ~460 MB to decode (lossless WebP), so it is refused unread.
+  maxPixels: 25_000_000,
   minShortSide: 256,
 });
 
@@ -228,14 +230,20 @@ export async function normalizeUpload(input: Buffer, limits?: Partial<ImageLimit
 
   let out: { data: Buffer; info: OutputInfo };
   try {
-    let pipeline = sharp(input, { ...inputOptions, autoOrient: true });
-    if (meta.hasAlpha) pipeline = pipeline.flatten({ background: '#ffffff' });
-    // No keepMetadata()/withMetadata()/keep*(): sharp writes no EXIF, XMP, IPTC or ICC, and converts to sRGB
-    // using the embedded ICC profile when there is one (Display P3 phone photos, CMYK scans).
-    out = await pipeline
-      .toColourspace('srgb')
-      .jpeg({ quality: 95, mozjpeg: false, chromaSubsampling: '4:4:4', progressive: false })
-      .toBuffer({ resolveWithObject: true });
+    out = await decodeSlots.run(async () => {
+      let pipeline = sharp(input, { ...inputOptions, autoOrient: true });
+      if (meta.hasAlpha) pipeline = pipeline.flatten({ background: '#ffffff' });
+      // No keepMetadata()/withMetadata()/keep*(): sharp writes no EXIF, XMP, IPTC or ICC, and converts to sRGB
+      // using the embedded ICC profile when there is one (Display P3 phone photos, CMYK scans).
+      const encoded = await pipeline
+        .toColourspace('srgb')
+        .jpeg({ quality: 95, mozjpeg: false, chromaSubsampling: '4:4:4', progressive: false })
+        .toBuffer({ resolveWithObject: true });
+      if (format === 'jpeg' && (await missingScanData(encoded.data, width, height, meta.orientation ?? 1))) {
+        throw new Error('premature end of data segment: the scan data ends before the frame');
+      }
+      return encoded;
+    });
   } catch (err) {
     throw decodeFailure(err, format, lim);
   }
@@ -252,6 +260,36 @@ export async function normalizeUpload(input: Buffer, limits?: Partial<ImageLimit
     bytes: out.data.length,
     sha256: createHash('sha256').update(out.data).digest('hex'),
   };
+}
+
+/**
+ * A JPEG whose frame header claims more pixels than its scan data holds decodes without an error: libjpeg only
+ * warns ("premature end of data segment") and fills the rest with zero coefficients, so every block after the break
+ * repeats the last DC value — one exact colour to the end of the coded image. libvips' failOn: 'warning' catches
+ * that warning, but not reliably: its messages are process-wide, and a decode running at the same time swallowed it
+ * (measured: 4 rounds of 5). So the result is checked instead: the last quarter of the coded rows (at least 64, on
+ * whichever side orientation put them) in one exact colour is refused as cut off. Pure black and pure white are
+ * left alone (letterbox bars, a clipped studio background), and so is a picture of one colour throughout.
+ */
+async function missingScanData(decoded: Buffer, width: number, height: number, orientation: number): Promise<boolean> {
+  const side = [1, 2].includes(orientation) ? 'bottom' : [3, 4].includes(orientation) ? 'top' : [6, 7].includes(orientation) ? 'left' : 'right';
+  const vertical = side === 'bottom' || side === 'top';
+  const length = vertical ? height : width;
+  const band = Math.max(64, Math.round(length / 4));
+  if (band >= length) return false;
+  const bandAt = (far: boolean) => {
+    const start = far === (side === 'bottom' || side === 'right') ? length - band : 0;
+    return sharp(decoded).extract(vertical ? { left: 0, width, top: start, height: band } : { top: 0, height, left: start, width: band }).raw().toBuffer();
+  };
+  const flat = (pixels: Buffer, [r, g, b]: number[]) => {
+    for (let i = 0; i < pixels.length; i += 3) if (pixels[i] !== r || pixels[i + 1] !== g || pixels[i + 2] !== b) return false;
+    return true;
+  };
+  const last = await bandAt(true);
+  const colour = [last[0]!, last[1]!, last[2]!];
+  if (colour.every((v) => v === 0) || colour.every((v) => v === 255) || !flat(last, colour)) return false;
+  // A picture that is one colour throughout is flat, not cut off: the coded rows must start with something else.
+  return !flat(await bandAt(false), colour);
 }
 
 function animated(frames: number, format: AcceptedFormat): ImageRejectedError {
@@ -284,10 +322,11 @@ function apngFrameCount(png: Buffer): number {
  */
 export async function trainingCrop(normalized: Buffer, size = TRAINING_SIZE): Promise<Buffer> {
   if (!Number.isInteger(size) || size < 1) throw new RangeError(`trainingCrop: size must be a positive integer, got ${size}`);
-  return sharp(normalized, { failOn: 'truncated', limitInputPixels: DEFAULT_IMAGE_LIMITS.maxPixels, autoOrient: true })
-    .flatten({ background: '#ffffff' })
-    .resize(size, size, { fit: 'cover', position: 'centre', kernel: 'lanczos3' })
-    .toColourspace('srgb')
-    .png()
-    .toBuffer();
+  return decodeSlots.run(() =>
+    sharp(normalized, { failOn: 'truncated', limitInputPixels: DEFAULT_IMAGE_LIMITS.maxPixels, autoOrient: true })
+      .flatten({ background: '#ffffff' })
+      .resize(size, size, { fit: 'cover', position: 'centre', kernel: 'lanczos3' })
+      .toColourspace('srgb')
+      .png()
+      .toBuffer());
 }

@@ -1,12 +1,12 @@
 import { and, asc, count, eq } from 'drizzle-orm';
 import type { Db } from '../db/client.ts';
-import { photos, type Photo } from '../db/schema.ts';
+import { photos, users, type Photo } from '../db/schema.ts';
 import type { BlobStore } from '../storage/storage.ts';
 import { normalizeUpload, trainingCrop, ImageRejectedError } from '../images/normalize.ts';
 import type { Config } from '../config/index.ts';
 import type { CoverageSummary, FaceMeasures, VisionService } from '../vision/index.ts';
-import { UserFacingError, isUniqueViolation, notFound } from './errors.ts';
-import { abandonLeased, deleteUnreferencedBlobs, putLeased, releaseLeases } from './blobs.ts';
+import { UserFacingError, notFound } from './errors.ts';
+import { abandonLeased, putLeased, releaseLeases, type LeasedBlob, deleteUnreferencedBlobs } from './blobs.ts';
 
 export type PhotoUploadResult =
   /** faceChecked is false when the face models are not installed (the tiny playground): only format checks ran. */
@@ -21,17 +21,21 @@ export class PhotoService {
     private readonly vision: VisionService,
   ) {}
 
-  /** Checks and stores one uploaded photo; a rejected photo leaves nothing behind. */
+  /**
+   * Checks and stores one uploaded photo; a rejected photo leaves nothing behind. The limit is checked twice: up
+   * front (no decode for a full set), and under a lock on the user's row together with the insert, so parallel
+   * uploads cannot all pass the first check and store more than the limit.
+   */
   async add(userId: string, bytes: Buffer, originalName?: string): Promise<PhotoUploadResult> {
+    const max = this.config.photos.maxPerUser;
+    const full = () => reject(new UserFacingError('too_many_photos', `You already have ${max} photos — the most a training uses. Delete some to add others.`, { max }));
     const total = await this.count(userId);
-    if (total >= this.config.photos.maxPerUser) {
-      const max = this.config.photos.maxPerUser;
-      return reject(new UserFacingError('too_many_photos', `You already have ${max} photos — the most a training uses. Delete some to add others.`, { max }));
-    }
+    if (total >= max) return full();
     let normalized;
     try {
       normalized = await normalizeUpload(bytes, {
         maxBytes: this.config.photos.maxUploadBytes,
+        maxPixels: this.config.photos.maxPixels,
         minShortSide: this.config.photos.minShortSide,
       });
     } catch (error) {
@@ -47,33 +51,47 @@ export class PhotoService {
     if (!check.verdict.ok) return reject(check.verdict);
     // The face-centred crop when a face was found; a centred square when the face models are not installed.
     const crop = check.crop ?? (await trainingCrop(normalized.data, this.config.training.resolution));
-    // Leased until the photo row refers to them (content-addressed blobs may be shared with a photo being deleted).
-    const original = await putLeased(this.db, this.store, normalized.data, 'jpg');
-    const cropped = await putLeased(this.db, this.store, crop, 'png');
+    // Leased until the photo row has committed: content-addressed blobs may be shared with a photo being deleted.
+    const stored: LeasedBlob[] = [];
     try {
-      const [photo] = await this.db
-        .insert(photos)
-        .values({
-          userId,
-          sha256: normalized.sha256,
-          storageKey: original.key,
-          cropKey: cropped.key,
-          width: normalized.width,
-          height: normalized.height,
-          bytes: normalized.bytes,
-          sourceFormat: normalized.sourceFormat,
-          originalName: originalName?.slice(0, 255),
-          phash: check.phash,
-          embedding: check.embedding ? [...check.embedding] : null,
-          faceMeasures: check.measures ? { ...check.measures } : null,
-        })
-        .returning();
-      await releaseLeases(this.db, [original.leaseId, cropped.leaseId]);
-      return { ok: true, photo: photo!, duplicate: false, total: total + 1, faceChecked: check.faceCheckRun };
+      const result = await this.db.transaction(async (tx): Promise<PhotoUploadResult> => {
+        // Serializes this user's uploads from here to the commit (the pattern TrainingService.start uses).
+        const [owner] = await tx.select({ id: users.id }).from(users).where(eq(users.id, userId)).for('update');
+        if (!owner) throw notFound('User');
+        const [counted] = await tx.select({ n: count() }).from(photos).where(and(eq(photos.userId, userId), eq(photos.status, 'accepted')));
+        const now = counted?.n ?? 0;
+        if (now >= max) return full();
+        const [same] = await tx.select().from(photos).where(and(eq(photos.userId, userId), eq(photos.sha256, normalized.sha256)));
+        if (same) return { ok: true, photo: same, duplicate: true, total: now, faceChecked: same.faceMeasures !== null };
+        const original = await putLeased(this.db, this.store, normalized.data, 'jpg');
+        stored.push(original);
+        const cropped = await putLeased(this.db, this.store, crop, 'png');
+        stored.push(cropped);
+        const [photo] = await tx
+          .insert(photos)
+          .values({
+            userId,
+            sha256: normalized.sha256,
+            storageKey: original.key,
+            cropKey: cropped.key,
+            width: normalized.width,
+            height: normalized.height,
+            bytes: normalized.bytes,
+            sourceFormat: normalized.sourceFormat,
+            originalName: originalName?.slice(0, 255),
+            phash: check.phash,
+            embedding: check.embedding ? [...check.embedding] : null,
+            faceMeasures: check.measures ? { ...check.measures } : null,
+          })
+          .returning();
+        return { ok: true, photo: photo!, duplicate: false, total: now + 1, faceChecked: check.faceCheckRun };
+      });
+      await releaseLeases(this.db, stored.map((b) => b.leaseId));
+      return result;
     } catch (error) {
-      await abandonLeased(this.db, this.store, [original, cropped]);
-      if (!isUniqueViolation(error, 'photos_user_sha256')) throw error;
-      return { ok: true, photo: (await this.findBySha(userId, normalized.sha256))!, duplicate: true, total, faceChecked: check.faceCheckRun };
+      // Nothing was committed: the files written for it go too (unless another row shares the content).
+      await abandonLeased(this.db, this.store, stored);
+      throw error;
     }
   }
 

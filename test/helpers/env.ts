@@ -94,6 +94,7 @@ export async function createTestEnv(overrides: Record<string, string> = {}): Pro
     QUEUE_PREFIX: `test-${randomBytes(4).toString('hex')}`,
     STORAGE_DIR: join(dir, 'storage'),
     WORK_DIR: join(dir, 'work'),
+    UPLOAD_TMP_DIR: join(dir, 'uploads'),
     ENGINE_PROFILE: 'tiny',
     ENGINE_DEVICE: 'cpu',
     ENGINE_CACHE_DIR: process.env.ENGINE_CACHE_DIR ?? resolve(repoRoot, 'var/engine-cache'),

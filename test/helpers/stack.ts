@@ -40,13 +40,14 @@ export async function startStack(overrides: Record<string, string> = {}, withWor
   return stack;
 }
 
-/** A tiny HTTP client that keeps the playground's session cookie, like a browser would. */
+/** A tiny HTTP client that keeps the playground's session cookie and sends its Origin, like a browser would. */
 export class PlaygroundClient {
-  private cookie = '';
+  cookie = '';
   constructor(readonly baseUrl: string) {}
 
   async request(path: string, init: RequestInit = {}): Promise<Response> {
-    const response = await fetch(`${this.baseUrl}${path}`, { ...init, headers: { ...init.headers, cookie: this.cookie } });
+    const headers = { origin: this.baseUrl, ...(init.headers as Record<string, string> | undefined), cookie: this.cookie };
+    const response = await fetch(`${this.baseUrl}${path}`, { ...init, headers });
     const setCookie = response.headers.get('set-cookie');
     if (setCookie) this.cookie = setCookie.split(';')[0]!;
     return response;

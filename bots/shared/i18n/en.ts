@@ -147,6 +147,20 @@ export const en = {
     'Both accounts already have photos or models, and I can’t merge two sets. Use /forget on the one you want to drop, then link again.',
   'error.link_jobs_open': 'Wait until your running jobs finish (or /cancel them), then link again.',
   'error.no_pose_image': 'Attach the photo whose pose you want.',
+  // The web API: requests a browser or a script got wrong.
+  'error.cross_site': 'This request came from another site and was refused. Use the playground page itself.',
+  'error.bad_content_type': 'Send this request as JSON (photos as multipart/form-data from the playground page).',
+  'error.bad_json': 'The request body is not valid JSON.',
+  'error.body_too_large': 'The request is too large.',
+  'error.bad_multipart': 'The upload was cut off or malformed — please send it again.',
+  'error.too_many_files': 'Too many files in one upload: at most {max} at a time.',
+  'error.too_many_fields': 'The form has too many fields.',
+  'error.field_too_long': 'A form field is too long.',
+  'error.bad_filename': 'A file name contains control characters. Rename the file and send it again.',
+  'error.bad_prompt': 'The prompt must be plain text, without control characters.',
+  'error.no_files': 'No photos were attached.',
+  'error.bad_request': 'This request is not valid.',
+  'reason.cancelled': 'it was cancelled.',
 } as const;
 
 export type MessageKey = keyof typeof en;

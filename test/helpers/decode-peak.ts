@@ -1,0 +1,23 @@
+// Child-process probe for the decode semaphore: decodes one file `count` times at once through normalizeUpload with
+// `slots` decode slots, and prints the peak RSS growth and the time as JSON. A fresh process per run, so the peak
+// (getrusage maxrss) belongs to these decodes alone.
+import { readFile } from 'node:fs/promises';
+import { normalizeUpload } from '../../src/images/normalize.ts';
+import { decodeSlots } from '../../src/images/decode-slots.ts';
+
+const [path, count, slots] = [process.argv[2]!, Number(process.argv[3]), Number(process.argv[4])];
+const input = await readFile(path);
+decodeSlots.resize(slots);
+// Warm sharp up on a tiny image so library start-up is part of the baseline, not the peak.
+await normalizeUpload(await readFile(process.argv[5]!), { minShortSide: 1 });
+const baseline = process.resourceUsage().maxRSS;
+const started = performance.now();
+let concurrent = 0;
+const poll = setInterval(() => { concurrent = Math.max(concurrent, decodeSlots.stats.active); }, 5);
+await Promise.all(Array.from({ length: count }, () => normalizeUpload(input)));
+clearInterval(poll);
+console.log(JSON.stringify({
+  peakMb: Math.round((process.resourceUsage().maxRSS - baseline) / 1024),
+  ms: Math.round(performance.now() - started),
+  concurrent,
+}));
