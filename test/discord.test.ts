@@ -115,7 +115,7 @@ describe('Discord', () => {
     const status = await replyOf(record, /Portrait/);
     assert.ok(!discord.isEphemeral(status));
     const result = await discord.waitFor(() => record.followUps.find((m) => m.attachments.length > 0), 'the portrait', 150_000);
-    assert.match(result.content, /^“me as an astronaut” · seed \d+$/);
+    assert.match(result.content, /^“me as an astronaut” · seed \d+\nPainted from: you as an astronaut$/);
     assert.equal((await sharp(result.attachments[0]!.data).metadata()).format, 'png');
     await replyOf(record, /Portrait done/);
     assert.ok(status.edits.some((e) => /step \d of \d/.test(e)), 'progress was shown');
@@ -125,7 +125,7 @@ describe('Discord', () => {
     const record = discord.command(dana, 'pose', { image: file(await makeSkeleton(), 'pose.png', 'image/png'), prompt: 'dancing' });
     await replyOf(record, /Pose portrait/);
     const result = await discord.waitFor(() => record.followUps.find((m) => m.attachments.length > 0), 'the pose portrait', 150_000);
-    assert.match(result.content, /“dancing”/);
+    assert.match(result.content, /^“dancing” · seed \d+\nPainted from: a photo of you, dancing$/);
     await replyOf(record, /Pose portrait done/);
     assert.equal(record.followUps.length, 1, 'no skeleton preview without the pose models');
   });

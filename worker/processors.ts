@@ -238,7 +238,7 @@ export function generateProcessor(deps: ProcessorDeps, running: RunningJobs) {
       const result = await engine.generate(
         {
           id: run.requestId,
-          prompt: generation.prompt,
+          prompt: generation.enginePrompt ?? generation.prompt,
           negative_prompt: generation.negativePrompt,
           lora: await store.localPath(found.adapterFile),
           lora_scale: p.loraScale,

@@ -195,8 +195,8 @@ export class Conversation {
         this.logger.warn({ err: error }, 'pose download failed');
         return { text: p.t('error.download_failed'), error: true };
       }
-      const text = prompt.trim() || this.config.training.instancePrompt;
-      const queued = await this.services.limits.run(p.userId, 'pose', () => this.services.generation.pose(p.userId, bytes, text));
+      // No words is fine: the service paints the person in the pose (and the internal prompt is never shown).
+      const queued = await this.services.limits.run(p.userId, 'pose', () => this.services.generation.pose(p.userId, bytes, prompt));
       const reply = this.queued(p, queued.job, queued.position);
       // The extracted skeleton goes back as a preview; a reference used as the skeleton as is (no pose models) does not.
       if (queued.skeleton && queued.generation.controlKey && reply.job) {

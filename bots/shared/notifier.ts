@@ -4,7 +4,7 @@
 // delivery happen exactly once even with several bot processes or a restart.
 import type { Logger } from 'pino';
 import type { App } from '../../src/app.ts';
-import type { Adapter, ChatTarget, JobKind, Platform } from '../../src/db/schema.ts';
+import type { Adapter, ChatTarget, Generation, JobKind, Platform } from '../../src/db/schema.ts';
 import type { JobEvent } from '../../src/events/bus.ts';
 import type { TargetAddress } from '../../src/services/chat-targets.ts';
 import { knownKey, pickLocale, translator, type Translate } from './i18n/index.ts';
@@ -170,7 +170,7 @@ export class JobNotifier<T extends TargetAddress> {
         const generation = view.generationId ? await services.generation.get(entry.userId, view.generationId) : undefined;
         const images = await Promise.all(view.outputKeys.map(async (key, n) => ({ data: await store.get(key), name: `portrait-${n + 1}.png` })));
         if (images.length > 0) {
-          await this.surface.sendImages(entry.target, images, t('done.caption', { prompt: generation?.prompt ?? '', seed: generation?.seed ?? 0 }));
+          await this.surface.sendImages(entry.target, images, generation ? await this.caption(t, generation) : '');
         }
         await this.surface.edit(entry.target, t('done.generate', { what }));
       } else if (job.status === 'failed') {
@@ -186,6 +186,15 @@ export class JobNotifier<T extends TargetAddress> {
       if (retry) await services.chatTargets.unclaim(jobId);
       else this.untrack(jobId);
     }
+  }
+
+  /** The person's own words (never the internal prompt), then the prompt that was painted, read with "you". */
+  private async caption(t: Translate, generation: Generation): Promise<string> {
+    const shown = await this.app.services.generation.shown(generation);
+    const seed = generation.seed;
+    const lines = [shown.words ? t('done.caption', { prompt: shown.words, seed }) : t('done.caption_pose', { seed })];
+    if (shown.used && shown.words) lines.push(t('done.prompt_used', { prompt: shown.used }));
+    return lines.join('\n');
   }
 
   /** The validation portraits sampled after training, captioned with the likeness score when one was measured. */

@@ -4,6 +4,7 @@ import multipart from '@fastify/multipart';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { App } from '../../src/app.ts';
+import type { Generation } from '../../src/db/schema.ts';
 import { UserFacingError, notFound } from '../../src/services/errors.ts';
 import type { PhotoUploadResult } from '../../src/services/photos.ts';
 
@@ -53,6 +54,11 @@ export async function buildWebServer(app: App) {
     (request as FastifyRequest & { userId: string }).userId = user.id;
   });
   const userOf = (request: FastifyRequest) => (request as FastifyRequest & { userId: string }).userId;
+  /** The words typed, the prompt painted from as the person may see it ("you" for the token), and the exact one. */
+  const promptOf = async (generation: Generation) => {
+    const shown = await services.generation.shown(generation);
+    return { prompt: generation.prompt, promptUsed: shown.used ?? shown.words, enginePrompt: generation.enginePrompt ?? generation.prompt };
+  };
 
   web.setErrorHandler((error, request, reply) => {
     if (error instanceof UserFacingError) {
@@ -155,7 +161,7 @@ export async function buildWebServer(app: App) {
     const userId = userOf(request);
     const queued = await services.limits.run(userId, 'imagine', () => services.generation.imagine(userId, request.body?.prompt ?? '', request.body?.options ?? {}));
     reply.status(202);
-    return { jobId: queued.job.id, generationId: queued.generation.id, position: queued.position, seed: queued.generation.seed };
+    return { jobId: queued.job.id, generationId: queued.generation.id, position: queued.position, seed: queued.generation.seed, ...(await promptOf(queued.generation)) };
   });
 
   web.post('/api/pose', async (request, reply) => {
@@ -173,6 +179,7 @@ export async function buildWebServer(app: App) {
       generationId: queued.generation.id,
       position: queued.position,
       seed: queued.generation.seed,
+      ...(await promptOf(queued.generation)),
       // The pose the person will be painted in, shown before the painting is done.
       controlUrl: `/api/generations/${queued.generation.id}/control`,
       extractedSkeleton: queued.skeleton,
@@ -181,10 +188,12 @@ export async function buildWebServer(app: App) {
 
   web.get<{ Params: { id: string } }>('/api/jobs/:id', async (request) => {
     const view = await services.jobs.view(userOf(request), request.params.id);
+    const generation = view.generationId ? await services.generation.get(userOf(request), view.generationId) : undefined;
     return {
       job: view.job,
       position: view.position,
       generationId: view.generationId,
+      ...(generation ? await promptOf(generation) : {}),
       images: view.outputKeys.map((_key, n) => `/api/generations/${view.generationId}/images/${n}`),
     };
   });

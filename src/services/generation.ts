@@ -2,7 +2,7 @@ import { randomInt, randomUUID } from 'node:crypto';
 import { and, eq } from 'drizzle-orm';
 import { z } from 'zod';
 import type { Db } from '../db/client.ts';
-import { generations, jobs, type Generation, type GenerationParams, type Job } from '../db/schema.ts';
+import { adapters, generations, jobs, type Generation, type GenerationParams, type Job } from '../db/schema.ts';
 import type { Config } from '../config/index.ts';
 import { queueJobId, type JobQueues } from '../queue/index.ts';
 import type { EventBus } from '../events/bus.ts';
@@ -15,6 +15,7 @@ import { jobEvent, type JobService } from './jobs.ts';
 import { UserFacingError } from './errors.ts';
 import type { VisionService } from '../vision/index.ts';
 import { deleteUnreferencedBlobs } from './blobs.ts';
+import { nameSubject, showPrompt, subjectOf, type Subject } from './prompts.ts';
 
 const dimension = z.number().int().min(256).max(1024).multipleOf(8);
 export const generationOptions = z
@@ -82,10 +83,29 @@ export class GenerationService {
     return row;
   }
 
+  /**
+   * What the person is shown with the picture: their own words, and the prompt that was painted with the training
+   * token read as "you" (`used` is null when that is just their words).
+   */
+  async shown(generation: Generation): Promise<{ words: string; used: string | null }> {
+    const [adapter] = generation.adapterId
+      ? await this.db.select({ params: adapters.params }).from(adapters).where(eq(adapters.id, generation.adapterId))
+      : [];
+    const used = showPrompt(generation.enginePrompt ?? generation.prompt, this.subjectOf(adapter));
+    return { words: generation.prompt, used: used === generation.prompt ? null : used };
+  }
+
+  /** The subject an adapter was trained on (its own instance prompt; the configured one for rows without it). */
+  subjectOf(adapter: { params: Record<string, unknown> } | undefined): Subject {
+    const trained = adapter?.params.instance_prompt;
+    return subjectOf(typeof trained === 'string' && trained.trim() ? trained : this.config.training.instancePrompt);
+  }
+
   private async queue(userId: string, kind: 'imagine' | 'pose', rawPrompt: string, rawOptions: unknown, controlKey?: string) {
     const prompt = rawPrompt.trim();
     const maxChars = this.config.generation.maxPromptChars;
-    if (!prompt) throw new UserFacingError('empty_prompt', 'Tell me what to paint, e.g. /imagine a portrait of me as an astronaut.');
+    // A /pose needs no words: the pose says what to paint.
+    if (!prompt && kind === 'imagine') throw new UserFacingError('empty_prompt', 'Tell me what to paint, e.g. /imagine a portrait of me as an astronaut.');
     if (prompt.length > maxChars) {
       throw new UserFacingError('prompt_too_long', `That prompt is ${prompt.length} characters; the limit is ${maxChars}.`, { length: prompt.length, max: maxChars });
     }
@@ -99,6 +119,8 @@ export class GenerationService {
       if (await this.training.isTraining(userId)) throw new UserFacingError('training_in_progress', 'Your model is still training — I will tell you when it is ready.');
       throw new UserFacingError('no_model', 'You have no trained model yet: send 10–20 photos of yourself with /train first.');
     }
+    // The LoRA paints the person only when the prompt names what it was trained on.
+    const enginePrompt = nameSubject(prompt, this.subjectOf(adapter)).prompt;
     const g = this.config.generation;
     const o = parsed.data;
     const params: GenerationParams = {
@@ -124,6 +146,7 @@ export class GenerationService {
           adapterId: adapter.id,
           kind,
           prompt,
+          enginePrompt,
           negativePrompt: o.negativePrompt ?? g.negativePrompt,
           seed: o.seed ?? randomInt(0, 2 ** 31 - 1),
           params,

@@ -66,6 +66,8 @@ export const en = {
   'done.samples_unscored': 'Sample portraits from your new model (likeness is not measured here: the face models are not installed).',
   'done.low_likeness': '⚠️ The likeness is low ({score}). Add more varied photos of yourself — other angles, other light — and train again.',
   'done.caption': '“{prompt}” · seed {seed}',
+  'done.caption_pose': 'You, in that pose · seed {seed}',
+  'done.prompt_used': 'Painted from: {prompt}',
   'failed.train': '❌ Training failed: {reason} It does not count against your daily trainings — tap “Train now” or send /train to try again.',
   'failed.generate': '❌ {what} failed: {reason} It does not count against your hourly limit — please try again.',
   'cancelled': '🚫 {what} cancelled.',

@@ -1,0 +1,79 @@
+// Prompt rewriting: the LoRA only paints the person when the prompt names the token it was trained on ("sks person"),
+// so first-person words become that subject and a prompt that names nobody gets it. Pure functions.
+
+/** The trained subject, derived from the adapter's instance prompt ("a photo of sks person"). */
+export interface Subject {
+  /** What the adapter was trained on, e.g. "a photo of sks person". */
+  instancePrompt: string;
+  /** The rare token that carries the identity, e.g. "sks". */
+  token: string;
+  /** The subject as a noun phrase, e.g. "sks person". */
+  phrase: string;
+  /** Its possessive, e.g. "sks person's". */
+  possessive: string;
+}
+
+export function subjectOf(instancePrompt: string): Subject {
+  const text = instancePrompt.trim().replace(/\s+/g, ' ');
+  // "a photo of sks person" → "sks person"; "sks person" stays; a leading article goes.
+  const afterOf = text.split(/\s+of\s+/i).pop()!;
+  const phrase = afterOf.replace(/^(a|an|the)\s+/i, '') || text;
+  const token = phrase.split(' ')[0]!;
+  return { instancePrompt: text, token, phrase, possessive: `${phrase}'s` };
+}
+
+// Letters and digits of any script: JS's \b only knows ASCII, and "я" must not match inside "яблоко".
+const W = '[\\p{L}\\p{N}_]';
+const word = (alternatives: string) => new RegExp(`(?<!${W})(?:${alternatives})(?!${W})`, 'giu');
+
+export const containsWord = (text: string, wordText: string) =>
+  word(wordText.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).test(text);
+
+// Contractions first, so "I'm" is not left as "<subject>'m".
+const CONTRACTIONS: Array<[RegExp, string]> = [
+  [word("i['’]m"), 'is'],
+  [word("i['’]ve"), 'has'],
+  [word("i['’]ll"), 'will'],
+  [word("i['’]d"), 'would'],
+];
+// Objects and reflexives in English and Russian (я, меня, мне, мной, себя…).
+const PERSONAL = word('me|myself|я|меня|мне|мной|мною|себя|себе|собой');
+const POSSESSIVE = word('my|мой|моя|моё|мое|мои|моего|моей|моему|моим|моих|мою|моими|моём|моем');
+// "I" the pronoun; not "i.e.", and not a regnal number after a name ("Elizabeth I", "World War I").
+const PRONOUN_I = /(?<![\p{L}\p{N}_])(?<before>[\p{Lu}][\p{L}]*\s+)?(?<i>[Ii])(?![\p{L}\p{N}_]|\.\p{L})/gu;
+
+export interface NamedPrompt {
+  /** The prompt the engine gets. */
+  prompt: string;
+  /** kept: it named the token already; replaced: first-person words became the subject; prefixed: it had none. */
+  how: 'kept' | 'replaced' | 'prefixed';
+}
+
+/** The prompt with the trained subject in it, keeping the person's own wording. */
+export function nameSubject(prompt: string, subject: Subject): NamedPrompt {
+  const text = prompt.trim();
+  if (!text) return { prompt: subject.instancePrompt, how: 'prefixed' };
+  if (containsWord(text, subject.token)) return { prompt: text, how: 'kept' };
+  let out = text;
+  for (const [pattern, verb] of CONTRACTIONS) out = out.replace(pattern, `${subject.phrase} ${verb}`);
+  out = out.replace(PERSONAL, subject.phrase).replace(POSSESSIVE, subject.possessive);
+  out = out.replace(PRONOUN_I, (whole, before: string | undefined, _i: string, offset: number) => {
+    // A capitalised word before "I" that does not start the prompt is a name: "Louis I", "World War I".
+    if (before && offset > 0) return whole;
+    return `${before ?? ''}${subject.phrase}`;
+  });
+  if (out !== text) return { prompt: out, how: 'replaced' };
+  return { prompt: `${subject.instancePrompt}, ${text}`, how: 'prefixed' };
+}
+
+/**
+ * The engine prompt as the person may see it: the internal token reads as "you" ("a photo of you, as an astronaut"),
+ * so captions show what was painted without the training token.
+ */
+export function showPrompt(enginePrompt: string, subject: Subject, you = 'you', your = 'your'): string {
+  const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  return enginePrompt
+    .replace(word(`${escape(subject.phrase)}['’]s`), your)
+    .replace(word(escape(subject.phrase)), you)
+    .replace(word(escape(subject.token)), you);
+}

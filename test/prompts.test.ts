@@ -1,0 +1,80 @@
+// The trained subject in every prompt: first-person words become it, a prompt without one gets it, other words stay.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { nameSubject, showPrompt, subjectOf } from '../src/services/prompts.ts';
+
+const sks = subjectOf('a photo of sks person');
+
+test('the subject comes from the instance prompt', () => {
+  assert.deepEqual(sks, { instancePrompt: 'a photo of sks person', token: 'sks', phrase: 'sks person', possessive: "sks person's" });
+  assert.equal(subjectOf('photo of ohwx man').phrase, 'ohwx man');
+  assert.equal(subjectOf('ohwx woman').token, 'ohwx');
+  assert.equal(subjectOf('  A   photo of   zwx person ').phrase, 'zwx person');
+});
+
+const cases: Array<[string, string, 'kept' | 'replaced' | 'prefixed']> = [
+  ['a portrait of me as an astronaut', 'a portrait of sks person as an astronaut', 'replaced'],
+  ['Me, as a knight', 'sks person, as a knight', 'replaced'],
+  ['ME AS A PIRATE', 'sks person AS A PIRATE', 'replaced'],
+  ['myself in Paris', 'sks person in Paris', 'replaced'],
+  ['I am a viking', 'sks person am a viking', 'replaced'],
+  ['i as a samurai', 'sks person as a samurai', 'replaced'],
+  ["I'm on the moon", 'sks person is on the moon', 'replaced'],
+  ['I’ve become a wizard', 'sks person has become a wizard', 'replaced'],
+  ['my wedding photo', "sks person's wedding photo", 'replaced'],
+  ['My dog and me', "sks person's dog and sks person", 'replaced'],
+  ['me and myself, oil painting', 'sks person and sks person, oil painting', 'replaced'],
+  ['(me) in a [spacesuit]', '(sks person) in a [spacesuit]', 'replaced'],
+  ['"me" on a poster', '"sks person" on a poster', 'replaced'],
+  ['me!', 'sks person!', 'replaced'],
+  // Russian pronouns (Unicode word boundaries: not inside other words).
+  ['портрет меня в космосе', 'портрет sks person в космосе', 'replaced'],
+  ['я космонавт', 'sks person космонавт', 'replaced'],
+  ['фото мне на память', 'фото sks person на память', 'replaced'],
+  ['рисую себя', 'рисую sks person', 'replaced'],
+  ['моя собака', "sks person's собака", 'replaced'],
+  ['яблоко на столе', 'a photo of sks person, яблоко на столе', 'prefixed'],
+  // No subject named: the training caption leads, the person's words follow as typed.
+  ['an astronaut on the moon', 'a photo of sks person, an astronaut on the moon', 'prefixed'],
+  ['a meadow in spring', 'a photo of sks person, a meadow in spring', 'prefixed'],
+  ['Iceland at night', 'a photo of sks person, Iceland at night', 'prefixed'],
+  ['time travel, cinematic', 'a photo of sks person, time travel, cinematic', 'prefixed'],
+  ['mystic forest, theme park, homemade', 'a photo of sks person, mystic forest, theme park, homemade', 'prefixed'],
+  ['i.e. a watercolor', 'a photo of sks person, i.e. a watercolor', 'prefixed'],
+  ['a knight of King Louis I', 'a photo of sks person, a knight of King Louis I', 'prefixed'],
+  ['me as Queen Elizabeth I', 'sks person as Queen Elizabeth I', 'replaced'],
+  ['a World War I pilot', 'a photo of sks person, a World War I pilot', 'prefixed'],
+  ['Wi-Fi cafe, Mimi the cat', 'a photo of sks person, Wi-Fi cafe, Mimi the cat', 'prefixed'],
+  // The token is there already: left alone, even with first-person words.
+  ['sks person as an astronaut', 'sks person as an astronaut', 'kept'],
+  ['SKS person and me', 'SKS person and me', 'kept'],
+  ['a photo of sks person, me smiling', 'a photo of sks person, me smiling', 'kept'],
+  // "sks" inside another word is not the token.
+  ['tasks and desks', 'a photo of sks person, tasks and desks', 'prefixed'],
+  ['  me   dancing  ', 'sks person   dancing', 'replaced'],
+];
+
+for (const [typed, expected, how] of cases) {
+  test(`names the subject: ${JSON.stringify(typed)}`, () => {
+    assert.deepEqual(nameSubject(typed, sks), { prompt: expected, how });
+  });
+}
+
+test('an empty prompt is the instance prompt', () => {
+  assert.deepEqual(nameSubject('   ', sks), { prompt: 'a photo of sks person', how: 'prefixed' });
+});
+
+test('another instance prompt gives another subject', () => {
+  const ohwx = subjectOf('photo of ohwx man');
+  assert.equal(nameSubject('me on a horse', ohwx).prompt, 'ohwx man on a horse');
+  assert.equal(nameSubject('on a horse', ohwx).prompt, 'photo of ohwx man, on a horse');
+  // The default token is not special for an adapter trained on another one.
+  assert.equal(nameSubject('sks person on a horse', ohwx).how, 'prefixed');
+});
+
+test('the prompt as shown reads "you" for the token', () => {
+  assert.equal(showPrompt('a photo of sks person, an astronaut', sks), 'a photo of you, an astronaut');
+  assert.equal(showPrompt("sks person's dog and sks person", sks), 'your dog and you');
+  assert.equal(showPrompt('SKS man', sks), 'you man');
+  assert.equal(showPrompt('tasks for sks person', sks), 'tasks for you');
+});
