@@ -1,7 +1,7 @@
 // The trained subject in every prompt: first-person words become it, a prompt without one gets it, other words stay.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { nameSubject, showPrompt, subjectOf } from '../src/services/prompts.ts';
+import { languageVerdict, nameSubject, scriptOf, showPrompt, subjectOf } from '../src/services/prompts.ts';
 
 const sks = subjectOf('a photo of sks person');
 
@@ -77,4 +77,21 @@ test('the prompt as shown reads "you" for the token', () => {
   assert.equal(showPrompt("sks person's dog and sks person", sks), 'your dog and you');
   assert.equal(showPrompt('SKS man', sks), 'you man');
   assert.equal(showPrompt('tasks for sks person', sks), 'tasks for you');
+});
+
+test('prompts not in Latin script: refused when mostly foreign, a note when a few words are', () => {
+  const verdict = (typed: string) => {
+    const script = scriptOf(nameSubject(typed, sks).prompt, sks);
+    return [languageVerdict(script), script.words];
+  };
+  assert.deepEqual(verdict('me as an astronaut'), ['ok', []]);
+  assert.deepEqual(verdict('Café crème in Zürich, naïve style'), ['ok', []]);
+  // Russian pronouns become the subject, so this one is all English once rewritten.
+  assert.deepEqual(verdict('я as an astronaut'), ['ok', []]);
+  assert.deepEqual(verdict('меня'), ['ok', []]);
+  assert.deepEqual(verdict('портрет меня в образе космонавта'), ['refuse', ['портрет', 'в', 'образе', 'космонавта']]);
+  assert.deepEqual(verdict('宇宙飛行士'), ['refuse', ['宇宙飛行士']]);
+  assert.deepEqual(verdict('Ελληνικό νησί'), ['refuse', ['Ελληνικό', 'νησί']]);
+  assert.deepEqual(verdict('me as an astronaut over Москва'), ['warn', ['Москва']]);
+  assert.deepEqual(verdict('me 🚀 on the moon, 4k'), ['ok', []]);
 });

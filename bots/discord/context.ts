@@ -55,6 +55,11 @@ export async function answer(deps: DiscordDeps, interaction: Answerable, person:
     return;
   }
   await interaction.editReply({ content: reply.text, components: components(reply) });
+  // For the person only; the status reply is edited with progress, so the note can't live there.
+  if (reply.notice) {
+    await interaction.followUp({ content: reply.notice, flags: MessageFlags.Ephemeral })
+      .catch((error: unknown) => deps.logger.warn({ err: error }, 'sending a notice failed'));
+  }
   if (reply.job) {
     await deps.notifier.track(reply.job.id, person.userId, person.locale, {
       applicationId: interaction.applicationId,

@@ -5,6 +5,7 @@ import type { Redis } from 'ioredis';
 import type { App } from '../../src/app.ts';
 import type { Job, JobKind, Platform } from '../../src/db/schema.ts';
 import { UserFacingError } from '../../src/services/errors.ts';
+import type { GenerationNote } from '../../src/services/generation.ts';
 import { knownKey, pickLocale, translator, type Locale, type MessageKey, type Params, type Translate } from './i18n/index.ts';
 import type { OutgoingImage } from './notifier.ts';
 
@@ -19,6 +20,8 @@ export interface Reply {
    * first sends the preview (the extracted /pose skeleton) when there is one.
    */
   job?: { id: string; kind: JobKind; preview?: Preview };
+  /** Said before the job's status message, e.g. that some words of the prompt will be ignored. */
+  notice?: string;
   /** A refusal or failure (Discord shows these only to the person). */
   error?: boolean;
 }
@@ -174,7 +177,7 @@ export class Conversation {
     return this.guard(p, async () => {
       if (!prompt.trim()) return { text: p.t('error.empty_prompt'), error: true };
       const queued = await this.services.limits.run(p.userId, 'imagine', () => this.services.generation.imagine(p.userId, prompt));
-      return this.queued(p, queued.job, queued.position);
+      return this.queued(p, queued.job, queued.position, queued.notes);
     });
   }
 
@@ -197,7 +200,7 @@ export class Conversation {
       }
       // No words is fine: the service paints the person in the pose (and the internal prompt is never shown).
       const queued = await this.services.limits.run(p.userId, 'pose', () => this.services.generation.pose(p.userId, bytes, prompt));
-      const reply = this.queued(p, queued.job, queued.position);
+      const reply = this.queued(p, queued.job, queued.position, queued.notes);
       // The extracted skeleton goes back as a preview; a reference used as the skeleton as is (no pose models) does not.
       if (queued.skeleton && queued.generation.controlKey && reply.job) {
         try {
@@ -311,10 +314,12 @@ export class Conversation {
     return { action: 'train_now', label: p.t('button.train_now') };
   }
 
-  private queued(p: Person, job: Job, position: number): Reply {
+  private queued(p: Person, job: Job, position: number, notes: GenerationNote[] = []): Reply {
     const what = p.t(whatKey(job.kind));
     const text = job.status === 'queued' && position > 0 ? p.t('progress.queued', { what, position }) : p.t('progress.starting', { what });
-    return { text, job: { id: job.id, kind: job.kind } };
+    // Notes go in their own message: the status message is edited with progress.
+    const noteText = notes.map((n) => p.t(knownKey(`note.${n.code}`) ?? 'error.internal', n.details)).join('\n');
+    return { text, job: { id: job.id, kind: job.kind }, ...(noteText ? { notice: noteText } : {}) };
   }
 
   /** Service refusals become the person's message; anything else is logged and answered without details. */

@@ -35,6 +35,8 @@ export async function sendReply(deps: TelegramDeps, telegram: Telegram, chatId: 
   const keyboard = reply.buttons?.length
     ? Markup.inlineKeyboard([reply.buttons.map((b) => Markup.button.callback(b.label, b.action))])
     : undefined;
+  // A note ahead of the status message, which progress edits would overwrite. Best-effort: the job runs anyway.
+  if (reply.notice) await telegram.sendMessage(chatId, reply.notice).catch((error: unknown) => deps.logger.warn({ err: error }, 'sending a notice failed'));
   const sent = await telegram.sendMessage(chatId, reply.text, keyboard);
   if (reply.job) await deps.notifier.track(reply.job.id, person.userId, person.locale, { chatId, messageId: sent.message_id }, reply.job.preview);
   return sent;

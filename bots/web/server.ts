@@ -161,7 +161,7 @@ export async function buildWebServer(app: App) {
     const userId = userOf(request);
     const queued = await services.limits.run(userId, 'imagine', () => services.generation.imagine(userId, request.body?.prompt ?? '', request.body?.options ?? {}));
     reply.status(202);
-    return { jobId: queued.job.id, generationId: queued.generation.id, position: queued.position, seed: queued.generation.seed, ...(await promptOf(queued.generation)) };
+    return { jobId: queued.job.id, generationId: queued.generation.id, position: queued.position, seed: queued.generation.seed, ...(await promptOf(queued.generation)), notes: queued.notes };
   });
 
   web.post('/api/pose', async (request, reply) => {
@@ -180,6 +180,7 @@ export async function buildWebServer(app: App) {
       position: queued.position,
       seed: queued.generation.seed,
       ...(await promptOf(queued.generation)),
+      notes: queued.notes,
       // The pose the person will be painted in, shown before the painting is done.
       controlUrl: `/api/generations/${queued.generation.id}/control`,
       extractedSkeleton: queued.skeleton,

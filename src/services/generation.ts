@@ -15,7 +15,7 @@ import { jobEvent, type JobService } from './jobs.ts';
 import { UserFacingError } from './errors.ts';
 import type { VisionService } from '../vision/index.ts';
 import { deleteUnreferencedBlobs } from './blobs.ts';
-import { nameSubject, showPrompt, subjectOf, type Subject } from './prompts.ts';
+import { languageVerdict, nameSubject, scriptOf, showPrompt, subjectOf, type Subject } from './prompts.ts';
 
 const dimension = z.number().int().min(256).max(1024).multipleOf(8);
 export const generationOptions = z
@@ -34,7 +34,10 @@ export const generationOptions = z
   .strict();
 export type GenerationOptions = z.infer<typeof generationOptions>;
 
-export interface GenerationQueued { job: Job; generation: Generation; position: number }
+/** Something the person should know about a queued request (e.g. words the model will ignore). */
+export interface GenerationNote { code: 'words_ignored'; message: string; details: Record<string, string | number> }
+
+export interface GenerationQueued { job: Job; generation: Generation; position: number; notes: GenerationNote[] }
 
 export class GenerationService {
   constructor(
@@ -120,7 +123,16 @@ export class GenerationService {
       throw new UserFacingError('no_model', 'You have no trained model yet: send 10–20 photos of yourself with /train first.');
     }
     // The LoRA paints the person only when the prompt names what it was trained on.
-    const enginePrompt = nameSubject(prompt, this.subjectOf(adapter)).prompt;
+    const subject = this.subjectOf(adapter);
+    const enginePrompt = nameSubject(prompt, subject).prompt;
+    const notes: GenerationNote[] = [];
+    const script = scriptOf(enginePrompt, subject);
+    const words = script.words.slice(0, 8).join(', ');
+    const verdict = languageVerdict(script);
+    if (verdict === 'refuse') {
+      throw new UserFacingError('prompt_not_english', `The image model understands English only, so it would ignore “${words}”. Please write the prompt in English, or pick a style (/styles).`, { words });
+    }
+    if (verdict === 'warn') notes.push({ code: 'words_ignored', message: `The image model understands English only and will ignore: ${words}.`, details: { words } });
     const g = this.config.generation;
     const o = parsed.data;
     const params: GenerationParams = {
@@ -158,6 +170,6 @@ export class GenerationService {
     await enqueueOrFail(this.db, created.job, () => this.queues.addGenerate({ jobId, userId, generationId: created.generation.id }));
     const position = await this.jobs.position(created.job);
     await this.events.publish(userId, jobEvent(created.job, { position, generationId: created.generation.id }));
-    return { ...created, position };
+    return { ...created, position, notes };
   }
 }

@@ -77,3 +77,33 @@ export function showPrompt(enginePrompt: string, subject: Subject, you = 'you', 
     .replace(word(escape(subject.phrase)), you)
     .replace(word(escape(subject.token)), you);
 }
+
+export interface Script {
+  /** Letters in Latin script, and in any other (Cyrillic mostly), outside the subject phrase. */
+  latin: number;
+  other: number;
+  /** The words with non-Latin letters, as typed: what SD1.5's English-only CLIP would not understand. */
+  words: string[];
+}
+
+/** How much of an engine prompt is Latin script (the subject and instance prompt, which we put there, not counted). */
+export function scriptOf(enginePrompt: string, subject: Subject): Script {
+  const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const text = enginePrompt
+    .replace(word(escape(subject.instancePrompt)), ' ')
+    .replace(word(`${escape(subject.phrase)}(?:['’]s)?`), ' ');
+  const latin = text.match(/\p{Script=Latin}/gu)?.length ?? 0;
+  const other = text.match(/(?!\p{Script=Latin})\p{L}/gu)?.length ?? 0;
+  const words = [...new Set(text.match(/[\p{L}\p{M}\p{N}'’-]*(?:(?!\p{Script=Latin})\p{L})[\p{L}\p{M}\p{N}'’-]*/gu) ?? [])];
+  return { latin, other, words };
+}
+
+/**
+ * SD1.5's text encoder understands English only. A prompt mostly in another script is refused (the picture would
+ * ignore what the person asked for, and cost them a picture of their hourly limit); a few foreign words in an
+ * English prompt are painted with a note that they are ignored.
+ */
+export function languageVerdict(script: Script): 'ok' | 'warn' | 'refuse' {
+  if (script.other === 0) return 'ok';
+  return script.other > script.latin ? 'refuse' : 'warn';
+}

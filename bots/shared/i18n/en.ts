@@ -128,6 +128,8 @@ export const en = {
   'error.too_many_photos': 'you already have {max} photos, the most a training uses.',
   'error.not_enough_photos': 'Training needs at least {need} good photos; you have {have}. Send {more} more.',
   'error.empty_prompt': 'Tell me what to paint, e.g. /imagine me as an astronaut.',
+  'error.prompt_not_english': 'The image model understands English only, so it would ignore “{words}” and paint something else. Please write the prompt in English, e.g. /imagine me as an astronaut in a spacesuit — or pick a ready-made style with /styles: styles work in any language.',
+  'note.words_ignored': '⚠️ The image model understands English only and will ignore: {words}. Ready-made styles work in any language: /styles.',
   'error.prompt_too_long': 'That prompt is {length} characters; the limit is {max}. Please shorten it.',
   'error.bad_options': 'Some settings are not valid.',
   'error.training_in_progress': 'Your model is still training — I will tell you when it is ready.',

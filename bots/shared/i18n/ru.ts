@@ -7,7 +7,7 @@ export const ru: Record<MessageKey, string> = {
   'help.body':
     'Я рисую ваши портреты.\n\n' +
     '1. /train — пришлите {min}–{max} своих фото и нажмите «Обучить».\n' +
-    '2. /imagine <что> — ваш портрет, например: /imagine я в образе космонавта.\n' +
+    '2. /imagine <что> — ваш портрет; промпт пишется по-английски (модель понимает только английский), например: /imagine me as an astronaut. Готовые стили на любом языке — /styles.\n' +
     '3. {poseLine}\n\n' +
     '/status — ваши фото, модель и задачи\n/cancel — остановить текущую задачу\n' +
     '/forget — удалить всё о вас\n/link — один аккаунт в Telegram и Discord\n/lang — язык',
@@ -61,7 +61,7 @@ export const ru: Record<MessageKey, string> = {
   'progress.starting': '⚙️ {what}: запускается…',
   'progress.train': '🧠 Обучаю вашу модель: шаг {step} из {total}\n{bar} {percent}%',
   'progress.generate': '🎨 {what}: шаг {step} из {total}\n{bar} {percent}%',
-  'done.train': '✅ Ваша модель (версия {version}) готова! Попробуйте /imagine я в образе космонавта.',
+  'done.train': '✅ Ваша модель (версия {version}) готова! Попробуйте /imagine me as an astronaut или готовые стили: /styles.',
   'done.generate': '✅ {what} готов.',
   'done.samples': 'Пробные портреты от вашей новой модели. Сходство с фото, которого модель не видела: {score} (1 — полное совпадение).',
   'done.samples_unscored': 'Пробные портреты от вашей новой модели (сходство здесь не измеряется: модели распознавания лиц не установлены).',
@@ -128,7 +128,9 @@ export const ru: Record<MessageKey, string> = {
   'error.several_people': 'На картинке людей: {people} — пришлите фото, где человек один.',
   'error.too_many_photos': 'у вас уже {max} фото — больше обучение не использует.',
   'error.not_enough_photos': 'Для обучения нужно не меньше {need} хороших фото, у вас {have}. Пришлите ещё {more}.',
-  'error.empty_prompt': 'Напишите, что нарисовать, например: /imagine я в образе космонавта.',
+  'error.empty_prompt': 'Напишите по-английски, что нарисовать, например: /imagine me as an astronaut — или выберите стиль: /styles.',
+  'error.prompt_not_english': 'Модель рисования понимает только английский: «{words}» она не поймёт и нарисует что-то другое. Напишите промпт по-английски, например /imagine me as an astronaut in a spacesuit, — или выберите готовый стиль через /styles: стили работают на любом языке.',
+  'note.words_ignored': '⚠️ Модель понимает только английский и не учтёт: {words}. Готовые стили на любом языке — /styles.',
   'error.prompt_too_long': 'В описании {length} символов, а можно не больше {max}. Сократите его.',
   'error.bad_options': 'Некоторые настройки неверны.',
   'error.training_in_progress': 'Ваша модель ещё обучается — я напишу, когда она будет готова.',
