@@ -5,29 +5,47 @@ import assert from 'node:assert/strict';
 import { eq } from 'drizzle-orm';
 import { generations, jobs } from '../src/db/schema.ts';
 import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
+import { createDiscordBot, type DiscordBot } from '../bots/discord/bot.ts';
+import { deployCommands } from '../bots/discord/deploy-commands.ts';
+import { findStyle, stylePresets } from '../src/services/styles.ts';
+import type { GenerateRequest } from '../worker/engine-client/protocol.ts';
 import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
+import { DiscordEmulator, type EmulatedDiscordUser, type InteractionRecord } from './emulators/discord.ts';
 import { startStack, eventually, type Stack } from './helpers/stack.ts';
-import { makePhotos } from './helpers/images.ts';
+import { makePhotos, makeSkeleton } from './helpers/images.ts';
 
 const telegram = new TelegramEmulator();
+const discord = new DiscordEmulator();
 let stack: Stack;
 let telegramBot: TelegramBot;
+let discordBot: DiscordBot;
+/** Every generate request sent down the engine's pipe (recorded on the way, passed on unchanged). */
+const sent: Array<Omit<GenerateRequest, 'op'>> = [];
+const olga: EmulatedDiscordUser = { id: '710000000000000001', username: 'olga', locale: 'ru' };
+const dan: EmulatedDiscordUser = { id: '710000000000000002', username: 'dan', locale: 'en-US' };
 
 const kate: EmulatedUser = { id: 7101, first_name: 'Kate', language_code: 'en' };
 const ivan: EmulatedUser = { id: 7102, first_name: 'Иван', language_code: 'ru' };
 
 before(async () => {
-  await telegram.start();
+  await Promise.all([telegram.start(), discord.start()]);
   stack = await startStack({
     MIN_TRAINING_PHOTOS: '3',
     TRAIN_MAX_STEPS: '2',
     LIKENESS_SAMPLES: '1',
     TELEGRAM_BOT_TOKEN: telegram.token,
     TELEGRAM_API_ROOT: telegram.url,
+    DISCORD_TOKEN: discord.token,
+    DISCORD_APPLICATION_ID: discord.applicationId,
+    DISCORD_API_ROOT: discord.api,
     CHAT_EDIT_INTERVAL_MS: '100',
   });
+  const engine = stack.worker!.engine;
+  const generate = engine.generate.bind(engine);
+  engine.generate = (request, onProgress) => { sent.push(request); return generate(request, onProgress); };
   telegramBot = createTelegramBot(stack.app, { sweepIntervalMs: 1000 });
-  await telegramBot.start();
+  discordBot = createDiscordBot(stack.app, { sweepIntervalMs: 1000 });
+  await Promise.all([telegramBot.start(), discordBot.start()]);
   // Both people have a trained model (trained through the services: the chat flow of /train is tested elsewhere).
   for (const [n, user] of [kate, ivan].entries()) {
     const person = await stack.app.services.users.resolve('telegram', String(user.id), { locale: user.language_code });
@@ -38,9 +56,9 @@ before(async () => {
 });
 
 after(async () => {
-  await telegramBot.stop();
+  await Promise.all([telegramBot.stop(), discordBot.stop()]);
   await stack.close();
-  await telegram.stop();
+  await Promise.all([telegram.stop(), discord.stop()]);
 });
 
 const lastMessageId = () => Math.max(0, ...telegram.messages.keys());
@@ -71,5 +89,83 @@ describe('prompt language', () => {
     assert.ok(note.message_id < photo.message_id);
     const [row] = await stack.app.database.db.select().from(generations).where(eq(generations.userId, await userIdOf(kate)));
     assert.equal(row!.enginePrompt, 'sks person as an astronaut over Москва');
+  });
+});
+
+const replyOf = (record: InteractionRecord, pattern: RegExp) =>
+  discord.waitFor(() => record.original && !record.original.deleted && pattern.test(record.original.content) && record.original, String(pattern), 60_000);
+const generationsOf = async (user: EmulatedUser) =>
+  stack.app.database.db.select().from(generations).where(eq(generations.userId, await userIdOf(user))).orderBy(generations.createdAt);
+
+describe('style presets', () => {
+  test('/styles lists every preset in the person’s language (Telegram, Discord, web)', { timeout: 60_000 }, async () => {
+    let mark = lastMessageId();
+    telegram.sendText(kate, '/styles');
+    const en = await botSays(kate, /Ready-made styles/, mark);
+    mark = lastMessageId();
+    telegram.sendText(ivan, '/styles');
+    const ru = await botSays(ivan, /Готовые стили/, mark);
+    for (const style of stylePresets) {
+      assert.ok(en.text!.includes(`• ${style.names.en} — /imagine style:${style.id}`), style.id);
+      assert.ok(ru.text!.includes(`• ${style.names.ru} — /imagine style:${style.id}`), style.id);
+    }
+    assert.match(ru.text!, /стиль:космонавт/);
+
+    const listed = discord.command(olga, 'styles');
+    const reply = await replyOf(listed, /Готовые стили/);
+    assert.ok(stylePresets.every((s) => reply.content.includes(s.names.ru)));
+    assert.match(reply.content, /параметре style/);
+    // /imagine offers the presets as choices, named in both languages.
+    assert.ok((await deployCommands(stack.app.config.discord)).includes('styles'));
+    const imagine = discord.commands.get('global')!.find((c) => c.name === 'imagine');
+    const styleOption = imagine.options.find((o: any) => o.name === 'style');
+    assert.deepEqual(styleOption.choices.map((c: any) => [c.value, c.name, c.name_localizations.ru]), stylePresets.map((s) => [s.id, s.names.en, s.names.ru]));
+    assert.equal(imagine.options.find((o: any) => o.name === 'prompt').required ?? false, false, 'a style alone is a request');
+
+    const web = await (await fetch(`${stack.baseUrl}/api/styles`)).json() as { styles: Array<{ id: string; names: { en: string; ru: string }; prompt: string; settings: { steps: number } }> };
+    assert.deepEqual(web.styles.map((s) => s.id), stylePresets.map((s) => s.id));
+    assert.ok(web.styles.every((s) => s.names.ru && s.prompt.includes('you') && !/sks/.test(s.prompt) && s.settings.steps > 0));
+  });
+
+  test('a preset named in Russian reaches the engine as its English prompt with its settings; the caption names it', { timeout: 180_000 }, async () => {
+    const mark = lastMessageId();
+    telegram.sendText(ivan, '/imagine стиль:Акварель');
+    const photo = await botSays(ivan, /Стиль: Акварель/, mark);
+    const preset = findStyle('watercolor')!;
+    const [row] = (await generationsOf(ivan)).slice(-1);
+    assert.equal(row!.style, 'watercolor');
+    assert.equal(row!.prompt, '');
+    const request = sent.find((r) => r.seed === row!.seed && r.steps === preset.steps)!;
+    assert.equal(request.prompt, 'a soft watercolor portrait of sks person, loose washes of color on textured paper, delicate lines, pastel palette');
+    assert.equal(request.guidance_scale, preset.guidanceScale);
+    assert.equal(request.scheduler, preset.scheduler);
+    assert.ok((request.negative_prompt ?? '').startsWith(preset.negativePrompt));
+    assert.equal(photo.caption, `Стиль: Акварель · seed ${row!.seed}\nПромпт для модели: a soft watercolor portrait of you, loose washes of color on textured paper, delicate lines, pastel palette`);
+  });
+
+  test('an unknown preset gets a clear message and queues nothing', { timeout: 60_000 }, async () => {
+    const before = await jobCount(kate);
+    const mark = lastMessageId();
+    telegram.sendText(kate, '/imagine style:pirate me with a parrot');
+    const refusal = await botSays(kate, /don’t know the style/, mark);
+    assert.equal(refusal.text, `I don’t know the style “pirate”. The styles are: ${stylePresets.map((s) => s.id).join(', ')} — see /styles.`);
+    const record = discord.command(olga, 'imagine', { prompt: 'style:пират' });
+    const followUp = await discord.waitFor(() => record.followUps[0], 'the refusal');
+    assert.match(followUp.content, /^Стиля «пират» нет\. Стили: astronaut, /);
+    assert.equal(await jobCount(kate), before);
+  });
+});
+
+describe('the internal prompt is never shown', () => {
+  test('a /pose with no words is captioned without the training prompt', { timeout: 120_000 }, async () => {
+    const mark = lastMessageId();
+    telegram.sendPhoto(kate, await makeSkeleton(256), { caption: '/pose' });
+    const photo = await botSays(kate, /in that pose/, mark);
+    const [row] = (await generationsOf(kate)).slice(-1);
+    assert.equal(row!.kind, 'pose');
+    assert.equal(row!.enginePrompt, 'a photo of sks person');
+    assert.equal(photo.caption, `You, in that pose · seed ${row!.seed}`);
+    for (const m of telegram.botMessages(kate.id)) assert.doesNotMatch(m.text ?? m.caption ?? '', /sks/i, 'no message shows the token');
+    for (const m of telegram.botMessages(ivan.id)) assert.doesNotMatch(m.text ?? m.caption ?? '', /sks/i, 'no message shows the token');
   });
 });

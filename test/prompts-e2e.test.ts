@@ -85,3 +85,22 @@ test('/pose without words paints the subject in the pose', { timeout: 120_000 },
   assert.equal((await client.waitForJob(pose.body.jobId)).job.status, 'completed');
   assert.equal(sent.at(-1)!.prompt, 'a photo of sks person');
 });
+
+test('a style through the web API: its English prompt and settings reach the engine; an unknown one is a 400', { timeout: 120_000 }, async () => {
+  const queued = await client.post('/api/imagine', { style: 'noir', prompt: 'with my cat', options: { width: 256, height: 256 } });
+  assert.equal(queued.status, 202, JSON.stringify(queued.body));
+  assert.equal(queued.body.style, 'noir');
+  assert.equal(queued.body.enginePrompt, "a black and white film noir portrait of sks person, 1940s detective, fedora, venetian blind shadows, dramatic contrast, film grain, with sks person's cat");
+  assert.equal((await client.waitForJob(queued.body.jobId)).job.status, 'completed');
+  const request = sent.at(-1)!;
+  assert.deepEqual([request.prompt, request.steps, request.guidance_scale, request.scheduler], [queued.body.enginePrompt, 28, 7, 'ddim']);
+  // Explicit settings still win over the style's.
+  const explicit = await client.post('/api/imagine', { style: 'noir', options: { steps: 3, width: 256, height: 256 } });
+  assert.equal((await client.waitForJob(explicit.body.jobId)).job.status, 'completed');
+  assert.equal(sent.at(-1)!.steps, 3);
+
+  const unknown = await client.post('/api/imagine', { style: 'pirate' });
+  assert.equal(unknown.status, 400);
+  assert.equal(unknown.body.error.code, 'unknown_style');
+  assert.match(unknown.body.error.message, /There is no style “pirate”\. The styles are: astronaut, oil, /);
+});

@@ -2,6 +2,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { languageVerdict, nameSubject, scriptOf, showPrompt, subjectOf } from '../src/services/prompts.ts';
+import { findStyle, parseStyleCommand, stylePresets } from '../src/services/styles.ts';
+import { generationOptions } from '../src/services/generation.ts';
 
 const sks = subjectOf('a photo of sks person');
 
@@ -94,4 +96,34 @@ test('prompts not in Latin script: refused when mostly foreign, a note when a fe
   assert.deepEqual(verdict('Ελληνικό νησί'), ['refuse', ['Ελληνικό', 'νησί']]);
   assert.deepEqual(verdict('me as an astronaut over Москва'), ['warn', ['Москва']]);
   assert.deepEqual(verdict('me 🚀 on the moon, 4k'), ['ok', []]);
+});
+
+test('style presets: at least six, named in both languages, English prompts with the subject and settings in range', () => {
+  assert.ok(stylePresets.length >= 6);
+  assert.equal(new Set(stylePresets.map((s) => s.id)).size, stylePresets.length);
+  for (const s of stylePresets) {
+    assert.match(s.id, /^[a-z]+$/);
+    assert.ok(s.names.en && /\p{Script=Cyrillic}/u.test(s.names.ru), s.id);
+    assert.ok(s.prompt.includes('{subject}'), s.id);
+    assert.equal(languageVerdict(scriptOf(s.prompt, sks)), 'ok', `${s.id} is English`);
+    // Inside the option ranges the API accepts.
+    assert.ok(generationOptions.safeParse({ steps: s.steps, guidanceScale: s.guidanceScale, scheduler: s.scheduler, negativePrompt: s.negativePrompt }).success, s.id);
+  }
+});
+
+test('a style is found by its id or its name in any language', () => {
+  assert.equal(findStyle('astronaut')?.id, 'astronaut');
+  assert.equal(findStyle('Космонавт')?.id, 'astronaut');
+  assert.equal(findStyle('портрет маслом')?.id, 'oil');
+  assert.equal(findStyle('Film-Noir')?.id, 'noir');
+  assert.equal(findStyle('нуар')?.id, 'noir');
+  assert.equal(findStyle('nope'), undefined);
+  assert.equal(findStyle(''), undefined);
+  assert.deepEqual(parseStyleCommand('style:oil smiling'), { style: 'oil', rest: 'smiling' });
+  assert.deepEqual(parseStyleCommand('стиль: портрет маслом в шляпе'), { style: 'портрет маслом', rest: 'в шляпе' });
+  assert.deepEqual(parseStyleCommand('style:"Film noir" with a cigar'), { style: 'Film noir', rest: 'with a cigar' });
+  assert.deepEqual(parseStyleCommand('STYLE = knight'), { style: 'knight', rest: '' });
+  assert.deepEqual(parseStyleCommand('style:unknown thing'), { style: 'unknown', rest: 'thing' });
+  assert.equal(parseStyleCommand('me in a stylish coat'), undefined);
+  assert.equal(parseStyleCommand('a style: minimal'), undefined, 'only at the start');
 });

@@ -6,6 +6,7 @@ import type { App } from '../../src/app.ts';
 import type { Job, JobKind, Platform } from '../../src/db/schema.ts';
 import { UserFacingError } from '../../src/services/errors.ts';
 import type { GenerationNote } from '../../src/services/generation.ts';
+import { parseStyleCommand, stylePresets } from '../../src/services/styles.ts';
 import { knownKey, pickLocale, translator, type Locale, type MessageKey, type Params, type Translate } from './i18n/index.ts';
 import type { OutgoingImage } from './notifier.ts';
 
@@ -173,10 +174,13 @@ export class Conversation {
     });
   }
 
-  async imagine(p: Person, prompt: string): Promise<Reply> {
+  /** `/imagine <prompt>`, `/imagine style:<name> [words]`, or (Discord's option) a style given apart. */
+  async imagine(p: Person, text: string, style?: string): Promise<Reply> {
     return this.guard(p, async () => {
-      if (!prompt.trim()) return { text: p.t('error.empty_prompt'), error: true };
-      const queued = await this.services.limits.run(p.userId, 'imagine', () => this.services.generation.imagine(p.userId, prompt));
+      const command = style === undefined ? parseStyleCommand(text) : { style, rest: text };
+      const prompt = command?.rest ?? text;
+      if (!prompt.trim() && !command) return { text: p.t('error.empty_prompt'), error: true };
+      const queued = await this.services.limits.run(p.userId, 'imagine', () => this.services.generation.imagine(p.userId, prompt, {}, command?.style));
       return this.queued(p, queued.job, queued.position, queued.notes);
     });
   }
@@ -211,6 +215,13 @@ export class Conversation {
       }
       return reply;
     });
+  }
+
+  /** `/styles`: the presets, named in the person's language; each works whatever language they write in. */
+  styles(p: Person): Reply {
+    const lines = [p.t('styles.title'), ...stylePresets.map((s) => p.t('styles.item', { name: s.names[p.locale], id: s.id }))];
+    lines.push('', p.t(p.platform === 'discord' ? 'styles.usage_discord' : 'styles.usage', { example: stylePresets[0]!.id }));
+    return { text: lines.join('\n') };
   }
 
   async status(p: Person): Promise<Reply> {

@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { App } from '../../src/app.ts';
 import type { Generation } from '../../src/db/schema.ts';
+import { stylePresets } from '../../src/services/styles.ts';
 import { UserFacingError, notFound } from '../../src/services/errors.ts';
 import type { PhotoUploadResult } from '../../src/services/photos.ts';
 
@@ -57,7 +58,7 @@ export async function buildWebServer(app: App) {
   /** The words typed, the prompt painted from as the person may see it ("you" for the token), and the exact one. */
   const promptOf = async (generation: Generation) => {
     const shown = await services.generation.shown(generation);
-    return { prompt: generation.prompt, promptUsed: shown.used ?? shown.words, enginePrompt: generation.enginePrompt ?? generation.prompt };
+    return { prompt: generation.prompt, style: generation.style, promptUsed: shown.used ?? shown.words, enginePrompt: generation.enginePrompt ?? generation.prompt };
   };
 
   web.setErrorHandler((error, request, reply) => {
@@ -157,9 +158,18 @@ export async function buildWebServer(app: App) {
     return { jobId: started.job.id, adapterId: started.adapter.id, version: started.adapter.version, created: started.created, position: started.position };
   });
 
-  web.post<{ Body: { prompt?: string; options?: unknown } }>('/api/imagine', async (request, reply) => {
+  // The style presets, named in both languages, with what each sends to the engine.
+  web.get('/api/styles', async () => ({
+    styles: stylePresets.map((s) => ({
+      id: s.id, names: s.names, prompt: s.prompt.replaceAll('{subject}', 'you'), negativePrompt: s.negativePrompt,
+      settings: { steps: s.steps, guidanceScale: s.guidanceScale, scheduler: s.scheduler },
+    })),
+  }));
+
+  web.post<{ Body: { prompt?: string; options?: unknown; style?: string } }>('/api/imagine', async (request, reply) => {
     const userId = userOf(request);
-    const queued = await services.limits.run(userId, 'imagine', () => services.generation.imagine(userId, request.body?.prompt ?? '', request.body?.options ?? {}));
+    const { prompt, options, style } = request.body ?? {};
+    const queued = await services.limits.run(userId, 'imagine', () => services.generation.imagine(userId, prompt ?? '', options ?? {}, style || undefined));
     reply.status(202);
     return { jobId: queued.job.id, generationId: queued.generation.id, position: queued.position, seed: queued.generation.seed, ...(await promptOf(queued.generation)), notes: queued.notes };
   });

@@ -147,6 +147,8 @@ export const generations = pgTable(
     prompt: text('prompt').notNull(),
     /** What the engine is given: the prompt with the trained subject named (null on rows from before it existed). */
     enginePrompt: text('engine_prompt'),
+    /** The style preset it was painted in (src/services/styles.ts), if any. */
+    style: text('style'),
     negativePrompt: text('negative_prompt').notNull().default(''),
     seed: bigint('seed', { mode: 'number' }).notNull(),
     params: jsonb('params').$type<GenerationParams>().notNull(),

@@ -15,7 +15,8 @@ import { jobEvent, type JobService } from './jobs.ts';
 import { UserFacingError } from './errors.ts';
 import type { VisionService } from '../vision/index.ts';
 import { deleteUnreferencedBlobs } from './blobs.ts';
-import { languageVerdict, nameSubject, scriptOf, showPrompt, subjectOf, type Subject } from './prompts.ts';
+import { findStyle, stylePresets } from './styles.ts';
+import { firstPerson, languageVerdict, nameSubject, scriptOf, showPrompt, subjectOf, type Subject } from './prompts.ts';
 
 const dimension = z.number().int().min(256).max(1024).multipleOf(8);
 export const generationOptions = z
@@ -51,9 +52,9 @@ export class GenerationService {
     private readonly config: Config,
   ) {}
 
-  /** `/imagine <prompt>`: a portrait of the user from their newest LoRA. */
-  imagine(userId: string, prompt: string, options: unknown = {}): Promise<GenerationQueued> {
-    return this.queue(userId, 'imagine', prompt, options);
+  /** `/imagine <prompt>`: a portrait of the user from their newest LoRA, optionally in a style preset. */
+  imagine(userId: string, prompt: string, options: unknown = {}, style?: string): Promise<GenerationQueued> {
+    return this.queue(userId, 'imagine', prompt, options, undefined, style);
   }
 
   /**
@@ -61,7 +62,7 @@ export class GenerationService {
    * skeleton, which conditions ControlNet and is shown to the person as a preview. Without the pose models
    * installed, the reference is taken to be a skeleton image already.
    */
-  async pose(userId: string, reference: Buffer, prompt: string, options: unknown = {}): Promise<GenerationQueued & { skeleton: boolean }> {
+  async pose(userId: string, reference: Buffer, prompt: string, options: unknown = {}, style?: string): Promise<GenerationQueued & { skeleton: boolean }> {
     let normalized;
     try {
       // A skeleton drawing can be small; the pipeline resizes it to the output size.
@@ -74,7 +75,7 @@ export class GenerationService {
     if (!pose.ok && pose.code !== 'pose_unavailable') throw new UserFacingError(pose.code, pose.message, pose.details);
     const stored = pose.ok ? await this.store.put(pose.skeleton, 'png') : await this.store.put(normalized.data, 'jpg');
     try {
-      return { ...(await this.queue(userId, 'pose', prompt, options, stored.key)), skeleton: pose.ok };
+      return { ...(await this.queue(userId, 'pose', prompt, options, stored.key, style)), skeleton: pose.ok };
     } catch (error) {
       await deleteUnreferencedBlobs(this.db, this.store, [stored.key]);
       throw error;
@@ -104,11 +105,16 @@ export class GenerationService {
     return subjectOf(typeof trained === 'string' && trained.trim() ? trained : this.config.training.instancePrompt);
   }
 
-  private async queue(userId: string, kind: 'imagine' | 'pose', rawPrompt: string, rawOptions: unknown, controlKey?: string) {
+  private async queue(userId: string, kind: 'imagine' | 'pose', rawPrompt: string, rawOptions: unknown, controlKey?: string, styleName?: string) {
     const prompt = rawPrompt.trim();
     const maxChars = this.config.generation.maxPromptChars;
-    // A /pose needs no words: the pose says what to paint.
-    if (!prompt && kind === 'imagine') throw new UserFacingError('empty_prompt', 'Tell me what to paint, e.g. /imagine a portrait of me as an astronaut.');
+    const preset = styleName === undefined ? undefined : findStyle(styleName);
+    if (styleName !== undefined && !preset) {
+      const styles = stylePresets.map((p) => p.id).join(', ');
+      throw new UserFacingError('unknown_style', `There is no style “${styleName}”. The styles are: ${styles}.`, { style: styleName, styles });
+    }
+    // A /pose needs no words (the pose says what to paint), nor does a style.
+    if (!prompt && kind === 'imagine' && !preset) throw new UserFacingError('empty_prompt', 'Tell me what to paint, e.g. /imagine a portrait of me as an astronaut.');
     if (prompt.length > maxChars) {
       throw new UserFacingError('prompt_too_long', `That prompt is ${prompt.length} characters; the limit is ${maxChars}.`, { length: prompt.length, max: maxChars });
     }
@@ -124,7 +130,10 @@ export class GenerationService {
     }
     // The LoRA paints the person only when the prompt names what it was trained on.
     const subject = this.subjectOf(adapter);
-    const enginePrompt = nameSubject(prompt, subject).prompt;
+    // A style is its English prompt with the subject in it; the person's words, if any, follow.
+    const enginePrompt = preset
+      ? [preset.prompt.replaceAll('{subject}', subject.phrase), firstPerson(prompt, subject)].filter(Boolean).join(', ')
+      : nameSubject(prompt, subject).prompt;
     const notes: GenerationNote[] = [];
     const script = scriptOf(enginePrompt, subject);
     const words = script.words.slice(0, 8).join(', ');
@@ -136,11 +145,12 @@ export class GenerationService {
     const g = this.config.generation;
     const o = parsed.data;
     const params: GenerationParams = {
-      steps: o.steps ?? g.steps,
-      guidanceScale: o.guidanceScale ?? g.guidanceScale,
+      // Settings asked for explicitly win over the style's, which win over the configured defaults.
+      steps: o.steps ?? preset?.steps ?? g.steps,
+      guidanceScale: o.guidanceScale ?? preset?.guidanceScale ?? g.guidanceScale,
       width: o.width ?? g.width,
       height: o.height ?? g.height,
-      scheduler: o.scheduler ?? g.scheduler,
+      scheduler: o.scheduler ?? preset?.scheduler ?? g.scheduler,
       loraScale: o.loraScale ?? g.loraScale,
       ...(kind === 'pose' ? { controlnetScale: o.controlnetScale ?? g.controlnetScale } : {}),
     };
@@ -159,7 +169,8 @@ export class GenerationService {
           kind,
           prompt,
           enginePrompt,
-          negativePrompt: o.negativePrompt ?? g.negativePrompt,
+          style: preset?.id ?? null,
+          negativePrompt: o.negativePrompt ?? preset?.negativePrompt ?? g.negativePrompt,
           seed: o.seed ?? randomInt(0, 2 ** 31 - 1),
           params,
           controlKey,

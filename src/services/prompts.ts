@@ -54,16 +54,21 @@ export function nameSubject(prompt: string, subject: Subject): NamedPrompt {
   const text = prompt.trim();
   if (!text) return { prompt: subject.instancePrompt, how: 'prefixed' };
   if (containsWord(text, subject.token)) return { prompt: text, how: 'kept' };
+  const out = firstPerson(text, subject);
+  if (out !== text) return { prompt: out, how: 'replaced' };
+  return { prompt: `${subject.instancePrompt}, ${text}`, how: 'prefixed' };
+}
+
+/** First-person words ("me", "my", "I'm", "меня"…) replaced by the subject; nothing else changes. */
+export function firstPerson(text: string, subject: Subject): string {
   let out = text;
   for (const [pattern, verb] of CONTRACTIONS) out = out.replace(pattern, `${subject.phrase} ${verb}`);
   out = out.replace(PERSONAL, subject.phrase).replace(POSSESSIVE, subject.possessive);
-  out = out.replace(PRONOUN_I, (whole, before: string | undefined, _i: string, offset: number) => {
+  return out.replace(PRONOUN_I, (whole, before: string | undefined, _i: string, offset: number) => {
     // A capitalised word before "I" that does not start the prompt is a name: "Louis I", "World War I".
     if (before && offset > 0) return whole;
     return `${before ?? ''}${subject.phrase}`;
   });
-  if (out !== text) return { prompt: out, how: 'replaced' };
-  return { prompt: `${subject.instancePrompt}, ${text}`, how: 'prefixed' };
 }
 
 /**
