@@ -2,6 +2,7 @@
 // Postgres, Redis, worker and tiny engine. What the person is told about their prompt, and what the engine gets.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readdir } from 'node:fs/promises';
 import { eq } from 'drizzle-orm';
 import { generations, jobs } from '../src/db/schema.ts';
 import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
@@ -11,7 +12,7 @@ import { findStyle, stylePresets } from '../src/services/styles.ts';
 import type { GenerateRequest } from '../worker/engine-client/protocol.ts';
 import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
 import { DiscordEmulator, type EmulatedDiscordUser, type InteractionRecord } from './emulators/discord.ts';
-import { startStack, eventually, type Stack } from './helpers/stack.ts';
+import { PlaygroundClient, startStack, eventually, type Stack } from './helpers/stack.ts';
 import { makePhotos, makeSkeleton } from './helpers/images.ts';
 
 const telegram = new TelegramEmulator();
@@ -107,7 +108,7 @@ describe('style presets', () => {
     const ru = await botSays(ivan, /Готовые стили/, mark);
     for (const style of stylePresets) {
       assert.ok(en.text!.includes(`• ${style.names.en} — /imagine style:${style.id}`), style.id);
-      assert.ok(ru.text!.includes(`• ${style.names.ru} — /imagine style:${style.id}`), style.id);
+      assert.ok(ru.text!.includes(`• ${style.names.ru} — команда /imagine style:${style.id}`), style.id);
     }
     assert.match(ru.text!, /стиль:космонавт/);
 
@@ -139,7 +140,7 @@ describe('style presets', () => {
     assert.equal(request.prompt, 'a soft watercolor portrait of sks person, loose washes of color on textured paper, delicate lines, pastel palette');
     assert.equal(request.guidance_scale, preset.guidanceScale);
     assert.equal(request.scheduler, preset.scheduler);
-    assert.ok((request.negative_prompt ?? '').startsWith(preset.negativePrompt));
+    assert.equal(request.negative_prompt, `${preset.negativePrompt}, ${stack.app.config.policy.negativePrompt}`);
     assert.equal(photo.caption, `Стиль: Акварель · seed ${row!.seed}\nПромпт для модели: a soft watercolor portrait of you, loose washes of color on textured paper, delicate lines, pastel palette`);
   });
 
@@ -167,5 +168,45 @@ describe('the internal prompt is never shown', () => {
     assert.equal(photo.caption, `You, in that pose · seed ${row!.seed}`);
     for (const m of telegram.botMessages(kate.id)) assert.doesNotMatch(m.text ?? m.caption ?? '', /sks/i, 'no message shows the token');
     for (const m of telegram.botMessages(ivan.id)) assert.doesNotMatch(m.text ?? m.caption ?? '', /sks/i, 'no message shows the token');
+  });
+});
+
+describe('prompt policy', () => {
+  const storedFiles = async () => (await readdir(stack.app.config.storageDir, { recursive: true })).length;
+
+  test('a refused prompt is told the rule in the person’s language and leaves no job, row or file', { timeout: 60_000 }, async () => {
+    const [kateJobs, ivanJobs, filesBefore] = [await jobCount(kate), await jobCount(ivan), await storedFiles()];
+    let mark = lastMessageId();
+    telegram.sendText(kate, '/imagine me n.u.d.e on a beach');
+    assert.equal((await botSays(kate, /don’t paint/, mark)).text, 'I don’t paint sexual content (“nude”). This bot makes portraits only, so please change the prompt.');
+    mark = lastMessageId();
+    telegram.sendText(ivan, '/imagine me as a ребёнок');
+    assert.equal((await botSays(ivan, /не рисую/, mark)).text, 'Я не рисую детей или несовершеннолетних («ребенок»). Этот бот делает только портреты — измените, пожалуйста, промпт.');
+    // A style's extra words are checked too, and a /pose prompt before its picture is even stored.
+    mark = lastMessageId();
+    telegram.sendText(kate, '/imagine style:oil topless');
+    assert.match((await botSays(kate, /don’t paint/, mark)).text!, /sexual content \(“topless”\)/);
+    mark = lastMessageId();
+    telegram.sendPhoto(kate, await makeSkeleton(256), { caption: '/pose as a 12 year old' });
+    assert.match((await botSays(kate, /don’t paint/, mark)).text!, /children or minors \(“12 year old”\)/);
+    const record = discord.command(dan, 'imagine', { prompt: 'me, NSFW' });
+    assert.match((await discord.waitFor(() => record.followUps[0], 'the refusal')).content, /^I don’t paint sexual content \(“nsfw”\)/);
+    assert.deepEqual([await jobCount(kate), await jobCount(ivan)], [kateJobs, ivanJobs], 'no job row');
+    assert.equal(await storedFiles(), filesBefore, 'no file stored');
+  });
+
+  test('the web API refuses a negative prompt that breaks the policy too, and always appends the policy’s own', { timeout: 120_000 }, async () => {
+    const web = new PlaygroundClient(stack.baseUrl);
+    const refused = await web.post('/api/imagine', { prompt: 'me', options: { negativePrompt: 'clothes, s e x' } });
+    assert.equal(refused.status, 400);
+    assert.deepEqual([refused.body.error.code, refused.body.error.details], ['prompt_refused', { rule: 'sexual', term: 'sex', field: 'negativePrompt' }]);
+    // Kate's model paints with her own negative prompt, and the policy's after it.
+    const policy = stack.app.config.policy.negativePrompt;
+    const mark = lastMessageId();
+    telegram.sendText(kate, '/imagine me in Essex, a sextant in hand');
+    await botSays(kate, /“me in Essex, a sextant in hand”/, mark);
+    const [row] = (await generationsOf(kate)).slice(-1);
+    assert.equal(row!.negativePrompt, `${stack.app.config.generation.negativePrompt}, ${policy}`);
+    assert.equal(sent.at(-1)!.negative_prompt, row!.negativePrompt);
   });
 });

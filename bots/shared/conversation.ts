@@ -317,6 +317,8 @@ export class Conversation {
     const params: Params = { min, max, ...details };
     if (code === 'too_large_bytes') params.maxMb = Math.floor(this.config.photos.maxUploadBytes / 1048576);
     if (code === 'not_enough_photos') params.more = Number(details.need ?? min) - Number(details.have ?? 0);
+    // The rule as named in config, in the person's language.
+    if (code === 'prompt_refused') params.rule = this.config.policy.rules.find((r) => r.id === details.rule)?.names[p.locale] ?? String(details.rule);
     const key = knownKey(`error.${code}`);
     return key ? p.t(key, params) : p.t('error.internal');
   }

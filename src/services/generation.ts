@@ -16,6 +16,7 @@ import { UserFacingError } from './errors.ts';
 import type { VisionService } from '../vision/index.ts';
 import { deleteUnreferencedBlobs } from './blobs.ts';
 import { findStyle, stylePresets } from './styles.ts';
+import { checkPrompt, withPolicyNegative } from './prompt-policy.ts';
 import { firstPerson, languageVerdict, nameSubject, scriptOf, showPrompt, subjectOf, type Subject } from './prompts.ts';
 
 const dimension = z.number().int().min(256).max(1024).multipleOf(8);
@@ -63,6 +64,8 @@ export class GenerationService {
    * installed, the reference is taken to be a skeleton image already.
    */
   async pose(userId: string, reference: Buffer, prompt: string, options: unknown = {}, style?: string): Promise<GenerationQueued & { skeleton: boolean }> {
+    // Refused before any work on the picture.
+    this.checkPolicy(prompt, options);
     let normalized;
     try {
       // A skeleton drawing can be small; the pipeline resizes it to the output size.
@@ -99,6 +102,19 @@ export class GenerationService {
     return { words: generation.prompt, used: used === generation.prompt ? null : used };
   }
 
+  /** Refuses a prompt (or negative prompt) that asks for what the policy rules out, naming the rule. */
+  private checkPolicy(prompt: string, options: unknown) {
+    const negative = (options as { negativePrompt?: unknown } | null)?.negativePrompt;
+    const fields: Array<[string, unknown]> = [['prompt', prompt], ['negativePrompt', negative]];
+    for (const [field, text] of fields) {
+      if (typeof text !== 'string') continue;
+      const hit = checkPrompt(text, this.config.policy.rules);
+      if (hit) {
+        throw new UserFacingError('prompt_refused', `I don’t paint ${hit.rule.names.en} (“${hit.term}” in the ${field === 'prompt' ? 'prompt' : 'negative prompt'}). Please change it.`, { rule: hit.rule.id, term: hit.term, field });
+      }
+    }
+  }
+
   /** The subject an adapter was trained on (its own instance prompt; the configured one for rows without it). */
   subjectOf(adapter: { params: Record<string, unknown> } | undefined): Subject {
     const trained = adapter?.params.instance_prompt;
@@ -123,6 +139,7 @@ export class GenerationService {
       const problems = parsed.error.issues.map((i) => `${i.path.join('.') || 'options'}: ${i.message}`).join('; ');
       throw new UserFacingError('bad_options', `Some settings are not valid: ${problems}`);
     }
+    this.checkPolicy(prompt, parsed.data);
     const adapter = await this.training.latestReady(userId);
     if (!adapter) {
       if (await this.training.isTraining(userId)) throw new UserFacingError('training_in_progress', 'Your model is still training — I will tell you when it is ready.');
@@ -170,7 +187,8 @@ export class GenerationService {
           prompt,
           enginePrompt,
           style: preset?.id ?? null,
-          negativePrompt: o.negativePrompt ?? preset?.negativePrompt ?? g.negativePrompt,
+          // The policy's negative prompt always goes last, whatever the person or the style asked for.
+          negativePrompt: withPolicyNegative(o.negativePrompt ?? preset?.negativePrompt ?? g.negativePrompt, this.config.policy.negativePrompt),
           seed: o.seed ?? randomInt(0, 2 ** 31 - 1),
           params,
           controlKey,

@@ -134,6 +134,7 @@ export const en = {
   'styles.usage': 'You can add your own words in English after the name, e.g. /imagine style:{example} smiling.',
   'styles.usage_discord': 'Pick one in the style option of /imagine; add your own words in English in prompt, if you like.',
   'error.unknown_style': 'I don’t know the style “{style}”. The styles are: {styles} — see /styles.',
+  'error.prompt_refused': 'I don’t paint {rule} (“{term}”). This bot makes portraits only, so please change the prompt.',
   'error.empty_prompt': 'Tell me what to paint, e.g. /imagine me as an astronaut.',
   'error.prompt_not_english': 'The image model understands English only, so it would ignore “{words}” and paint something else. Please write the prompt in English, e.g. /imagine me as an astronaut in a spacesuit — or pick a ready-made style with /styles: styles work in any language.',
   'note.words_ignored': '⚠️ The image model understands English only and will ignore: {words}. Ready-made styles work in any language: /styles.',
