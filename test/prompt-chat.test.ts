@@ -208,5 +208,8 @@ describe('prompt policy', () => {
     const [row] = (await generationsOf(kate)).slice(-1);
     assert.equal(row!.negativePrompt, `${stack.app.config.generation.negativePrompt}, ${policy}`);
     assert.equal(sent.at(-1)!.negative_prompt, row!.negativePrompt);
+    // Every request the engine got carried it, the validation samples after training included.
+    assert.ok(sent.some((r) => r.id.includes('sample')), 'samples were sent');
+    for (const r of sent) assert.ok(r.negative_prompt!.endsWith(policy), `${r.id}: ${r.negative_prompt}`);
   });
 });

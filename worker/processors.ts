@@ -11,6 +11,7 @@ import type { BlobStore } from '../src/storage/storage.ts';
 import type { EventBus } from '../src/events/bus.ts';
 import type { GenerateJobData, TrainJobData } from '../src/queue/index.ts';
 import { jobEvent } from '../src/services/jobs.ts';
+import { withPolicyNegative } from '../src/services/prompt-policy.ts';
 import type { Config } from '../src/config/index.ts';
 import { EngineError, type EngineSupervisor } from './engine-client/supervisor.ts';
 import type { ProgressEvent, TrainParams } from './engine-client/protocol.ts';
@@ -278,7 +279,7 @@ async function sampleValidationSet(deps: ProcessorDeps, run: JobRun, lora: strin
     const result = await engine.generate({
       id: run.nextRequest(`sample${n}`),
       prompt,
-      negative_prompt: g.negativePrompt,
+      negative_prompt: withPolicyNegative(g.negativePrompt, config.policy.negativePrompt),
       lora,
       steps: g.steps,
       guidance_scale: g.guidanceScale,
