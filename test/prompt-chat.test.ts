@@ -12,7 +12,7 @@ import { findStyle, stylePresets } from '../src/services/styles.ts';
 import type { GenerateRequest } from '../worker/engine-client/protocol.ts';
 import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
 import { DiscordEmulator, type EmulatedDiscordUser, type InteractionRecord } from './emulators/discord.ts';
-import { PlaygroundClient, startStack, eventually, type Stack } from './helpers/stack.ts';
+import { PlaygroundClient, chatEmulatorEnv, eventually, recordGenerateRequests, startStack, type Stack } from './helpers/stack.ts';
 import { makePhotos, makeSkeleton } from './helpers/images.ts';
 
 const telegram = new TelegramEmulator();
@@ -20,8 +20,8 @@ const discord = new DiscordEmulator();
 let stack: Stack;
 let telegramBot: TelegramBot;
 let discordBot: DiscordBot;
-/** Every generate request sent down the engine's pipe (recorded on the way, passed on unchanged). */
-const sent: Array<Omit<GenerateRequest, 'op'>> = [];
+/** Every generate request sent down the engine's pipe. */
+let sent: Array<Omit<GenerateRequest, 'op'>> = [];
 const olga: EmulatedDiscordUser = { id: '710000000000000001', username: 'olga', locale: 'ru' };
 const dan: EmulatedDiscordUser = { id: '710000000000000002', username: 'dan', locale: 'en-US' };
 
@@ -34,16 +34,9 @@ before(async () => {
     MIN_TRAINING_PHOTOS: '3',
     TRAIN_MAX_STEPS: '2',
     LIKENESS_SAMPLES: '1',
-    TELEGRAM_BOT_TOKEN: telegram.token,
-    TELEGRAM_API_ROOT: telegram.url,
-    DISCORD_TOKEN: discord.token,
-    DISCORD_APPLICATION_ID: discord.applicationId,
-    DISCORD_API_ROOT: discord.api,
-    CHAT_EDIT_INTERVAL_MS: '100',
+    ...chatEmulatorEnv(telegram, discord),
   });
-  const engine = stack.worker!.engine;
-  const generate = engine.generate.bind(engine);
-  engine.generate = (request, onProgress) => { sent.push(request); return generate(request, onProgress); };
+  sent = recordGenerateRequests(stack);
   telegramBot = createTelegramBot(stack.app, { sweepIntervalMs: 1000 });
   discordBot = createDiscordBot(stack.app, { sweepIntervalMs: 1000 });
   await Promise.all([telegramBot.start(), discordBot.start()]);

@@ -8,20 +8,18 @@ import { eq } from 'drizzle-orm';
 import sharp from 'sharp';
 import { adapters, generations } from '../src/db/schema.ts';
 import type { GenerateRequest } from '../worker/engine-client/protocol.ts';
-import { PlaygroundClient, startStack, type Stack } from './helpers/stack.ts';
+import { PlaygroundClient, recordGenerateRequests, startStack, type Stack } from './helpers/stack.ts';
 import { makePhotos, makeSkeleton } from './helpers/images.ts';
 
 let stack: Stack;
 let client: PlaygroundClient;
-/** Every generate request the worker sent down the engine's pipe (recorded on the way, then passed on unchanged). */
-const sent: Array<Omit<GenerateRequest, 'op'>> = [];
+/** Every generate request the worker sent down the engine's pipe. */
+let sent: Array<Omit<GenerateRequest, 'op'>> = [];
 
 before(async () => {
   stack = await startStack({ MIN_TRAINING_PHOTOS: '10' });
   client = new PlaygroundClient(stack.baseUrl);
-  const engine = stack.worker!.engine;
-  const generate = engine.generate.bind(engine);
-  engine.generate = (request, onProgress) => { sent.push(request); return generate(request, onProgress); };
+  sent = recordGenerateRequests(stack);
 });
 after(() => stack.close());
 
