@@ -146,6 +146,10 @@ describe('style presets', () => {
     const record = discord.command(olga, 'imagine', { prompt: 'style:пират' });
     const followUp = await discord.waitFor(() => record.followUps[0], 'the refusal');
     assert.match(followUp.content, /^Стиля «пират» нет\. Стили: astronaut, /);
+    // A style with no name: the list.
+    const listed = lastMessageId();
+    telegram.sendText(kate, '/imagine style:');
+    await botSays(kate, /Ready-made styles/, listed);
     assert.equal(await jobCount(kate), before);
   });
 });

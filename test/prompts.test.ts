@@ -62,6 +62,13 @@ for (const [typed, expected, how] of cases) {
   });
 }
 
+test('a subject named only past what CLIP reads (77 tokens) is named up front too', () => {
+  const long = `${'a very detailed, '.repeat(20)}me on a horse`;
+  assert.equal(nameSubject(long, sks).prompt, `a photo of sks person, ${'a very detailed, '.repeat(20)}sks person on a horse`);
+  const fits = `${'a very detailed, '.repeat(10)}me on a horse`;
+  assert.equal(nameSubject(fits, sks).how, 'replaced');
+});
+
 test('an empty prompt is the instance prompt', () => {
   assert.deepEqual(nameSubject('   ', sks), { prompt: 'a photo of sks person', how: 'prefixed' });
 });

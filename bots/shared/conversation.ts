@@ -178,6 +178,8 @@ export class Conversation {
   async imagine(p: Person, text: string, style?: string): Promise<Reply> {
     return this.guard(p, async () => {
       const command = style === undefined ? parseStyleCommand(text) : { style, rest: text };
+      // "style:" with no name: which ones are there?
+      if (command && !command.style.trim()) return this.styles(p);
       const prompt = command?.rest ?? text;
       if (!prompt.trim() && !command) return { text: p.t('error.empty_prompt'), error: true };
       const queued = await this.services.limits.run(p.userId, 'imagine', () => this.services.generation.imagine(p.userId, prompt, {}, command?.style));

@@ -55,8 +55,22 @@ export function nameSubject(prompt: string, subject: Subject): NamedPrompt {
   if (!text) return { prompt: subject.instancePrompt, how: 'prefixed' };
   if (containsWord(text, subject.token)) return { prompt: text, how: 'kept' };
   const out = firstPerson(text, subject);
-  if (out !== text) return { prompt: out, how: 'replaced' };
-  return { prompt: `${subject.instancePrompt}, ${text}`, how: 'prefixed' };
+  // CLIP reads 77 tokens and drops the rest: a subject named only past that is named up front as well.
+  if (out !== text && clipTokensBefore(out, subject.phrase) <= SUBJECT_WITHIN_TOKENS) return { prompt: out, how: 'replaced' };
+  return { prompt: `${subject.instancePrompt}, ${out}`, how: 'prefixed' };
+}
+
+/** Where the subject must start for CLIP to see it whole: 77 tokens less start/end and the subject's own. */
+export const SUBJECT_WITHIN_TOKENS = 70;
+
+/**
+ * A cautious count of CLIP tokens before `phrase`: one per word and one per punctuation mark, which is what CLIP's
+ * BPE gives for common English words (longer or rare words take more, hence the margin in SUBJECT_WITHIN_TOKENS).
+ */
+function clipTokensBefore(text: string, phrase: string): number {
+  const at = text.indexOf(phrase);
+  const before = at < 0 ? text : text.slice(0, at);
+  return (before.match(/[\p{L}\p{N}]+|[^\s\p{L}\p{N}]/gu) ?? []).length;
 }
 
 /** First-person words ("me", "my", "I'm", "меня"…) replaced by the subject; nothing else changes. */
