@@ -137,6 +137,30 @@ describe('style presets', () => {
     assert.equal(photo.caption, `Стиль: Акварель · seed ${row!.seed}\nПромпт для модели: a soft watercolor portrait of you, loose washes of color on textured paper, delicate lines, pastel palette`);
   });
 
+  test('a tap on a style button paints the one who tapped in it (Telegram and Discord)', { timeout: 180_000 }, async () => {
+    let mark = lastMessageId();
+    telegram.sendText(ivan, '/styles');
+    const list = await botSays(ivan, /Готовые стили/, mark);
+    const keyboard = list.reply_markup.inline_keyboard as Array<Array<{ text: string; callback_data: string }>>;
+    assert.deepEqual(keyboard.flat().map((b) => [b.text, b.callback_data]), stylePresets.map((s) => [s.names.ru, `style:${s.id}`]));
+    assert.ok(keyboard.every((row) => row.length <= 3), 'at most three a row');
+    mark = lastMessageId();
+    telegram.pressButton(ivan, list.message_id, 'style:knight');
+    const photo = await botSays(ivan, /^Стиль: Рыцарь · seed/, mark);
+    assert.ok(photo.photo);
+    assert.equal((await generationsOf(ivan)).at(-1)!.style, 'knight');
+
+    const listed = discord.command(dan, 'styles');
+    const reply = await replyOf(listed, /Ready-made styles/);
+    assert.deepEqual(reply.components.flatMap((row: any) => row.components.map((b: any) => b.custom_id)), stylePresets.map((s) => `style:${s.id}`));
+    assert.ok(reply.components.every((row: any) => row.components.length <= 5));
+    // Dan has no model: the tap says so, to him only.
+    const press = discord.press(dan, reply, 'style:noir');
+    const refusal = await discord.waitFor(() => press.followUps[0], 'the answer to the tap');
+    assert.match(refusal.content, /no trained model yet/);
+    assert.ok(discord.isEphemeral(refusal));
+  });
+
   test('an unknown preset gets a clear message and queues nothing', { timeout: 60_000 }, async () => {
     const before = await jobCount(kate);
     const mark = lastMessageId();

@@ -10,7 +10,8 @@ import { parseStyleCommand, stylePresets } from '../../src/services/styles.ts';
 import { knownKey, pickLocale, translator, type Locale, type MessageKey, type Params, type Translate } from './i18n/index.ts';
 import type { OutgoingImage } from './notifier.ts';
 
-export type ButtonAction = 'train_now' | 'forget_yes' | 'forget_no';
+/** `style:<id>` paints the person in that style preset. */
+export type ButtonAction = 'train_now' | 'forget_yes' | 'forget_no' | `style:${string}`;
 export interface Button { action: ButtonAction; label: string; danger?: boolean }
 
 export interface Reply {
@@ -223,7 +224,9 @@ export class Conversation {
   styles(p: Person): Reply {
     const lines = [p.t('styles.title'), ...stylePresets.map((s) => p.t('styles.item', { name: s.names[p.locale], id: s.id }))];
     lines.push('', p.t(p.platform === 'discord' ? 'styles.usage_discord' : 'styles.usage', { example: stylePresets[0]!.id }));
-    return { text: lines.join('\n') };
+    // One tap paints it: no English needed at all.
+    const buttons = stylePresets.map((s): Button => ({ action: `style:${s.id}`, label: s.names[p.locale] }));
+    return { text: lines.join('\n'), buttons };
   }
 
   async status(p: Person): Promise<Reply> {
