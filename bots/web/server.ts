@@ -169,6 +169,7 @@ export async function buildWebServer(app: App) {
   web.post<{ Body: { prompt?: string; options?: unknown; style?: string } }>('/api/imagine', async (request, reply) => {
     const userId = userOf(request);
     const { prompt, options, style } = request.body ?? {};
+    if (style != null && typeof style !== 'string') throw new UserFacingError('bad_options', 'Some settings are not valid: style: expected a style name (see /api/styles)');
     const queued = await services.limits.run(userId, 'imagine', () => services.generation.imagine(userId, prompt ?? '', options ?? {}, style || undefined));
     reply.status(202);
     return { jobId: queued.job.id, generationId: queued.generation.id, position: queued.position, seed: queued.generation.seed, ...(await promptOf(queued.generation)), notes: queued.notes };
