@@ -27,6 +27,7 @@ const refused: Array<[string, string]> = [
   ['nudе with a Cyrillic е', 'sexual:nude'],
   ['me without clothes', 'sexual:without clothes'],
   ['NSFW', 'sexual:nsfw'],
+  ['XXX poster', 'sexual:xxx'],
   ['голая на пляже', 'sexual:голая'],
   ['обнажённая', 'sexual:обнаж'],
   ['порнография', 'sexual:порн'],
@@ -50,7 +51,7 @@ const allowed = [
   'kidney beans', 'a kidnapper in a noir film', 'childhood home, nostalgic', 'a minor chord', 'Scunthorpe station',
   'analysis', 'therapist', 'striped shirt', 'a bare-eye view of Saturn', 'nice!', 'wow!!! me!',
   'me at 30 years old', 'me at 18', 'голова', 'детектив', 'голубое небо', 'попкорн', 'Nudelholz', 'Saturday brunch', 'Kidderminster market',
-  'a.m. light', 'I a m here', 'bustier? no, a suit',
+  'a.m. light', 'I a m here', 'x', 'style x, Malcolm X', 'a woman named Xena', 'zzz, sleepy', 'bustier? no, a suit',
 ];
 for (const prompt of allowed) {
   test(`allowed: ${JSON.stringify(prompt)}`, () => assert.equal(verdict(prompt), 'ok'));

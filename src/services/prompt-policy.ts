@@ -36,9 +36,12 @@ function normalizeWord(raw: string): string {
     const map = lat >= chars.length - lat ? CYR_TO_LAT : LAT_TO_CYR;
     word = chars.map((c) => map[c] ?? c).join('');
   }
-  // "nuuude", "seeex": a letter three or more times is one letter (real double letters stay).
-  return word.replace(/(\p{L})\1{2,}/gu, '$1');
+  return word;
 }
+
+// "nuuude", "seeex": a letter three or more times read as one (real double letters stay). Tried besides the word
+// as written, so a term that is itself a run ("xxx") still matches only itself.
+const collapse = (word: string) => word.replace(/(\p{L})\1{2,}/gu, '$1');
 
 /** The words of `text` as the policy reads them. */
 export function policyWords(text: string): string[] {
@@ -71,7 +74,8 @@ function compile(term: string): Array<(word: string) => boolean> {
     const prefix = part.endsWith('*');
     const [word] = policyWords(prefix ? part.slice(0, -1) : part);
     const w = word ?? '';
-    return prefix ? (x: string) => x.startsWith(w) : (x: string) => x === w;
+    const test = prefix ? (x: string) => x.startsWith(w) : (x: string) => x === w;
+    return (x: string) => test(x) || test(collapse(x));
   });
 }
 
