@@ -68,16 +68,38 @@ export function policyWords(text: string): string[] {
   return words.map(normalizeWord);
 }
 
-function compile(term: string): Array<(word: string) => boolean> {
+type WordTest = (word: string) => boolean;
+
+function compile(term: string): WordTest[] {
   // A `*` ends a word: that word matches any continuation.
   return term.trim().split(/\s+/).map((part) => {
     const prefix = part.endsWith('*');
-    const [word] = policyWords(prefix ? part.slice(0, -1) : part);
-    const w = word ?? '';
-    const test = prefix ? (x: string) => x.startsWith(w) : (x: string) => x === w;
-    return (x: string) => test(x) || test(collapse(x));
+    const w = policyWords(prefix ? part.slice(0, -1) : part)[0] ?? '';
+    return prefix ? (x: string) => x.startsWith(w) : (x: string) => x === w;
   });
 }
+
+// Compiled once per rule list (the config's), not per prompt.
+// Single whole words (most terms) are looked up; prefixes and phrases are tried at each position.
+interface CompiledRule { rule: PolicyRule; exact: Map<string, string>; others: Array<{ term: string; words: WordTest[] }> }
+const compiled = new WeakMap<readonly PolicyRule[], CompiledRule[]>();
+const compiledRules = (rules: readonly PolicyRule[]) => {
+  let found = compiled.get(rules);
+  if (!found) {
+    found = rules.map((rule) => {
+      const exact = new Map<string, string>();
+      const others: CompiledRule['others'] = [];
+      for (const term of rule.terms) {
+        const parts = term.trim().split(/\s+/);
+        if (parts.length === 1 && !term.includes('*')) exact.set(policyWords(term)[0] ?? term, term);
+        else others.push({ term: term.replace(/\*/g, ''), words: compile(term) });
+      }
+      return { rule, exact, others };
+    });
+    compiled.set(rules, found);
+  }
+  return found;
+};
 
 // "12 year old", "12-year-old", "12yo", "12 y.o.", "12 лет", "12-летний".
 const AGE = /(?<![\p{L}\p{N}])(\d{1,2})\s*-?\s*(?:years?(?:\s*-?\s*old)?|yrs?(?:\s*-?\s*old)?|y\.?\s?o\.?|yo|год(?:а)?|лет(?:ний|няя|него|нюю|ней|ние|них)?)(?![\p{L}])/giu;
@@ -85,12 +107,16 @@ const AGE = /(?<![\p{L}\p{N}])(\d{1,2})\s*-?\s*(?:years?(?:\s*-?\s*old)?|yrs?(?:
 /** The first rule `text` breaks, or undefined. */
 export function checkPrompt(text: string, rules: readonly PolicyRule[]): PolicyHit | undefined {
   const words = policyWords(text);
-  for (const rule of rules) {
-    for (const term of rule.terms) {
-      const matchers = compile(term);
-      if (matchers.length === 0) continue;
-      for (let i = 0; i + matchers.length <= words.length; i++) {
-        if (matchers.every((m, k) => m(words[i + k]!))) return { rule, term: term.replace(/\*/g, '') };
+  const collapsed = words.map(collapse);
+  const at = (test: WordTest, n: number) => test(words[n]!) || test(collapsed[n]!);
+  for (const { rule, exact, others } of compiledRules(rules)) {
+    for (let n = 0; n < words.length; n++) {
+      const term = exact.get(words[n]!) ?? exact.get(collapsed[n]!);
+      if (term) return { rule, term };
+    }
+    for (const { term, words: tests } of others) {
+      for (let i = 0; i + tests.length <= words.length; i++) {
+        if (tests.every((test, k) => at(test, i + k))) return { rule, term };
       }
     }
     if (rule.minAge !== undefined) {
