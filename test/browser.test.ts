@@ -60,5 +60,18 @@ test('a person uploads photos, trains, imagines and sees their portrait', { time
   await image.evaluate((img: HTMLImageElement) => img.decode());
   const size = await image.evaluate((img: HTMLImageElement) => [img.naturalWidth, img.naturalHeight]);
   assert.deepEqual(size, [512, 512]);
+  // Captioned with the person's words and what was painted, the training token read as "you".
+  const caption = await page.locator('#gallery figure', { hasText: '/imagine' }).locator('figcaption').textContent();
+  assert.equal(caption, '/imagine “a portrait of me as an astronaut” — painted from: a portrait of you as an astronaut');
+
+  // A style from the list, with no words: the caption names it.
+  assert.ok((await page.locator('#style option').count()) >= 7, 'the presets are offered');
+  await page.fill('#prompt', '');
+  await page.selectOption('#style', 'watercolor');
+  await page.click('#imagine');
+  const styled = page.locator('#gallery figure', { hasText: '/imagine style:watercolor' }).locator('figcaption');
+  await styled.waitFor({ timeout: 120_000 });
+  assert.match((await styled.textContent())!, /painted from: a soft watercolor portrait of you/);
+  assert.equal(await page.locator('#gallery figcaption', { hasText: 'sks' }).count(), 0);
   await page.screenshot({ path: join(stack.env.dir, 'playground.png') });
 });

@@ -13,7 +13,7 @@ import { Conversation, LINK_ATTEMPTS } from '../bots/shared/conversation.ts';
 import { translator } from '../bots/shared/i18n/index.ts';
 import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
 import { DiscordEmulator, type EmulatedDiscordUser, type InteractionRecord } from './emulators/discord.ts';
-import { PlaygroundClient, startStack, type Stack } from './helpers/stack.ts';
+import { PlaygroundClient, chatEmulatorEnv, startStack, type Stack } from './helpers/stack.ts';
 import { fixtureModelsDir, sceneJpeg, type Scene } from './helpers/vision.ts';
 
 const telegram = new TelegramEmulator();
@@ -41,12 +41,7 @@ before(async () => {
   stack = await startStack({
     MIN_TRAINING_PHOTOS: '3',
     VISION_MODELS_DIR: fixtureModelsDir,
-    TELEGRAM_BOT_TOKEN: telegram.token,
-    TELEGRAM_API_ROOT: telegram.url,
-    DISCORD_TOKEN: discord.token,
-    DISCORD_APPLICATION_ID: discord.applicationId,
-    DISCORD_API_ROOT: discord.api,
-    CHAT_EDIT_INTERVAL_MS: '100',
+    ...chatEmulatorEnv(telegram, discord),
   }, false);
   telegramBot = createTelegramBot(stack.app, { albumWindowMs: 300, sweepIntervalMs: 1000 });
   discordBot = createDiscordBot(stack.app, { sweepIntervalMs: 1000 });

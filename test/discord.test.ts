@@ -62,12 +62,12 @@ const file = (data: Buffer, filename: string, contentType = 'image/jpeg') => ({ 
 describe('Discord', () => {
   test('deploy-commands registers every slash command (globally, or in one guild)', async () => {
     const names = await deployCommands(stack.app.config.discord);
-    assert.deepEqual(names.sort(), ['cancel', 'forget', 'help', 'imagine', 'lang', 'link', 'pose', 'status', 'train']);
+    assert.deepEqual(names.sort(), ['cancel', 'forget', 'help', 'imagine', 'lang', 'link', 'pose', 'status', 'styles', 'train']);
     const train = discord.commands.get('global')!.find((c) => c.name === 'train');
     assert.equal(train.options.length, 10);
     assert.ok(train.options.every((o: any) => o.type === 11), 'train takes attachments');
     await deployCommands({ ...stack.app.config.discord, guildId: '123456789012345678' });
-    assert.equal(discord.commands.get('123456789012345678')!.length, 9);
+    assert.equal(discord.commands.get('123456789012345678')!.length, 10);
   });
 
   test('the bot logs in over the gateway; /help is acknowledged at once and answered in the person’s language', async () => {
@@ -115,7 +115,7 @@ describe('Discord', () => {
     const status = await replyOf(record, /Portrait/);
     assert.ok(!discord.isEphemeral(status));
     const result = await discord.waitFor(() => record.followUps.find((m) => m.attachments.length > 0), 'the portrait', 150_000);
-    assert.match(result.content, /^“me as an astronaut” · seed \d+$/);
+    assert.match(result.content, /^“me as an astronaut” · seed \d+\nPainted from: you as an astronaut$/);
     assert.equal((await sharp(result.attachments[0]!.data).metadata()).format, 'png');
     await replyOf(record, /Portrait done/);
     assert.ok(status.edits.some((e) => /step \d of \d/.test(e)), 'progress was shown');
@@ -125,7 +125,7 @@ describe('Discord', () => {
     const record = discord.command(dana, 'pose', { image: file(await makeSkeleton(), 'pose.png', 'image/png'), prompt: 'dancing' });
     await replyOf(record, /Pose portrait/);
     const result = await discord.waitFor(() => record.followUps.find((m) => m.attachments.length > 0), 'the pose portrait', 150_000);
-    assert.match(result.content, /“dancing”/);
+    assert.match(result.content, /^“dancing” · seed \d+\nPainted from: a photo of you, dancing$/);
     await replyOf(record, /Pose portrait done/);
     assert.equal(record.followUps.length, 1, 'no skeleton preview without the pose models');
   });

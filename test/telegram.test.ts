@@ -101,6 +101,7 @@ describe('Telegram', () => {
       return album.length === stack.env.config.likeness.samples && album;
     }, 'the sample album');
     assert.match(samples[0]!.caption!, /Sample portraits from your new model \(likeness is not measured here/);
+    for (const m of samples) assert.doesNotMatch(m.caption ?? '', /sks/i, 'the internal prompt is never shown');
     assert.equal(new Set(samples.map((m) => m.media_group_id)).size, 1, 'one album');
     const [adapter] = await stack.app.database.db.select().from(adapters).where(eq(adapters.userId, (await userId(anna))!));
     assert.equal(adapter!.status, 'ready');
@@ -117,7 +118,9 @@ describe('Telegram', () => {
     const status = await botSays(anna, /Portrait/, mark);
     const photo = await emulator.waitFor(() => emulator.botMessages(anna.id).find((m) => m.message_id > mark && m.photo), 'the portrait', 150_000);
     const [generation] = await stack.app.database.db.select().from(generations).where(eq(generations.kind, 'imagine'));
-    assert.equal(photo.caption, `“me as an astronaut” · seed ${generation!.seed}`);
+    // The person's words, then what was painted with the training token read as "you": never "sks person".
+    assert.equal(photo.caption, `“me as an astronaut” · seed ${generation!.seed}\nPainted from: you as an astronaut`);
+    assert.equal(generation!.enginePrompt, 'sks person as an astronaut');
     await emulator.waitFor(() => status.text === '✅ Portrait done.', 'the status to say done');
     const sent = emulator.callsOf('sendPhoto').at(-1)!;
     const meta = await sharp(sent.files.photo!).metadata();
@@ -135,7 +138,7 @@ describe('Telegram', () => {
     const status = await botSays(anna, /Pose portrait/, mark);
     await emulator.waitFor(() => status.text === '✅ Pose portrait done.', 'the pose to finish', 150_000);
     const photo = emulator.botMessages(anna.id).find((m) => m.message_id > mark && m.photo);
-    assert.match(photo!.caption!, /“dancing”/);
+    assert.match(photo!.caption!, /^“dancing” · seed \d+\nPainted from: a photo of you, dancing$/);
     assert.equal(emulator.botMessages(anna.id).filter((m) => m.message_id > mark && m.photo).length, 1, 'no skeleton preview without the pose models');
 
     // Two pictures this hour already (the imagine and this pose): the limit is 2.

@@ -14,6 +14,7 @@ import type { GenerateJobData, TrainJobData } from '../src/queue/index.ts';
 import { jobEvent } from '../src/services/jobs.ts';
 import type { JobState } from '../src/services/job-state.ts';
 import { abandonLeased, deleteUnreferencedBlobs, putFileLeased, releaseLeases, type LeasedBlob } from '../src/services/blobs.ts';
+import { withPolicyNegative } from '../src/services/prompt-policy.ts';
 import type { Config } from '../src/config/index.ts';
 import { EngineError, type EngineSupervisor } from './engine-client/supervisor.ts';
 import type { ProgressEvent, TrainParams } from './engine-client/protocol.ts';
@@ -340,7 +341,7 @@ export function generateProcessor(deps: ProcessorDeps, running: RunningJobs) {
       const result = await engine.generate(
         {
           id: run.requestId,
-          prompt: generation.prompt,
+          prompt: generation.enginePrompt ?? generation.prompt,
           negative_prompt: generation.negativePrompt,
           lora: await store.localPath(found.adapterFile),
           lora_scale: p.loraScale,
@@ -381,7 +382,7 @@ async function sampleValidationSet(deps: ProcessorDeps, run: JobRun, lora: strin
     const result = await engine.generate({
       id: run.nextRequest(`sample${n}`),
       prompt,
-      negative_prompt: g.negativePrompt,
+      negative_prompt: withPolicyNegative(g.negativePrompt, config.policy.negativePrompt),
       lora,
       steps: g.steps,
       guidance_scale: g.guidanceScale,

@@ -38,10 +38,11 @@ export async function personOf(deps: DiscordDeps, interaction: Answerable): Prom
 
 export function components(reply: Reply) {
   if (!reply.buttons?.length) return [];
-  const row = new ActionRowBuilder<ButtonBuilder>().addComponents(
-    reply.buttons.map((b) => new ButtonBuilder().setCustomId(b.action).setLabel(b.label).setStyle(b.danger ? ButtonStyle.Danger : b.action === 'train_now' ? ButtonStyle.Primary : ButtonStyle.Secondary)),
-  );
-  return [row];
+  const buttons = reply.buttons.map((b) => new ButtonBuilder().setCustomId(b.action).setLabel(b.label).setStyle(b.danger ? ButtonStyle.Danger : b.action === 'train_now' ? ButtonStyle.Primary : ButtonStyle.Secondary));
+  // Discord takes at most five buttons a row.
+  const rows: Array<ActionRowBuilder<ButtonBuilder>> = [];
+  for (let i = 0; i < buttons.length; i += 5) rows.push(new ActionRowBuilder<ButtonBuilder>().addComponents(buttons.slice(i, i + 5)));
+  return rows;
 }
 
 /**
@@ -55,6 +56,11 @@ export async function answer(deps: DiscordDeps, interaction: Answerable, person:
     return;
   }
   await interaction.editReply({ content: reply.text, components: components(reply) });
+  // For the person only; the status reply is edited with progress, so the note can't live there.
+  if (reply.notice) {
+    await interaction.followUp({ content: reply.notice, flags: MessageFlags.Ephemeral })
+      .catch((error: unknown) => deps.logger.warn({ err: error }, 'sending a notice failed'));
+  }
   if (reply.job) {
     await deps.notifier.track(reply.job.id, person.userId, person.locale, {
       applicationId: interaction.applicationId,

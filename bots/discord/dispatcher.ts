@@ -34,6 +34,13 @@ export function interactionDispatcher(deps: DiscordDeps) {
 async function onButton(deps: DiscordDeps, interaction: ButtonInteraction): Promise<Person> {
   const action = interaction.customId as ButtonAction;
   const { conversation } = deps;
+  if (action.startsWith('style:')) {
+    // A public portrait, like /imagine; the person who tapped is painted.
+    await interaction.deferReply();
+    const person = await personOf(deps, interaction);
+    await answer(deps, interaction, person, await conversation.imagine(person, '', action.slice('style:'.length)));
+    return person;
+  }
   if (action === 'train_now') {
     await interaction.deferReply({ flags: MessageFlags.Ephemeral });
     const person = await personOf(deps, interaction);

@@ -6,10 +6,13 @@ import type { App } from '../../src/app.ts';
 import type { Job, JobKind, Platform } from '../../src/db/schema.ts';
 import { UserFacingError } from '../../src/services/errors.ts';
 import { errorMessage } from './error-text.ts';
+import type { GenerationNote } from '../../src/services/generation.ts';
+import { parseStyleCommand, stylePresets } from '../../src/services/styles.ts';
 import { knownKey, pickLocale, translator, type Locale, type MessageKey, type Params, type Translate } from './i18n/index.ts';
 import type { OutgoingImage } from './notifier.ts';
 
-export type ButtonAction = 'train_now' | 'forget_yes' | 'forget_no';
+/** `style:<id>` paints the person in that style preset. */
+export type ButtonAction = 'train_now' | 'forget_yes' | 'forget_no' | `style:${string}`;
 export interface Button { action: ButtonAction; label: string; danger?: boolean }
 
 export interface Reply {
@@ -20,6 +23,8 @@ export interface Reply {
    * first sends the preview (the extracted /pose skeleton) when there is one.
    */
   job?: { id: string; kind: JobKind; preview?: Preview };
+  /** Said before the job's status message, e.g. that some words of the prompt will be ignored. */
+  notice?: string;
   /** A refusal or failure (Discord shows these only to the person). */
   error?: boolean;
 }
@@ -171,11 +176,16 @@ export class Conversation {
     });
   }
 
-  async imagine(p: Person, prompt: string): Promise<Reply> {
+  /** `/imagine <prompt>`, `/imagine style:<name> [words]`, or (Discord's option) a style given apart. */
+  async imagine(p: Person, text: string, style?: string): Promise<Reply> {
     return this.guard(p, async () => {
-      if (!prompt.trim()) return { text: p.t('error.empty_prompt'), error: true };
-      const queued = await this.services.limits.run(p.userId, 'imagine', () => this.services.generation.imagine(p.userId, prompt));
-      return this.queued(p, queued.job, queued.position);
+      const command = style === undefined ? parseStyleCommand(text) : { style, rest: text };
+      // "style:" with no name: which ones are there?
+      if (command && !command.style.trim()) return this.styles(p);
+      const prompt = command?.rest ?? text;
+      if (!prompt.trim() && !command) return { text: p.t('error.empty_prompt'), error: true };
+      const queued = await this.services.limits.run(p.userId, 'imagine', () => this.services.generation.imagine(p.userId, prompt, {}, command?.style));
+      return this.queued(p, queued.job, queued.position, queued.notes);
     });
   }
 
@@ -196,9 +206,9 @@ export class Conversation {
         this.logger.warn({ err: error }, 'pose download failed');
         return { text: p.t('error.download_failed'), error: true };
       }
-      const text = prompt.trim() || this.config.training.instancePrompt;
-      const queued = await this.services.limits.run(p.userId, 'pose', () => this.services.generation.pose(p.userId, bytes, text));
-      const reply = this.queued(p, queued.job, queued.position);
+      // No words is fine: the service paints the person in the pose (and the internal prompt is never shown).
+      const queued = await this.services.limits.run(p.userId, 'pose', () => this.services.generation.pose(p.userId, bytes, prompt));
+      const reply = this.queued(p, queued.job, queued.position, queued.notes);
       // The extracted skeleton goes back as a preview; a reference used as the skeleton as is (no pose models) does not.
       if (queued.skeleton && queued.generation.controlKey && reply.job) {
         try {
@@ -209,6 +219,15 @@ export class Conversation {
       }
       return reply;
     });
+  }
+
+  /** `/styles`: the presets, named in the person's language; each works whatever language they write in. */
+  styles(p: Person): Reply {
+    const lines = [p.t('styles.title'), ...stylePresets.map((s) => p.t('styles.item', { name: s.names[p.locale], id: s.id }))];
+    lines.push('', p.t(p.platform === 'discord' ? 'styles.usage_discord' : 'styles.usage', { example: stylePresets[0]!.id }));
+    // One tap paints it: no English needed at all.
+    const buttons = stylePresets.map((s): Button => ({ action: `style:${s.id}`, label: s.names[p.locale] }));
+    return { text: lines.join('\n'), buttons };
   }
 
   async status(p: Person): Promise<Reply> {
@@ -300,17 +319,19 @@ export class Conversation {
 
   /** The text for a service error code in the person's language (English service text only as a last resort). */
   errorText(p: Person, code: string, details: Params = {}): string {
-    return errorMessage(p.t, this.config.photos, code, details) ?? p.t('error.internal');
+    return errorMessage(p.t, p.locale, this.config, code, details) ?? p.t('error.internal');
   }
 
   private trainButton(p: Person): Button {
     return { action: 'train_now', label: p.t('button.train_now') };
   }
 
-  private queued(p: Person, job: Job, position: number): Reply {
+  private queued(p: Person, job: Job, position: number, notes: GenerationNote[] = []): Reply {
     const what = p.t(whatKey(job.kind));
     const text = job.status === 'queued' && position > 0 ? p.t('progress.queued', { what, position }) : p.t('progress.starting', { what });
-    return { text, job: { id: job.id, kind: job.kind } };
+    // Notes go in their own message: the status message is edited with progress.
+    const noteText = notes.map((n) => p.t(knownKey(`note.${n.code}`) ?? 'error.internal', n.details)).join('\n');
+    return { text, job: { id: job.id, kind: job.kind }, ...(noteText ? { notice: noteText } : {}) };
   }
 
   /** Service refusals become the person's message; anything else is logged and answered without details. */

@@ -1,13 +1,18 @@
 // A service error code in the person's language: shared by the chat conversation and the web API.
 import type { Config } from '../../src/config/index.ts';
-import { knownKey, type Params, type Translate } from './i18n/index.ts';
+import { knownKey, type Locale, type Params, type Translate } from './i18n/index.ts';
 
 /** The catalogue text for `error.<code>`, filled in with the numbers it needs; undefined when there is none. */
-export function errorMessage(t: Translate, photos: Config['photos'], code: string, details: Params = {}): string | undefined {
+export function errorMessage(
+  t: Translate, locale: Locale, config: Pick<Config, 'photos' | 'policy'>, code: string, details: Params = {},
+): string | undefined {
   const key = knownKey(`error.${code}`);
   if (!key) return undefined;
+  const { photos } = config;
   const params: Params = { min: photos.minForTraining, max: photos.maxPerUser, ...details };
   if (code === 'too_large_bytes') params.maxMb = Math.floor(photos.maxUploadBytes / 1048576);
   if (code === 'not_enough_photos') params.more = Number(details.need ?? photos.minForTraining) - Number(details.have ?? 0);
+  // The prompt rule as named in config, in the person's language.
+  if (code === 'prompt_refused') params.rule = config.policy.rules.find((r) => r.id === details.rule)?.names[locale] ?? String(details.rule);
   return t(key, params);
 }

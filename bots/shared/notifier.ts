@@ -4,10 +4,11 @@
 // delivery happen exactly once even with several bot processes or a restart.
 import type { Logger } from 'pino';
 import type { App } from '../../src/app.ts';
-import type { Adapter, ChatTarget, JobKind, Platform } from '../../src/db/schema.ts';
+import type { Adapter, ChatTarget, Generation, JobKind, Platform } from '../../src/db/schema.ts';
 import type { JobEvent } from '../../src/events/bus.ts';
 import type { TargetAddress } from '../../src/services/chat-targets.ts';
-import { knownKey, pickLocale, translator, type Translate } from './i18n/index.ts';
+import { knownKey, pickLocale, translator, type Locale, type Translate } from './i18n/index.ts';
+import { findStyle } from '../../src/services/styles.ts';
 import { progressBar, whatKey, type Preview } from './conversation.ts';
 
 export interface OutgoingImage { data: Buffer; name: string }
@@ -42,6 +43,7 @@ interface Tracked<T> {
   userId: string;
   target: T;
   t: Translate;
+  locale: Locale;
   kind?: JobKind;
   lastEditAt: number;
   lastText?: string;
@@ -95,7 +97,8 @@ export class JobNotifier<T extends TargetAddress> {
 
   private async follow(row: ChatTarget): Promise<void> {
     if (this.tracked.has(row.jobId)) return;
-    this.tracked.set(row.jobId, { userId: row.userId, target: row.target as T, t: translator(pickLocale(row.locale)), lastEditAt: Date.now() });
+    const locale = pickLocale(row.locale);
+    this.tracked.set(row.jobId, { userId: row.userId, target: row.target as T, t: translator(locale), locale, lastEditAt: Date.now() });
     let sub = this.subscriptions.get(row.userId);
     if (!sub) {
       sub = { jobs: 0, unsubscribe: this.app.events.subscribe(row.userId, (event) => this.onEvent(event)) };
@@ -186,7 +189,7 @@ export class JobNotifier<T extends TargetAddress> {
         const generation = view.generationId ? await services.generation.get(entry.userId, view.generationId) : undefined;
         const images = await Promise.all(view.outputKeys.map(async (key, n) => ({ data: await store.get(key), name: `portrait-${n + 1}.png` })));
         if (images.length > 0) {
-          await this.surface.sendImages(entry.target, images, t('done.caption', { prompt: generation?.prompt ?? '', seed: generation?.seed ?? 0 }));
+          await this.surface.sendImages(entry.target, images, generation ? await this.caption(entry, generation) : '');
         }
         await this.surface.edit(entry.target, t('done.generate', { what }));
       } else if (job.status === 'failed') {
@@ -202,6 +205,22 @@ export class JobNotifier<T extends TargetAddress> {
       if (retry) await services.chatTargets.unclaim(jobId);
       else this.untrack(jobId);
     }
+  }
+
+  /**
+   * The person's own words or the style's name in their language (never the internal prompt), then the prompt that
+   * was painted, with the training token read as "you".
+   */
+  private async caption({ t, locale }: Tracked<T>, generation: Generation): Promise<string> {
+    const shown = await this.app.services.generation.shown(generation);
+    const seed = generation.seed;
+    const style = generation.style ? (findStyle(generation.style)?.names[locale] ?? generation.style) : undefined;
+    const first = style
+      ? (shown.words ? t('done.caption_style_words', { style, prompt: shown.words, seed }) : t('done.caption_style', { style, seed }))
+      : (shown.words ? t('done.caption', { prompt: shown.words, seed }) : t('done.caption_pose', { seed }));
+    const lines = [first];
+    if (shown.used && (shown.words || style)) lines.push(t('done.prompt_used', { prompt: shown.used }));
+    return lines.join('\n');
   }
 
   /** The validation portraits sampled after training, captioned with the likeness score when one was measured. */

@@ -12,6 +12,7 @@ import { TelegramSurface } from './surface.ts';
 import { startFeature } from './features/start.ts';
 import { trainFeature } from './features/train.ts';
 import { imagineFeature } from './features/imagine.ts';
+import { stylesFeature } from './features/styles.ts';
 import { poseFeature } from './features/pose.ts';
 import { statusFeature } from './features/status.ts';
 import { forgetFeature } from './features/forget.ts';
@@ -33,7 +34,7 @@ export interface TelegramBot {
   stop(): Promise<void>;
 }
 
-export const commandList = ['start', 'help', 'train', 'imagine', 'pose', 'status', 'cancel', 'forget', 'link', 'lang'];
+export const commandList = ['start', 'help', 'train', 'imagine', 'styles', 'pose', 'status', 'cancel', 'forget', 'link', 'lang'];
 
 /**
  * Telegram delivers at least once (a webhook that answered late, a poller that restarted): the first process to see
@@ -61,7 +62,7 @@ export function createTelegramBot(app: App, options: TelegramBotOptions = {}): T
 
   bot.use(dedupeUpdates(app));
   // Order matters: a photo captioned /pose is a pose request, any other photo a training photo.
-  bot.use(startFeature(deps), poseFeature(deps), trainFeature(deps), imagineFeature(deps), statusFeature(deps), forgetFeature(deps), accountFeature(deps));
+  bot.use(startFeature(deps), poseFeature(deps), trainFeature(deps), imagineFeature(deps), stylesFeature(deps), statusFeature(deps), forgetFeature(deps), accountFeature(deps));
   bot.catch(async (error, ctx) => {
     logger.error({ err: error, updateId: ctx.update.update_id }, 'update failed');
     const person = ctx.state.person as Person | undefined;

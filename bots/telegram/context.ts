@@ -32,9 +32,12 @@ export async function personOf(deps: TelegramDeps, ctx: Context): Promise<Person
 
 /** Sends a Reply; a reply that queued a job becomes that job's status message, edited as the job advances. */
 export async function sendReply(deps: TelegramDeps, telegram: Telegram, chatId: number, person: Person, reply: Reply): Promise<Message.TextMessage> {
+  // Up to three buttons a row, so a list of styles stays readable on a phone.
   const keyboard = reply.buttons?.length
-    ? Markup.inlineKeyboard([reply.buttons.map((b) => Markup.button.callback(b.label, b.action))])
+    ? Markup.inlineKeyboard(reply.buttons.map((b) => Markup.button.callback(b.label, b.action)), { columns: 3 })
     : undefined;
+  // A note ahead of the status message, which progress edits would overwrite. Best-effort: the job runs anyway.
+  if (reply.notice) await telegram.sendMessage(chatId, reply.notice).catch((error: unknown) => deps.logger.warn({ err: error }, 'sending a notice failed'));
   const sent = await telegram.sendMessage(chatId, reply.text, keyboard);
   if (reply.job) await deps.notifier.track(reply.job.id, person.userId, person.locale, { chatId, messageId: sent.message_id }, reply.job.preview);
   return sent;

@@ -5,7 +5,8 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import type { App } from '../../src/app.ts';
-import type { User } from '../../src/db/schema.ts';
+import type { Generation, User } from '../../src/db/schema.ts';
+import { stylePresets } from '../../src/services/styles.ts';
 import { UserFacingError, notFound } from '../../src/services/errors.ts';
 import type { PhotoUploadResult } from '../../src/services/photos.ts';
 import type { JobEvent } from '../../src/events/bus.ts';
@@ -70,13 +71,13 @@ export async function buildWebServer(app: App) {
   const t = (request: FastifyRequest): Translate => translator(localeOf(request));
   /** A request-level message: the catalogue's text (both languages), else the service's own English text. */
   const message = (request: FastifyRequest, c: Classified): string => {
-    const text = errorMessage(t(request), config.photos, c.code, c.details);
+    const text = errorMessage(t(request), localeOf(request), config, c.code, c.details);
     if (text) return capitalized(text);
     return localeOf(request) === 'en' && c.english ? c.english : t(request)(c.status >= 500 ? 'error.internal' : 'error.bad_request');
   };
   /** A photo's verdict: our own detailed English, or the catalogue's text in another language. */
   const verdict = (request: FastifyRequest, code: string, details: Params, english: string) =>
-    localeOf(request) === 'en' ? english : capitalized(errorMessage(t(request), config.photos, code, details) ?? english);
+    localeOf(request) === 'en' ? english : capitalized(errorMessage(t(request), localeOf(request), config, code, details) ?? english);
   /** A job as the person may see it: the failure reason from its code, never the worker's raw error text. */
   const reasonOf = (request: FastifyRequest, errorCode: string | null | undefined) =>
     errorCode ? t(request)(knownKey(`reason.${errorCode}`) ?? 'reason.internal') : undefined;
@@ -126,6 +127,11 @@ export async function buildWebServer(app: App) {
     return user.id;
   };
   const currentUser = (request: FastifyRequest) => stateOf(request).user?.id;
+  /** The words typed, the prompt painted from as the person may see it ("you" for the token), and the exact one. */
+  const promptOf = async (generation: Generation) => {
+    const shown = await services.generation.shown(generation);
+    return { prompt: generation.prompt, style: generation.style, promptUsed: shown.used ?? shown.words, enginePrompt: generation.enginePrompt ?? generation.prompt };
+  };
   /** Routes that queue or cancel work answer at once while Redis is down, instead of waiting out its retries. */
   const requireQueue = () => {
     if (app.queues.connection.status !== 'ready') throw new UserFacingError('queue_unavailable', 'The job queue is unavailable right now; please try again in a minute.', {}, 503);
@@ -177,7 +183,7 @@ export async function buildWebServer(app: App) {
 
   web.get('/api/info', async () => ({
     engineProfile: config.engine.profile,
-    vision: app.vision.publicAvailability(),
+    vision: (({ faceChecks, pose, likeness }) => ({ faceChecks, pose, likeness }))(app.vision.availability()),
     minPhotos: config.photos.minForTraining,
     maxPhotos: config.photos.maxPerUser,
     notice: config.engine.profile === 'tiny'
@@ -275,16 +281,26 @@ export async function buildWebServer(app: App) {
     return { jobId: started.job.id, adapterId: started.adapter.id, version: started.adapter.version, created: started.created, position: started.position };
   });
 
-  web.post<{ Body: { prompt?: unknown; options?: unknown } | null }>('/api/imagine', async (request, reply) => {
+  // The style presets, named in both languages, with what each sends to the engine.
+  web.get('/api/styles', async () => ({
+    styles: stylePresets.map((s) => ({
+      id: s.id, names: s.names, prompt: s.prompt.replaceAll('{subject}', 'you'), negativePrompt: s.negativePrompt,
+      settings: { steps: s.steps, guidanceScale: s.guidanceScale, scheduler: s.scheduler },
+    })),
+  }));
+
+  web.post<{ Body: { prompt?: unknown; options?: unknown; style?: unknown } | null }>('/api/imagine', async (request, reply) => {
     const body = request.body;
     if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new UserFacingError('bad_request', 'Send a JSON object.');
     const prompt = checkPrompt(body.prompt);
     const options = checkOptions(body.options);
+    const style = body.style;
+    if (style != null && typeof style !== 'string') throw new UserFacingError('bad_options', 'Some settings are not valid: style: expected a style name (see /api/styles)');
     requireQueue();
     const userId = await ensureUser(request, reply);
-    const queued = await services.limits.run(userId, 'imagine', () => services.generation.imagine(userId, prompt, options));
+    const queued = await services.limits.run(userId, 'imagine', () => services.generation.imagine(userId, prompt, options, style || undefined));
     reply.status(202);
-    return { jobId: queued.job.id, generationId: queued.generation.id, position: queued.position, seed: queued.generation.seed };
+    return { jobId: queued.job.id, generationId: queued.generation.id, position: queued.position, seed: queued.generation.seed, ...(await promptOf(queued.generation)), notes: queued.notes };
   });
 
   web.post('/api/pose', async (request, reply) => {
@@ -306,6 +322,8 @@ export async function buildWebServer(app: App) {
         generationId: queued.generation.id,
         position: queued.position,
         seed: queued.generation.seed,
+        ...(await promptOf(queued.generation)),
+        notes: queued.notes,
         // The pose the person will be painted in, shown before the painting is done.
         controlUrl: `/api/generations/${queued.generation.id}/control`,
         extractedSkeleton: queued.skeleton,
@@ -319,10 +337,12 @@ export async function buildWebServer(app: App) {
     const userId = currentUser(request);
     if (!userId) throw notFound('Job');
     const view = await services.jobs.view(userId, checkId(request.params.id, 'Job'));
+    const generation = view.generationId ? await services.generation.get(userId, view.generationId) : undefined;
     return {
       job: { ...view.job, error: reasonOf(request, view.job.errorCode) ?? null },
       position: view.position,
       generationId: view.generationId,
+      ...(generation ? await promptOf(generation) : {}),
       images: view.outputKeys.map((_key, n) => `/api/generations/${view.generationId}/images/${n}`),
     };
   });

@@ -50,6 +50,16 @@ const defaults = z
       seeds: z.array(z.number().int().min(0)).min(1),
       threshold: z.number().min(-1).max(1),
     }),
+    // Refused prompt subjects (src/services/prompt-policy.ts) and the negative prompt every generation gets.
+    policy: z.object({
+      rules: z.array(z.object({
+        id: z.string().regex(/^[a-z_]+$/),
+        names: z.object({ en: z.string().min(1), ru: z.string().min(1) }),
+        terms: z.array(z.string().trim().min(1)),
+        minAge: z.number().int().positive().optional(),
+      })),
+      negativePrompt: z.string(),
+    }),
     queue: z.object({
       trainAttempts: z.number().int().min(1),
       generateAttempts: z.number().int().min(1),
@@ -186,6 +196,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     },
     generation: { ...d.generation, steps: e.GENERATE_STEPS ?? d.generation.steps[profile] },
     queue: { ...d.queue, trainAttempts: e.TRAIN_ATTEMPTS ?? d.queue.trainAttempts },
+    policy: d.policy,
     likeness: { ...d.likeness, samples: e.LIKENESS_SAMPLES ?? d.likeness.prompts.length * d.likeness.seeds.length },
     vision: { modelsDir: resolve(e.VISION_MODELS_DIR), embedder: e.FACE_EMBEDDER },
     telegram: {

@@ -146,7 +146,12 @@ export const generations = pgTable(
     jobId: uuid('job_id').notNull().references(() => jobs.id, { onDelete: 'cascade' }),
     adapterId: uuid('adapter_id').references(() => adapters.id, { onDelete: 'set null' }),
     kind: text('kind', { enum: ['imagine', 'pose'] }).notNull(),
+    /** As the person typed it (empty for a /pose without words). */
     prompt: text('prompt').notNull(),
+    /** What the engine is given: the prompt with the trained subject named (null on rows from before it existed). */
+    enginePrompt: text('engine_prompt'),
+    /** The style preset it was painted in (src/services/styles.ts), if any. */
+    style: text('style'),
     negativePrompt: text('negative_prompt').notNull().default(''),
     seed: bigint('seed', { mode: 'number' }).notNull(),
     params: jsonb('params').$type<GenerationParams>().notNull(),

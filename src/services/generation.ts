@@ -2,7 +2,7 @@ import { randomInt, randomUUID } from 'node:crypto';
 import { and, eq } from 'drizzle-orm';
 import { z } from 'zod';
 import type { Db } from '../db/client.ts';
-import { generations, jobs, type Generation, type GenerationParams, type Job } from '../db/schema.ts';
+import { adapters, generations, jobs, type Generation, type GenerationParams, type Job } from '../db/schema.ts';
 import type { Config } from '../config/index.ts';
 import { queueJobId, type JobQueues } from '../queue/index.ts';
 import type { EventBus } from '../events/bus.ts';
@@ -16,6 +16,9 @@ import { UserFacingError } from './errors.ts';
 import type { JobState } from './job-state.ts';
 import type { VisionService } from '../vision/index.ts';
 import { abandonLeased, putLeased, releaseLeases } from './blobs.ts';
+import { findStyle, stylePresets } from './styles.ts';
+import { checkPrompt, withPolicyNegative } from './prompt-policy.ts';
+import { firstPerson, languageVerdict, nameSubject, scriptOf, showPrompt, subjectOf, type Subject } from './prompts.ts';
 
 const dimension = z.number().int().min(256).max(1024).multipleOf(8);
 export const generationOptions = z
@@ -34,7 +37,10 @@ export const generationOptions = z
   .strict();
 export type GenerationOptions = z.infer<typeof generationOptions>;
 
-export interface GenerationQueued { job: Job; generation: Generation; position: number }
+/** Something the person should know about a queued request (e.g. words the model will ignore). */
+export interface GenerationNote { code: 'words_ignored'; message: string; details: Record<string, string | number> }
+
+export interface GenerationQueued { job: Job; generation: Generation; position: number; notes: GenerationNote[] }
 
 export class GenerationService {
   constructor(
@@ -49,9 +55,9 @@ export class GenerationService {
     private readonly state: JobState,
   ) {}
 
-  /** `/imagine <prompt>`: a portrait of the user from their newest LoRA. */
-  imagine(userId: string, prompt: string, options: unknown = {}): Promise<GenerationQueued> {
-    return this.queue(userId, 'imagine', prompt, options);
+  /** `/imagine <prompt>`: a portrait of the user from their newest LoRA, optionally in a style preset. */
+  imagine(userId: string, prompt: string, options: unknown = {}, style?: string): Promise<GenerationQueued> {
+    return this.queue(userId, 'imagine', prompt, options, undefined, style);
   }
 
   /**
@@ -59,7 +65,9 @@ export class GenerationService {
    * skeleton, which conditions ControlNet and is shown to the person as a preview. Without the pose models
    * installed, the reference is taken to be a skeleton image already.
    */
-  async pose(userId: string, reference: Buffer, prompt: string, options: unknown = {}): Promise<GenerationQueued & { skeleton: boolean }> {
+  async pose(userId: string, reference: Buffer, prompt: string, options: unknown = {}, style?: string): Promise<GenerationQueued & { skeleton: boolean }> {
+    // Refused before any work on the picture.
+    this.checkPolicy(prompt, options);
     let normalized;
     try {
       // A skeleton drawing can be small; the pipeline resizes it to the output size.
@@ -74,7 +82,7 @@ export class GenerationService {
     // now (content-addressed, so the same key) cannot vanish under this one.
     const stored = pose.ok ? await putLeased(this.db, this.store, pose.skeleton, 'png') : await putLeased(this.db, this.store, normalized.data, 'jpg');
     try {
-      const queued = await this.queue(userId, 'pose', prompt, options, stored.key);
+      const queued = await this.queue(userId, 'pose', prompt, options, stored.key, style);
       await releaseLeases(this.db, [stored.leaseId]);
       return { ...queued, skeleton: pose.ok };
     } catch (error) {
@@ -88,10 +96,47 @@ export class GenerationService {
     return row;
   }
 
-  private async queue(userId: string, kind: 'imagine' | 'pose', rawPrompt: string, rawOptions: unknown, controlKey?: string) {
+  /**
+   * What the person is shown with the picture: their own words, and the prompt that was painted with the training
+   * token read as "you" (`used` is null when that is just their words).
+   */
+  async shown(generation: Generation): Promise<{ words: string; used: string | null }> {
+    const [adapter] = generation.adapterId
+      ? await this.db.select({ params: adapters.params }).from(adapters).where(eq(adapters.id, generation.adapterId))
+      : [];
+    const used = showPrompt(generation.enginePrompt ?? generation.prompt, this.subjectOf(adapter));
+    return { words: generation.prompt, used: used === generation.prompt ? null : used };
+  }
+
+  /** Refuses a prompt (or negative prompt) that asks for what the policy rules out, naming the rule. */
+  private checkPolicy(prompt: string, options: unknown) {
+    const negative = (options as { negativePrompt?: unknown } | null)?.negativePrompt;
+    const fields: Array<[string, unknown]> = [['prompt', prompt], ['negativePrompt', negative]];
+    for (const [field, text] of fields) {
+      if (typeof text !== 'string') continue;
+      const hit = checkPrompt(text, this.config.policy.rules);
+      if (hit) {
+        throw new UserFacingError('prompt_refused', `I don’t paint ${hit.rule.names.en} (“${hit.term}” in the ${field === 'prompt' ? 'prompt' : 'negative prompt'}). Please change it.`, { rule: hit.rule.id, term: hit.term, field });
+      }
+    }
+  }
+
+  /** The subject an adapter was trained on (its own instance prompt; the configured one for rows without it). */
+  subjectOf(adapter: { params: Record<string, unknown> } | undefined): Subject {
+    const trained = adapter?.params.instance_prompt;
+    return subjectOf(typeof trained === 'string' && trained.trim() ? trained : this.config.training.instancePrompt);
+  }
+
+  private async queue(userId: string, kind: 'imagine' | 'pose', rawPrompt: string, rawOptions: unknown, controlKey?: string, styleName?: string) {
     const prompt = rawPrompt.trim();
     const maxChars = this.config.generation.maxPromptChars;
-    if (!prompt) throw new UserFacingError('empty_prompt', 'Tell me what to paint, e.g. /imagine a portrait of me as an astronaut.');
+    const preset = styleName === undefined ? undefined : findStyle(styleName);
+    if (styleName !== undefined && !preset) {
+      const styles = stylePresets.map((p) => p.id).join(', ');
+      throw new UserFacingError('unknown_style', `There is no style “${styleName}”. The styles are: ${styles}.`, { style: styleName, styles });
+    }
+    // A /pose needs no words (the pose says what to paint), nor does a style.
+    if (!prompt && kind === 'imagine' && !preset) throw new UserFacingError('empty_prompt', 'Tell me what to paint, e.g. /imagine a portrait of me as an astronaut.');
     if (prompt.length > maxChars) {
       throw new UserFacingError('prompt_too_long', `That prompt is ${prompt.length} characters; the limit is ${maxChars}.`, { length: prompt.length, max: maxChars });
     }
@@ -100,19 +145,35 @@ export class GenerationService {
       const problems = parsed.error.issues.map((i) => `${i.path.join('.') || 'options'}: ${i.message}`).join('; ');
       throw new UserFacingError('bad_options', `Some settings are not valid: ${problems}`);
     }
+    this.checkPolicy(prompt, parsed.data);
     const adapter = await this.training.latestReady(userId);
     if (!adapter) {
       if (await this.training.isTraining(userId)) throw new UserFacingError('training_in_progress', 'Your model is still training — I will tell you when it is ready.');
       throw new UserFacingError('no_model', 'You have no trained model yet: send 10–20 photos of yourself with /train first.');
     }
+    // The LoRA paints the person only when the prompt names what it was trained on.
+    const subject = this.subjectOf(adapter);
+    // A style is its English prompt with the subject in it; the person's words, if any, follow.
+    const enginePrompt = preset
+      ? [preset.prompt.replaceAll('{subject}', subject.phrase), firstPerson(prompt, subject)].filter(Boolean).join(', ')
+      : nameSubject(prompt, subject).prompt;
+    const notes: GenerationNote[] = [];
+    const script = scriptOf(enginePrompt, subject);
+    const words = script.words.slice(0, 8).join(', ');
+    const verdict = languageVerdict(script);
+    if (verdict === 'refuse') {
+      throw new UserFacingError('prompt_not_english', `The image model understands English only, so it would ignore “${words}”. Please write the prompt in English, or pick a style (/styles).`, { words });
+    }
+    if (verdict === 'warn') notes.push({ code: 'words_ignored', message: `The image model understands English only and will ignore: ${words}.`, details: { words } });
     const g = this.config.generation;
     const o = parsed.data;
     const params: GenerationParams = {
-      steps: o.steps ?? g.steps,
-      guidanceScale: o.guidanceScale ?? g.guidanceScale,
+      // Settings asked for explicitly win over the style's, which win over the configured defaults.
+      steps: o.steps ?? preset?.steps ?? g.steps,
+      guidanceScale: o.guidanceScale ?? preset?.guidanceScale ?? g.guidanceScale,
       width: o.width ?? g.width,
       height: o.height ?? g.height,
-      scheduler: o.scheduler ?? g.scheduler,
+      scheduler: o.scheduler ?? preset?.scheduler ?? g.scheduler,
       loraScale: o.loraScale ?? g.loraScale,
       ...(kind === 'pose' ? { controlnetScale: o.controlnetScale ?? g.controlnetScale } : {}),
     };
@@ -127,7 +188,10 @@ export class GenerationService {
           adapterId: adapter.id,
           kind,
           prompt,
-          negativePrompt: o.negativePrompt ?? g.negativePrompt,
+          enginePrompt,
+          style: preset?.id ?? null,
+          // The policy's negative prompt always goes last, whatever the person or the style asked for.
+          negativePrompt: withPolicyNegative(o.negativePrompt ?? preset?.negativePrompt ?? g.negativePrompt, this.config.policy.negativePrompt),
           seed: o.seed ?? randomInt(0, 2 ** 31 - 1),
           params,
           controlKey,
@@ -138,6 +202,6 @@ export class GenerationService {
     await enqueueOrFail(this.state, created.job, () => this.queues.addGenerate({ jobId, generationId: created.generation.id }));
     const position = await this.jobs.position(created.job);
     await this.events.publish(userId, jobEvent(created.job, { position, generationId: created.generation.id }));
-    return { ...created, position };
+    return { ...created, position, notes };
   }
 }

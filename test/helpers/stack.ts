@@ -4,6 +4,7 @@ import { createApp, type App } from '../../src/app.ts';
 import { buildWebServer } from '../../bots/web/server.ts';
 import { startWorker, type WorkerHandle } from '../../worker/index.ts';
 import { createTestEnv, testLogger, type TestEnv } from './env.ts';
+import type { GenerateRequest } from '../../worker/engine-client/protocol.ts';
 
 export interface Stack {
   env: TestEnv;
@@ -90,4 +91,25 @@ export async function eventually<T>(predicate: () => Promise<T | undefined | fal
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** The variables that point the Telegram and Discord clients at the test emulators. */
+export function chatEmulatorEnv(telegram: { token: string; url: string }, discord: { token: string; applicationId: string; api: string }) {
+  return {
+    TELEGRAM_BOT_TOKEN: telegram.token,
+    TELEGRAM_API_ROOT: telegram.url,
+    DISCORD_TOKEN: discord.token,
+    DISCORD_APPLICATION_ID: discord.applicationId,
+    DISCORD_API_ROOT: discord.api,
+    CHAT_EDIT_INTERVAL_MS: '100',
+  };
+}
+
+/** Records every generate request the worker sends down the engine's pipe, passing each on unchanged. */
+export function recordGenerateRequests(stack: Stack): Array<Omit<GenerateRequest, 'op'>> {
+  const sent: Array<Omit<GenerateRequest, 'op'>> = [];
+  const engine = stack.worker!.engine;
+  const generate = engine.generate.bind(engine);
+  engine.generate = (request, onProgress) => { sent.push(request); return generate(request, onProgress); };
+  return sent;
 }

@@ -9,7 +9,8 @@ import { forget } from './forget.ts';
 import { link } from './link.ts';
 import { lang } from './lang.ts';
 import { help } from './help.ts';
+import { styles } from './styles.ts';
 
 export const commands: ReadonlyMap<string, SlashCommand> = new Map(
-  [train, imagine, pose, status, cancel, forget, link, lang, help].map((c) => [c.definition.name, c]),
+  [train, imagine, styles, pose, status, cancel, forget, link, lang, help].map((c) => [c.definition.name, c]),
 );

@@ -6,7 +6,7 @@ export const en = {
   'help.body':
     'I paint portraits of you.\n\n' +
     '1. /train — send me {min}–{max} photos of yourself, then tap “Train now”.\n' +
-    '2. /imagine <what> — a portrait of you, e.g. /imagine me as an astronaut.\n' +
+    '2. /imagine <what> — a portrait of you, e.g. /imagine me as an astronaut (in English: the image model reads English only). Ready-made styles: /styles.\n' +
     '3. {poseLine}\n\n' +
     '/status — your photos, model and jobs\n/cancel — stop the running job\n' +
     '/forget — delete everything about you\n/link — use the same account on Telegram and Discord\n/lang — language',
@@ -67,6 +67,10 @@ export const en = {
   'done.samples_no_face': 'Sample portraits from your new model (likeness could not be measured: no face to compare — none in the photo kept aside for it, or none in these portraits).',
   'done.low_likeness': '⚠️ The likeness is low ({score}). Add more varied photos of yourself — other angles, other light — and train again.',
   'done.caption': '“{prompt}” · seed {seed}',
+  'done.caption_pose': 'You, in that pose · seed {seed}',
+  'done.caption_style': 'Style: {style} · seed {seed}',
+  'done.caption_style_words': 'Style: {style}, “{prompt}” · seed {seed}',
+  'done.prompt_used': 'Painted from: {prompt}',
   'failed.train': '❌ Training failed: {reason} It does not count against your daily trainings — tap “Train now” or send /train to try again.',
   'failed.generate': '❌ {what} failed: {reason} It does not count against your hourly limit — please try again.',
   'cancelled': '🚫 {what} cancelled.',
@@ -126,7 +130,15 @@ export const en = {
   'error.several_people': '{people} people in this picture — send one with just one person.',
   'error.too_many_photos': 'you already have {max} photos, the most a training uses.',
   'error.not_enough_photos': 'Training needs at least {need} good photos; you have {have}. Send {more} more.',
+  'styles.title': 'Ready-made styles — they work whatever language you write in:',
+  'styles.item': '• {name} — /imagine style:{id}',
+  'styles.usage': 'You can add your own words in English after the name, e.g. /imagine style:{example} smiling.',
+  'styles.usage_discord': 'Pick one in the style option of /imagine; add your own words in English in prompt, if you like.',
+  'error.unknown_style': 'I don’t know the style “{style}”. The styles are: {styles} — see /styles.',
+  'error.prompt_refused': 'I don’t paint {rule} (“{term}”). This bot makes portraits only, so please change the prompt.',
   'error.empty_prompt': 'Tell me what to paint, e.g. /imagine me as an astronaut.',
+  'error.prompt_not_english': 'The image model understands English only, so it would ignore “{words}” and paint something else. Please write the prompt in English, e.g. /imagine me as an astronaut in a spacesuit — or pick a ready-made style with /styles: styles work in any language.',
+  'note.words_ignored': '⚠️ The image model understands English only and will ignore: {words}. Ready-made styles work in any language: /styles.',
   'error.prompt_too_long': 'That prompt is {length} characters; the limit is {max}. Please shorten it.',
   'error.bad_options': 'Some settings are not valid.',
   'error.training_in_progress': 'Your model is still training — I will tell you when it is ready.',

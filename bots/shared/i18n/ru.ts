@@ -7,7 +7,7 @@ export const ru: Record<MessageKey, string> = {
   'help.body':
     'Я рисую ваши портреты.\n\n' +
     '1. /train — пришлите {min}–{max} своих фото и нажмите «Обучить».\n' +
-    '2. /imagine <что> — ваш портрет, например: /imagine я в образе космонавта.\n' +
+    '2. /imagine <что> — ваш портрет; промпт пишется по-английски (модель понимает только английский), например: /imagine me as an astronaut. Готовые стили на любом языке — /styles.\n' +
     '3. {poseLine}\n\n' +
     '/status — ваши фото, модель и задачи\n/cancel — остановить текущую задачу\n' +
     '/forget — удалить всё о вас\n/link — один аккаунт в Telegram и Discord\n/lang — язык',
@@ -61,13 +61,17 @@ export const ru: Record<MessageKey, string> = {
   'progress.starting': '⚙️ {what}: запускается…',
   'progress.train': '🧠 Обучаю вашу модель: шаг {step} из {total}\n{bar} {percent}%',
   'progress.generate': '🎨 {what}: шаг {step} из {total}\n{bar} {percent}%',
-  'done.train': '✅ Ваша модель (версия {version}) готова! Попробуйте /imagine я в образе космонавта.',
+  'done.train': '✅ Ваша модель (версия {version}) готова! Попробуйте /imagine me as an astronaut или готовые стили: /styles.',
   'done.generate': '✅ {what} готов.',
   'done.samples': 'Пробные портреты от вашей новой модели. Сходство с фото, которого модель не видела: {score} (1 — полное совпадение).',
   'done.samples_unscored': 'Пробные портреты от вашей новой модели (сходство здесь не измеряется: модели распознавания лиц не установлены).',
   'done.samples_no_face': 'Пробные портреты от вашей новой модели (сходство измерить не удалось: не с чем сравнить — лица нет на фото, отложенном для проверки, или на этих портретах).',
   'done.low_likeness': '⚠️ Сходство низкое ({score}). Добавьте более разнообразные фото — другие ракурсы, другой свет — и обучите модель заново.',
   'done.caption': '«{prompt}» · seed {seed}',
+  'done.caption_pose': 'Вы в этой позе · seed {seed}',
+  'done.caption_style': 'Стиль: {style} · seed {seed}',
+  'done.caption_style_words': 'Стиль: {style}, «{prompt}» · seed {seed}',
+  'done.prompt_used': 'Промпт для модели: {prompt}',
   'failed.train': '❌ Обучение не удалось: {reason} Попытка не засчитана в дневной лимит — нажмите «Обучить» или отправьте /train ещё раз.',
   'failed.generate': '❌ {what} не получился: {reason} Попытка не засчитана в часовой лимит — попробуйте ещё раз.',
   'cancelled': '🚫 {what}: отменено.',
@@ -127,7 +131,15 @@ export const ru: Record<MessageKey, string> = {
   'error.several_people': 'На картинке людей: {people} — пришлите фото, где человек один.',
   'error.too_many_photos': 'у вас уже {max} фото — больше обучение не использует.',
   'error.not_enough_photos': 'Для обучения нужно не меньше {need} хороших фото, у вас {have}. Пришлите ещё {more}.',
-  'error.empty_prompt': 'Напишите, что нарисовать, например: /imagine я в образе космонавта.',
+  'styles.title': 'Готовые стили — работают на любом языке:',
+  'styles.item': '• {name} — команда /imagine style:{id}',
+  'styles.usage': 'После названия можно добавить свои слова по-английски, например: /imagine style:{example} smiling. Название стиля можно писать и по-русски: /imagine стиль:космонавт.',
+  'styles.usage_discord': 'Выберите стиль в параметре style команды /imagine; свои слова по-английски можно добавить в prompt.',
+  'error.unknown_style': 'Стиля «{style}» нет. Стили: {styles} — см. /styles.',
+  'error.prompt_refused': 'Я не рисую {rule} («{term}»). Этот бот делает только портреты — измените, пожалуйста, промпт.',
+  'error.empty_prompt': 'Напишите по-английски, что нарисовать, например: /imagine me as an astronaut — или выберите стиль: /styles.',
+  'error.prompt_not_english': 'Модель рисования понимает только английский: «{words}» она не поймёт и нарисует что-то другое. Напишите промпт по-английски, например /imagine me as an astronaut in a spacesuit, — или выберите готовый стиль через /styles: стили работают на любом языке.',
+  'note.words_ignored': '⚠️ Модель понимает только английский и не учтёт: {words}. Готовые стили на любом языке — /styles.',
   'error.prompt_too_long': 'В описании {length} символов, а можно не больше {max}. Сократите его.',
   'error.bad_options': 'Некоторые настройки неверны.',
   'error.training_in_progress': 'Ваша модель ещё обучается — я напишу, когда она будет готова.',
