@@ -9,6 +9,7 @@ import { JobNotifier } from '../shared/notifier.ts';
 import { translator } from '../shared/i18n/index.ts';
 import type { TelegramDeps, TelegramTarget } from './context.ts';
 import { TelegramSurface } from './surface.ts';
+import { queueTelegramCalls } from './send-queue.ts';
 import { startFeature } from './features/start.ts';
 import { trainFeature } from './features/train.ts';
 import { imagineFeature } from './features/imagine.ts';
@@ -53,6 +54,7 @@ export function createTelegramBot(app: App, options: TelegramBotOptions = {}): T
   if (!config.token) throw new Error('TELEGRAM_BOT_TOKEN is not set');
   const logger = app.logger.child({ part: 'telegram' });
   const bot = new Telegraf(config.token, { telegram: { apiRoot: config.apiRoot, webhookReply: false } });
+  queueTelegramCalls(bot.telegram, logger);
   const notifier = new JobNotifier<TelegramTarget>(app, new TelegramSurface(bot.telegram), {
     editIntervalMs: app.config.chat.editIntervalMs,
     sweepIntervalMs: options.sweepIntervalMs,
