@@ -13,7 +13,7 @@ import { chatTargets, generations, jobs } from '../src/db/schema.ts';
 import { createApp, type App } from '../src/app.ts';
 import { JobNotifier } from '../bots/shared/notifier.ts';
 import { TelegramSurface } from '../bots/telegram/surface.ts';
-import { queueTelegramCalls } from '../bots/telegram/send-queue.ts';
+import { TelegramSendQueue } from '../bots/telegram/send-queue.ts';
 import type { TelegramTarget } from '../bots/telegram/context.ts';
 import { TelegramEmulator } from './emulators/telegram.ts';
 import { eventually, startStack, type Stack } from './helpers/stack.ts';
@@ -35,7 +35,7 @@ before(async () => {
   stack = await startStack({ TELEGRAM_BOT_TOKEN: emulator.token, TELEGRAM_API_ROOT: emulator.url }, false);
   app = await createApp(stack.env.config, pino({ level: 'info' }, { write: (line: string) => void logLines.push(JSON.parse(line)) }));
   telegraf = new Telegraf(emulator.token, { telegram: { apiRoot: emulator.url } });
-  queueTelegramCalls(telegraf.telegram, app.logger);
+  new TelegramSendQueue(app.logger).wrap(telegraf.telegram);
 });
 
 after(async () => {

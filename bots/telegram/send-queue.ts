@@ -19,39 +19,58 @@ export const retryAfterS = (error: unknown): number | undefined => {
   return typeof seconds === 'number' ? seconds : undefined;
 };
 
-export function queueTelegramCalls(telegram: Telegram, logger: Logger, options: SendQueueOptions = {}): void {
-  const maxWaitS = options.maxWaitS ?? 30;
-  const maxRetries = options.maxRetries ?? 3;
-  const callApi = telegram.callApi.bind(telegram) as (method: string, payload: any, extra?: any) => Promise<unknown>;
-  const tails = new Map<string, Promise<unknown>>();
+/**
+ * One per bot: telegraf makes a new Telegram client for every update (ctx.telegram), so each client is wrapped as it
+ * appears, and they all share these per-chat queues.
+ */
+export class TelegramSendQueue {
+  private readonly tails = new Map<string, Promise<unknown>>();
+  private readonly maxWaitS: number;
+  private readonly maxRetries: number;
 
-  const withRetries = async (method: string, payload: any, extra: any) => {
+  constructor(private readonly logger: Logger, options: SendQueueOptions = {}) {
+    this.maxWaitS = options.maxWaitS ?? 30;
+    this.maxRetries = options.maxRetries ?? 3;
+  }
+
+  /** Routes this client's calls through the queues (once per client). */
+  wrap(telegram: Telegram): Telegram {
+    if (wrapped.has(telegram)) return telegram;
+    wrapped.add(telegram);
+    const callApi = telegram.callApi.bind(telegram) as (method: string, payload: any, extra?: any) => Promise<unknown>;
+    telegram.callApi = ((method: string, payload: any, extra: any) => this.call(callApi, method, payload, extra)) as Telegram['callApi'];
+    return telegram;
+  }
+
+  private async withRetries(callApi: CallApi, method: string, payload: any, extra: any) {
     for (let attempt = 0; ; attempt++) {
       try {
         return await callApi(method, payload, extra);
       } catch (error) {
         const wait = retryAfterS(error);
-        if (wait === undefined || attempt >= maxRetries || wait > maxWaitS || decorative.has(method)) throw error;
-        logger.info({ method, chatId: payload?.chat_id, retryAfterS: wait, attempt: attempt + 1 }, 'telegram rate limit: waiting as asked');
+        if (wait === undefined || attempt >= this.maxRetries || wait > this.maxWaitS || decorative.has(method)) throw error;
+        this.logger.info({ method, chatId: payload?.chat_id, retryAfterS: wait, attempt: attempt + 1 }, 'telegram rate limit: waiting as asked');
         await new Promise((resolve) => setTimeout(resolve, wait * 1000));
       }
     }
-  };
+  }
 
-  const queued = (method: string, payload: any, extra: any): Promise<unknown> => {
+  private call(callApi: CallApi, method: string, payload: any, extra: any): Promise<unknown> {
     const chat = payload?.chat_id;
-    if (chat === undefined || method === 'getUpdates') return withRetries(method, payload, extra);
+    if (chat === undefined || method === 'getUpdates') return this.withRetries(callApi, method, payload, extra);
     const key = String(chat);
-    const run = () => withRetries(method, payload, extra);
-    const result = (tails.get(key) ?? Promise.resolve()).then(run, run);
+    const run = () => this.withRetries(callApi, method, payload, extra);
+    const result = (this.tails.get(key) ?? Promise.resolve()).then(run, run);
     const tail = result.catch(() => undefined);
-    tails.set(key, tail);
-    void tail.then(() => { if (tails.get(key) === tail) tails.delete(key); });
+    this.tails.set(key, tail);
+    void tail.then(() => { if (this.tails.get(key) === tail) this.tails.delete(key); });
     if (!decorative.has(method)) return result;
     return result.catch((error: unknown) => {
-      logger.warn({ err: error, method, chatId: chat }, 'a best-effort call failed; carrying on');
+      this.logger.warn({ err: error, method, chatId: chat }, 'a best-effort call failed; carrying on');
       return true;
     });
-  };
-  telegram.callApi = queued as Telegram['callApi'];
+  }
 }
+
+type CallApi = (method: string, payload: any, extra?: any) => Promise<unknown>;
+const wrapped = new WeakSet<Telegram>();

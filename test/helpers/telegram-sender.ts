@@ -6,13 +6,13 @@ import { loadConfig } from '../../src/config/index.ts';
 import { createApp } from '../../src/app.ts';
 import { JobNotifier, type NotifierOptions } from '../../bots/shared/notifier.ts';
 import { TelegramSurface } from '../../bots/telegram/surface.ts';
-import { queueTelegramCalls } from '../../bots/telegram/send-queue.ts';
+import { TelegramSendQueue } from '../../bots/telegram/send-queue.ts';
 
 const [env, options] = JSON.parse(process.argv[2]!) as [Record<string, string>, Partial<NotifierOptions>];
 const config = loadConfig(env);
 const app = await createApp(config, pino({ level: 'silent' }));
 const telegraf = new Telegraf(config.telegram.token!, { telegram: { apiRoot: config.telegram.apiRoot } });
-queueTelegramCalls(telegraf.telegram, app.logger);
+new TelegramSendQueue(app.logger).wrap(telegraf.telegram);
 const notifier = new JobNotifier(app, new TelegramSurface(telegraf.telegram), { editIntervalMs: 100, sweepIntervalMs: 3_600_000, ...options });
 process.stdout.write(`owner ${notifier.owner}\n`);
 await notifier.sweep();
