@@ -1,5 +1,5 @@
 // The Discord adapter: a gateway client whose only event is interactionCreate, over the shared conversation layer.
-import { Client, Events, GatewayIntentBits } from 'discord.js';
+import { Client, Events, GatewayIntentBits, Routes } from 'discord.js';
 import type { App } from '../../src/app.ts';
 import { Conversation } from '../shared/conversation.ts';
 import { JobNotifier } from '../shared/notifier.ts';
@@ -10,12 +10,17 @@ import { interactionDispatcher } from './dispatcher.ts';
 export interface DiscordBot {
   client: Client;
   notifier: JobNotifier<DiscordTarget>;
+  /** Resolves once logged in (start() returns earlier when Discord is unreachable). */
+  connected: Promise<void>;
+  /** Tries to log in once; when Discord is unreachable, keeps trying in the background (logged) instead of failing. */
   start(): Promise<void>;
   stop(): Promise<void>;
 }
 
 export interface DiscordBotOptions {
   sweepIntervalMs?: number;
+  /** First wait before trying an unreachable Discord again (doubled each time, at most a minute). */
+  connectRetryMs?: number;
 }
 
 export function createDiscordBot(app: App, options: DiscordBotOptions = {}): DiscordBot {
@@ -33,17 +38,50 @@ export function createDiscordBot(app: App, options: DiscordBotOptions = {}): Dis
   client.on(Events.InteractionCreate, (interaction) => void dispatch(interaction));
   client.on(Events.Error, (error) => logger.error({ err: error }, 'discord client error'));
 
+  let stopped = false;
+  let wakeRetry: (() => void) | undefined;
+  let markConnected!: () => void;
+  const connected = new Promise<void>((resolve) => { markConnected = resolve; });
+  // discord.js cannot destroy a client whose login failed (its gateway manager stays marked destroyed while a new
+  // connection runs), so we log in only once Discord's REST answers; until then only that request is retried.
+  const connect = async () => {
+    client.rest.setToken(config.token!);
+    await client.rest.get(Routes.gatewayBot());
+    const ready = new Promise<void>((resolve) => client.once(Events.ClientReady, () => resolve()));
+    await client.login(config.token);
+    await ready;
+    logger.info({ user: client.user?.tag }, 'discord bot connected');
+    markConnected();
+  };
+  /** Discord down or unreachable at start: the rest of the process (web, worker) keeps running while we retry. */
+  const retry = async (first: unknown) => {
+    let delay = options.connectRetryMs ?? 1000;
+    let error = first;
+    for (let attempt = 1; !stopped; attempt++) {
+      logger.warn({ err: error, attempt, retryInMs: delay }, 'discord is unreachable; trying again');
+      await new Promise<void>((resolve) => { const timer = setTimeout(resolve, delay); wakeRetry = () => { clearTimeout(timer); resolve(); }; });
+      if (stopped) return;
+      try {
+        await connect();
+        return;
+      } catch (next) {
+        error = next;
+        delay = Math.min(delay * 2, 60_000);
+      }
+    }
+  };
+
   return {
     client,
     notifier,
+    connected,
     async start() {
       await notifier.start();
-      const ready = new Promise<void>((resolve) => client.once(Events.ClientReady, () => resolve()));
-      await client.login(config.token);
-      await ready;
-      logger.info({ user: client.user?.tag }, 'discord bot connected');
+      await connect().catch((error: unknown) => { void retry(error); });
     },
     async stop() {
+      stopped = true;
+      wakeRetry?.();
       await client.destroy();
       await notifier.stop();
     },

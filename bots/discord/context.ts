@@ -36,10 +36,11 @@ export async function personOf(deps: DiscordDeps, interaction: Answerable): Prom
   });
 }
 
-export function components(reply: Reply) {
+/** Buttons carry the Discord id of the person they were made for (`action:id`): nobody else can use them. */
+export function components(reply: Reply, owner?: string) {
   if (!reply.buttons?.length) return [];
   const row = new ActionRowBuilder<ButtonBuilder>().addComponents(
-    reply.buttons.map((b) => new ButtonBuilder().setCustomId(b.action).setLabel(b.label).setStyle(b.danger ? ButtonStyle.Danger : b.action === 'train_now' ? ButtonStyle.Primary : ButtonStyle.Secondary)),
+    reply.buttons.map((b) => new ButtonBuilder().setCustomId(owner ? `${b.action}:${owner}` : b.action).setLabel(b.label).setStyle(b.danger ? ButtonStyle.Danger : b.action === 'train_now' ? ButtonStyle.Primary : ButtonStyle.Secondary)),
   );
   return [row];
 }
@@ -54,7 +55,7 @@ export async function answer(deps: DiscordDeps, interaction: Answerable, person:
     await interaction.followUp({ content: reply.text, flags: MessageFlags.Ephemeral });
     return;
   }
-  await interaction.editReply({ content: reply.text, components: components(reply) });
+  await interaction.editReply({ content: reply.text, components: components(reply, interaction.user.id) });
   if (reply.job) {
     await deps.notifier.track(reply.job.id, person.userId, person.locale, {
       applicationId: interaction.applicationId,

@@ -32,8 +32,14 @@ export function interactionDispatcher(deps: DiscordDeps) {
 }
 
 async function onButton(deps: DiscordDeps, interaction: ButtonInteraction): Promise<Person> {
-  const action = interaction.customId as ButtonAction;
+  const [action, owner] = interaction.customId.split(':') as [ButtonAction, string | undefined];
   const { conversation } = deps;
+  if (owner && owner !== interaction.user.id) {
+    // Someone else's button (a message shown in a channel): it does nothing, and only the presser is told.
+    const person = await personOf(deps, interaction);
+    await interaction.reply({ content: person.t('chat.not_yours'), flags: MessageFlags.Ephemeral });
+    return person;
+  }
   if (action === 'train_now') {
     await interaction.deferReply({ flags: MessageFlags.Ephemeral });
     const person = await personOf(deps, interaction);
