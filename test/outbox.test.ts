@@ -9,7 +9,8 @@ import { randomUUID } from 'node:crypto';
 import { eq } from 'drizzle-orm';
 import pino from 'pino';
 import { Telegraf } from 'telegraf';
-import { chatTargets, generations, jobs } from '../src/db/schema.ts';
+import { adapters, chatTargets, generations, jobs } from '../src/db/schema.ts';
+import { Conversation } from '../bots/shared/conversation.ts';
 import { createApp, type App } from '../src/app.ts';
 import { JobNotifier } from '../bots/shared/notifier.ts';
 import { TelegramSurface } from '../bots/telegram/surface.ts';
@@ -187,6 +188,25 @@ describe('outbox', () => {
     assert.ok(Date.now() - started >= 1000, 'retry_after was honoured');
     assert.deepEqual(shown(chatId, statusId), { photos: 2, documents: 2, edits: ['✅ Portrait done.'] });
     assert.equal((await deliveredRow(jobId)).attempts, 1, 'waited inside the attempt, by the per-chat send queue');
+    await a.stop();
+  });
+
+  test('versions are numbered by finished models: after a cancelled training the first ready one is version 1', async () => {
+    const chatId = nextChat++;
+    const user = await stack.app.services.users.resolve('telegram', String(chatId), { locale: 'en' });
+    const db = stack.app.database.db;
+    const adapter = (version: number, status: 'cancelled' | 'ready') =>
+      db.insert(adapters).values({ userId: user.id, version, status, baseModel: 'tiny', params: {}, photoIds: [] }).returning().then((r) => r[0]!);
+    await adapter(1, 'cancelled');
+    const ready = await adapter(2, 'ready');
+    const [job] = await db.insert(jobs).values({ userId: user.id, kind: 'train', status: 'completed', queueJobId: randomUUID(), progress: 1, adapterId: ready.id }).returning();
+    const status = await telegraf.telegram.sendMessage(chatId, '🧠 Training…');
+    await stack.app.services.chatTargets.register(job!.id, user.id, 'telegram', { chatId, messageId: status.message_id }, 'en');
+    const a = notifier();
+    await a.sweep();
+    assert.deepEqual(shown(chatId, status.message_id).edits, ['✅ Your model (version 1) is ready! Try /imagine me as an astronaut.']);
+    const conversation = new Conversation(stack.app);
+    assert.match((await conversation.status(await conversation.person('telegram', String(chatId)))).text, /Model: version 1, ready/);
     await a.stop();
   });
 });

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
 import { eq } from 'drizzle-orm';
 import pino from 'pino';
-import { accounts, linkCodes, photos } from '../src/db/schema.ts';
+import { accounts, chatTargets, linkCodes, photos } from '../src/db/schema.ts';
 import { createApp } from '../src/app.ts';
 import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
 import { TelegramEmulator, type EmulatedChat, type EmulatedUser } from './emulators/telegram.ts';
@@ -163,6 +163,52 @@ describe('Telegram fallback and menus', () => {
     assert.deepEqual(en.map((c) => c.command), ru.map((c) => c.command));
     assert.equal(en.find((c) => c.command === 'forget')!.description, 'Delete everything about you');
     assert.equal(ru.find((c) => c.command === 'forget')!.description, 'Удалить всё о вас');
+  });
+});
+
+describe('Telegram albums, double taps and /forget mid-training', () => {
+  const vera: EmulatedUser = { id: 6003, first_name: 'Vera', language_code: 'en' };
+
+  test('an album of 10 is numbered in the order sent, and a repeat names both photos', async () => {
+    let mark = lastMessageId();
+    emulator.sendText(vera, '/train');
+    await botSays(vera.id, /You have 0 so far/, mark);
+    const shots = await makePhotos(9, 120);
+    // The third photo again in seventh place.
+    const album = [...shots.slice(0, 6), shots[2]!, ...shots.slice(6)];
+    mark = lastMessageId();
+    emulator.sendAlbum(vera, album, { deliverInReverse: true });
+    const reply = await botSays(vera.id, /Photos: 9/, mark, 'one answer for the album');
+    const lines = reply.text!.split('\n').filter((l) => /^(✅|☑️|❌) Photo/.test(l));
+    assert.deepEqual(lines, [
+      '✅ Photo 1: accepted.', '✅ Photo 2: accepted.', '✅ Photo 3: accepted.', '✅ Photo 4: accepted.', '✅ Photo 5: accepted.',
+      '✅ Photo 6: accepted.', '☑️ Photo 7: the same photo as Photo 3; kept once.', '✅ Photo 8: accepted.', '✅ Photo 9: accepted.',
+      '✅ Photo 10: accepted.',
+    ]);
+  });
+
+  test('a double tap on “Train now” gives one status message, and it is the one followed', async () => {
+    const withButton = emulator.botMessages(vera.id).at(-1)!;
+    const mark = lastMessageId();
+    emulator.pressButton(vera, withButton.message_id, 'train_now');
+    emulator.pressButton(vera, withButton.message_id, 'train_now');
+    await botSays(vera.id, /Training/, mark);
+    const said = await settledSince(vera.id, mark);
+    const statuses = said.filter((m) => /Training/.test(m.text ?? '') && !/already training/.test(m.text ?? ''));
+    assert.equal(statuses.length, 1, `one status message; the bot said ${JSON.stringify(said.map((m) => m.text))}`);
+    const [target] = await stack.app.database.db.select().from(chatTargets).where(eq(chatTargets.userId, (await userId(vera))!));
+    assert.equal(target!.target.messageId, statuses[0]!.message_id, 'the delivery target is that message');
+  });
+
+  test('/forget during a training ends its status message with a clear line', async () => {
+    const status = emulator.botMessages(vera.id).find((m) => /Training/.test(m.text ?? '') && !/already/.test(m.text ?? ''))!;
+    let mark = lastMessageId();
+    emulator.sendText(vera, '/forget');
+    const question = await botSays(vera.id, /Are you sure/, mark);
+    mark = lastMessageId();
+    emulator.pressButton(vera, question.message_id, 'forget_yes');
+    await emulator.waitFor(() => /Everything about you is deleted/.test(question.text!), 'the forget answer');
+    await emulator.waitFor(() => status.text === '🗑 Training: stopped, because you asked me to forget everything about you.', 'the status message to end', 10_000);
   });
 });
 

@@ -9,7 +9,7 @@ import type { Adapter, ChatTarget, JobKind, Platform } from '../../src/db/schema
 import type { JobEvent } from '../../src/events/bus.ts';
 import type { TargetAddress } from '../../src/services/chat-targets.ts';
 import { knownKey, pickLocale, translator, type Translate } from './i18n/index.ts';
-import { progressBar, whatKey, type Preview } from './conversation.ts';
+import { progressBar, shownVersion, whatKey, type Preview } from './conversation.ts';
 
 export interface OutgoingImage { data: Buffer; name: string }
 
@@ -164,8 +164,8 @@ export class JobNotifier<T extends TargetAddress> {
     const entry = this.tracked.get(jobId);
     if (!entry) return;
     const view = await this.app.services.jobs.view(entry.userId, jobId).catch(() => undefined);
-    // The job row is gone (forgotten): nothing left to show.
-    if (!view) return this.untrack(jobId);
+    if (!view) return this.forgotten(jobId);
+    entry.kind = view.job.kind;
     if (FINAL.has(view.job.status)) await this.finish(jobId);
   }
 
@@ -208,7 +208,8 @@ export class JobNotifier<T extends TargetAddress> {
     if (!row) {
       // Held by another process, or a retry that is not due yet (its timer or the sweep comes back), or done.
       const now = await chatTargets.get(jobId);
-      if (!now || now.deliveredAt || now.failedAt) this.untrack(jobId);
+      if (!now) return this.forgotten(jobId);
+      if (now.deliveredAt || now.failedAt) this.untrack(jobId);
       return;
     }
     const target = row.target as T;
@@ -241,6 +242,15 @@ export class JobNotifier<T extends TargetAddress> {
     }
   }
 
+  /** The job's rows are gone (/forget): the status message says why it stopped, instead of freezing mid-progress. */
+  private async forgotten(jobId: string) {
+    const entry = this.tracked.get(jobId);
+    if (!entry) return;
+    this.untrack(jobId);
+    const what = entry.t(whatKey(entry.kind ?? 'train'));
+    await this.surface.edit(entry.target, entry.t('progress.forgotten', { what })).catch((error: unknown) => this.logger.warn({ err: error, jobId }, 'could not end a forgotten job’s message'));
+  }
+
   private lost(jobId: string, part: string) {
     this.logger.warn({ jobId, part }, 'delivery lease lost to another process; it carries on');
     this.untrack(jobId);
@@ -253,8 +263,9 @@ export class JobNotifier<T extends TargetAddress> {
     const what = t(whatKey(job.kind));
     const status = (text: string): Part => ({ name: 'status', send: () => this.surface.edit(target, text) });
     if (job.status === 'completed' && job.kind === 'train') {
-      const adapter = (await services.training.list(userId)).find((a) => a.id === job.adapterId);
-      const parts = [status(t('done.train', { version: adapter?.version ?? 1 }))];
+      const all = await services.training.list(userId);
+      const adapter = all.find((a) => a.id === job.adapterId);
+      const parts = [status(t('done.train', { version: adapter ? shownVersion(all, adapter) : 1 }))];
       if (adapter && adapter.sampleKeys.length > 0) {
         const caption = this.samplesCaption(t, adapter);
         const images = () => Promise.all(adapter.sampleKeys.map(async (key, n) => ({ data: await store.get(key), name: `sample-${n + 1}.png` })));

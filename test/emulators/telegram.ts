@@ -126,11 +126,23 @@ export class TelegramEmulator {
     return this.userMessage(user, { document, media_group_id: options.mediaGroupId });
   }
 
-  /** Sends `photos` as one album: one update per item, sharing a media_group_id, as Telegram does. */
-  sendAlbum(user: EmulatedUser, photos: Buffer[]) {
+  /**
+   * Sends `photos` as one album: one update per item, sharing a media_group_id, as Telegram does. `deliverInReverse`
+   * hands the updates over last first (message ids still count up in the order sent), as concurrent webhook deliveries may.
+   */
+  sendAlbum(user: EmulatedUser, photos: Buffer[], options: { deliverInReverse?: boolean } = {}) {
     const mediaGroupId = String(Date.now()) + randomBytes(3).toString('hex');
-    return photos.map((data) => this.sendPhoto(user, data, { mediaGroupId }));
+    if (!options.deliverInReverse) return photos.map((data) => this.sendPhoto(user, data, { mediaGroupId }));
+    this.holding = [];
+    const updates = photos.map((data) => this.sendPhoto(user, data, { mediaGroupId }));
+    const held = this.holding.reverse();
+    this.holding = undefined;
+    for (const update of held) this.redeliver(update);
+    return updates;
   }
+
+  /** While set, new updates are kept here instead of being delivered. */
+  private holding?: Array<{ update_id: number }>;
 
   pressButton(user: EmulatedUser, messageId: number, data: string) {
     // A button's callback_data as the bot set it (it may carry more than the action).
@@ -145,7 +157,8 @@ export class TelegramEmulator {
   /** Queues one update for getUpdates, or posts it to the webhook when one is set. */
   pushUpdate(body: Record<string, unknown>): any {
     const update = { update_id: this.nextUpdateId++, ...body };
-    this.redeliver(update);
+    if (this.holding) this.holding.push(update);
+    else this.redeliver(update);
     return update;
   }
 

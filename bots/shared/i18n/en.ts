@@ -163,6 +163,8 @@ export const en = {
   'command.forget': 'Delete everything about you',
   'command.link': 'Use the same account on Telegram and Discord',
   'command.lang': 'Language of my answers',
+  'error.duplicate_of': 'the same shot as {other} — send a different one.',
+  'help.files': 'Photos can also be sent as files (uncompressed): that is better for training.',
 } as const;
 
 export type MessageKey = keyof typeof en;

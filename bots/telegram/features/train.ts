@@ -5,6 +5,8 @@ import { message } from 'telegraf/filters';
 import type { IncomingFile, Person } from '../../shared/conversation.ts';
 import { acknowledge, buttonData, hasFile, incomingFile, personOf, pressedByOwner, replyTo, sendReply, type TelegramDeps } from '../context.ts';
 
+const messageId = (message: unknown) => (message as { message_id: number }).message_id;
+
 interface Album { person: Person; telegram: Telegram; chatId: number; from?: number; items: Array<{ message: unknown }>; timer?: NodeJS.Timeout }
 
 export function trainFeature(deps: TelegramDeps) {
@@ -20,6 +22,8 @@ export function trainFeature(deps: TelegramDeps) {
     const album = albums.get(key);
     if (!album) return;
     albums.delete(key);
+    // Numbered in the order the person sent them (updates may be handled out of order).
+    album.items.sort((a, b) => messageId(a.message) - messageId(b.message));
     const files = album.items.flatMap(({ message }, n) =>
       hasFile(message) ? [incomingFile(album.telegram, message, album.person.t('photos.photo_n', { n: n + 1 }))] : []);
     // Runs outside any update handler (the album's updates were all answered already), so errors are ours to log.
