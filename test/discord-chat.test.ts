@@ -3,7 +3,6 @@
 // emulator over real Postgres and Redis; no worker is needed.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:net';
 import { eq } from 'drizzle-orm';
 import pino from 'pino';
 import { accounts } from '../src/db/schema.ts';
@@ -11,6 +10,7 @@ import { createApp } from '../src/app.ts';
 import { createDiscordBot, type DiscordBot } from '../bots/discord/bot.ts';
 import { commands } from '../bots/discord/commands/index.ts';
 import { DiscordEmulator, type EmulatedDiscordUser, type InteractionRecord } from './emulators/discord.ts';
+import { freePort } from './helpers/net.ts';
 import { startStack, type Stack } from './helpers/stack.ts';
 
 const discord = new DiscordEmulator();
@@ -100,12 +100,3 @@ describe('Discord unreachable at start', () => {
     }
   });
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}

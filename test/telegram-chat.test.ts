@@ -4,13 +4,13 @@
 // Bot API emulator over real Postgres and Redis; no worker is needed for any of it.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:net';
 import { eq } from 'drizzle-orm';
 import pino from 'pino';
 import { accounts, chatTargets, linkCodes, photos } from '../src/db/schema.ts';
 import { createApp } from '../src/app.ts';
 import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
 import { TelegramEmulator, type EmulatedChat, type EmulatedUser } from './emulators/telegram.ts';
+import { freePort } from './helpers/net.ts';
 import { startStack, type Stack } from './helpers/stack.ts';
 import { makePhotos } from './helpers/images.ts';
 
@@ -236,12 +236,3 @@ describe('Telegram unreachable at start', () => {
     }
   });
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}

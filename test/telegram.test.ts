@@ -2,13 +2,13 @@
 // Postgres, Redis, worker and tiny engine.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:net';
 import { eq } from 'drizzle-orm';
 import sharp from 'sharp';
 import { accounts, adapters, generations, jobs, photos } from '../src/db/schema.ts';
 import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
 import { Conversation } from '../bots/shared/conversation.ts';
 import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
+import { freePort } from './helpers/net.ts';
 import { startStack, type Stack } from './helpers/stack.ts';
 import { badUploads, makePhotos, makeSkeleton } from './helpers/images.ts';
 
@@ -242,12 +242,3 @@ describe('Telegram', () => {
     }
   });
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}

@@ -6,6 +6,7 @@ import { JobNotifier } from '../shared/notifier.ts';
 import type { DiscordDeps, DiscordTarget } from './context.ts';
 import { DiscordSurface } from './surface.ts';
 import { interactionDispatcher } from './dispatcher.ts';
+import { keepConnecting } from '../shared/reconnect.ts';
 
 export interface DiscordBot {
   client: Client;
@@ -38,10 +39,6 @@ export function createDiscordBot(app: App, options: DiscordBotOptions = {}): Dis
   client.on(Events.InteractionCreate, (interaction) => void dispatch(interaction));
   client.on(Events.Error, (error) => logger.error({ err: error }, 'discord client error'));
 
-  let stopped = false;
-  let wakeRetry: (() => void) | undefined;
-  let markConnected!: () => void;
-  const connected = new Promise<void>((resolve) => { markConnected = resolve; });
   // discord.js cannot destroy a client whose login failed (its gateway manager stays marked destroyed while a new
   // connection runs), so we log in only once Discord's REST answers; until then only that request is retried.
   const connect = async () => {
@@ -51,37 +48,19 @@ export function createDiscordBot(app: App, options: DiscordBotOptions = {}): Dis
     await client.login(config.token);
     await ready;
     logger.info({ user: client.user?.tag }, 'discord bot connected');
-    markConnected();
   };
-  /** Discord down or unreachable at start: the rest of the process (web, worker) keeps running while we retry. */
-  const retry = async (first: unknown) => {
-    let delay = options.connectRetryMs ?? 1000;
-    let error = first;
-    for (let attempt = 1; !stopped; attempt++) {
-      logger.warn({ err: error, attempt, retryInMs: delay }, 'discord is unreachable; trying again');
-      await new Promise<void>((resolve) => { const timer = setTimeout(resolve, delay); wakeRetry = () => { clearTimeout(timer); resolve(); }; });
-      if (stopped) return;
-      try {
-        await connect();
-        return;
-      } catch (next) {
-        error = next;
-        delay = Math.min(delay * 2, 60_000);
-      }
-    }
-  };
+  const connection = keepConnecting(connect, logger, 'discord', options.connectRetryMs);
 
   return {
     client,
     notifier,
-    connected,
+    connected: connection.connected,
     async start() {
       await notifier.start();
-      await connect().catch((error: unknown) => { void retry(error); });
+      await connection.start();
     },
     async stop() {
-      stopped = true;
-      wakeRetry?.();
+      connection.stop();
       await client.destroy();
       await notifier.stop();
     },

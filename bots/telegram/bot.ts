@@ -11,6 +11,7 @@ import type { Message } from 'telegraf/types';
 import { personOf, replyTo, type TelegramDeps, type TelegramTarget } from './context.ts';
 import { TelegramSurface } from './surface.ts';
 import { TelegramSendQueue } from './send-queue.ts';
+import { keepConnecting } from '../shared/reconnect.ts';
 import { startFeature } from './features/start.ts';
 import { trainFeature } from './features/train.ts';
 import { imagineFeature } from './features/imagine.ts';
@@ -121,11 +122,6 @@ export function createTelegramBot(app: App, options: TelegramBotOptions = {}): T
 
   let webhookServer: Server | undefined;
   let polling: Promise<void> | undefined;
-  let stopped = false;
-  let wakeRetry: (() => void) | undefined;
-  let markConnected!: () => void;
-  const connected = new Promise<void>((resolve) => { markConnected = resolve; });
-
   const connect = async () => {
     bot.botInfo = await bot.telegram.getMe();
     await registerCommands(bot.telegram).catch((error: unknown) => logger.warn({ err: error }, 'could not register the command menus'));
@@ -138,32 +134,14 @@ export function createTelegramBot(app: App, options: TelegramBotOptions = {}): T
       polling = bot.launch().catch((error: unknown) => logger.error({ err: error }, 'telegram polling stopped'));
       logger.info('telegram bot polling for updates');
     }
-    markConnected();
   };
 
-  /** Telegram down or unreachable at start: the rest of the process (web, worker) keeps running while we retry. */
-  const retry = async (first: unknown) => {
-    let delay = options.connectRetryMs ?? 1000;
-    let error = first;
-    for (let attempt = 1; !stopped; attempt++) {
-      logger.warn({ err: error, attempt, retryInMs: delay }, 'telegram is unreachable; trying again');
-      await new Promise<void>((resolve) => { const timer = setTimeout(resolve, delay); wakeRetry = () => { clearTimeout(timer); resolve(); }; });
-      if (stopped) return;
-      try {
-        await connect();
-        logger.info({ attempt }, 'telegram reachable again');
-        return;
-      } catch (next) {
-        error = next;
-        delay = Math.min(delay * 2, 60_000);
-      }
-    }
-  };
+  const connection = keepConnecting(connect, logger, 'telegram', options.connectRetryMs);
 
   const handle: TelegramBot = {
     bot,
     notifier,
-    connected,
+    connected: connection.connected,
     async start() {
       await notifier.start();
       if (config.mode === 'webhook') {
@@ -172,11 +150,10 @@ export function createTelegramBot(app: App, options: TelegramBotOptions = {}): T
         await new Promise<void>((resolve) => webhookServer!.listen(config.webhook.port, config.webhook.host, resolve));
         handle.webhookAddress = webhookServer.address() as AddressInfo;
       }
-      await connect().catch((error: unknown) => { void retry(error); });
+      await connection.start();
     },
     async stop() {
-      stopped = true;
-      wakeRetry?.();
+      connection.stop();
       if (polling) bot.stop('shutdown');
       await polling;
       await new Promise<void>((resolve) => (webhookServer ? webhookServer.close(() => resolve()) : resolve()));
