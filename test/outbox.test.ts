@@ -96,6 +96,18 @@ describe('outbox', () => {
     await a.stop();
   });
 
+  test('a dropped connection (network failure) on the album: retried, sent once', async () => {
+    const { chatId, jobId, statusId } = await finishedJob();
+    emulator.failNext('sendMediaGroup', { drop: true });
+    const a = notifier();
+    await a.sweep();
+    await emulator.waitFor(() => shown(chatId, statusId).edits.length === 1, 'the retried delivery', 10_000);
+    assert.deepEqual(shown(chatId, statusId), { photos: 2, documents: 2, edits: ['✅ Portrait done.'] });
+    const final = await deliveredRow(jobId);
+    assert.equal(final.attempts, 2);
+    await a.stop();
+  });
+
   test('a sender killed between two parts: another process resumes after its lease expires, no part repeated', { timeout: 120_000 }, async () => {
     const { chatId, jobId, statusId } = await finishedJob();
     const config = stack.env.config;
