@@ -32,8 +32,9 @@ if (config.roles.has('web')) {
   stoppers.unshift(() => web.close());
   console.log(`\n  Portrait bot playground: ${address}/\n  Engine profile: ${config.engine.profile}${config.engine.profile === 'tiny' ? ' (random weights: images are noise)' : ''}\n`);
 }
-// A chat adapter runs where its role is on (the default) and its token is set. Repeated updates and final deliveries are claimed (Redis, Postgres),
-// so a restart or a second webhook process never answers twice; Telegram allows only one long-polling process.
+// A chat adapter runs where its role is on (the default) and its token is set. Repeated updates are claimed in Redis and
+// final deliveries go through the outbox in Postgres (README: what is guaranteed); Telegram allows one long-polling
+// process. An unreachable chat API at start is retried in the background: start() does not fail for it.
 if (config.roles.has('telegram') && config.telegram.token) {
   const { createTelegramBot } = await import('../bots/telegram/bot.ts');
   const telegram = createTelegramBot(app);

@@ -93,7 +93,7 @@ describe('Discord', () => {
 
     const second = discord.command(dana, 'train', { photo1: file(c!, 'c.jpg') });
     const enough = await replyOf(second, /Photos: 3/);
-    assert.equal(enough.components[0].components[0].custom_id, 'train_now');
+    assert.equal(enough.components[0].components[0].custom_id, `train_now:${dana.id}`, 'the button names the person it is for');
 
     const press = discord.press(dana, enough, 'train_now');
     const status = await replyOf(press, /Training/);
@@ -181,7 +181,7 @@ describe('Discord', () => {
     const id = await userIdOf('discord', dana.id);
     const record = discord.command(dana, 'forget');
     const question = await replyOf(record, /Are you sure/);
-    assert.deepEqual(question.components[0].components.map((b: any) => b.custom_id), ['forget_yes', 'forget_no']);
+    assert.deepEqual(question.components[0].components.map((b: any) => b.custom_id), [`forget_yes:${dana.id}`, `forget_no:${dana.id}`]);
     discord.press(dana, question, 'forget_yes');
     const answered = await discord.waitFor(() => /Everything about you is deleted/.test(question.content) && question, 'the question to become the answer');
     assert.match(answered.content, /3 photos, 1 models, 2 pictures/);

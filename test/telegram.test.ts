@@ -2,13 +2,13 @@
 // Postgres, Redis, worker and tiny engine.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:net';
 import { eq } from 'drizzle-orm';
 import sharp from 'sharp';
 import { accounts, adapters, generations, jobs, photos } from '../src/db/schema.ts';
 import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
 import { Conversation } from '../bots/shared/conversation.ts';
 import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
+import { freePort } from './helpers/net.ts';
 import { startStack, type Stack } from './helpers/stack.ts';
 import { badUploads, makePhotos, makeSkeleton } from './helpers/images.ts';
 
@@ -87,7 +87,7 @@ describe('Telegram', () => {
     assert.match(enough.text!, /Photos: 3/);
     assert.doesNotMatch(enough.text!, /as files/, 'the tip is given once per session');
     const button = enough.reply_markup.inline_keyboard[0][0];
-    assert.deepEqual([button.text, button.callback_data], ['Train now', 'train_now']);
+    assert.deepEqual([button.text, button.callback_data], ['Train now', `train_now:${anna.id}`], 'the button names the person it is for');
 
     mark = lastMessageId();
     emulator.pressButton(anna, enough.message_id, 'train_now');
@@ -211,7 +211,7 @@ describe('Telegram', () => {
     let mark = lastMessageId();
     emulator.sendText(anna, '/forget');
     const question = await botSays(anna, /Удалить\?/, mark);
-    assert.deepEqual(question.reply_markup.inline_keyboard[0].map((b: any) => b.callback_data), ['forget_yes', 'forget_no']);
+    assert.deepEqual(question.reply_markup.inline_keyboard[0].map((b: any) => b.callback_data), [`forget_yes:${anna.id}`, `forget_no:${anna.id}`]);
     mark = lastMessageId();
     emulator.pressButton(anna, question.message_id, 'forget_yes');
     await emulator.waitFor(() => /Всё о вас удалено \(фото: 3, модели: 1, картинки: 2\)/.test(question.text!) && question, 'the question to become the answer');
@@ -245,12 +245,3 @@ describe('Telegram', () => {
     }
   });
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}

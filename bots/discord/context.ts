@@ -36,9 +36,14 @@ export async function personOf(deps: DiscordDeps, interaction: Answerable): Prom
   });
 }
 
-export function components(reply: Reply) {
+/** Buttons carry the Discord id of the person they were made for (`action:id`): nobody else can use them. */
+export function components(reply: Reply, owner?: string) {
   if (!reply.buttons?.length) return [];
-  const buttons = reply.buttons.map((b) => new ButtonBuilder().setCustomId(b.action).setLabel(b.label).setStyle(b.danger ? ButtonStyle.Danger : b.action === 'train_now' ? ButtonStyle.Primary : ButtonStyle.Secondary));
+  // A style button paints whoever taps it; every other button carries its owner's id, so only they can press it.
+  const buttons = reply.buttons.map((b) => new ButtonBuilder()
+    .setCustomId(owner && !b.action.startsWith('style:') ? `${b.action}:${owner}` : b.action)
+    .setLabel(b.label)
+    .setStyle(b.danger ? ButtonStyle.Danger : b.action === 'train_now' ? ButtonStyle.Primary : ButtonStyle.Secondary));
   // Discord takes at most five buttons a row.
   const rows: Array<ActionRowBuilder<ButtonBuilder>> = [];
   for (let i = 0; i < buttons.length; i += 5) rows.push(new ActionRowBuilder<ButtonBuilder>().addComponents(buttons.slice(i, i + 5)));
@@ -55,7 +60,7 @@ export async function answer(deps: DiscordDeps, interaction: Answerable, person:
     await interaction.followUp({ content: reply.text, flags: MessageFlags.Ephemeral });
     return;
   }
-  await interaction.editReply({ content: reply.text, components: components(reply) });
+  await interaction.editReply({ content: reply.text, components: components(reply, interaction.user.id) });
   // For the person only; the status reply is edited with progress, so the note can't live there.
   if (reply.notice) {
     await interaction.followUp({ content: reply.notice, flags: MessageFlags.Ephemeral })

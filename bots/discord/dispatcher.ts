@@ -32,13 +32,20 @@ export function interactionDispatcher(deps: DiscordDeps) {
 }
 
 async function onButton(deps: DiscordDeps, interaction: ButtonInteraction): Promise<Person> {
-  const action = interaction.customId as ButtonAction;
+  // `action` or `action:<owner's Discord id>`; style actions (`style:<id>`) carry no owner.
+  const [, action, owner] = /^(.*?)(?::(\d{5,25}))?$/.exec(interaction.customId) as unknown as [string, ButtonAction, string | undefined];
   const { conversation } = deps;
   if (action.startsWith('style:')) {
     // A public portrait, like /imagine; the person who tapped is painted.
     await interaction.deferReply();
     const person = await personOf(deps, interaction);
     await answer(deps, interaction, person, await conversation.imagine(person, '', action.slice('style:'.length)));
+    return person;
+  }
+  if (owner && owner !== interaction.user.id) {
+    // Someone else's button (a message shown in a channel): it does nothing, and only the presser is told.
+    const person = await personOf(deps, interaction);
+    await interaction.reply({ content: person.t('chat.not_yours'), flags: MessageFlags.Ephemeral });
     return person;
   }
   if (action === 'train_now') {

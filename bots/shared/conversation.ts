@@ -3,7 +3,7 @@
 import type { Logger } from 'pino';
 import type { Redis } from 'ioredis';
 import type { App } from '../../src/app.ts';
-import type { Job, JobKind, Platform } from '../../src/db/schema.ts';
+import type { Adapter, Job, JobKind, Platform } from '../../src/db/schema.ts';
 import { UserFacingError } from '../../src/services/errors.ts';
 import { errorMessage } from './error-text.ts';
 import type { GenerationNote } from '../../src/services/generation.ts';
@@ -61,6 +61,10 @@ export const progressBar = (fraction: number) => {
 
 export const whatKey = (kind: JobKind): MessageKey => `what.${kind}`;
 
+/** The version a person sees: finished models counted in order, so a cancelled or failed training takes no number. */
+export const shownVersion = (all: readonly Adapter[], adapter: Adapter) =>
+  all.filter((a) => a.status === 'ready' && a.version <= adapter.version).length || 1;
+
 export class Conversation {
   private readonly redis: Redis;
   readonly logger: Logger;
@@ -83,7 +87,9 @@ export class Conversation {
     const { minForTraining: min, maxPerUser: max } = this.config.photos;
     const poseLine = p.t(p.platform === 'discord' ? 'help.pose_discord' : 'help.pose_telegram');
     const notice = this.config.engine.profile === 'tiny' ? `\n\n${p.t('help.tiny_engine')}` : '';
-    return { text: p.t('help.body', { min, max, poseLine }) + notice };
+    // Discord attachments are files already; Telegram recompresses photos.
+    const files = p.platform === 'telegram' ? `\n\n${p.t('help.files')}` : '';
+    return { text: p.t('help.body', { min, max, poseLine }) + files + notice };
   }
 
   /** `/train`: opens (or renews) the photo collection session. */
@@ -111,7 +117,9 @@ export class Conversation {
       if (requireSession && !(await this.collecting(p.userId))) return { text: p.t('train.no_session') };
       await this.redis.expire(this.sessionKey(p.userId), SESSION_TTL_S);
       const lines: string[] = [];
-      for (const file of files) lines.push(await this.addOne(p, file));
+      // Names of this batch's photos by stored id, so a repeat can say which photo it repeats.
+      const named = new Map<string, string>();
+      for (const file of files) lines.push(await this.addOne(p, file, named));
       if (files.some((f) => f.compressed) && (await this.redis.set(this.tipKey(p.userId), '1', 'EX', SESSION_TTL_S, 'NX')) === 'OK') {
         lines.push('', p.t('train.tip_files'));
       }
@@ -126,7 +134,7 @@ export class Conversation {
     });
   }
 
-  private async addOne(p: Person, file: IncomingFile): Promise<string> {
+  private async addOne(p: Person, file: IncomingFile, named: Map<string, string>): Promise<string> {
     const maxBytes = this.config.photos.maxUploadBytes;
     const rejected = (key: MessageKey, params: Params = {}) => p.t('photos.rejected', { name: file.name, reason: p.t(key, params) });
     if (file.size !== undefined && file.size > maxBytes) return rejected('error.too_large_bytes', { maxMb: Math.floor(maxBytes / 1048576) });
@@ -138,7 +146,16 @@ export class Conversation {
       return rejected('error.download_failed');
     }
     const result = await this.services.photos.add(p.userId, bytes, file.name);
-    if (!result.ok) return p.t('photos.rejected', { name: file.name, reason: this.errorText(p, result.code, result.details) });
+    if (!result.ok) {
+      // A near-duplicate names the earlier photo by its place in the stored set; say its name when it came in this batch.
+      const sameAs = result.code === 'duplicate' ? (await this.services.photos.list(p.userId))[Number(result.details?.sameAs) - 1] : undefined;
+      const other = sameAs && named.get(sameAs.id);
+      if (other) return p.t('photos.rejected', { name: file.name, reason: p.t('error.duplicate_of', { other }) });
+      return p.t('photos.rejected', { name: file.name, reason: this.errorText(p, result.code, result.details) });
+    }
+    const other = named.get(result.photo.id);
+    if (result.duplicate && other) return p.t('photos.duplicate_of', { name: file.name, other });
+    if (!result.duplicate) named.set(result.photo.id, file.name);
     return p.t(result.duplicate ? 'photos.duplicate' : 'photos.accepted', { name: file.name });
   }
 
@@ -171,6 +188,8 @@ export class Conversation {
     return this.guard(p, async () => {
       if (await this.services.training.isTraining(p.userId)) return { text: p.t('train.already') };
       const started = await this.services.limits.run(p.userId, 'train', () => this.services.training.start(p.userId));
+      // A double tap found the first tap's job: that one has the status message already.
+      if (!started.created) return { text: p.t('train.already') };
       await this.redis.del(this.sessionKey(p.userId), this.tipKey(p.userId), this.noteKey(p.userId));
       return this.queued(p, started.job, started.position);
     });
@@ -233,14 +252,15 @@ export class Conversation {
   async status(p: Person): Promise<Reply> {
     return this.guard(p, async () => {
       const { minForTraining: min, maxPerUser: max } = this.config.photos;
-      const [count, ready, training, open] = await Promise.all([
+      const [count, ready, training, open, all] = await Promise.all([
         this.services.photos.count(p.userId),
         this.services.training.latestReady(p.userId),
         this.services.training.isTraining(p.userId),
         this.services.jobs.open(p.userId),
+        this.services.training.list(p.userId),
       ]);
       const lines = [p.t('status.photos', { count, min, max })];
-      lines.push(training ? p.t('status.model_training') : ready ? p.t('status.model_ready', { version: ready.version }) : p.t('status.model_none'));
+      lines.push(training ? p.t('status.model_training') : ready ? p.t('status.model_ready', { version: shownVersion(all, ready) }) : p.t('status.model_none'));
       if (open.length === 0) lines.push(p.t('status.no_jobs'));
       for (const job of open) {
         const position = await this.services.jobs.position(job);

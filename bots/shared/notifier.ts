@@ -1,7 +1,8 @@
 // Turns a person's job events (EventBus) into edits of the chat message that shows the job, then delivers the
 // result. Platform-neutral: a ChatSurface does the platform calls. Events are best-effort, so the job row is read
-// again after tracking starts, on every final event, and by a periodic sweep; a claim in chat_targets makes the final
-// delivery happen exactly once even with several bot processes or a restart.
+// again after tracking starts, on every final event, and by a periodic sweep. The final delivery goes through the
+// outbox in chat_targets (a lease per delivery, each part recorded once sent): see deliver() and the README.
+import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { App } from '../../src/app.ts';
 import type { Adapter, ChatTarget, Generation, JobKind, Platform } from '../../src/db/schema.ts';
@@ -9,7 +10,7 @@ import type { JobEvent } from '../../src/events/bus.ts';
 import type { TargetAddress } from '../../src/services/chat-targets.ts';
 import { knownKey, pickLocale, translator, type Locale, type Translate } from './i18n/index.ts';
 import { findStyle } from '../../src/services/styles.ts';
-import { progressBar, whatKey, type Preview } from './conversation.ts';
+import { progressBar, shownVersion, whatKey, type Preview } from './conversation.ts';
 
 export interface OutgoingImage { data: Buffer; name: string }
 
@@ -33,17 +34,36 @@ export interface ChatSurface<T extends TargetAddress> {
   readonly platform: Platform;
   /** Replaces the text of the job's status message. */
   edit(target: T, text: string): Promise<void>;
-  /** Sends the finished pictures (an album when there are several). */
+  /** Sends the finished pictures (an album when there are several, at most ten). */
   sendImages(target: T, images: OutgoingImage[], caption: string): Promise<void>;
+  /** Sends the pictures again as files, uncompressed (platforms that recompress photos; at most ten). */
+  sendDocuments?(target: T, files: OutgoingImage[], caption: string): Promise<void>;
   /** Whether a failed call may work later (rate limit, network) rather than never (message deleted, bot blocked). */
   retryable(error: unknown): boolean;
+  /** How long the platform asked us to wait before trying again, when it said. */
+  retryAfterMs?(error: unknown): number | undefined;
 }
+
+export interface NotifierOptions {
+  editIntervalMs: number;
+  sweepIntervalMs?: number;
+  /** How long a delivery's lease lives without renewal: a crashed sender's delivery is picked up after this. */
+  deliveryLeaseMs?: number;
+  /** First retry delay of a failed delivery, doubled per attempt (unless the platform says how long to wait). */
+  deliveryBackoffMs?: number;
+  deliveryMaxAttempts?: number;
+}
+
+/** A step of a final delivery, recorded under its name once the chat API accepted it. */
+interface Part { name: string; send(): Promise<void> }
+
+/** Telegram and Discord take at most ten pictures per message. */
+const ALBUM = 10;
 
 interface Tracked<T> {
   userId: string;
   target: T;
   t: Translate;
-  locale: Locale;
   kind?: JobKind;
   lastEditAt: number;
   lastText?: string;
@@ -57,15 +77,25 @@ const FINAL = new Set(['completed', 'failed', 'cancelled']);
 export class JobNotifier<T extends TargetAddress> {
   private readonly tracked = new Map<string, Tracked<T>>();
   private readonly subscriptions = new Map<string, { jobs: number; unsubscribe: Promise<() => void> }>();
+  private readonly delivering = new Map<string, Promise<void>>();
+  private readonly retries = new Set<NodeJS.Timeout>();
   private sweeper?: NodeJS.Timeout;
   private readonly logger: Logger;
+  /** This process's name on the leases it holds. */
+  readonly owner = `${process.pid}-${randomUUID()}`;
+  private readonly leaseMs: number;
+  private readonly backoffMs: number;
+  private readonly maxAttempts: number;
 
   constructor(
     private readonly app: App,
     private readonly surface: ChatSurface<T>,
-    private readonly options: { editIntervalMs: number; sweepIntervalMs?: number },
+    private readonly options: NotifierOptions,
   ) {
     this.logger = app.logger.child({ part: 'notifier', platform: surface.platform });
+    this.leaseMs = options.deliveryLeaseMs ?? 60_000;
+    this.backoffMs = options.deliveryBackoffMs ?? 2000;
+    this.maxAttempts = options.deliveryMaxAttempts ?? 8;
   }
 
   /** Picks up the jobs this platform was showing before a restart, and starts the periodic sweep. */
@@ -77,8 +107,9 @@ export class JobNotifier<T extends TargetAddress> {
 
   async stop(): Promise<void> {
     clearInterval(this.sweeper);
+    for (const retry of this.retries) clearTimeout(retry);
     for (const entry of this.tracked.values()) clearTimeout(entry.timer);
-    await Promise.all([...this.tracked.values()].map((e) => e.finishing));
+    await Promise.all([...this.delivering.values()]);
     for (const sub of this.subscriptions.values()) (await sub.unsubscribe)();
     this.subscriptions.clear();
     this.tracked.clear();
@@ -97,8 +128,7 @@ export class JobNotifier<T extends TargetAddress> {
 
   private async follow(row: ChatTarget): Promise<void> {
     if (this.tracked.has(row.jobId)) return;
-    const locale = pickLocale(row.locale);
-    this.tracked.set(row.jobId, { userId: row.userId, target: row.target as T, t: translator(locale), locale, lastEditAt: Date.now() });
+    this.tracked.set(row.jobId, { userId: row.userId, target: row.target as T, t: translator(pickLocale(row.locale)), lastEditAt: Date.now() });
     let sub = this.subscriptions.get(row.userId);
     if (!sub) {
       sub = { jobs: 0, unsubscribe: this.app.events.subscribe(row.userId, (event) => this.onEvent(event)) };
@@ -151,67 +181,153 @@ export class JobNotifier<T extends TargetAddress> {
     const entry = this.tracked.get(jobId);
     if (!entry) return;
     const view = await this.app.services.jobs.view(entry.userId, jobId).catch(() => undefined);
-    // The job row is gone (forgotten): nothing left to show.
-    if (!view) return this.untrack(jobId);
+    if (!view) return this.forgotten(jobId);
+    entry.kind = view.job.kind;
     if (FINAL.has(view.job.status)) await this.finish(jobId);
   }
 
-  private sweep() {
-    for (const jobId of this.tracked.keys()) {
-      void this.reconcile(jobId).catch((error: unknown) => this.logger.warn({ err: error, jobId }, 'sweep failed'));
+  /** Re-reads the jobs followed here, and delivers finished jobs nobody holds (a crashed process's ones included). */
+  async sweep(): Promise<void> {
+    const warn = (jobId: string) => (error: unknown) => this.logger.warn({ err: error, jobId }, 'sweep failed');
+    const work = [...this.tracked.keys()].map((jobId) => this.reconcile(jobId).catch(warn(jobId)));
+    try {
+      for (const row of await this.app.services.chatTargets.due(this.surface.platform)) work.push(this.finish(row.jobId).catch(warn(row.jobId)));
+    } catch (error) {
+      warn('*')(error);
     }
+    await Promise.all(work);
   }
 
   private finish(jobId: string): Promise<void> {
-    const entry = this.tracked.get(jobId);
-    if (!entry) return Promise.resolve();
-    entry.finishing ??= this.deliver(jobId, entry).finally(() => { entry.finishing = undefined; });
-    return entry.finishing;
+    let running = this.delivering.get(jobId);
+    if (!running) {
+      running = this.deliver(jobId).finally(() => this.delivering.delete(jobId));
+      this.delivering.set(jobId, running);
+      const entry = this.tracked.get(jobId);
+      if (entry) entry.finishing = running;
+    }
+    return running;
   }
 
-  private async deliver(jobId: string, entry: Tracked<T>): Promise<void> {
-    clearTimeout(entry.timer);
-    entry.timer = undefined;
-    const { services, store } = this.app;
-    const claimed = await services.chatTargets.claim(jobId);
-    // Another process (or an earlier call) delivered it.
-    if (!claimed) return this.untrack(jobId);
-    const t = entry.t;
+  /**
+   * The outbox: takes the delivery's lease, then sends each part not recorded as sent yet, recording each as soon as
+   * the chat API accepted it. A failure that may pass gives the lease back with a backoff (the platform's retry_after
+   * when it said one); a permanent one gives up with a log line.
+   */
+  private async deliver(jobId: string): Promise<void> {
+    const entry = this.tracked.get(jobId);
+    if (entry) {
+      clearTimeout(entry.timer);
+      entry.timer = undefined;
+    }
+    const chatTargets = this.app.services.chatTargets;
+    const row = await chatTargets.lease(jobId, this.owner, this.leaseMs);
+    if (!row) {
+      // Held by another process, or a retry that is not due yet (its timer or the sweep comes back), or done.
+      const now = await chatTargets.get(jobId);
+      if (!now) return this.forgotten(jobId);
+      if (now.deliveredAt || now.failedAt) this.untrack(jobId);
+      return;
+    }
+    const target = row.target as T;
+    const locale = pickLocale(row.locale);
+    const t = translator(locale);
+    let part = '';
     try {
-      const view = await services.jobs.view(entry.userId, jobId);
-      const { job } = view;
-      const what = t(whatKey(job.kind));
-      if (job.status === 'completed' && job.kind === 'train') {
-        const adapter = (await services.training.list(entry.userId)).find((a) => a.id === job.adapterId);
-        await this.surface.edit(entry.target, t('done.train', { version: adapter?.version ?? 1 }));
-        if (adapter && adapter.sampleKeys.length > 0) await this.sendSamples(entry, adapter);
-      } else if (job.status === 'completed') {
-        const generation = view.generationId ? await services.generation.get(entry.userId, view.generationId) : undefined;
-        const images = await Promise.all(view.outputKeys.map(async (key, n) => ({ data: await store.get(key), name: `portrait-${n + 1}.png` })));
-        if (images.length > 0) {
-          await this.surface.sendImages(entry.target, images, generation ? await this.caption(entry, generation) : '');
-        }
-        await this.surface.edit(entry.target, t('done.generate', { what }));
-      } else if (job.status === 'failed') {
-        const reason = t(knownKey(`reason.${job.errorCode}`) ?? 'reason.internal');
-        await this.surface.edit(entry.target, t(job.kind === 'train' ? 'failed.train' : 'failed.generate', { what, reason }));
-      } else if (job.status === 'cancelled') {
-        await this.surface.edit(entry.target, t('cancelled', { what }));
+      for (const next of await this.plan(row.userId, jobId, target, t, locale)) {
+        part = next.name;
+        if (row.parts[part]) continue;
+        if (!(await chatTargets.renew(jobId, this.owner, this.leaseMs))) return this.lost(jobId, part);
+        await next.send();
+        if (!(await chatTargets.recordPart(jobId, this.owner, part, this.leaseMs))) return this.lost(jobId, part);
       }
+      await chatTargets.delivered(jobId, this.owner);
       this.untrack(jobId);
     } catch (error) {
-      const retry = this.surface.retryable(error);
-      this.logger.warn({ err: error, jobId, retry }, 'delivering a finished job failed');
-      if (retry) await services.chatTargets.unclaim(jobId);
-      else this.untrack(jobId);
+      const message = error instanceof Error ? error.message : String(error);
+      if (this.surface.retryable(error) && row.attempts < this.maxAttempts) {
+        const delayMs = this.surface.retryAfterMs?.(error) ?? Math.min(this.backoffMs * 2 ** (row.attempts - 1), 5 * 60_000);
+        this.logger.warn({ err: error, jobId, part, attempt: row.attempts, delayMs }, 'delivering a finished job failed; will retry');
+        await chatTargets.retryLater(jobId, this.owner, delayMs, message);
+        const retry = setTimeout(() => { this.retries.delete(retry); void this.finish(jobId).catch((e: unknown) => this.logger.warn({ err: e, jobId }, 'retry failed')); }, delayMs + 50);
+        retry.unref();
+        this.retries.add(retry);
+      } else {
+        this.logger.error({ err: error, jobId, part, attempt: row.attempts }, 'gave up delivering a finished job');
+        await chatTargets.giveUp(jobId, this.owner, message);
+        this.untrack(jobId);
+      }
     }
+  }
+
+  /** The job's rows are gone (/forget): the status message says why it stopped, instead of freezing mid-progress. */
+  private async forgotten(jobId: string) {
+    const entry = this.tracked.get(jobId);
+    if (!entry) return;
+    this.untrack(jobId);
+    const what = entry.t(whatKey(entry.kind ?? 'train'));
+    await this.surface.edit(entry.target, entry.t('progress.forgotten', { what })).catch((error: unknown) => this.logger.warn({ err: error, jobId }, 'could not end a forgotten job’s message'));
+  }
+
+  private lost(jobId: string, part: string) {
+    this.logger.warn({ jobId, part }, 'delivery lease lost to another process; it carries on');
+    this.untrack(jobId);
+  }
+
+  /** The parts of a job's final message, in sending order; names are stable so a retry can skip what was sent. */
+  private async plan(userId: string, jobId: string, target: T, t: Translate, locale: Locale): Promise<Part[]> {
+    const { services, store } = this.app;
+    const { job, generationId, outputKeys } = await services.jobs.view(userId, jobId);
+    const what = t(whatKey(job.kind));
+    const status = (text: string): Part => ({ name: 'status', send: () => this.surface.edit(target, text) });
+    if (job.status === 'completed' && job.kind === 'train') {
+      const all = await services.training.list(userId);
+      const adapter = all.find((a) => a.id === job.adapterId);
+      const parts = [status(t('done.train', { version: adapter ? shownVersion(all, adapter) : 1 }))];
+      if (adapter && adapter.sampleKeys.length > 0) {
+        const caption = samplesCaption(t, adapter.metrics);
+        const images = () => Promise.all(adapter.sampleKeys.map(async (key, n) => ({ data: await store.get(key), name: `sample-${n + 1}.png` })));
+        parts.push(...this.albums('samples', adapter.sampleKeys.length, images, caption, target));
+      }
+      return parts;
+    }
+    if (job.status === 'completed') {
+      const generation = generationId ? await services.generation.get(userId, generationId) : undefined;
+      const caption = generation ? await this.caption(t, locale, generation) : '';
+      const images = () => Promise.all(outputKeys.map(async (key, n) => ({ data: await store.get(key), name: `portrait-${n + 1}.png` })));
+      const parts = this.albums('images', outputKeys.length, images, caption, target);
+      if (this.surface.sendDocuments && outputKeys.length > 0) {
+        for (let start = 0; start < outputKeys.length; start += ALBUM) {
+          parts.push({
+            name: `documents:${start / ALBUM}`,
+            send: async () => this.surface.sendDocuments!(target, (await images()).slice(start, start + ALBUM), start === 0 ? t('done.documents') : ''),
+          });
+        }
+      }
+      return [...parts, status(t('done.generate', { what }))];
+    }
+    if (job.status === 'failed') {
+      const reason = t(knownKey(`reason.${job.errorCode}`) ?? 'reason.internal');
+      return [status(t(job.kind === 'train' ? 'failed.train' : 'failed.generate', { what, reason }))];
+    }
+    if (job.status === 'cancelled') return [status(t('cancelled', { what }))];
+    return [];
+  }
+
+  /** Pictures as albums of up to ten (a platform limit), one part each; the caption goes with the first. */
+  private albums(name: string, count: number, images: () => Promise<OutgoingImage[]>, caption: string, target: T): Part[] {
+    const parts: Part[] = [];
+    for (let start = 0; start < count; start += ALBUM) {
+      parts.push({ name: `${name}:${start / ALBUM}`, send: async () => this.surface.sendImages(target, (await images()).slice(start, start + ALBUM), start === 0 ? caption : '') });
+    }
+    return parts;
   }
 
   /**
    * The person's own words or the style's name in their language (never the internal prompt), then the prompt that
    * was painted, with the training token read as "you".
    */
-  private async caption({ t, locale }: Tracked<T>, generation: Generation): Promise<string> {
+  private async caption(t: Translate, locale: Locale, generation: Generation): Promise<string> {
     const shown = await this.app.services.generation.shown(generation);
     const seed = generation.seed;
     const style = generation.style ? (findStyle(generation.style)?.names[locale] ?? generation.style) : undefined;
@@ -221,12 +337,6 @@ export class JobNotifier<T extends TargetAddress> {
     const lines = [first];
     if (shown.used && (shown.words || style)) lines.push(t('done.prompt_used', { prompt: shown.used }));
     return lines.join('\n');
-  }
-
-  /** The validation portraits sampled after training, captioned with the likeness score when one was measured. */
-  private async sendSamples(entry: Tracked<T>, adapter: Adapter) {
-    const images = await Promise.all(adapter.sampleKeys.map(async (key, n) => ({ data: await this.app.store.get(key), name: `sample-${n + 1}.png` })));
-    await this.surface.sendImages(entry.target, images, samplesCaption(entry.t, adapter.metrics));
   }
 
   private untrack(jobId: string) {

@@ -36,7 +36,25 @@ export class TelegramSurface implements ChatSurface<TelegramTarget> {
     }
   }
 
+  async sendDocuments(target: TelegramTarget, files: OutgoingImage[], caption: string): Promise<void> {
+    const reply = { reply_parameters: JSON.stringify({ message_id: target.messageId, allow_sending_without_reply: true }) as never };
+    if (files.length === 1) {
+      await this.telegram.sendDocument(target.chatId, { source: files[0]!.data, filename: files[0]!.name }, { caption: caption || undefined, ...reply });
+      return;
+    }
+    await this.telegram.sendMediaGroup(
+      target.chatId,
+      files.map((file, i) => ({ type: 'document' as const, media: { source: file.data, filename: file.name }, caption: i === files.length - 1 && caption ? caption : undefined })),
+      reply,
+    );
+  }
+
   retryable(error: unknown): boolean {
     return retryableTelegramError(error);
+  }
+
+  retryAfterMs(error: unknown): number | undefined {
+    const seconds = error instanceof TelegramError ? error.parameters?.retry_after : undefined;
+    return typeof seconds === 'number' ? seconds * 1000 : undefined;
   }
 }

@@ -180,7 +180,7 @@ export const linkCodes = pgTable(
 /**
  * Where a job's progress is shown: the chat message a bot edits as the job advances. `target` is the platform's
  * address of that message (Telegram chat + message id; Discord interaction token + channel). `deliveredAt` is set
- * once the final state was shown, so two bot processes (or a restart) never deliver results twice.
+ * once every part of the final state was sent (see the outbox columns and the README for what is guaranteed).
  */
 export const chatTargets = pgTable(
   'chat_targets',
@@ -192,6 +192,17 @@ export const chatTargets = pgTable(
     locale: text('locale').notNull(),
     deliveredAt: timestamp('delivered_at', { withTimezone: true }),
     createdAt: createdAt(),
+    // The outbox: the final delivery is sent under a lease (who, until when, on the database clock) and recorded part by
+    // part, so a retry or another process resumes after the last part that was sent.
+    leaseOwner: text('lease_owner'),
+    leaseUntil: timestamp('lease_until', { withTimezone: true }),
+    attempts: integer('attempts').notNull().default(0),
+    nextAttemptAt: timestamp('next_attempt_at', { withTimezone: true }),
+    /** Parts already sent (status edit, album n, documents n) → when. */
+    parts: jsonb('parts').$type<Record<string, string>>().notNull().default({}),
+    /** Set when the delivery was given up (bot blocked, chat gone, too many attempts). */
+    failedAt: timestamp('failed_at', { withTimezone: true }),
+    lastError: text('last_error'),
   },
   (t) => [index('chat_targets_pending').on(t.platform).where(sql`${t.deliveredAt} is null`)],
 );

@@ -49,6 +49,8 @@ export class DiscordEmulator {
   private readonly attachments = new Map<string, Buffer>();
   private readonly buttonSources = new Map<string, string>();
   private readonly sentPayloads = new Map<string, unknown>();
+  /** Rate limits to answer (429 with Discord's headers), per "METHOD /path" pattern, each used once. */
+  private readonly limits: Array<{ method: string; path: RegExp; retryAfterS: number }> = [];
   private server?: Server;
   private gateway?: WebSocketServer;
   private sockets = new Set<WebSocket>();
@@ -57,11 +59,11 @@ export class DiscordEmulator {
 
   get api() { return `${this.url}/api`; }
 
-  async start(): Promise<void> {
+  async start(port = 0): Promise<void> {
     this.server = createServer((req, res) => void this.handle(req, res));
     this.gateway = new WebSocketServer({ server: this.server, path: '/gateway' });
     this.gateway.on('connection', (socket) => this.onGatewayConnection(socket));
-    await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => this.server!.listen(port, '127.0.0.1', resolve));
     this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
   }
 
@@ -100,6 +102,8 @@ export class DiscordEmulator {
 
   /** Presses a button under a message the bot sent. */
   press(user: EmulatedDiscordUser, message: SentMessage, customId: string) {
+    // The button's custom_id as the bot set it (it may carry more than the action).
+    customId = message.components.flatMap((row: any) => row.components ?? []).find((c: any) => c.custom_id?.split(':')[0] === customId)?.custom_id ?? customId;
     const record = this.interact(user, {
       type: 3,
       data: { custom_id: customId, component_type: 2 },
@@ -156,6 +160,9 @@ export class DiscordEmulator {
       await new Promise((r) => setTimeout(r, 25));
     }
   }
+
+  /** The next `method` call whose path matches answers 429, as Discord does (headers and body). */
+  rateLimitNext(method: string, path: RegExp, retryAfterS: number) { this.limits.push({ method, path, retryAfterS }); }
 
   /** Makes an interaction's token older than Discord's 15 minutes, so further webhook calls with it fail. */
   expire(record: InteractionRecord) { record.createdAt -= 16 * 60 * 1000; }
@@ -255,6 +262,15 @@ export class DiscordEmulator {
       }
     }
     this.calls.push({ method: req.method ?? 'GET', path, body, files, at: Date.now() });
+    const limit = this.limits.findIndex((l) => l.method === req.method && l.path.test(path));
+    if (limit >= 0) {
+      const { retryAfterS } = this.limits.splice(limit, 1)[0]!;
+      res.writeHead(429, {
+        'content-type': 'application/json', 'retry-after': String(retryAfterS), 'x-ratelimit-limit': '5', 'x-ratelimit-remaining': '0',
+        'x-ratelimit-reset-after': String(retryAfterS), 'x-ratelimit-bucket': 'emulated', 'x-ratelimit-scope': 'user',
+      });
+      return res.end(JSON.stringify({ message: 'You are being rate limited.', retry_after: retryAfterS, global: false }));
+    }
     const authorized = req.headers.authorization === `Bot ${this.token}`;
     const m = (pattern: RegExp) => pattern.exec(path);
     const interactionOf = (token: string) => {

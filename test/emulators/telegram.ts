@@ -8,9 +8,14 @@ import { randomBytes } from 'node:crypto';
 
 export interface ApiCall { method: string; params: Record<string, any>; files: Record<string, Buffer>; at: number }
 export interface EmulatedUser { id: number; first_name: string; language_code?: string; username?: string }
+export interface EmulatedChat { id: number; type: 'private' | 'group' | 'supergroup'; title?: string }
+/** A failure the emulator answers instead of a call: a Bot API error, or a dropped connection (a network failure). */
+export interface Fault { code?: number; description?: string; retryAfter?: number; drop?: boolean }
+/** Runs before a call is handled; may wait, or answer with a fault instead. */
+export type CallHook = (call: ApiCall) => Promise<Fault | void> | Fault | void;
 export interface StoredMessage {
   message_id: number;
-  chat: { id: number; type: 'private' };
+  chat: EmulatedChat;
   from: Record<string, unknown>;
   date: number;
   text?: string;
@@ -46,13 +51,18 @@ export class TelegramEmulator {
   private readonly files = new Map<string, { data: Buffer; path: string; uniqueId: string }>();
   readonly messages = new Map<number, StoredMessage>();
   webhook?: { url: string; secret?: string };
+  /** Faults to answer, per method, in order (each used once). */
+  private readonly faults = new Map<string, Fault[]>();
+  private readonly hooks = new Map<string, CallHook>();
+  /** setMyCommands calls by language code ('' for the default). */
+  readonly commandMenus = new Map<string, Array<{ command: string; description: string }>>();
   /** Deliveries to the webhook that did not get 200 (Telegram would retry them). */
   readonly webhookFailures: number[] = [];
   url = '';
 
-  async start(): Promise<string> {
+  async start(port = 0): Promise<string> {
     this.server = createServer((req, res) => void this.handle(req, res));
-    await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => this.server!.listen(port, '127.0.0.1', resolve));
     this.url = `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
     return this.url;
   }
@@ -66,8 +76,30 @@ export class TelegramEmulator {
   // ---- what a person does -------------------------------------------------------------------------------------
 
   sendText(user: EmulatedUser, text: string, extra: Partial<StoredMessage> = {}) {
-    const entities = /^\/\w+/.test(text) ? [{ type: 'bot_command', offset: 0, length: /^\/[\w@]+/.exec(text)![0].length }] : undefined;
-    return this.userMessage(user, { text, entities, ...extra });
+    const entities: any[] = /^\/\w+/.test(text) ? [{ type: 'bot_command', offset: 0, length: /^\/[\w@]+/.exec(text)![0].length }] : [];
+    // @mentions, as Telegram marks them.
+    for (const m of text.matchAll(/(?<![\w/])@\w+/g)) entities.push({ type: 'mention', offset: m.index, length: m[0].length });
+    return this.userMessage(user, { text, entities: entities.length ? entities : undefined, ...extra });
+  }
+
+  /** A message with no text or picture: a sticker or a voice note. */
+  sendOther(user: EmulatedUser, kind: 'sticker' | 'voice', extra: Partial<StoredMessage> = {}) {
+    const file = this.storeFile(Buffer.from('x'), kind, kind === 'voice' ? 'ogg' : 'webp');
+    const content = kind === 'sticker'
+      ? { sticker: { file_id: file.id, file_unique_id: file.uniqueId, type: 'regular', width: 512, height: 512, is_animated: false, is_video: false, emoji: '🙂' } }
+      : { voice: { file_id: file.id, file_unique_id: file.uniqueId, duration: 2, mime_type: 'audio/ogg' } };
+    return this.userMessage(user, { ...(content as object), ...extra });
+  }
+
+  /** The next `times` calls of `method` answer `fault` instead of being handled. */
+  failNext(method: string, fault: Fault, times = 1) {
+    this.faults.set(method, [...(this.faults.get(method) ?? []), ...Array.from({ length: times }, () => fault)]);
+  }
+
+  /** Runs `hook` before every call of `method` (undefined removes it). */
+  onCall(method: string, hook: CallHook | undefined) {
+    if (hook) this.hooks.set(method, hook);
+    else this.hooks.delete(method);
   }
 
   /** A compressed photo, as Telegram delivers it: several sizes of one picture (we store the one we were given). */
@@ -94,13 +126,27 @@ export class TelegramEmulator {
     return this.userMessage(user, { document, media_group_id: options.mediaGroupId });
   }
 
-  /** Sends `photos` as one album: one update per item, sharing a media_group_id, as Telegram does. */
-  sendAlbum(user: EmulatedUser, photos: Buffer[]) {
+  /**
+   * Sends `photos` as one album: one update per item, sharing a media_group_id, as Telegram does. `deliverInReverse`
+   * hands the updates over last first (message ids still count up in the order sent), as concurrent webhook deliveries may.
+   */
+  sendAlbum(user: EmulatedUser, photos: Buffer[], options: { deliverInReverse?: boolean } = {}) {
     const mediaGroupId = String(Date.now()) + randomBytes(3).toString('hex');
-    return photos.map((data) => this.sendPhoto(user, data, { mediaGroupId }));
+    if (!options.deliverInReverse) return photos.map((data) => this.sendPhoto(user, data, { mediaGroupId }));
+    this.holding = [];
+    const updates = photos.map((data) => this.sendPhoto(user, data, { mediaGroupId }));
+    const held = this.holding.reverse();
+    this.holding = undefined;
+    for (const update of held) this.redeliver(update);
+    return updates;
   }
 
+  /** While set, new updates are kept here instead of being delivered. */
+  private holding?: Array<{ update_id: number }>;
+
   pressButton(user: EmulatedUser, messageId: number, data: string) {
+    // A button's callback_data as the bot set it (it may carry more than the action).
+    data = (this.messages.get(messageId)?.reply_markup?.inline_keyboard?.flat() ?? []).find((b: any) => b.callback_data?.split(':')[0] === data)?.callback_data ?? data;
     const message = this.messages.get(messageId);
     if (!message) throw new Error(`no message ${messageId}`);
     return this.pushUpdate({
@@ -111,7 +157,8 @@ export class TelegramEmulator {
   /** Queues one update for getUpdates, or posts it to the webhook when one is set. */
   pushUpdate(body: Record<string, unknown>): any {
     const update = { update_id: this.nextUpdateId++, ...body };
-    this.redeliver(update);
+    if (this.holding) this.holding.push(update);
+    else this.redeliver(update);
     return update;
   }
 
@@ -155,7 +202,7 @@ export class TelegramEmulator {
   private userMessage(user: EmulatedUser, content: Partial<StoredMessage>) {
     const message: StoredMessage = {
       message_id: this.nextMessageId++,
-      chat: { id: user.id, type: 'private' },
+      chat: content.chat ?? { id: user.id, type: 'private' },
       from: { ...user, is_bot: false },
       date: Math.floor(Date.now() / 1000),
       edits: [],
@@ -170,10 +217,12 @@ export class TelegramEmulator {
     return rest.reply_to_message ? { ...rest, reply_to_message: this.publicMessage(rest.reply_to_message) } : rest;
   }
 
+  private readonly chats = new Map<number, EmulatedChat>();
+
   private botMessage(chatId: number, content: Partial<StoredMessage>): StoredMessage {
     const message: StoredMessage = {
       message_id: this.nextMessageId++,
-      chat: { id: chatId, type: 'private' },
+      chat: this.chats.get(chatId) ?? { id: chatId, type: chatId < 0 ? 'group' : 'private' },
       from: this.bot,
       date: Math.floor(Date.now() / 1000),
       edits: [],
@@ -223,7 +272,18 @@ export class TelegramEmulator {
         else files[name] = Buffer.from(await value.arrayBuffer());
       }
     }
-    this.calls.push({ method, params, files, at: Date.now() });
+    const call = { method, params, files, at: Date.now() };
+    this.calls.push(call);
+    const fault = (await this.hooks.get(method)?.(call)) ?? this.faults.get(method)?.shift();
+    if (fault?.drop) {
+      req.socket.destroy();
+      return;
+    }
+    if (fault) {
+      const parameters = fault.retryAfter !== undefined ? { retry_after: fault.retryAfter } : undefined;
+      const description = fault.description ?? (fault.code === 429 ? `Too Many Requests: retry after ${fault.retryAfter}` : 'Internal Server Error');
+      return send(fault.code ?? 500, { ok: false, error_code: fault.code ?? 500, description, parameters });
+    }
     try {
       const result = await this.call(method, params, files, req);
       send(200, { ok: true, result });
@@ -244,6 +304,13 @@ export class TelegramEmulator {
       const file = this.storeFile(data, 'photos', 'jpg');
       return [{ file_id: file.id, file_unique_id: file.uniqueId, width: 512, height: 512, file_size: data.length }];
     };
+    const documentOf = (value: unknown, attached: Record<string, Buffer>, field?: string) => {
+      const name = typeof value === 'string' && value.startsWith('attach://') ? value.slice(9) : undefined;
+      const data = (field ? attached[field] : undefined) ?? (name ? attached[name] : undefined);
+      if (!data) throw new ApiError(400, 'Bad Request: there is no document in the request');
+      const file = this.storeFile(data, 'documents', 'png');
+      return { file_id: file.id, file_unique_id: file.uniqueId, file_name: name ?? 'file', file_size: data.length };
+    };
     switch (method) {
       case 'getMe':
         return this.bot;
@@ -253,8 +320,11 @@ export class TelegramEmulator {
       case 'setWebhook':
         this.webhook = { url: p.url, secret: p.secret_token };
         return true;
-      case 'setMyCommands':
+      case 'setMyCommands': {
+        const commands = typeof p.commands === 'string' ? JSON.parse(p.commands) : p.commands;
+        this.commandMenus.set(p.language_code ?? '', commands);
         return true;
+      }
       case 'getUpdates': {
         if (this.webhook) throw new ApiError(409, "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first");
         const offset = Number(p.offset ?? 0);
@@ -293,8 +363,14 @@ export class TelegramEmulator {
         const media = (typeof p.media === 'string' ? JSON.parse(p.media) : p.media) as Array<{ type: string; media: string; caption?: string }>;
         if (media.length < 2 || media.length > 10) throw new ApiError(400, 'Bad Request: wrong number of media in the album (2–10)');
         const groupId = randomBytes(6).toString('hex');
-        return media.map((item) => this.publicMessage(this.botMessage(chatId, { photo: photoOf(item.media, files), caption: item.caption, media_group_id: groupId })));
+        const replyTo = this.messages.get(Number(p.reply_parameters?.message_id));
+        return media.map((item) => this.publicMessage(this.botMessage(chatId, {
+          ...(item.type === 'document' ? { document: documentOf(item.media, files) } : { photo: photoOf(item.media, files) }),
+          caption: item.caption, media_group_id: groupId, reply_to_message: replyTo,
+        })));
       }
+      case 'sendDocument':
+        return this.publicMessage(this.botMessage(chatId, { document: documentOf(p.document, files, 'document'), caption: p.caption, reply_to_message: this.messages.get(Number(p.reply_parameters?.message_id)) }));
       case 'sendChatAction':
         return true;
       case 'answerCallbackQuery':

@@ -8,7 +8,7 @@ export const lang: SlashCommand = {
     .setName('lang')
     .setDescription('Language of my answers')
     .setDescriptionLocalizations({ ru: 'Язык ответов' })
-    .addStringOption((o) => o.setName('language').setDescription('Language').setRequired(true)
+    .addStringOption((o) => o.setName('language').setDescription('Language').setDescriptionLocalizations({ ru: 'Язык' }).setRequired(true)
       .addChoices(...locales.map((l) => ({ name: catalogues[l]['lang.name'], value: l })))),
   ephemeral: true,
   execute: ({ conversation }, interaction, person) => conversation.lang(person, interaction.options.getString('language', true)),

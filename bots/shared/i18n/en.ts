@@ -173,6 +173,25 @@ export const en = {
   'error.no_files': 'No photos were attached.',
   'error.bad_request': 'This request is not valid.',
   'reason.cancelled': 'it was cancelled.',
+  // Chats: delivery, groups, fallback, command menus.
+  'done.documents': 'The same as files: the original PNGs, uncompressed.',
+  'progress.forgotten': '🗑 {what}: stopped, because you asked me to forget everything about you.',
+  'chat.private_only': 'Let’s do {command} in private, so nobody else sees it: write to me at @{bot}.',
+  'chat.not_yours': 'This button belongs to the person who asked; it does nothing for you.',
+  'chat.fallback': 'I didn’t understand that. Send /help to see what I can do.',
+  'photos.duplicate_of': '☑️ {name}: the same photo as {other}; kept once.',
+  'command.start': 'Start here',
+  'command.help': 'What I can do',
+  'command.train': 'Send photos of yourself to train your model',
+  'command.imagine': 'A portrait of you',
+  'command.pose': 'You, in the pose of a picture',
+  'command.status': 'Your photos, model and jobs',
+  'command.cancel': 'Stop your running job',
+  'command.forget': 'Delete everything about you',
+  'command.link': 'Use the same account on Telegram and Discord',
+  'command.lang': 'Language of my answers',
+  'error.duplicate_of': 'the same shot as {other} — send a different one.',
+  'help.files': 'Photos can also be sent as files (uncompressed): that is better for training.',
 } as const;
 
 export type MessageKey = keyof typeof en;

@@ -1,16 +1,19 @@
-// /forget: asks first, deletes on "Delete everything".
+// /forget: asks first, deletes on "Delete everything". Only in a private chat, and only for the person who asked.
 import { Composer } from 'telegraf';
-import { personOf, replyTo, type TelegramDeps } from '../context.ts';
+import { acknowledge, buttonData, editPressed, inPrivate, personOf, pressedByOwner, replyTo, type TelegramDeps } from '../context.ts';
 
 export function forgetFeature(deps: TelegramDeps) {
   const feature = new Composer();
-  feature.command('forget', async (ctx) => replyTo(deps, ctx, deps.conversation.forgetAsk(await personOf(deps, ctx))));
-  feature.action(['forget_yes', 'forget_no'], async (ctx) => {
-    await ctx.answerCbQuery();
+  feature.command('forget', async (ctx) => {
+    if (await inPrivate(deps, ctx, '/forget')) await replyTo(deps, ctx, deps.conversation.forgetAsk(await personOf(deps, ctx)));
+  });
+  feature.action(buttonData('forget_yes', 'forget_no'), async (ctx) => {
+    if (!(await pressedByOwner(deps, ctx))) return;
+    await acknowledge(deps, ctx);
     const p = await personOf(deps, ctx);
-    const reply = ctx.match[0] === 'forget_yes' ? await deps.conversation.forget(p) : deps.conversation.forgetKept(p);
+    const reply = ctx.match[1] === 'forget_yes' ? await deps.conversation.forget(p) : deps.conversation.forgetKept(p);
     // The question turns into the answer, so its buttons cannot be pressed twice.
-    await ctx.editMessageText(reply.text);
+    await editPressed(ctx, reply.text);
   });
   return feature;
 }

@@ -3,27 +3,31 @@
 import { Composer, type Context, type Telegram } from 'telegraf';
 import { message } from 'telegraf/filters';
 import type { IncomingFile, Person } from '../../shared/conversation.ts';
-import { hasFile, incomingFile, personOf, replyTo, sendReply, type TelegramDeps } from '../context.ts';
+import { acknowledge, buttonData, hasFile, incomingFile, personOf, pressedByOwner, replyTo, sendReply, type TelegramDeps } from '../context.ts';
 
-interface Album { person: Person; telegram: Telegram; chatId: number; items: Array<{ message: unknown }>; timer?: NodeJS.Timeout }
+const messageId = (message: unknown) => (message as { message_id: number }).message_id;
+
+interface Album { person: Person; telegram: Telegram; chatId: number; from?: number; items: Array<{ message: unknown }>; timer?: NodeJS.Timeout }
 
 export function trainFeature(deps: TelegramDeps) {
   const feature = new Composer();
   const albums = new Map<string, Album>();
 
-  const addPhotos = async (telegram: Telegram, chatId: number, person: Person, files: IncomingFile[]) => {
+  const addPhotos = async (telegram: Telegram, chatId: number, person: Person, files: IncomingFile[], from?: number) => {
     await telegram.sendChatAction(chatId, 'typing');
-    await sendReply(deps, telegram, chatId, person, await deps.conversation.addPhotos(person, files));
+    await sendReply(deps, telegram, chatId, person, await deps.conversation.addPhotos(person, files), from);
   };
 
   const flush = (key: string) => {
     const album = albums.get(key);
     if (!album) return;
     albums.delete(key);
+    // Numbered in the order the person sent them (updates may be handled out of order).
+    album.items.sort((a, b) => messageId(a.message) - messageId(b.message));
     const files = album.items.flatMap(({ message }, n) =>
       hasFile(message) ? [incomingFile(album.telegram, message, album.person.t('photos.photo_n', { n: n + 1 }))] : []);
     // Runs outside any update handler (the album's updates were all answered already), so errors are ours to log.
-    addPhotos(album.telegram, album.chatId, album.person, files).catch((error: unknown) => deps.logger.error({ err: error }, 'album failed'));
+    addPhotos(album.telegram, album.chatId, album.person, files, album.from).catch((error: unknown) => deps.logger.error({ err: error }, 'album failed'));
   };
 
   feature.command('train', async (ctx) => replyTo(deps, ctx, await deps.conversation.openTraining(await personOf(deps, ctx))));
@@ -33,19 +37,20 @@ export function trainFeature(deps: TelegramDeps) {
     const person = await personOf(deps, ctx);
     const groupId = 'media_group_id' in msg ? msg.media_group_id : undefined;
     if (!groupId) {
-      await addPhotos(ctx.telegram, ctx.chat!.id, person, [incomingFile(ctx.telegram, msg as never, person.t('photos.photo'))]);
+      await addPhotos(ctx.telegram, ctx.chat!.id, person, [incomingFile(ctx.telegram, msg as never, person.t('photos.photo'))], ctx.from?.id);
       return;
     }
     const key = `${ctx.chat!.id}:${groupId}`;
-    const album = albums.get(key) ?? { person, telegram: ctx.telegram, chatId: ctx.chat!.id, items: [] };
+    const album = albums.get(key) ?? { person, telegram: ctx.telegram, chatId: ctx.chat!.id, from: ctx.from?.id, items: [] };
     albums.set(key, album);
     album.items.push({ message: msg });
     clearTimeout(album.timer);
     album.timer = setTimeout(() => flush(key), deps.albumWindowMs);
   });
 
-  feature.action('train_now', async (ctx) => {
-    await ctx.answerCbQuery();
+  feature.action(buttonData('train_now'), async (ctx) => {
+    if (!(await pressedByOwner(deps, ctx))) return;
+    await acknowledge(deps, ctx);
     await replyTo(deps, ctx, await deps.conversation.trainNow(await personOf(deps, ctx)));
   });
 
