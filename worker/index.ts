@@ -49,11 +49,12 @@ export async function startWorker(deps: Omit<ProcessorDeps, 'engine' | 'state'>,
   const connection = redisConnection(config.redisUrl, true);
   const queues = new JobQueues(config, redisConnection(config.redisUrl));
   const reconcileDeps = { db: deps.db, state, queues, events: deps.events, logger };
-  const options = { connection, prefix: config.queuePrefix, concurrency: 1 };
-  // Each queue has exactly one job name and one handler; anything else is a bug, not a retry.
+  const options = { connection, prefix: config.queuePrefix };
+  // Each queue has exactly one job name and one handler; anything else is a bug, not a retry. Several jobs run at
+  // once: the engine's scheduler batches them, and JobState keeps each job's transitions safe.
   const workers = [
-    new Worker(queueNames.train, trainProcessor(full, running), options),
-    new Worker(queueNames.generate, generateProcessor(full, running), options),
+    new Worker(queueNames.train, trainProcessor(full, running), { ...options, concurrency: config.worker.trainConcurrency }),
+    new Worker(queueNames.generate, generateProcessor(full, running), { ...options, concurrency: config.worker.generateConcurrency }),
   ];
   for (const worker of workers) {
     worker.on('error', (error) => logger.error({ err: error, queue: worker.name }, 'worker error'));

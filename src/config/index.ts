@@ -114,6 +114,10 @@ const envSchema = z.object({
   ENGINE_READY_TIMEOUT_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(100).default(600_000)),
   // How many times a training is tried (engine crashes, hangs) before it fails for good.
   TRAIN_ATTEMPTS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).max(20).optional()),
+  // Jobs one worker process runs at once per queue; its engine batches them together (denoising steps of several
+  // generations in one UNet call, several people's training steps in one batch).
+  WORKER_TRAIN_CONCURRENCY: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).max(64).default(4)),
+  WORKER_GENERATE_CONCURRENCY: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).max(64).default(8)),
   // How often the worker compares open job rows with the queue (and at start).
   RECONCILE_INTERVAL_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(100).default(60_000)),
   TELEGRAM_BOT_TOKEN: optionalText,
@@ -188,6 +192,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       readyTimeoutMs: e.ENGINE_READY_TIMEOUT_MS,
     },
     reconcileIntervalMs: e.RECONCILE_INTERVAL_MS,
+    worker: { trainConcurrency: e.WORKER_TRAIN_CONCURRENCY, generateConcurrency: e.WORKER_GENERATE_CONCURRENCY },
     photos: { ...d.photos, minForTraining: e.MIN_TRAINING_PHOTOS ?? d.photos.minForTraining, decodeConcurrency: e.IMAGE_DECODE_CONCURRENCY ?? d.photos.decodeConcurrency },
     training: {
       ...d.training,
