@@ -13,6 +13,7 @@ import { JobState } from './services/job-state.ts';
 import { TrainingService } from './services/training.ts';
 import { GenerationService } from './services/generation.ts';
 import { ForgetService } from './services/forget.ts';
+import { RetentionService } from './services/retention.ts';
 import { LinkService } from './services/link.ts';
 import { LimitService } from './services/limits.ts';
 import { ChatTargetService } from './services/chat-targets.ts';
@@ -27,6 +28,7 @@ export interface Services {
   training: TrainingService;
   generation: GenerationService;
   forget: ForgetService;
+  retention: RetentionService;
   link: LinkService;
   limits: LimitService;
   chatTargets: ChatTargetService;
@@ -65,6 +67,7 @@ export async function createApp(config: Config, logger: Logger = pino({ level: c
   const link = new LinkService(db);
   const limits = new LimitService(db, redis, config.queuePrefix, config.limits);
   const forget = new ForgetService(db, store, queues, jobState, limits, config);
+  const retention = new RetentionService(db, forget, config.retentionDays);
   const chatTargets = new ChatTargetService(db);
   return {
     config,
@@ -74,7 +77,7 @@ export async function createApp(config: Config, logger: Logger = pino({ level: c
     queues,
     events,
     vision,
-    services: { users, jobState, photos, jobs, training, generation, forget, link, limits, chatTargets },
+    services: { users, jobState, photos, jobs, training, generation, forget, retention, link, limits, chatTargets },
     async close() {
       await vision.close();
       await queues.close();

@@ -48,6 +48,17 @@ if (config.roles.has('discord') && config.discord.token) {
   stoppers.unshift(() => discord.stop());
 }
 
+// Retention runs beside the worker (one place per deployment that runs jobs), hourly.
+if (config.retentionDays && config.roles.has('worker')) {
+  const sweep = () => app.services.retention.sweep()
+    .then((n) => { if (n > 0) logger.info({ forgotten: n, days: config.retentionDays }, 'retention: deleted inactive people'); })
+    .catch((error: Error) => logger.warn({ err: error }, 'retention sweep failed'));
+  void sweep();
+  const timer = setInterval(() => void sweep(), 3600_000);
+  timer.unref();
+  stoppers.push(async () => clearInterval(timer));
+}
+
 let stopping = false;
 async function shutdown(signal: string) {
   if (stopping) return;

@@ -118,6 +118,8 @@ const envSchema = z.object({
   // generations in one UNet call, several people's training steps in one batch).
   WORKER_TRAIN_CONCURRENCY: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).max(64).default(4)),
   WORKER_GENERATE_CONCURRENCY: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).max(64).default(8)),
+  // The data of people inactive (no new account, photo or job) for this many days is deleted as /forget would.
+  RETENTION_DAYS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).optional()),
   // How often the worker compares open job rows with the queue (and at start).
   RECONCILE_INTERVAL_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(100).default(60_000)),
   TELEGRAM_BOT_TOKEN: optionalText,
@@ -192,6 +194,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       readyTimeoutMs: e.ENGINE_READY_TIMEOUT_MS,
     },
     reconcileIntervalMs: e.RECONCILE_INTERVAL_MS,
+    retentionDays: e.RETENTION_DAYS,
     worker: { trainConcurrency: e.WORKER_TRAIN_CONCURRENCY, generateConcurrency: e.WORKER_GENERATE_CONCURRENCY },
     photos: { ...d.photos, minForTraining: e.MIN_TRAINING_PHOTOS ?? d.photos.minForTraining, decodeConcurrency: e.IMAGE_DECODE_CONCURRENCY ?? d.photos.decodeConcurrency },
     training: {
