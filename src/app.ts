@@ -1,5 +1,6 @@
 // Composition root: builds every outside connection once and hands it to the services that need it.
-import pino, { type Logger } from 'pino';
+import type { Logger } from 'pino';
+import { createLogger } from './logging.ts';
 import type { Config } from './config/index.ts';
 import { openDatabase, ensureDatabaseExists, migrateDatabase, type Database } from './db/client.ts';
 import { JobQueues, redisConnection } from './queue/index.ts';
@@ -46,7 +47,7 @@ export interface App {
   close(): Promise<void>;
 }
 
-export async function createApp(config: Config, logger: Logger = pino({ level: config.logLevel })): Promise<App> {
+export async function createApp(config: Config, logger: Logger = createLogger(config)): Promise<App> {
   await ensureDatabaseExists(config.databaseUrl);
   const database = openDatabase(config.databaseUrl);
   await migrateDatabase(database.db);

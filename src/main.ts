@@ -1,6 +1,6 @@
 // Starts the stack: migrations, the worker with its engine, the web playground (the roles in ROLES), and the
 // Telegram / Discord adapters when their tokens are set.
-import pino from 'pino';
+import { createLogger } from './logging.ts';
 import { ConfigError, loadConfig, type Config } from './config/index.ts';
 import { createApp } from './app.ts';
 import { buildWebServer } from '../bots/web/server.ts';
@@ -17,7 +17,7 @@ try {
   throw error;
 }
 
-const logger = pino({ level: config.logLevel });
+const logger = createLogger(config);
 const app = await createApp(config, logger);
 const stoppers: Array<() => Promise<unknown>> = [];
 

@@ -8,6 +8,7 @@ import { eq } from 'drizzle-orm';
 import pino from 'pino';
 import { accounts, chatTargets, linkCodes, photos } from '../src/db/schema.ts';
 import { createApp } from '../src/app.ts';
+import { createLogger } from '../src/logging.ts';
 import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
 import { TelegramEmulator, type EmulatedChat, type EmulatedUser } from './emulators/telegram.ts';
 import { freePort } from './helpers/net.ts';
@@ -217,8 +218,11 @@ describe('Telegram unreachable at start', () => {
     const port = await freePort();
     const late = new TelegramEmulator();
     const lines: Array<Record<string, any>> = [];
+    const raw: string[] = [];
     // Its own Redis prefix: this emulator numbers updates from the same start, and seen update ids are kept per prefix.
-    const app = await createApp({ ...stack.env.config, queuePrefix: `${stack.env.config.queuePrefix}-late` }, pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line)) }));
+    // The process logger, as main.ts builds it: the token must never reach a line, though telegraf's errors carry it.
+    const config = { ...stack.env.config, queuePrefix: `${stack.env.config.queuePrefix}-late`, logLevel: 'info' as const, telegram: { ...stack.env.config.telegram, token: late.token } };
+    const app = await createApp(config, createLogger(config, { write: (line: string) => { raw.push(line); lines.push(JSON.parse(line)); } }));
     const handle = createTelegramBot(app, { telegram: { token: late.token, apiRoot: `http://127.0.0.1:${port}` }, connectRetryMs: 200 });
     try {
       await handle.start();
@@ -229,6 +233,7 @@ describe('Telegram unreachable at start', () => {
       late.sendText(user, '/help');
       await late.waitFor(() => late.botMessages(user.id).find((m) => /send me 3–20 photos/.test(m.text ?? '')), 'the help text', 15_000);
       assert.ok(lines.some((l) => l.msg === 'telegram reachable again'));
+      assert.ok(raw.every((line) => !line.includes(late.token)), 'the bot token never reaches the log');
     } finally {
       await handle.stop();
       await app.close();
