@@ -7,7 +7,7 @@ import { JobQueues, channels, queueNames, redisConnection } from '../src/queue/i
 import { repoRoot, type Config } from '../src/config/index.ts';
 import { JobState } from '../src/services/job-state.ts';
 import { sweepExpiredLeases } from '../src/services/blobs.ts';
-import { EngineSupervisor } from './engine-client/supervisor.ts';
+import { EnginePool, type EngineClient } from './engine-client/pool.ts';
 import { RunningJobs, generateProcessor, trainProcessor, type ProcessorDeps } from './processors.ts';
 import { reconcileJob, reconcileJobs } from './reconcile.ts';
 
@@ -21,9 +21,15 @@ export function engineLaunch(config: Config) {
   return { python: e.python, args, cwd: resolve(repoRoot, 'worker/engine'), env: { ENGINE_DEVICE: undefined } };
 }
 
-export function engineSupervisor(config: Config, logger: ProcessorDeps['logger']) {
-  return new EngineSupervisor({
-    launch: engineLaunch(config),
+/** One engine per configured GPU (each seeing only its own), or ENGINE_COUNT engines on the engine's own device. */
+export function enginePool(config: Config, logger: ProcessorDeps['logger']) {
+  const base = engineLaunch(config);
+  const { gpus, count } = config.engine;
+  const launches = gpus
+    ? gpus.map((gpu) => ({ ...base, env: { ...base.env, CUDA_VISIBLE_DEVICES: gpu } }))
+    : Array.from({ length: count }, () => base);
+  return new EnginePool({
+    launches,
     logger: logger.child({ source: 'engine' }),
     readyTimeoutMs: config.engine.readyTimeoutMs,
     watchdogMs: config.engine.watchdogMs,
@@ -31,16 +37,16 @@ export function engineSupervisor(config: Config, logger: ProcessorDeps['logger']
 }
 
 export interface WorkerHandle {
-  engine: EngineSupervisor;
+  engine: EngineClient;
   /** Runs one reconciliation of open job rows with the queue now (it also runs at start and periodically). */
   reconcile(graceMs?: number): ReturnType<typeof reconcileJobs>;
   /** Hands running jobs back to the queue, then stops the workers and the engine. */
   close(): Promise<void>;
 }
 
-export async function startWorker(deps: Omit<ProcessorDeps, 'engine' | 'state'>, engine?: EngineSupervisor): Promise<WorkerHandle> {
+export async function startWorker(deps: Omit<ProcessorDeps, 'engine' | 'state'>, engine?: EngineClient): Promise<WorkerHandle> {
   const { config, logger } = deps;
-  const supervisor = engine ?? engineSupervisor(config, logger);
+  const supervisor = engine ?? enginePool(config, logger);
   // An engine that fails to start is restarted with backoff; jobs wait for it instead of the worker failing.
   await supervisor.start().catch((error: Error) => logger.error({ err: error }, 'the engine did not start; retrying'));
   const running = new RunningJobs(supervisor);

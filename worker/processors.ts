@@ -16,7 +16,8 @@ import type { JobState } from '../src/services/job-state.ts';
 import { abandonLeased, deleteUnreferencedBlobs, putFileLeased, releaseLeases, type LeasedBlob } from '../src/services/blobs.ts';
 import { withPolicyNegative } from '../src/services/prompt-policy.ts';
 import type { Config } from '../src/config/index.ts';
-import { EngineError, type EngineSupervisor } from './engine-client/supervisor.ts';
+import { EngineError } from './engine-client/supervisor.ts';
+import type { EngineClient } from './engine-client/pool.ts';
 import type { ProgressEvent, TrainParams } from './engine-client/protocol.ts';
 import type { VisionService } from '../src/vision/index.ts';
 
@@ -24,7 +25,7 @@ export interface ProcessorDeps {
   db: Db;
   store: BlobStore;
   events: EventBus;
-  engine: EngineSupervisor;
+  engine: EngineClient;
   state: JobState;
   config: Config;
   logger: Logger;
@@ -36,7 +37,7 @@ export class RunningJobs {
   private readonly byJob = new Map<string, string>();
   shuttingDown = false;
 
-  constructor(private readonly engine: EngineSupervisor) {}
+  constructor(private readonly engine: EngineClient) {}
 
   add(jobId: string, requestId: string) { this.byJob.set(jobId, requestId); }
   delete(jobId: string) { this.byJob.delete(jobId); }
@@ -295,6 +296,8 @@ export function trainProcessor(deps: ProcessorDeps, running: RunningJobs) {
           params: adapter.params as TrainParams,
         },
         (event) => run.onProgress(event, checkpoints.ship),
+        // A retried training avoids the engine that failed it.
+        `job:${run.row.id}`,
       );
       const stored = await run.store(result.output, 'safetensors');
       const kohya = result.kohya_output ? await run.store(result.kohya_output, 'safetensors') : undefined;
@@ -357,6 +360,8 @@ export function generateProcessor(deps: ProcessorDeps, running: RunningJobs) {
           output_dir: workDir,
         },
         run.onProgress,
+        // A person's generations stay on the engine that holds their LoRA.
+        `adapter:${generation.adapterId}`,
       );
       const keys: string[] = [];
       for (const image of result.images) keys.push((await run.store(image, 'png')).key);
@@ -391,7 +396,7 @@ async function sampleValidationSet(deps: ProcessorDeps, run: JobRun, lora: strin
       height: g.height,
       scheduler: g.scheduler,
       output_dir: join(workDir, `sample${n}`),
-    });
+    }, undefined, `adapter:${run.row.adapterId}`);
     for (const path of result.images) {
       images.push(await readFile(path));
       keys.push((await run.store(path, 'png')).key);

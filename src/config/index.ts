@@ -120,6 +120,10 @@ const envSchema = z.object({
   WORKER_GENERATE_CONCURRENCY: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).max(64).default(8)),
   // The data of people inactive (no new account, photo or job) for this many days is deleted as /forget would.
   RETENTION_DAYS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).optional()),
+  // Engines under one worker: ENGINE_GPUS lists GPUs (one engine each, CUDA_VISIBLE_DEVICES=<gpu>); otherwise
+  // ENGINE_COUNT engines share whatever device they pick (several CPU engines in tests).
+  ENGINE_GPUS: z.preprocess(emptyAsUndefined, z.string().regex(/^\d+(,\d+)*$/).optional()),
+  ENGINE_COUNT: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).max(16).default(1)),
   // How often the worker compares open job rows with the queue (and at start).
   RECONCILE_INTERVAL_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(100).default(60_000)),
   TELEGRAM_BOT_TOKEN: optionalText,
@@ -191,6 +195,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       baseModel: e.ENGINE_BASE_MODEL,
       controlnet: e.ENGINE_CONTROLNET,
       watchdogMs: e.ENGINE_WATCHDOG_MS,
+      gpus: e.ENGINE_GPUS?.split(','),
+      count: e.ENGINE_GPUS ? e.ENGINE_GPUS.split(',').length : e.ENGINE_COUNT,
       readyTimeoutMs: e.ENGINE_READY_TIMEOUT_MS,
     },
     reconcileIntervalMs: e.RECONCILE_INTERVAL_MS,

@@ -72,6 +72,8 @@ export class EngineSupervisor {
   /** Why the current engine process is being killed by us (watchdog, ready timeout), for its pending requests. */
   private killedFor?: { code: 'engine_hung' | 'engine_crashed'; why: string };
   restartCount = 0;
+  /** Whether an engine process is up and has said it is ready. */
+  running = false;
   info: Record<string, unknown> = {};
 
   constructor(private readonly options: SupervisorOptions) {}
@@ -123,6 +125,7 @@ export class EngineSupervisor {
         clearTimeout(timer);
         this.info = readyEvent.parse(event);
         this.restarts = 0;
+        this.running = true;
         logger.info(this.info, 'engine ready');
         markReady();
         return;
@@ -149,6 +152,7 @@ export class EngineSupervisor {
     child.on('error', (error) => failStart(new EngineError('engine_crashed', `could not start the engine: ${error.message}`)));
     child.on('exit', (code, signal) => {
       clearTimeout(timer);
+      this.running = false;
       const killed = this.killedFor;
       const why = killed?.why ?? `engine exited (code ${code}, signal ${signal})${this.stderrTail.length ? `: ${this.stderrTail.slice(-5).join(' | ')}` : ''}`;
       failStart(new EngineError('engine_crashed', why));

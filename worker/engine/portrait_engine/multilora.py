@@ -150,6 +150,10 @@ class SlotLoRA:
                 raise ValueError(f"unexpected LoRA key {key}")
             component, path = match.group(1), match.group(2)
             kind = _KIND[next(g for g in match.groups()[2:] if g)]
+            # Files name text-encoder layers as kohya and ComfyUI expect (`text_model.encoder…`); transformers 5's
+            # modules, which the slots wrap, have no `text_model.` level.
+            if component == "text_encoder" and f"{component}.{path}" not in self.layers:
+                path = path.removeprefix("text_model.")
             if f"{component}.{path}" not in self.layers:
                 raise ValueError(f"LoRA key {key} names no slot layer")
             pairs.setdefault(f"{component}.{path}", {})[kind] = tensor
