@@ -183,7 +183,7 @@ export async function buildWebServer(app: App) {
 
   web.get('/api/info', async () => ({
     engineProfile: config.engine.profile,
-    vision: (({ faceChecks, pose, likeness }) => ({ faceChecks, pose, likeness }))(app.vision.availability()),
+    vision: app.vision.publicAvailability(),
     minPhotos: config.photos.minForTraining,
     maxPhotos: config.photos.maxPerUser,
     notice: config.engine.profile === 'tiny'
