@@ -262,6 +262,36 @@ describe('S3BlobStore on SeaweedFS', () => {
     assert.deepEqual(await listFiles(store.cacheDir), [key]);
   });
 
+  test('putFile and a cold localPath stream a large file: memory stays far below its size', async () => {
+    const store = await freshS3();
+    const size = 64 * 1024 * 1024;
+    const source = path.join(tmpRoot, `checkpoint-${n++}.pt`);
+    const handle = await fs.open(source, 'w');
+    for (let i = 0; i < size / (1024 * 1024); i++) await handle.write(randomBytes(1024 * 1024));
+    await handle.close();
+    /** The largest growth of Buffer memory while `run` runs (sampled), in bytes; a whole-file read adds 64 MiB at once. */
+    const peakGrowth = async (run: () => Promise<unknown>) => {
+      const base = process.memoryUsage().arrayBuffers;
+      let peak = 0;
+      const timer = setInterval(() => { peak = Math.max(peak, process.memoryUsage().arrayBuffers - base); }, 2);
+      try {
+        await run();
+      } finally {
+        clearInterval(timer);
+      }
+      return Math.max(peak, process.memoryUsage().arrayBuffers - base);
+    };
+    let key = '';
+    const saving = await peakGrowth(async () => { key = (await store.putFile(source, 'pt')).key; });
+    assert.ok(saving < size / 2, `putFile held ${(saving / 2 ** 20).toFixed(1)} MiB of a 64 MiB file`);
+    const reader = await freshS3(store.bucket);
+    let cached = '';
+    const loading = await peakGrowth(async () => { cached = await reader.localPath(key); });
+    assert.ok(loading < size / 2, `localPath held ${(loading / 2 ** 20).toFixed(1)} MiB of a 64 MiB file`);
+    assert.equal((await fs.stat(cached)).size, size);
+    await fs.rm(source);
+  });
+
   test('a blob deleted elsewhere (/forget on the bot machine) is not served from a cache, and its cached copy goes', async () => {
     const bot = await freshS3();
     const worker = await freshS3(bot.bucket);

@@ -44,8 +44,9 @@ function errCode(err: unknown): string | undefined {
   return typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : undefined;
 }
 
+/** No such object (a HEAD's 404 has no body, so it cannot tell a missing bucket apart; ensureBucket runs first). */
 const isNotFound = (err: unknown) =>
-  err instanceof S3ServiceException && (err.$metadata.httpStatusCode === 404 || err.name === 'NoSuchKey' || err.name === 'NotFound');
+  err instanceof S3ServiceException && err.name !== 'NoSuchBucket' && (err.$metadata.httpStatusCode === 404 || err.name === 'NoSuchKey');
 
 async function removeQuietly(file: string): Promise<void> {
   await fs.unlink(file).catch((err: unknown) => {
