@@ -302,6 +302,27 @@ describe('S3BlobStore on SeaweedFS', () => {
     await assert.rejects(fs.access(cached), { code: 'ENOENT' });
   });
 
+  test('sweepCache drops copies of blobs deleted on another machine and old temp files, and keeps the rest', async () => {
+    const bot = await freshS3();
+    const worker = await freshS3(bot.bucket);
+    const kept = await bot.put(Buffer.from('still referenced'), 'png');
+    const forgotten = await bot.put(Buffer.from('a forgotten crop'), 'png');
+    await worker.localPath(kept.key);
+    const stale = await worker.localPath(forgotten.key);
+    await bot.delete(forgotten.key); // the worker is never asked for it again
+    const strayOld = path.join(worker.cacheDir, '.tmp-1-dead');
+    const strayNew = path.join(worker.cacheDir, '.tmp-1-live');
+    await fs.writeFile(strayOld, 'half');
+    await fs.writeFile(strayNew, 'being written');
+    const old = new Date(Date.now() - 2 * 60 * 60 * 1000);
+    await fs.utimes(strayOld, old, old);
+
+    assert.equal(await worker.sweepCache(), 2);
+    await assert.rejects(fs.access(stale), { code: 'ENOENT' });
+    assert.deepEqual(await listFiles(worker.cacheDir), ['.tmp-1-live', kept.key].sort());
+    assert.equal(await (await freshS3(worker.bucket, path.join(tmpRoot, 'no-cache-yet'))).sweepCache(), 0);
+  });
+
   test('an object whose bytes do not match its key is refused on download, and nothing is cached', async () => {
     const store = await freshS3();
     const key = blobKey(sha(Buffer.from('what the key says')), 'png');

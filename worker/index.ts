@@ -7,6 +7,8 @@ import { JobQueues, channels, queueNames, redisConnection } from '../src/queue/i
 import { repoRoot, type Config } from '../src/config/index.ts';
 import { JobState } from '../src/services/job-state.ts';
 import { sweepExpiredLeases } from '../src/services/blobs.ts';
+
+const CACHE_SWEEP_MS = 60 * 60 * 1000;
 import { EngineSupervisor } from './engine-client/supervisor.ts';
 import { RunningJobs, generateProcessor, trainProcessor, type ProcessorDeps } from './processors.ts';
 import { reconcileJob, reconcileJobs } from './reconcile.ts';
@@ -75,9 +77,15 @@ export async function startWorker(deps: Omit<ProcessorDeps, 'engine' | 'state'>,
   });
   await cancelSubscriber.subscribe(channels.cancel(config.queuePrefix));
 
+  let cacheSweptAt = 0;
   const housekeeping = async () => {
     await reconcileJobs(reconcileDeps).catch((error: Error) => logger.warn({ err: error }, 'reconciliation failed'));
     await sweepExpiredLeases(deps.db, deps.store).catch((error: Error) => logger.warn({ err: error }, 'lease sweep failed'));
+    // A remote store's read cache may hold copies of blobs /forget deleted on another machine: hourly (a HEAD each).
+    if (deps.store.sweepCache && Date.now() - cacheSweptAt >= CACHE_SWEEP_MS) {
+      cacheSweptAt = Date.now();
+      await deps.store.sweepCache().catch((error: Error) => logger.warn({ err: error }, 'storage cache sweep failed'));
+    }
   };
   await housekeeping();
   const timer = setInterval(() => void housekeeping(), config.reconcileIntervalMs);

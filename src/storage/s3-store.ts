@@ -185,6 +185,42 @@ export class S3BlobStore implements BlobStore {
     return cached;
   }
 
+  /**
+   * Removes cached copies of blobs no longer in the bucket (deleted on another machine, e.g. by /forget, and not
+   * asked for here since) and temp files older than `tempOlderThanMs` left by a crashed download or upload. One HEAD
+   * per cached file: run it now and then, not per request. Returns how many files were removed.
+   */
+  async sweepCache(tempOlderThanMs = 60 * 60 * 1000): Promise<number> {
+    const cutoff = Date.now() - tempOlderThanMs;
+    let removed = 0;
+    const entries = await fs.readdir(this.cacheDir, { recursive: true, withFileTypes: true }).catch((err: unknown) => {
+      if (errCode(err) === 'ENOENT') return [];
+      throw err;
+    });
+    for (const entry of entries) {
+      if (!entry.isFile()) continue;
+      const file = path.join(entry.parentPath, entry.name);
+      const key = path.relative(this.cacheDir, file).split(path.sep).join('/');
+      let gone: boolean;
+      if (entry.name.startsWith(TEMP_PREFIX)) {
+        const stat = await fs.stat(file).catch(() => undefined);
+        gone = stat !== undefined && stat.mtimeMs < cutoff;
+      } else {
+        try {
+          parseKey(key);
+        } catch {
+          continue; // not ours: leave it
+        }
+        gone = (await this.storedSize(key)) === undefined;
+      }
+      if (gone) {
+        await removeQuietly(file);
+        removed++;
+      }
+    }
+    return removed;
+  }
+
   /** Size of the stored object, or undefined when there is none. */
   private async storedSize(key: string): Promise<number | undefined> {
     try {
