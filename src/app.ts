@@ -57,11 +57,12 @@ export async function createStore(config: Config): Promise<BlobStore> {
 }
 
 export async function createApp(config: Config, logger: Logger = createLogger(config)): Promise<App> {
+  // The store first: an unreachable bucket fails the start before any connection is left open.
+  const store = await createStore(config);
   await ensureDatabaseExists(config.databaseUrl);
   const database = openDatabase(config.databaseUrl);
   await migrateDatabase(database.db);
   const db = database.db;
-  const store = await createStore(config);
   decodeSlots.resize(config.photos.decodeConcurrency);
   const redis = redisConnection(config.redisUrl);
   const subscriber = redisConnection(config.redisUrl, true);

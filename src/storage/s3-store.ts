@@ -6,8 +6,8 @@
 // staged copy becomes the cached copy. localPath() serves engines on any machine from that cache: content never
 // changes under a key, so a cached file is never stale; it is still checked against the bucket (one HEAD) so a
 // deleted blob is not served from a cache and its cached copy goes too.
-import { createHash, randomBytes } from 'node:crypto';
-import { constants, createReadStream, createWriteStream } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
 import * as fs from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
@@ -22,7 +22,8 @@ import {
   S3Client,
   S3ServiceException,
 } from '@aws-sdk/client-s3';
-import { BlobNotFoundError, InvalidBlobKeyError, blobKey, normalizeExt, parseKey, type BlobStore, type PutFileOptions, type PutResult } from './storage.ts';
+import { TEMP_PREFIX, errCode, ingestFile, keyPath, removeQuietly, sha256OfFile, tempPath } from './files.ts';
+import { BlobNotFoundError, blobKey, normalizeExt, parseKey, type BlobStore, type PutFileOptions, type PutResult } from './storage.ts';
 
 export interface S3StoreOptions {
   bucket: string;
@@ -38,27 +39,9 @@ export interface S3StoreOptions {
   cacheDir: string;
 }
 
-const TEMP_PREFIX = '.tmp-';
-
-function errCode(err: unknown): string | undefined {
-  return typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : undefined;
-}
-
 /** No such object (a HEAD's 404 has no body, so it cannot tell a missing bucket apart; ensureBucket runs first). */
 const isNotFound = (err: unknown) =>
   err instanceof S3ServiceException && err.name !== 'NoSuchBucket' && (err.$metadata.httpStatusCode === 404 || err.name === 'NoSuchKey');
-
-async function removeQuietly(file: string): Promise<void> {
-  await fs.unlink(file).catch((err: unknown) => {
-    if (errCode(err) !== 'ENOENT') throw err;
-  });
-}
-
-async function sha256OfFile(file: string): Promise<string> {
-  const hash = createHash('sha256');
-  await pipeline(createReadStream(file), hash);
-  return hash.digest('hex');
-}
 
 export class S3BlobStore implements BlobStore {
   readonly client: S3Client;
@@ -99,10 +82,7 @@ export class S3BlobStore implements BlobStore {
 
   /** The read cache's file for a key (validated); it may not exist. */
   cachePathFor(key: string): string {
-    parseKey(key);
-    const file = path.join(this.cacheDir, ...key.split('/'));
-    if (!file.startsWith(this.cacheDir + path.sep)) throw new InvalidBlobKeyError(key, 'it resolves outside the cache');
-    return file;
+    return keyPath(this.cacheDir, key);
   }
 
   async put(bytes: Buffer, ext: string): Promise<PutResult> {
@@ -117,34 +97,15 @@ export class S3BlobStore implements BlobStore {
   async putFile(source: string, ext: string, options: PutFileOptions = {}): Promise<PutResult> {
     const normalizedExt = normalizeExt(ext);
     await fs.mkdir(this.cacheDir, { recursive: true });
-    // Stage a private copy (or the moved file) and hash that: what is uploaded is exactly what was hashed, even if
-    // the writer touches its source afterwards.
-    const tmp = this.tempPath(this.cacheDir);
-    let moved = false;
-    try {
-      if (options.move) {
-        try {
-          await fs.rename(source, tmp);
-          moved = true;
-        } catch (err) {
-          if (errCode(err) !== 'EXDEV') throw err;
-        }
-      }
-      if (!moved) await fs.copyFile(source, tmp, constants.COPYFILE_EXCL);
+    // Staged in the cache folder: what is uploaded is exactly what was hashed, and the staged file is then cached.
+    return ingestFile(source, tempPath(this.cacheDir), options, async (tmp) => {
       const [sha256, stat] = await Promise.all([sha256OfFile(tmp), fs.stat(tmp)]);
       const key = blobKey(sha256, normalizedExt);
       const size = await this.storedSize(key);
       const created = size !== stat.size && (await this.upload(key, createReadStream(tmp), stat.size, sha256, size !== undefined));
       await this.keepInCache(tmp, key);
-      if (options.move && !moved) await removeQuietly(source);
-      moved = false; // stored: nothing to give back
       return { key, bytes: stat.size, sha256, created };
-    } catch (err) {
-      if (moved) await fs.rename(tmp, source).catch(() => undefined); // a failed move gives the caller its file back
-      throw err;
-    } finally {
-      await removeQuietly(tmp);
-    }
+    });
   }
 
   async get(key: string): Promise<Buffer> {
@@ -259,7 +220,7 @@ export class S3BlobStore implements BlobStore {
   private async download(key: string, cached: string): Promise<void> {
     const { sha256 } = parseKey(key);
     await fs.mkdir(path.dirname(cached), { recursive: true });
-    const tmp = this.tempPath(path.dirname(cached));
+    const tmp = tempPath(path.dirname(cached));
     try {
       let body: Readable;
       try {
@@ -292,9 +253,5 @@ export class S3BlobStore implements BlobStore {
       if (errCode(err) === 'EEXIST') return;
       await fs.copyFile(staged, cached); // no hard links on this filesystem
     });
-  }
-
-  private tempPath(dir: string): string {
-    return path.join(dir, `${TEMP_PREFIX}${process.pid}-${randomBytes(8).toString('hex')}`);
   }
 }
