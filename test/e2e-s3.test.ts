@@ -3,29 +3,38 @@
 // object of that person in the bucket or the cache, while a photo another person shares stays.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readdir } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { photos } from '../src/db/schema.ts';
 import { S3BlobStore } from '../src/storage/s3-store.ts';
+import { createStore } from '../src/app.ts';
+import { startWorker } from '../worker/index.ts';
+import { testLogger } from './helpers/env.ts';
 import { PlaygroundClient, startStack, type Stack } from './helpers/stack.ts';
 import { makePhotos } from './helpers/images.ts';
 import { startSeaweed, type Seaweed } from './helpers/seaweed.ts';
 
 let seaweed: Seaweed;
 let stack: Stack;
+let workerStore: S3BlobStore;
 const cacheDir = join(tmpdir(), `portrait-s3-cache-${randomBytes(4).toString('hex')}`);
 
 before(async () => {
   seaweed = await startSeaweed();
   // A bucket that does not exist yet: createApp creates it.
-  stack = await startStack({ MIN_TRAINING_PHOTOS: '10', TRAIN_CHECKPOINT_STEPS: '2', ...seaweed.env('portraits-e2e', cacheDir) });
+  stack = await startStack({ MIN_TRAINING_PHOTOS: '10', TRAIN_CHECKPOINT_STEPS: '2', ...seaweed.env('portraits-e2e', join(cacheDir, 'bot')) }, false);
+  // The worker is another machine: its own store client and cache folder on the same bucket, nothing through the bot.
+  workerStore = await createStore({ ...stack.env.config, storage: { ...stack.env.config.storage, cacheDir: join(cacheDir, 'worker') } }) as S3BlobStore;
+  stack.worker = await startWorker({ db: stack.app.database.db, store: workerStore, events: stack.app.events, vision: stack.app.vision, config: stack.env.config, logger: testLogger });
 });
 after(async () => {
   await stack?.close();
+  workerStore?.client.destroy();
   await seaweed?.stop();
+  await rm(cacheDir, { recursive: true, force: true });
 });
 
 const store = () => stack.app.store as S3BlobStore;
@@ -33,13 +42,16 @@ async function bucketKeys(): Promise<string[]> {
   const listed = await store().client.send(new ListObjectsV2Command({ Bucket: store().bucket }));
   return (listed.Contents ?? []).map((o) => o.Key!).sort();
 }
+/** The keys cached on the worker's machine. */
 async function cachedKeys(): Promise<string[]> {
-  const entries = await readdir(cacheDir, { recursive: true, withFileTypes: true }).catch(() => []);
-  return entries.filter((e) => e.isFile()).map((e) => `${e.parentPath.slice(cacheDir.length + 1)}/${e.name}`).sort();
+  const dir = workerStore.cacheDir;
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => []);
+  return entries.filter((e) => e.isFile()).map((e) => `${e.parentPath.slice(dir.length + 1)}/${e.name}`).sort();
 }
 
 test('upload → train → imagine with STORAGE=s3; /forget leaves no object of that person', { timeout: 300_000 }, async () => {
   assert.ok(stack.app.store instanceof S3BlobStore);
+  assert.notEqual(workerStore.cacheDir, store().cacheDir);
   assert.deepEqual(await bucketKeys(), [], 'a new bucket');
 
   const me = new PlaygroundClient(stack.baseUrl);
@@ -69,6 +81,8 @@ test('upload → train → imagine with STORAGE=s3; /forget leaves no object of 
   assert.ok(before.some((k) => k.endsWith('.safetensors')), 'the adapter is in the bucket');
   const cached = await cachedKeys();
   assert.ok(cached.length > 0 && cached.every((k) => before.includes(k)), 'the engine read its inputs from the cache');
+  const crops = (await stack.app.database.db.select().from(photos)).map((p) => p.cropKey);
+  assert.ok(crops.some((k) => cached.includes(k)), 'training crops were downloaded to the worker');
 
   const db = stack.app.database.db;
   // Before /forget both people have rows; the friend is the one with two photos.
@@ -80,5 +94,8 @@ test('upload → train → imagine with STORAGE=s3; /forget leaves no object of 
 
   assert.equal((await me.post('/api/forget')).status, 200);
   assert.deepEqual(await bucketKeys(), friendKeys, 'only the friend\'s (shared) photos are left');
+  // The bot deleted the objects; the worker machine's copies go at its next cache sweep (hourly in the worker).
+  assert.ok((await cachedKeys()).some((k) => !friendKeys.includes(k)), 'the worker still has copies before its sweep');
+  assert.ok((await workerStore.sweepCache()) > 0);
   assert.ok((await cachedKeys()).every((k) => friendKeys.includes(k)), 'no cached copy of the forgotten person is left');
 });
