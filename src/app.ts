@@ -6,6 +6,7 @@ import { openDatabase, ensureDatabaseExists, migrateDatabase, type Database } fr
 import { JobQueues, redisConnection } from './queue/index.ts';
 import { EventBus } from './events/bus.ts';
 import { LocalBlobStore } from './storage/local-store.ts';
+import { S3BlobStore } from './storage/s3-store.ts';
 import type { BlobStore } from './storage/storage.ts';
 import { UserService } from './services/users.ts';
 import { PhotoService } from './services/photos.ts';
@@ -47,12 +48,21 @@ export interface App {
   close(): Promise<void>;
 }
 
+/** The BlobStore the config names; an S3 bucket is created if it is missing. */
+export async function createStore(config: Config): Promise<BlobStore> {
+  if (config.storage.kind === 'local') return new LocalBlobStore(config.storageDir);
+  const store = new S3BlobStore({ ...config.storage.s3, cacheDir: config.storage.cacheDir });
+  await store.ensureBucket();
+  return store;
+}
+
 export async function createApp(config: Config, logger: Logger = createLogger(config)): Promise<App> {
+  // The store first: an unreachable bucket fails the start before any connection is left open.
+  const store = await createStore(config);
   await ensureDatabaseExists(config.databaseUrl);
   const database = openDatabase(config.databaseUrl);
   await migrateDatabase(database.db);
   const db = database.db;
-  const store = new LocalBlobStore(config.storageDir);
   decodeSlots.resize(config.photos.decodeConcurrency);
   const redis = redisConnection(config.redisUrl);
   const subscriber = redisConnection(config.redisUrl, true);
@@ -85,6 +95,7 @@ export async function createApp(config: Config, logger: Logger = createLogger(co
       subscriber.disconnect();
       await redis.quit();
       await database.close();
+      if (store instanceof S3BlobStore) store.client.destroy();
     },
   };
 }

@@ -13,7 +13,7 @@ export function secretsOf(config: Config): string[] {
       return '';
     }
   });
-  return [config.telegram.token, config.discord.token, config.telegram.webhook.secret, ...passwords]
+  return [config.telegram.token, config.discord.token, config.telegram.webhook.secret, config.storage.s3.secretAccessKey, ...passwords]
     .filter((s): s is string => typeof s === 'string' && s.length >= 4);
 }
 

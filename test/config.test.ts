@@ -26,3 +26,18 @@ test('one error names every bad variable', () => {
 test('the real profile needs both model folders', () => {
   assert.throws(() => loadConfig({ ENGINE_PROFILE: 'real' }), /ENGINE_BASE_MODEL[\s\S]*ENGINE_CONTROLNET/);
 });
+
+test('storage: local by default; s3 needs a bucket, and a custom endpoint defaults to path-style URLs', () => {
+  const plain = loadConfig({});
+  assert.equal(plain.storage.kind, 'local');
+  assert.throws(() => loadConfig({ STORAGE: 's3' }), /S3_BUCKET: required when STORAGE=s3/);
+  assert.throws(() => loadConfig({ STORAGE: 's3', S3_BUCKET: 'Bad_Bucket' }), /S3_BUCKET/);
+  const s3 = loadConfig({ STORAGE: 's3', S3_BUCKET: 'portraits', S3_ENDPOINT: 'http://127.0.0.1:8333', STORAGE_CACHE_DIR: '/tmp/blob-cache' });
+  assert.deepEqual(s3.storage, {
+    kind: 's3',
+    cacheDir: '/tmp/blob-cache',
+    s3: { endpoint: 'http://127.0.0.1:8333', bucket: 'portraits', region: 'us-east-1', accessKeyId: undefined, secretAccessKey: undefined, forcePathStyle: true },
+  });
+  assert.equal(loadConfig({ STORAGE: 's3', S3_BUCKET: 'portraits' }).storage.s3.forcePathStyle, false, 'AWS: virtual-hosted URLs');
+  assert.equal(loadConfig({ STORAGE: 's3', S3_BUCKET: 'portraits', S3_ENDPOINT: 'http://s3:8333', S3_FORCE_PATH_STYLE: 'false' }).storage.s3.forcePathStyle, false);
+});

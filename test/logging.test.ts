@@ -12,14 +12,15 @@ test('chat tokens, the webhook secret and service passwords are scrubbed from ev
     TELEGRAM_WEBHOOK_SECRET: 'hook-secret-123',
     DATABASE_URL: 'postgres://bot:pa%24%24word@db.internal:5432/portrait',
     REDIS_URL: 'redis://:redis-pass-9@cache:6379',
+    S3_SECRET_ACCESS_KEY: 's3-secret/Key+42',
     LOG_LEVEL: 'info',
   });
-  assert.deepEqual(secretsOf(config).sort(), ['7012345678:AAH-very-secret_token', 'MTIzNDU2Nzg5.discord.secret', 'hook-secret-123', 'pa$$word', 'redis-pass-9'].sort());
+  assert.deepEqual(secretsOf(config).sort(), ['7012345678:AAH-very-secret_token', 'MTIzNDU2Nzg5.discord.secret', 'hook-secret-123', 'pa$$word', 'redis-pass-9', 's3-secret/Key+42'].sort());
   const lines: string[] = [];
   const logger = createLogger(config, { write: (line: string) => void lines.push(line) });
   logger.error({ err: new Error('request to https://api.telegram.org/bot7012345678:AAH-very-secret_token/getMe failed') }, 'telegram call failed');
   logger.warn({ headers: { authorization: 'Bot MTIzNDU2Nzg5.discord.secret' } }, 'discord said no');
-  logger.info({ url: config.databaseUrl, redis: config.redisUrl, note: 'secret "hook-secret-123" in quotes' }, 'connecting');
+  logger.info({ url: config.databaseUrl, redis: config.redisUrl, note: 'secret "hook-secret-123" in quotes', s3: 's3-secret/Key+42' }, 'connecting');
   const text = lines.join('');
   for (const secret of secretsOf(config)) assert.ok(!text.includes(secret), `${secret} reached the log`);
   assert.ok(!text.includes('pa%24%24word'), 'the URL-encoded password too');

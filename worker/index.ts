@@ -11,6 +11,9 @@ import { EnginePool, type EngineClient } from './engine-client/pool.ts';
 import { RunningJobs, generateProcessor, trainProcessor, type ProcessorDeps } from './processors.ts';
 import { reconcileJob, reconcileJobs } from './reconcile.ts';
 
+/** How often a remote store's read cache is swept of copies whose blobs are gone. */
+const CACHE_SWEEP_MS = 60 * 60 * 1000;
+
 export function engineLaunch(config: Config) {
   const e = config.engine;
   const args = ['-m', 'portrait_engine', '--profile', e.profile, '--cache-dir', e.cacheDir];
@@ -81,9 +84,15 @@ export async function startWorker(deps: Omit<ProcessorDeps, 'engine' | 'state'>,
   });
   await cancelSubscriber.subscribe(channels.cancel(config.queuePrefix));
 
+  let cacheSweptAt = 0;
   const housekeeping = async () => {
     await reconcileJobs(reconcileDeps).catch((error: Error) => logger.warn({ err: error }, 'reconciliation failed'));
     await sweepExpiredLeases(deps.db, deps.store).catch((error: Error) => logger.warn({ err: error }, 'lease sweep failed'));
+    // A remote store's read cache may hold copies of blobs /forget deleted on another machine: hourly (a HEAD each).
+    if (deps.store.sweepCache && Date.now() - cacheSweptAt >= CACHE_SWEEP_MS) {
+      cacheSweptAt = Date.now();
+      await deps.store.sweepCache().catch((error: Error) => logger.warn({ err: error }, 'storage cache sweep failed'));
+    }
   };
   await housekeeping();
   const timer = setInterval(() => void housekeeping(), config.reconcileIntervalMs);

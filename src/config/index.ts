@@ -78,6 +78,17 @@ const envSchema = z.object({
   REDIS_URL: z.url({ protocol: /^rediss?$/ }).default('redis://127.0.0.1:6379'),
   QUEUE_PREFIX: z.string().regex(/^[a-z0-9_-]+$/i).default('portrait'),
   STORAGE_DIR: z.string().min(1).default(resolve(repoRoot, 'var/storage')),
+  // local: files under STORAGE_DIR; s3: an S3-compatible bucket (shared by workers on many machines).
+  STORAGE: z.preprocess(emptyAsUndefined, z.enum(['local', 's3']).default('local')),
+  S3_ENDPOINT: z.preprocess(emptyAsUndefined, z.url({ protocol: /^https?$/ }).optional()),
+  S3_BUCKET: z.preprocess(emptyAsUndefined, z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/).optional()),
+  S3_REGION: z.preprocess(emptyAsUndefined, z.string().default('us-east-1')),
+  S3_ACCESS_KEY_ID: optionalText,
+  S3_SECRET_ACCESS_KEY: optionalText,
+  // Path-style URLs (endpoint/bucket/key): default on with a custom S3_ENDPOINT, as self-hosted servers need them.
+  S3_FORCE_PATH_STYLE: z.preprocess(emptyAsUndefined, z.stringbool().optional()),
+  // S3 only: local copies of blobs an engine reads (content never changes under a key, so they never go stale).
+  STORAGE_CACHE_DIR: z.string().min(1).default(resolve(repoRoot, 'var/storage-cache')),
   WORK_DIR: z.string().min(1).default(resolve(repoRoot, 'var/work')),
   ROLES: z
     .string()
@@ -175,6 +186,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
   if (parsed.success && parsed.data.TELEGRAM_MODE === 'webhook' && parsed.data.TELEGRAM_BOT_TOKEN && !parsed.data.TELEGRAM_WEBHOOK_URL) {
     problems.push('TELEGRAM_WEBHOOK_URL: required when TELEGRAM_MODE=webhook (the public https URL Telegram posts updates to)');
   }
+  if (parsed.success && parsed.data.STORAGE === 's3' && !parsed.data.S3_BUCKET) {
+    problems.push('S3_BUCKET: required when STORAGE=s3 (3–63 lower-case letters, digits, dots or hyphens)');
+  }
   if (problems.length > 0 || !parsed.success) throw new ConfigError(problems);
   const e = parsed.data;
   const d = loadDefaults();
@@ -184,6 +198,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     redisUrl: e.REDIS_URL,
     queuePrefix: e.QUEUE_PREFIX,
     storageDir: resolve(e.STORAGE_DIR),
+    storage: {
+      kind: e.STORAGE,
+      cacheDir: resolve(e.STORAGE_CACHE_DIR),
+      s3: {
+        endpoint: e.S3_ENDPOINT,
+        bucket: e.S3_BUCKET ?? '',
+        region: e.S3_REGION,
+        accessKeyId: e.S3_ACCESS_KEY_ID,
+        secretAccessKey: e.S3_SECRET_ACCESS_KEY,
+        forcePathStyle: e.S3_FORCE_PATH_STYLE ?? e.S3_ENDPOINT !== undefined,
+      },
+    },
     workDir: resolve(e.WORK_DIR),
     roles: new Set(e.ROLES),
     web: { host: e.WEB_HOST, port: e.WEB_PORT, origins: e.WEB_ORIGINS, uploadTmpDir: resolve(e.UPLOAD_TMP_DIR) },

@@ -5,35 +5,20 @@
 // created it), with a rename as fallback on filesystems without hard links. The folder is fsynced so the new name
 // survives a crash. A crash therefore leaves at worst a stray ".tmp-…" file, never a half-written blob under a real
 // key; sweepTemp() removes old strays.
-import { createHash, randomBytes } from 'node:crypto';
-import { constants, createReadStream } from 'node:fs';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs/promises';
 import path from 'node:path';
-import { pipeline } from 'node:stream/promises';
+import { TEMP_PREFIX, errCode, ingestFile, keyPath, removeQuietly, sha256OfFile, tempPath } from './files.ts';
 import {
   BlobNotFoundError,
-  InvalidBlobKeyError,
   blobKey,
   normalizeExt,
-  parseKey,
   type BlobStore,
   type PutFileOptions,
   type PutResult,
 } from './storage.ts';
 
-export const TEMP_PREFIX = '.tmp-';
-
-function errCode(err: unknown): string | undefined {
-  return typeof err === 'object' && err !== null && 'code' in err ? String((err as { code: unknown }).code) : undefined;
-}
-
-async function removeQuietly(file: string): Promise<void> {
-  try {
-    await fs.unlink(file);
-  } catch (err) {
-    if (errCode(err) !== 'ENOENT') throw err;
-  }
-}
+export { TEMP_PREFIX };
 
 /** Make a directory entry change (create/rename/link) durable. Not every platform can fsync a folder: best effort. */
 async function fsyncDir(dir: string): Promise<void> {
@@ -57,12 +42,6 @@ async function fsyncFile(file: string): Promise<void> {
   }
 }
 
-async function sha256OfFile(file: string): Promise<string> {
-  const hash = createHash('sha256');
-  await pipeline(createReadStream(file), hash);
-  return hash.digest('hex');
-}
-
 export class LocalBlobStore implements BlobStore {
   /** Absolute path of the store's folder. */
   readonly root: string;
@@ -73,10 +52,7 @@ export class LocalBlobStore implements BlobStore {
 
   /** Absolute path for a key (validated); the file may not exist. */
   pathFor(key: string): string {
-    parseKey(key);
-    const file = path.join(this.root, ...key.split('/'));
-    if (!file.startsWith(this.root + path.sep)) throw new InvalidBlobKeyError(key, 'it resolves outside the store');
-    return file;
+    return keyPath(this.root, key);
   }
 
   async put(bytes: Buffer, ext: string): Promise<PutResult> {
@@ -87,7 +63,7 @@ export class LocalBlobStore implements BlobStore {
     if (await this.isStored(final, bytes.length)) return { ...result, created: false };
 
     const dir = await this.ensureDir(path.dirname(final));
-    const tmp = this.tempPath(dir);
+    const tmp = tempPath(dir);
     try {
       const fh = await fs.open(tmp, 'wx', 0o644);
       try {
@@ -105,20 +81,8 @@ export class LocalBlobStore implements BlobStore {
   async putFile(source: string, ext: string, options: PutFileOptions = {}): Promise<PutResult> {
     const normalizedExt = normalizeExt(ext);
     await this.ensureDir(this.root);
-    // Stage the file inside the store (same filesystem as its final place), then hash what was staged: the hash is
-    // of the bytes actually stored, even if the writer touches its source path afterwards.
-    const tmp = this.tempPath(this.root);
-    let moved = false;
-    try {
-      if (options.move) {
-        try {
-          await fs.rename(source, tmp);
-          moved = true;
-        } catch (err) {
-          if (errCode(err) !== 'EXDEV') throw err;
-        }
-      }
-      if (!moved) await fs.copyFile(source, tmp, constants.COPYFILE_EXCL);
+    // Staged inside the store (same filesystem as its final place).
+    return ingestFile(source, tempPath(this.root), options, async (tmp) => {
       await fs.chmod(tmp, 0o644);
       await fsyncFile(tmp);
       const [sha256, stat] = await Promise.all([sha256OfFile(tmp), fs.stat(tmp)]);
@@ -129,16 +93,8 @@ export class LocalBlobStore implements BlobStore {
         await this.ensureDir(path.dirname(final));
         created = await this.commit(tmp, final, stat.size);
       }
-      if (options.move && !moved) await removeQuietly(source);
-      moved = false; // committed: nothing to give back
       return { key, bytes: stat.size, sha256, created };
-    } catch (err) {
-      // A failed move gives the caller its file back.
-      if (moved) await fs.rename(tmp, source).catch(() => undefined);
-      throw err;
-    } finally {
-      await removeQuietly(tmp);
-    }
+    });
   }
 
   async get(key: string): Promise<Buffer> {
@@ -201,10 +157,6 @@ export class LocalBlobStore implements BlobStore {
       }
     }
     return removed;
-  }
-
-  private tempPath(dir: string): string {
-    return path.join(dir, `${TEMP_PREFIX}${process.pid}-${randomBytes(8).toString('hex')}`);
   }
 
   private async isStored(file: string, size: number): Promise<boolean> {

@@ -40,6 +40,11 @@ export interface BlobStore {
    * under a key, a cached copy never goes stale.
    */
   localPath(key: string): Promise<string>;
+  /**
+   * Remote stores only: drop cached copies of blobs deleted elsewhere and stray temp files; returns how many files
+   * went. The worker runs it now and then.
+   */
+  sweepCache?(): Promise<number>;
 }
 
 export const KEY_PATTERN = /^([0-9a-f]{2})\/([0-9a-f]{64})\.([a-z0-9]{1,16})$/;
