@@ -1,4 +1,4 @@
-// The worker: one BullMQ worker per queue over one engine process, with cancel, reconciliation of job rows with the
+// The worker: one BullMQ worker per queue over its engines (one per GPU), with cancel, reconciliation of job rows with the
 // queue, and graceful shutdown.
 import { Worker } from 'bullmq';
 import { resolve } from 'node:path';
