@@ -144,6 +144,7 @@ export const en = {
   'error.training_in_progress': 'Your model is still training — I will tell you when it is ready.',
   'error.no_model': 'You have no trained model yet: send /train and {min}–{max} photos of yourself first.',
   'error.nothing_to_cancel': 'There is nothing running to cancel.',
+  'error.database_unavailable': 'Our database is unavailable right now; please try again in a minute.',
   'error.queue_unavailable': 'The job queue is unavailable right now; please try again in a minute.',
   'error.queue_full': 'The queue is full right now ({max} waiting). Please try again in a few minutes.',
   'error.limit_active_jobs': 'You already have {max} jobs running or waiting. Wait for one to finish, or /cancel it.',
