@@ -54,8 +54,8 @@ export async function createApp(config: Config, logger: Logger = createLogger(co
   const db = database.db;
   const store = new LocalBlobStore(config.storageDir);
   decodeSlots.resize(config.photos.decodeConcurrency);
-  const redis = redisConnection(config.redisUrl);
-  const subscriber = redisConnection(config.redisUrl, true);
+  const redis = redisConnection(config.redisUrl, false, logger);
+  const subscriber = redisConnection(config.redisUrl, true, logger);
   const queues = new JobQueues(config, redis);
   const events = new EventBus(config.queuePrefix, redis, subscriber);
   const users = new UserService(db);

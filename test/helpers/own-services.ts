@@ -86,6 +86,7 @@ export async function createOwnRedis(): Promise<OwnRedis> {
         '--save', '', '--maxmemory-policy', 'noeviction',
       ], { stdio: 'ignore' });
       const probe = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+      probe.on('error', () => {}); // refused until the server listens: the loop retries
       const deadline = Date.now() + 10_000;
       for (;;) {
         try {
