@@ -9,6 +9,7 @@ import type { Generation, User } from '../../src/db/schema.ts';
 import { stylePresets } from '../../src/services/styles.ts';
 import { UserFacingError, notFound } from '../../src/services/errors.ts';
 import { isDatabaseUnavailable } from '../../src/db/client.ts';
+import { isStorageFull } from '../../src/storage/storage.ts';
 import type { PhotoUploadResult } from '../../src/services/photos.ts';
 import type { JobEvent } from '../../src/events/bus.ts';
 import { knownKey, translator, type Locale, type Params, type Translate } from '../shared/i18n/index.ts';
@@ -49,6 +50,7 @@ function classify(error: unknown): Classified | undefined {
   }
   if (isRedisDown(error)) return { status: 503, code: 'queue_unavailable', details: {} };
   if (isDatabaseUnavailable(error)) return { status: 503, code: 'database_unavailable', details: {} };
+  if (isStorageFull(error)) return { status: 507, code: 'storage_full', details: {} };
   if (error instanceof SyntaxError && statusCode === 400) return { status: 400, code: 'bad_json', details: {} };
   if (typeof statusCode === 'number' && statusCode >= 400 && statusCode < 500) return { status: statusCode, code: 'bad_request', details: {} };
   return undefined;

@@ -78,6 +78,7 @@ export const en = {
   'reason.bad_request': 'the engine refused the request.',
   'reason.not_found': 'your model or photos were deleted meanwhile.',
   'reason.busy': 'the engine is overloaded.',
+  'reason.storage_full': 'our storage is full, so the result could not be saved; please try again later.',
   'reason.queue_unavailable': 'the job queue was unavailable.',
   'reason.internal': 'something went wrong on our side.',
 
@@ -145,6 +146,7 @@ export const en = {
   'error.no_model': 'You have no trained model yet: send /train and {min}–{max} photos of yourself first.',
   'error.nothing_to_cancel': 'There is nothing running to cancel.',
   'error.database_unavailable': 'Our database is unavailable right now; please try again in a minute.',
+  'error.storage_full': 'Our storage is full right now, so nothing could be saved; please try again later.',
   'error.queue_unavailable': 'The job queue is unavailable right now; please try again in a minute.',
   'error.queue_full': 'The queue is full right now ({max} waiting). Please try again in a few minutes.',
   'error.limit_active_jobs': 'You already have {max} jobs running or waiting. Wait for one to finish, or /cancel it.',
