@@ -48,10 +48,10 @@ async function onButton(deps: DiscordDeps, interaction: ButtonInteraction): Prom
     await interaction.reply({ content: person.t('chat.not_yours'), flags: MessageFlags.Ephemeral });
     return person;
   }
-  if (action === 'train_now') {
+  if (action === 'train_now' || action === 'consent_yes') {
     await interaction.deferReply({ flags: MessageFlags.Ephemeral });
     const person = await personOf(deps, interaction);
-    await answer(deps, interaction, person, await conversation.trainNow(person));
+    await answer(deps, interaction, person, action === 'consent_yes' ? await conversation.consent(person) : await conversation.trainNow(person));
     return person;
   }
   // The question turns into the answer, so its buttons cannot be pressed twice.

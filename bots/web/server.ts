@@ -278,6 +278,11 @@ export async function buildWebServer(app: App) {
     }
   };
 
+  web.post('/api/consent', async (request, reply) => {
+    const consentedAt = await services.users.consent(await ensureUser(request, reply));
+    return { consentedAt };
+  });
+
   web.post('/api/train', async (request, reply) => {
     requireQueue();
     const started = await startTraining(await ensureUser(request, reply));
