@@ -6,19 +6,30 @@ import assert from 'node:assert/strict';
 import { PlaygroundClient, eventually, startStack, type Stack } from './helpers/stack.ts';
 import { createPgCluster, type PgCluster } from './helpers/own-services.ts';
 import { makePhotos } from './helpers/images.ts';
+import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
+import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
 
 let cluster: PgCluster;
 let stack: Stack;
+const emulator = new TelegramEmulator();
+let telegram: TelegramBot;
+const vera: EmulatedUser = { id: 8101, first_name: 'Вера', language_code: 'ru' };
 
 before(async () => {
   cluster = await createPgCluster();
+  await emulator.start();
   stack = await startStack({
     DATABASE_URL: cluster.url('portrait'),
+    TELEGRAM_BOT_TOKEN: emulator.token, TELEGRAM_API_ROOT: emulator.url,
     MIN_TRAINING_PHOTOS: '2', TRAIN_MAX_STEPS: '2', LIKENESS_SAMPLES: '1', TRAIN_CHECKPOINT_STEPS: '0',
   });
+  telegram = createTelegramBot(stack.app, { sweepIntervalMs: 1000 });
+  await telegram.start();
 });
 after(async () => {
+  await telegram?.stop();
   await stack?.close();
+  await emulator.stop();
   await cluster?.destroy();
 });
 
@@ -40,6 +51,13 @@ test('Postgres stopped: requests answer 503 in the person\'s language within sec
     const uploaded = await client.upload('/api/photos', pair.map((p, i) => [`p${i}.jpg`, p] as [string, Buffer]));
     assert.equal(uploaded.status, 200, JSON.stringify(uploaded.body));
   }
+
+  const lastMessage = () => Math.max(0, ...emulator.messages.keys());
+  const veraHears = (pattern: RegExp, since: number) =>
+    emulator.waitFor(() => emulator.botMessages(vera.id).find((m) => m.message_id > since && pattern.test(m.text ?? '')), String(pattern), 10_000);
+  let mark = lastMessage();
+  emulator.sendText(vera, '/status');
+  await veraHears(/./, mark);
 
   const stoppedAt = Date.now();
   await cluster.stop();
@@ -65,6 +83,13 @@ test('Postgres stopped: requests answer 503 in the person\'s language within sec
       assert.ok(ms < 3000, `${path} answered in ${ms} ms`);
     }
   }
+  // A chat command: the person is told, in their language, that the database is away (not "something went wrong").
+  mark = lastMessage();
+  const chatAsked = Date.now();
+  emulator.sendText(vera, '/status');
+  const apology = await veraHears(/./, mark);
+  assert.equal(apology.text, 'Наша база данных сейчас недоступна; попробуйте через минуту.');
+  const chatMs = Date.now() - chatAsked;
   // The worker's own database work fails without taking it down: a reconciliation run reports the failure.
   await assert.rejects(stack.worker!.reconcile(0));
   await new Promise((r) => setTimeout(r, 1000));
@@ -76,6 +101,9 @@ test('Postgres stopped: requests answer 503 in the person\'s language within sec
   const status = await en.json('/api/status');
   assert.equal(status.status, 200, JSON.stringify(status.body));
   assert.equal(status.body.photos, 2);
+  mark = lastMessage();
+  emulator.sendText(vera, '/status');
+  assert.doesNotMatch((await veraHears(/./, mark)).text!, /недоступна/, 'the chat works again');
   const report = await stack.worker!.reconcile(0);
   assert.ok(report, 'the worker reconciles again');
   const jobStarted = Date.now();
@@ -87,5 +115,5 @@ test('Postgres stopped: requests answer 503 in the person\'s language within sec
   }));
   await eventually(async () => (await ru.json('/api/status')).body.adapters.some((a: any) => a.status === 'ready'), 10_000, 'the adapter to be ready');
   const slowest = Math.max(...answers.map((a) => a.ms));
-  console.log(`# pg fault: stop ${stopMs} ms, ${answers.length} requests answered 503 (slowest ${slowest} ms), restart ${restartMs} ms, two trainings after restart ${Date.now() - jobStarted} ms`);
+  console.log(`# pg fault: stop ${stopMs} ms, ${answers.length} requests answered 503 (slowest ${slowest} ms), Telegram apology in ${chatMs} ms, restart ${restartMs} ms, two trainings after restart ${Date.now() - jobStarted} ms`);
 });

@@ -1,7 +1,8 @@
 // The one interactionCreate handler: acknowledges at once (Discord's 3-second deadline), runs the command or button,
 // and turns any failure into an ephemeral message without internals.
 import { MessageFlags, type ButtonInteraction, type ChatInputCommandInteraction, type Interaction } from 'discord.js';
-import { translator } from '../shared/i18n/index.ts';
+import { pickLocale, translator } from '../shared/i18n/index.ts';
+import { apologyFor } from '../shared/error-text.ts';
 import type { ButtonAction, Person } from '../shared/conversation.ts';
 import { answer, personOf, type DiscordDeps } from './context.ts';
 import { commands } from './commands/index.ts';
@@ -26,7 +27,7 @@ export function interactionDispatcher(deps: DiscordDeps) {
       }
     } catch (error) {
       deps.logger.error({ err: error, interaction: interaction.id }, 'interaction failed');
-      await apologize(interaction, (person?.t ?? translator('en'))('error.internal')).catch((e: unknown) => deps.logger.warn({ err: e }, 'could not report the failure'));
+      await apologize(interaction, (person?.t ?? translator(pickLocale(interaction.locale)))(apologyFor(error))).catch((e: unknown) => deps.logger.warn({ err: e }, 'could not report the failure'));
     }
   };
 }

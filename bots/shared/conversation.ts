@@ -5,7 +5,7 @@ import type { Redis } from 'ioredis';
 import type { App } from '../../src/app.ts';
 import type { Adapter, Job, JobKind, Platform } from '../../src/db/schema.ts';
 import { UserFacingError } from '../../src/services/errors.ts';
-import { errorMessage } from './error-text.ts';
+import { errorMessage, apologyFor } from './error-text.ts';
 import type { GenerationNote } from '../../src/services/generation.ts';
 import { parseStyleCommand, stylePresets } from '../../src/services/styles.ts';
 import { knownKey, pickLocale, translator, type Locale, type MessageKey, type Params, type Translate } from './i18n/index.ts';
@@ -373,7 +373,7 @@ export class Conversation {
     } catch (error) {
       if (error instanceof UserFacingError) return { text: this.errorText(p, error.code, error.details), error: true };
       this.logger.error({ err: error, userId: p.userId }, 'command failed');
-      return { text: p.t('error.internal'), error: true };
+      return { text: p.t(apologyFor(error)), error: true };
     }
   }
 
