@@ -5,36 +5,22 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { eq } from 'drizzle-orm';
 import { accounts, jobs, users } from '../src/db/schema.ts';
-import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
-import { createDiscordBot, type DiscordBot } from '../bots/discord/bot.ts';
-import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
-import { DiscordEmulator, type EmulatedDiscordUser, type InteractionRecord } from './emulators/discord.ts';
-import { PlaygroundClient, eventually, startStack, type Stack } from './helpers/stack.ts';
+import { type EmulatedUser } from './emulators/telegram.ts';
+import { type EmulatedDiscordUser, type InteractionRecord } from './emulators/discord.ts';
+import { PlaygroundClient, eventually, type Stack } from './helpers/stack.ts';
+import { startChatStack, type ChatStack } from './helpers/chat-stack.ts';
 import { makePhotos } from './helpers/images.ts';
 
-const telegram = new TelegramEmulator();
-const discord = new DiscordEmulator();
+let chats: ChatStack;
 let stack: Stack;
-let telegramBot: TelegramBot;
-let discordBot: DiscordBot;
+let telegram: ChatStack['telegram'];
+let discord: ChatStack['discord'];
 
 before(async () => {
-  await Promise.all([telegram.start(), discord.start()]);
-  stack = await startStack({
-    CONSENT_REQUIRED: 'true', MIN_TRAINING_PHOTOS: '2',
-    TELEGRAM_BOT_TOKEN: telegram.token, TELEGRAM_API_ROOT: telegram.url,
-    DISCORD_TOKEN: discord.token, DISCORD_APPLICATION_ID: discord.applicationId, DISCORD_API_ROOT: discord.api,
-    CHAT_EDIT_INTERVAL_MS: '100',
-  }, false);
-  telegramBot = createTelegramBot(stack.app, { albumWindowMs: 300, sweepIntervalMs: 1000 });
-  discordBot = createDiscordBot(stack.app, { sweepIntervalMs: 1000 });
-  await Promise.all([telegramBot.start(), discordBot.start()]);
+  chats = await startChatStack({ CONSENT_REQUIRED: 'true', MIN_TRAINING_PHOTOS: '2' });
+  ({ stack, telegram, discord } = chats);
 });
-after(async () => {
-  await Promise.all([telegramBot.stop(), discordBot.stop()]);
-  await stack.close();
-  await Promise.all([telegram.stop(), discord.stop()]);
-});
+after(async () => chats?.close());
 
 const db = () => stack.app.database.db;
 const userOf = async (platform: 'web' | 'telegram' | 'discord', externalId: string) => {
