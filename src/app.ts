@@ -64,8 +64,8 @@ export async function createApp(config: Config, logger: Logger = createLogger(co
   await migrateDatabase(database.db);
   const db = database.db;
   decodeSlots.resize(config.photos.decodeConcurrency);
-  const redis = redisConnection(config.redisUrl);
-  const subscriber = redisConnection(config.redisUrl, true);
+  const redis = redisConnection(config.redisUrl, false, logger);
+  const subscriber = redisConnection(config.redisUrl, true, logger);
   const queues = new JobQueues(config, redis);
   const events = new EventBus(config.queuePrefix, redis, subscriber);
   const users = new UserService(db);

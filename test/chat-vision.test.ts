@@ -7,20 +7,18 @@ import { and, eq } from 'drizzle-orm';
 import sharp from 'sharp';
 import { accounts, adapters, generations, jobs } from '../src/db/schema.ts';
 import { baseModelName } from '../src/services/training.ts';
-import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
-import { createDiscordBot, type DiscordBot } from '../bots/discord/bot.ts';
 import { Conversation, LINK_ATTEMPTS } from '../bots/shared/conversation.ts';
 import { translator } from '../bots/shared/i18n/index.ts';
-import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
-import { DiscordEmulator, type EmulatedDiscordUser, type InteractionRecord } from './emulators/discord.ts';
-import { PlaygroundClient, chatEmulatorEnv, startStack, type Stack } from './helpers/stack.ts';
+import { type EmulatedUser } from './emulators/telegram.ts';
+import { type EmulatedDiscordUser, type InteractionRecord } from './emulators/discord.ts';
+import { PlaygroundClient, type Stack } from './helpers/stack.ts';
+import { startChatStack, type ChatStack } from './helpers/chat-stack.ts';
 import { fixtureModelsDir, sceneJpeg, type Scene } from './helpers/vision.ts';
 
-const telegram = new TelegramEmulator();
-const discord = new DiscordEmulator();
+let chats: ChatStack;
 let stack: Stack;
-let telegramBot: TelegramBot;
-let discordBot: DiscordBot;
+let telegram: ChatStack['telegram'];
+let discord: ChatStack['discord'];
 
 const vera: EmulatedUser = { id: 7001, first_name: 'Vera', language_code: 'en' };
 const pavel: EmulatedUser = { id: 7002, first_name: 'Павел', language_code: 'ru' };
@@ -37,22 +35,10 @@ const onePerson: Scene = { width: 800, height: 600, persons: [{ x: 300, y: 60, w
 const nobody: Scene = { width: 640, height: 480 };
 
 before(async () => {
-  await Promise.all([telegram.start(), discord.start()]);
-  stack = await startStack({
-    MIN_TRAINING_PHOTOS: '3',
-    VISION_MODELS_DIR: fixtureModelsDir,
-    ...chatEmulatorEnv(telegram, discord),
-  }, false);
-  telegramBot = createTelegramBot(stack.app, { albumWindowMs: 300, sweepIntervalMs: 1000 });
-  discordBot = createDiscordBot(stack.app, { sweepIntervalMs: 1000 });
-  await Promise.all([telegramBot.start(), discordBot.start()]);
+  chats = await startChatStack({ MIN_TRAINING_PHOTOS: '3', VISION_MODELS_DIR: fixtureModelsDir });
+  ({ stack, telegram, discord } = chats);
 });
-
-after(async () => {
-  await Promise.all([telegramBot.stop(), discordBot.stop()]);
-  await stack.close();
-  await Promise.all([telegram.stop(), discord.stop()]);
-});
+after(async () => chats?.close());
 
 const lastMessageId = () => Math.max(0, ...telegram.messages.keys());
 const botSays = (user: EmulatedUser, pattern: RegExp, since: number, what = String(pattern)) =>

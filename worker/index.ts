@@ -55,8 +55,8 @@ export async function startWorker(deps: Omit<ProcessorDeps, 'engine' | 'state'>,
   const running = new RunningJobs(supervisor);
   const state = new JobState(deps.db);
   const full: ProcessorDeps = { ...deps, engine: supervisor, state };
-  const connection = redisConnection(config.redisUrl, true);
-  const queues = new JobQueues(config, redisConnection(config.redisUrl));
+  const connection = redisConnection(config.redisUrl, true, logger);
+  const queues = new JobQueues(config, redisConnection(config.redisUrl, false, logger));
   const reconcileDeps = { db: deps.db, state, queues, events: deps.events, logger };
   const options = { connection, prefix: config.queuePrefix };
   // Each queue has exactly one job name and one handler; anything else is a bug, not a retry. Several jobs run at
@@ -78,7 +78,7 @@ export async function startWorker(deps: Omit<ProcessorDeps, 'engine' | 'state'>,
       }
     });
   }
-  const cancelSubscriber: Redis = redisConnection(config.redisUrl, true);
+  const cancelSubscriber: Redis = redisConnection(config.redisUrl, true, logger);
   cancelSubscriber.on('message', (_channel: string, jobId: string) => {
     void running.cancel(jobId).catch((error: Error) => logger.warn({ err: error, jobId }, 'cancel failed'));
   });

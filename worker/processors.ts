@@ -8,7 +8,7 @@ import { eq, inArray } from 'drizzle-orm';
 import type { Logger } from 'pino';
 import type { Db } from '../src/db/client.ts';
 import { adapters, generations, photos, type Job } from '../src/db/schema.ts';
-import type { BlobStore } from '../src/storage/storage.ts';
+import { isStorageFull, type BlobStore } from '../src/storage/storage.ts';
 import type { EventBus } from '../src/events/bus.ts';
 import type { GenerateJobData, TrainJobData } from '../src/queue/index.ts';
 import { jobEvent } from '../src/services/jobs.ts';
@@ -154,7 +154,9 @@ export class JobRun {
     }
     const retryable = error instanceof EngineError ? error.retryable : !(error instanceof UnrecoverableError);
     const lastAttempt = this.queueJob.attemptsMade + 1 >= (this.queueJob.opts.attempts ?? 1);
-    const failure = { code: error instanceof EngineError ? error.code : 'internal', message: error instanceof Error ? error.message : String(error) };
+    // A full disk is retried (space may be freed) and named as such to the person.
+    const code = error instanceof EngineError ? error.code : isStorageFull(error) ? 'storage_full' : 'internal';
+    const failure = { code, message: error instanceof Error ? error.message : String(error) };
     if (retryable && !lastAttempt) {
       const row = await state.requeue(this.row.id, failure);
       this.log.warn({ err: error }, 'job failed; it will be retried');

@@ -1,7 +1,8 @@
 // The one interactionCreate handler: acknowledges at once (Discord's 3-second deadline), runs the command or button,
 // and turns any failure into an ephemeral message without internals.
 import { MessageFlags, type ButtonInteraction, type ChatInputCommandInteraction, type Interaction } from 'discord.js';
-import { translator } from '../shared/i18n/index.ts';
+import { pickLocale, translator } from '../shared/i18n/index.ts';
+import { apologyFor } from '../shared/error-text.ts';
 import type { ButtonAction, Person } from '../shared/conversation.ts';
 import { answer, personOf, type DiscordDeps } from './context.ts';
 import { commands } from './commands/index.ts';
@@ -26,7 +27,7 @@ export function interactionDispatcher(deps: DiscordDeps) {
       }
     } catch (error) {
       deps.logger.error({ err: error, interaction: interaction.id }, 'interaction failed');
-      await apologize(interaction, (person?.t ?? translator('en'))('error.internal')).catch((e: unknown) => deps.logger.warn({ err: e }, 'could not report the failure'));
+      await apologize(interaction, (person?.t ?? translator(pickLocale(interaction.locale)))(apologyFor(error))).catch((e: unknown) => deps.logger.warn({ err: e }, 'could not report the failure'));
     }
   };
 }
@@ -48,10 +49,10 @@ async function onButton(deps: DiscordDeps, interaction: ButtonInteraction): Prom
     await interaction.reply({ content: person.t('chat.not_yours'), flags: MessageFlags.Ephemeral });
     return person;
   }
-  if (action === 'train_now') {
+  if (action === 'train_now' || action === 'consent_yes') {
     await interaction.deferReply({ flags: MessageFlags.Ephemeral });
     const person = await personOf(deps, interaction);
-    await answer(deps, interaction, person, await conversation.trainNow(person));
+    await answer(deps, interaction, person, action === 'consent_yes' ? await conversation.consent(person) : await conversation.trainNow(person));
     return person;
   }
   // The question turns into the answer, so its buttons cannot be pressed twice.

@@ -5,14 +5,14 @@ import type { Redis } from 'ioredis';
 import type { App } from '../../src/app.ts';
 import type { Adapter, Job, JobKind, Platform } from '../../src/db/schema.ts';
 import { UserFacingError } from '../../src/services/errors.ts';
-import { errorMessage } from './error-text.ts';
+import { errorMessage, apologyFor } from './error-text.ts';
 import type { GenerationNote } from '../../src/services/generation.ts';
 import { parseStyleCommand, stylePresets } from '../../src/services/styles.ts';
 import { knownKey, pickLocale, translator, type Locale, type MessageKey, type Params, type Translate } from './i18n/index.ts';
 import type { OutgoingImage } from './notifier.ts';
 
 /** `style:<id>` paints the person in that style preset. */
-export type ButtonAction = 'train_now' | 'forget_yes' | 'forget_no' | `style:${string}`;
+export type ButtonAction = 'train_now' | 'consent_yes' | 'forget_yes' | 'forget_no' | `style:${string}`;
 export interface Button { action: ButtonAction; label: string; danger?: boolean }
 
 export interface Reply {
@@ -183,15 +183,27 @@ export class Conversation {
     return lines;
   }
 
-  /** "Train now": queues the training within the person's limits. */
+  /** "Train now": queues the training within the person's limits; before the first one, asks for consent. */
   async trainNow(p: Person): Promise<Reply> {
     return this.guard(p, async () => {
       if (await this.services.training.isTraining(p.userId)) return { text: p.t('train.already') };
-      const started = await this.services.limits.run(p.userId, 'train', () => this.services.training.start(p.userId));
+      const started = await this.services.limits.run(p.userId, 'train', () => this.services.training.start(p.userId)).catch((error: unknown) => {
+        if (error instanceof UserFacingError && error.code === 'consent_required') return undefined;
+        throw error;
+      });
+      if (!started) return { text: p.t('consent.ask'), buttons: [{ action: 'consent_yes', label: p.t('button.consent_yes') }] };
       // A double tap found the first tap's job: that one has the status message already.
       if (!started.created) return { text: p.t('train.already') };
       await this.redis.del(this.sessionKey(p.userId), this.tipKey(p.userId), this.noteKey(p.userId));
       return this.queued(p, started.job, started.position);
+    });
+  }
+
+  /** "These photos are of me": stores the consent with its time, then trains. */
+  async consent(p: Person): Promise<Reply> {
+    return this.guard(p, async () => {
+      await this.services.users.consent(p.userId);
+      return this.trainNow(p);
     });
   }
 
@@ -361,7 +373,7 @@ export class Conversation {
     } catch (error) {
       if (error instanceof UserFacingError) return { text: this.errorText(p, error.code, error.details), error: true };
       this.logger.error({ err: error, userId: p.userId }, 'command failed');
-      return { text: p.t('error.internal'), error: true };
+      return { text: p.t(apologyFor(error)), error: true };
     }
   }
 

@@ -1,6 +1,10 @@
 // A service error code in the person's language: shared by the chat conversation and the web API.
 import type { Config } from '../../src/config/index.ts';
 import { knownKey, type Locale, type Params, type Translate } from './i18n/index.ts';
+import { isDatabaseUnavailable } from '../../src/db/client.ts';
+
+/** The apology for an unexpected failure: a database outage is named as such, anything else stays generic. */
+export const apologyFor = (error: unknown) => (isDatabaseUnavailable(error) ? 'error.database_unavailable' : 'error.internal') as 'error.database_unavailable' | 'error.internal';
 
 /** The catalogue text for `error.<code>`, filled in with the numbers it needs; undefined when there is none. */
 export function errorMessage(

@@ -6,7 +6,8 @@ import { Telegraf, type Context, type MiddlewareFn } from 'telegraf';
 import type { App } from '../../src/app.ts';
 import { Conversation, type Person } from '../shared/conversation.ts';
 import { JobNotifier } from '../shared/notifier.ts';
-import { knownKey, locales, translator } from '../shared/i18n/index.ts';
+import { knownKey, locales, pickLocale, translator } from '../shared/i18n/index.ts';
+import { apologyFor } from '../shared/error-text.ts';
 import type { Message } from 'telegraf/types';
 import { personOf, replyTo, type TelegramDeps, type TelegramTarget } from './context.ts';
 import { TelegramSurface } from './surface.ts';
@@ -118,7 +119,8 @@ export function createTelegramBot(app: App, options: TelegramBotOptions = {}): T
     logger.error({ err: error, updateId: ctx.update.update_id }, 'update failed');
     const person = ctx.state.person as Person | undefined;
     // Never the error itself: the person gets a plain apology in their language.
-    if (ctx.chat) await ctx.telegram.sendMessage(ctx.chat.id, (person?.t ?? translator('en'))('error.internal')).catch(() => {});
+    // The person may not be known (their row could not be read): their Telegram language then.
+    if (ctx.chat) await ctx.telegram.sendMessage(ctx.chat.id, (person?.t ?? translator(pickLocale(ctx.from?.language_code)))(apologyFor(error))).catch(() => {});
   });
 
   let webhookServer: Server | undefined;

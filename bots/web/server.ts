@@ -8,6 +8,8 @@ import type { App } from '../../src/app.ts';
 import type { Generation, User } from '../../src/db/schema.ts';
 import { stylePresets } from '../../src/services/styles.ts';
 import { UserFacingError, notFound } from '../../src/services/errors.ts';
+import { isDatabaseUnavailable } from '../../src/db/client.ts';
+import { isStorageFull } from '../../src/storage/storage.ts';
 import type { PhotoUploadResult } from '../../src/services/photos.ts';
 import type { JobEvent } from '../../src/events/bus.ts';
 import { knownKey, translator, type Locale, type Params, type Translate } from '../shared/i18n/index.ts';
@@ -47,6 +49,8 @@ function classify(error: unknown): Classified | undefined {
     case 'FST_ERR_CTP_INVALID_JSON_BODY': return { status: 400, code: 'bad_json', details: {} };
   }
   if (isRedisDown(error)) return { status: 503, code: 'queue_unavailable', details: {} };
+  if (isDatabaseUnavailable(error)) return { status: 503, code: 'database_unavailable', details: {} };
+  if (isStorageFull(error)) return { status: 507, code: 'storage_full', details: {} };
   if (error instanceof SyntaxError && statusCode === 400) return { status: 400, code: 'bad_json', details: {} };
   if (typeof statusCode === 'number' && statusCode >= 400 && statusCode < 500) return { status: statusCode, code: 'bad_request', details: {} };
   return undefined;
@@ -273,6 +277,11 @@ export async function buildWebServer(app: App) {
       throw error;
     }
   };
+
+  web.post('/api/consent', async (request, reply) => {
+    const consentedAt = await services.users.consent(await ensureUser(request, reply));
+    return { consentedAt };
+  });
 
   web.post('/api/train', async (request, reply) => {
     requireQueue();

@@ -136,6 +136,8 @@ const envSchema = z.object({
   ENGINE_GPUS: z.preprocess(emptyAsUndefined, z.string().regex(/^\d+(,\d+)*$/).optional()),
   ENGINE_COUNT: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).max(16).default(1)),
   // How often the worker compares open job rows with the queue (and at start).
+  // Training needs the person's confirmation that the photos are of themselves (off only for tests of other things).
+  CONSENT_REQUIRED: z.preprocess(emptyAsUndefined, z.enum(['true', 'false']).default('true')),
   RECONCILE_INTERVAL_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(100).default(60_000)),
   TELEGRAM_BOT_TOKEN: optionalText,
   TELEGRAM_API_ROOT: z.preprocess(emptyAsUndefined, z.url().default('https://api.telegram.org')),
@@ -227,6 +229,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     },
     reconcileIntervalMs: e.RECONCILE_INTERVAL_MS,
     retentionDays: e.RETENTION_DAYS,
+    consentRequired: e.CONSENT_REQUIRED === 'true',
     worker: { trainConcurrency: e.WORKER_TRAIN_CONCURRENCY, generateConcurrency: e.WORKER_GENERATE_CONCURRENCY },
     photos: { ...d.photos, minForTraining: e.MIN_TRAINING_PHOTOS ?? d.photos.minForTraining, decodeConcurrency: e.IMAGE_DECODE_CONCURRENCY ?? d.photos.decodeConcurrency },
     training: {

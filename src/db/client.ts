@@ -20,6 +20,22 @@ export function openDatabase(url: string, max = 10): Database {
   return { db, pool, close: () => pool.end() };
 }
 
+/**
+ * Whether an error means the database can't be reached (refused, dropped, shutting down, timed out), as opposed to a
+ * bad query. drizzle wraps the driver's error in `cause`.
+ */
+export function isDatabaseUnavailable(error: unknown): boolean {
+  for (let e = error as { code?: unknown; message?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 5; e = e.cause as typeof e, depth++) {
+    const code = typeof e.code === 'string' ? e.code : '';
+    // SQLSTATE class 08 (connection exception), 57P01-57P03 (admin/crash shutdown, cannot connect now).
+    if (/^08/.test(code) || /^57P0[123]$/.test(code)) return true;
+    if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND', 'EPIPE'].includes(code) && e !== error) return true;
+    const message = typeof e.message === 'string' ? e.message : '';
+    if (/^Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/.test(message)) return true;
+  }
+  return false;
+}
+
 export const migrationsFolder = resolve(repoRoot, 'migrations');
 
 /** Applies drizzle-kit's generated SQL; drizzle records what ran, so this is safe at every start. */

@@ -13,6 +13,8 @@ export const users = pgTable('users', {
   id: id(),
   displayName: text('display_name'),
   locale: text('locale').notNull().default('en'),
+  /** When the person confirmed their photos are of themselves; training needs it. /forget deletes the row. */
+  consentedAt: timestamp('consented_at', { withTimezone: true }),
   createdAt: createdAt(),
 });
 

@@ -1,4 +1,5 @@
 // Queue names, typed payloads, job ids and retry policy: the only place producers import bullmq from.
+import type { Logger } from 'pino';
 import { Queue, type JobsOptions } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Config } from '../config/index.ts';
@@ -31,9 +32,23 @@ export const channels = {
   cancel: (prefix: string) => `${prefix}:cancel`,
 };
 
-export function redisConnection(url: string, forWorker = false): Redis {
+export function redisConnection(url: string, forWorker = false, logger?: Pick<Logger, 'warn' | 'info'>): Redis {
   // Workers block on Redis: BullMQ requires maxRetriesPerRequest null there.
-  return new Redis(url, { maxRetriesPerRequest: forWorker ? null : 20, lazyConnect: false });
+  const redis = new Redis(url, { maxRetriesPerRequest: forWorker ? null : 20, lazyConnect: false });
+  // Without a listener ioredis prints a stack trace to stderr for every failed reconnect. It reconnects by itself and
+  // each failing command reports to its caller, so one line per outage is enough.
+  let down = false;
+  redis.on('error', (error: Error) => {
+    if (down) return;
+    down = true;
+    logger?.warn({ err: error }, 'Redis connection lost; reconnecting');
+  });
+  redis.on('ready', () => {
+    if (!down) return;
+    down = false;
+    logger?.info('Redis connection back');
+  });
+  return redis;
 }
 
 export class JobQueues {

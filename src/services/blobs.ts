@@ -45,14 +45,23 @@ async function takeLease(db: Db, key: string): Promise<string> {
  * write puts the file back.
  */
 export async function putLeased(db: Db, store: BlobStore, bytes: Buffer, ext: string): Promise<LeasedBlob> {
-  const leaseId = await takeLease(db, blobKey(createHash('sha256').update(bytes).digest('hex'), ext));
-  return { ...(await store.put(bytes, ext)), leaseId };
+  return underLease(db, blobKey(createHash('sha256').update(bytes).digest('hex'), ext), () => store.put(bytes, ext));
 }
 
 /** putLeased for a file another process wrote (an engine output). */
 export async function putFileLeased(db: Db, store: BlobStore, path: string, ext: string): Promise<LeasedBlob> {
-  const leaseId = await takeLease(db, blobKey(await sha256OfFile(path), ext));
-  return { ...(await store.putFile(path, ext)), leaseId };
+  return underLease(db, blobKey(await sha256OfFile(path), ext), () => store.putFile(path, ext));
+}
+
+/** A put that fails (a full disk) gives its lease back: the caller never learns its id, so nothing else would. */
+async function underLease(db: Db, key: string, put: () => Promise<PutResult>): Promise<LeasedBlob> {
+  const leaseId = await takeLease(db, key);
+  try {
+    return { ...(await put()), leaseId };
+  } catch (error) {
+    await releaseLeases(db, [leaseId]).catch(() => undefined);
+    throw error;
+  }
 }
 
 export async function releaseLeases(db: Db, leaseIds: Iterable<string>): Promise<void> {

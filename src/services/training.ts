@@ -53,6 +53,10 @@ export class TrainingService {
   async start(userId: string): Promise<TrainingStarted> {
     const open = await this.openTraining(userId);
     if (open) return open;
+    if (this.config.consentRequired) {
+      const [user] = await this.db.select({ consentedAt: users.consentedAt }).from(users).where(eq(users.id, userId));
+      if (!user?.consentedAt) throw new UserFacingError('consent_required', 'Please confirm that the photos are of you before the first training.', {}, 403);
+    }
     const photos = await this.photos.list(userId);
     const need = this.config.photos.minForTraining;
     if (photos.length < need) {

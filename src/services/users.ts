@@ -1,12 +1,23 @@
-import { and, eq, notExists } from 'drizzle-orm';
+import { and, eq, notExists, sql } from 'drizzle-orm';
 import type { Db } from '../db/client.ts';
 import { accounts, jobs, photos, users, type Platform, type User } from '../db/schema.ts';
-import { isUniqueViolation } from './errors.ts';
+import { isUniqueViolation, notFound } from './errors.ts';
 
 export interface AccountProfile { displayName?: string; locale?: string }
 
 export class UserService {
   constructor(private readonly db: Db) {}
+
+  /** Records that the person confirmed their photos are of themselves (the first confirmation's time is kept). */
+  async consent(userId: string): Promise<Date> {
+    const [row] = await this.db
+      .update(users)
+      .set({ consentedAt: sql`coalesce(${users.consentedAt}, now())` })
+      .where(eq(users.id, userId))
+      .returning({ at: users.consentedAt });
+    if (!row?.at) throw notFound('user');
+    return row.at;
+  }
 
   /** The user behind a platform account, created on first contact. */
   async resolve(platform: Platform, externalId: string, profile: AccountProfile = {}): Promise<User> {

@@ -97,3 +97,11 @@ export function parseKey(key: string): { sha256: string; ext: string } {
   }
   return { sha256, ext };
 }
+
+/** Whether an error is the storage filesystem (or quota) being full: the person is told so, not "something went wrong". */
+export function isStorageFull(error: unknown): boolean {
+  for (let e = error as { code?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 5; e = e.cause as typeof e, depth++) {
+    if (e.code === 'ENOSPC' || e.code === 'EDQUOT') return true;
+  }
+  return false;
+}

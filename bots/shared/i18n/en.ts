@@ -23,6 +23,7 @@ export const en = {
     'photo, well lit, different angles and backgrounds, no sunglasses. You have {have} so far.',
   'train.tip_files': 'Tip: send photos as files (📎 → File) — they arrive uncompressed and train better.',
   'train.no_session': 'To train your model, send /train first, then your photos.',
+  'consent.ask': 'Before the first training: are all these photos of you? A model of your face is trained only with your agreement; /forget deletes it and everything else.',
   'train.already': 'Your model is already training — /status shows how far it is.',
 
   'photos.photo': 'Photo',
@@ -48,6 +49,7 @@ export const en = {
   'coverage.close_ups': 'a couple of close-ups of your face.',
   'coverage.more_lighting': 'photos in different light — indoors and outdoors, or at another time of day (all have similar light now).',
 
+  'button.consent_yes': 'Yes, these photos are of me',
   'button.train_now': 'Train now',
   'button.forget_yes': 'Delete everything',
   'button.forget_no': 'Keep my data',
@@ -78,6 +80,7 @@ export const en = {
   'reason.bad_request': 'the engine refused the request.',
   'reason.not_found': 'your model or photos were deleted meanwhile.',
   'reason.busy': 'the engine is overloaded.',
+  'reason.storage_full': 'our storage is full, so the result could not be saved; please try again later.',
   'reason.queue_unavailable': 'the job queue was unavailable.',
   'reason.internal': 'something went wrong on our side.',
 
@@ -144,6 +147,9 @@ export const en = {
   'error.training_in_progress': 'Your model is still training — I will tell you when it is ready.',
   'error.no_model': 'You have no trained model yet: send /train and {min}–{max} photos of yourself first.',
   'error.nothing_to_cancel': 'There is nothing running to cancel.',
+  'error.database_unavailable': 'Our database is unavailable right now; please try again in a minute.',
+  'error.storage_full': 'Our storage is full right now, so nothing could be saved; please try again later.',
+  'error.consent_required': 'Please confirm that the photos are of you before the first training.',
   'error.queue_unavailable': 'The job queue is unavailable right now; please try again in a minute.',
   'error.queue_full': 'The queue is full right now ({max} waiting). Please try again in a few minutes.',
   'error.limit_active_jobs': 'You already have {max} jobs running or waiting. Wait for one to finish, or /cancel it.',

@@ -48,10 +48,11 @@ export function trainFeature(deps: TelegramDeps) {
     album.timer = setTimeout(() => flush(key), deps.albumWindowMs);
   });
 
-  feature.action(buttonData('train_now'), async (ctx) => {
+  feature.action(buttonData('train_now', 'consent_yes'), async (ctx) => {
     if (!(await pressedByOwner(deps, ctx))) return;
     await acknowledge(deps, ctx);
-    await replyTo(deps, ctx, await deps.conversation.trainNow(await personOf(deps, ctx)));
+    const person = await personOf(deps, ctx);
+    await replyTo(deps, ctx, ctx.match[1] === 'consent_yes' ? await deps.conversation.consent(person) : await deps.conversation.trainNow(person));
   });
 
   return feature;
