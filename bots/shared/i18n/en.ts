@@ -196,6 +196,7 @@ export const en = {
   'command.forget': 'Delete everything about you',
   'command.link': 'Use the same account on Telegram and Discord',
   'command.lang': 'Language of my answers',
+  'command.styles': 'Ready-made styles, in any language',
   'error.duplicate_of': 'the same shot as {other} — send a different one.',
   'help.files': 'Photos can also be sent as files (uncompressed): that is better for training.',
 } as const;

@@ -197,6 +197,7 @@ export const ru: Record<MessageKey, string> = {
   'command.forget': 'Удалить всё о вас',
   'command.link': 'Один аккаунт в Telegram и Discord',
   'command.lang': 'Язык ответов',
+  'command.styles': 'Готовые стили — на любом языке',
   'error.duplicate_of': 'тот же кадр, что и {other}, — пришлите другой.',
   'help.files': 'Фото можно присылать и файлами (без сжатия): для обучения так даже лучше.',
 };
