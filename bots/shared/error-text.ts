@@ -2,11 +2,14 @@
 import type { Config } from '../../src/config/index.ts';
 import { knownKey, type Locale, type Params, type Translate } from './i18n/index.ts';
 
-/** The catalogue text for `error.<code>`, filled in with the numbers it needs; undefined when there is none. */
+/**
+ * The catalogue text for `error.<code>`, filled in with the numbers it needs; undefined when there is none. A
+ * surface (`web`) has its own wording where the chats' names a command it lacks (`web.error.<code>`).
+ */
 export function errorMessage(
-  t: Translate, locale: Locale, config: Pick<Config, 'photos' | 'policy'>, code: string, details: Params = {},
+  t: Translate, locale: Locale, config: Pick<Config, 'photos' | 'policy'>, code: string, details: Params = {}, surface?: 'web',
 ): string | undefined {
-  const key = knownKey(`error.${code}`);
+  const key = (surface && knownKey(`${surface}.error.${code}`)) || knownKey(`error.${code}`);
   if (!key) return undefined;
   const { photos } = config;
   const params: Params = { min: photos.minForTraining, max: photos.maxPerUser, ...details };
