@@ -198,7 +198,8 @@ export async function buildWebServer(app: App) {
 
   web.get('/api/info', async () => ({
     engineProfile: config.engine.profile,
-    vision: (({ faceChecks, pose, likeness }) => ({ faceChecks, pose, likeness }))(app.vision.availability()),
+    // Which checks run, the missing model names and the command that installs them (the page shows both).
+    vision: app.vision.publicAvailability(),
     minPhotos: config.photos.minForTraining,
     maxPhotos: config.photos.maxPerUser,
     notice: config.engine.profile === 'tiny'

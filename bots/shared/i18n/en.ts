@@ -241,6 +241,7 @@ export const en = {
   'web.queued_generation': 'Queued (position {position}, seed {seed}).',
   'web.painted_from': 'painted from: {prompt}',
   'web.style': 'style: {style}',
+  'web.quoted': '“{text}”',
   'web.in_pose': 'in a pose',
   'web.settings': 'seed {seed} · {steps, plural, one {# step} other {# steps}} · guidance {guidance} · {scheduler} · {width}×{height}',
   'web.sample_of': 'sample of model version {version}',

@@ -242,6 +242,7 @@ export const ru: Record<MessageKey, string> = {
   'web.queued_generation': 'В очереди (место {position}, seed {seed}).',
   'web.painted_from': 'промпт для модели: {prompt}',
   'web.style': 'стиль: {style}',
+  'web.quoted': '«{text}»',
   'web.in_pose': 'в позе',
   'web.settings': 'seed {seed} · {steps, plural, one {# шаг} few {# шага} many {# шагов} other {# шага}} · guidance {guidance} · {scheduler} · {width}×{height}',
   'web.sample_of': 'пример от модели версии {version}',
