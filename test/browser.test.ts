@@ -36,14 +36,14 @@ const words = {
   en: {
     notice: 'the pictures are noise', train: 'Train my model', count: '4 photos (faces not checked)', unchecked: 'accepted, face not checked',
     step: /^Training: step \d+ of 10 \(\d+%\)/, ready: /^✅ Your model \(version 1\) is ready\. .*likeness is not measured here/s,
-    version: /^Version 1: ready · likeness not measured · Download: LoRA \(diffusers\) · LoRA \(kohya/, settings: /seed \d+ · 4 steps · guidance/,
+    version: /^Version 1: ready · likeness not measured · Download: LoRA \(diffusers\) · LoRA \(kohya/, settings: /seed \d+ · 2 steps · guidance/,
     painted: '“a portrait of me as an astronaut” — painted from: a portrait of you as an astronaut', forgotten: '🗑 Everything about you is deleted (4 photos, 1 model, 1 picture).',
     sample: 'sample of model version 1', done: '✅ Portrait done.',
   },
   ru: {
     notice: 'картинки — шум', train: 'Обучить мою модель', count: '4 фотографии (лица не проверены)', unchecked: 'принято, лицо не проверено',
     step: /^Обучение: шаг \d+ из 10 \(\d+%\)/, ready: /^✅ Ваша модель \(версия 1\) готова\. .*сходство здесь не измеряется/s,
-    version: /^Версия 1: готова · сходство не измерено · Скачать: LoRA для diffusers · LoRA в формате kohya/, settings: /seed \d+ · 4 шага · guidance/,
+    version: /^Версия 1: готова · сходство не измерено · Скачать: LoRA для diffusers · LoRA в формате kohya/, settings: /seed \d+ · 2 шага · guidance/,
     painted: '«a portrait of me as an astronaut» — промпт для модели: a portrait of you as an astronaut', forgotten: '🗑 Всё о вас удалено: 4 фотографии, 1 модель, 1 картинка.',
     sample: 'пример от модели версии 1', done: '✅ Портрет готов.',
   },
