@@ -94,7 +94,7 @@ describe('with the face models', { skip }, () => {
     await page.locator('#upload-results li.bad', { hasText: 'wall.jpg' }).waitFor();
     assert.equal(await page.locator('#upload-results li.ok').innerText(), 'me.jpg: looks good');
     assert.match(await page.locator('#upload-results li.bad').innerText(), /^wall\.jpg: .*face/i);
-    await page.locator('#photo-count', { hasText: '1 good photo ' }).waitFor();
+    await page.locator('#photo-count', { hasText: '1 good photo;' }).waitFor();
     await page.close();
   });
 });

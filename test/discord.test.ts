@@ -184,7 +184,7 @@ describe('Discord', () => {
     assert.deepEqual(question.components[0].components.map((b: any) => b.custom_id), [`forget_yes:${dana.id}`, `forget_no:${dana.id}`]);
     discord.press(dana, question, 'forget_yes');
     const answered = await discord.waitFor(() => /Everything about you is deleted/.test(question.content) && question, 'the question to become the answer');
-    assert.match(answered.content, /3 photos, 1 models, 2 pictures/);
+    assert.match(answered.content, /3 photos, 1 model, 2 pictures/);
     assert.deepEqual(answered.components, [], 'no buttons left to press twice');
     const db = stack.app.database.db;
     assert.equal((await db.select().from(photos).where(eq(photos.userId, id))).length, 0);

@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { catalogues, knownKey, pickLocale, placeholders, translator } from '../bots/shared/i18n/index.ts';
+import { catalogues, knownKey, pickLocale, placeholders, plurals, translator } from '../bots/shared/i18n/index.ts';
 import { samplesCaption } from '../bots/shared/notifier.ts';
 
 const [first, ...others] = Object.entries(catalogues);
@@ -66,4 +66,55 @@ test('sample captions say why likeness is missing: models not installed, or no f
     assert.equal(samplesCaption(t, { likeness: { mean: 0.2 }, lowLikeness: true }), `${t('done.samples', { score: '0.20' })}\n${t('done.low_likeness', { score: '0.20' })}`);
   }
   assert.match(translator('en')('done.samples_no_face'), /could not be measured: no face to compare/);
+});
+
+test('every plural has exactly the forms its language needs (Intl.PluralRules), in every catalogue', () => {
+  let count = 0;
+  for (const [locale, catalogue] of Object.entries(catalogues)) {
+    const needed = [...new Intl.PluralRules(locale).resolvedOptions().pluralCategories].sort();
+    for (const [key, message] of Object.entries(catalogue)) {
+      for (const [name, branches] of Object.entries(plurals(message))) {
+        count += 1;
+        assert.deepEqual(Object.keys(branches).sort(), needed, `${locale} ${key} {${name}}`);
+        for (const text of Object.values(branches)) assert.match(text, /#/, `${locale} ${key}: every form shows the number`);
+      }
+    }
+  }
+  assert.ok(count >= 20, `${count} plurals`);
+});
+
+test('counted nouns take the right form: en 1 and 2; ru 1, 2, 5, 11, 21, 22, 25', () => {
+  const en = translator('en');
+  const ru = translator('ru');
+  const ruCounts = [1, 2, 5, 11, 21, 22, 25];
+  // photos, models and pictures together, as /forget says them.
+  assert.match(en('forget.done', { photos: 1, adapters: 1, generations: 1 }), /\(1 photo, 1 model, 1 picture\)/);
+  assert.match(en('forget.done', { photos: 2, adapters: 2, generations: 2 }), /\(2 photos, 2 models, 2 pictures\)/);
+  const forgotten = ruCounts.map((n) => ru('forget.done', { photos: n, adapters: n, generations: n }).match(/удалено: (.*)\. /)![1]);
+  assert.deepEqual(forgotten, [
+    '1 фотография, 1 модель, 1 картинка',
+    '2 фотографии, 2 модели, 2 картинки',
+    '5 фотографий, 5 моделей, 5 картинок',
+    '11 фотографий, 11 моделей, 11 картинок',
+    '21 фотография, 21 модель, 21 картинка',
+    '22 фотографии, 22 модели, 22 картинки',
+    '25 фотографий, 25 моделей, 25 картинок',
+  ]);
+  // trainings
+  assert.match(en('error.limit_trainings', { max: 1, hours: 3 }), /^You have started 1 training today/);
+  assert.match(en('error.limit_trainings', { max: 2, hours: 3 }), /^You have started 2 trainings today/);
+  assert.deepEqual(ruCounts.map((n) => ru('error.limit_trainings', { max: n, hours: 3 }).match(/обучение (\d+ \S+) —/)![1]),
+    ['1 раз', '2 раза', '5 раз', '11 раз', '21 раз', '22 раза', '25 раз']);
+  // pictures made (accusative in Russian)
+  assert.match(en('error.limit_generations', { max: 1, minutes: 5 }), /^You have made 1 picture in the last hour/);
+  assert.match(en('error.limit_generations', { max: 2, minutes: 5 }), /^You have made 2 pictures in the last hour/);
+  assert.deepEqual(ruCounts.map((n) => ru('error.limit_generations', { max: n, minutes: 5 }).match(/сделали (\d+ \S+) —/)![1]),
+    ['1 картинку', '2 картинки', '5 картинок', '11 картинок', '21 картинку', '22 картинки', '25 картинок']);
+  // photos one has
+  assert.equal(en('error.too_many_photos', { max: 1 }), 'you already have 1 photo, the most a training uses.');
+  assert.equal(en('error.too_many_photos', { max: 2 }), 'you already have 2 photos, the most a training uses.');
+  assert.deepEqual(ruCounts.map((n) => ru('error.too_many_photos', { max: n }).match(/уже (\d+ \S+) —/)![1]),
+    ['1 фотография', '2 фотографии', '5 фотографий', '11 фотографий', '21 фотография', '22 фотографии', '25 фотографий']);
+  // A number that is not an integer or not given: the "other" form, and a missing value stays visible.
+  assert.equal(en('error.too_many_photos'), 'you already have {max, plural, one {# photo} other {# photos}}, the most a training uses.');
 });

@@ -214,7 +214,7 @@ describe('Telegram', () => {
     assert.deepEqual(question.reply_markup.inline_keyboard[0].map((b: any) => b.callback_data), [`forget_yes:${anna.id}`, `forget_no:${anna.id}`]);
     mark = lastMessageId();
     emulator.pressButton(anna, question.message_id, 'forget_yes');
-    await emulator.waitFor(() => /Всё о вас удалено \(фото: 3, модели: 1, картинки: 2\)/.test(question.text!) && question, 'the question to become the answer');
+    await emulator.waitFor(() => /Всё о вас удалено: 3 фотографии, 1 модель, 2 картинки\./.test(question.text!) && question, 'the question to become the answer');
     const db = stack.app.database.db;
     assert.equal((await db.select().from(photos).where(eq(photos.userId, id))).length, 0);
     assert.equal((await db.select().from(accounts).where(eq(accounts.userId, id))).length, 0, 'both linked accounts are gone');

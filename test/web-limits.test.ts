@@ -35,7 +35,7 @@ test('web API: a double-clicked Train is one training; the hourly and daily limi
   const train = await client.post('/api/train');
   assert.equal(train.status, 429, JSON.stringify(train.body));
   assert.equal(train.body.error.code, 'limit_trainings');
-  assert.match(train.body.error.message, /You have started 1 trainings today, the daily limit\. Try again in \d+ h\./);
+  assert.match(train.body.error.message, /You have started 1 training today, the daily limit\. Try again in \d+ h\./);
 
   const imagine = await client.post('/api/imagine', { prompt: 'me as an astronaut' });
   assert.equal(imagine.status, 202, JSON.stringify(imagine.body));
@@ -44,7 +44,7 @@ test('web API: a double-clicked Train is one training; the hourly and daily limi
   assert.ok(Number(refused.headers.get('retry-after')) > 0, 'Retry-After says when');
   const body = (await refused.json()) as { error: { code: string; message: string; details: { max: number; minutes: number } } };
   assert.equal(body.error.code, 'limit_generations');
-  assert.match(body.error.message, /^You have made 1 pictures in the last hour, the hourly limit\. Try again in \d+ min\.$/);
+  assert.match(body.error.message, /^You have made 1 picture in the last hour, the hourly limit\. Try again in \d+ min\.$/);
   assert.equal(body.error.details.max, 1);
 
   const pose = await client.upload('/api/pose', [['pose.png', await makeSkeleton()]], { prompt: 'dancing' }, 'image');

@@ -88,9 +88,9 @@ test('CSRF: auto-submitting forms from another local port change nothing; the pa
 
     // The playground's own page still deletes (same origin).
     await page.goto(stack.baseUrl);
-    page.once('dialog', (dialog) => void dialog.accept());
     const forgot = page.waitForResponse((r) => r.url() === `${stack.baseUrl}/api/forget`);
     await page.click('#forget');
+    await page.click('#forget-yes');
     assert.equal((await forgot).status(), 200);
     assert.equal(await userCount(), 0);
   } finally {

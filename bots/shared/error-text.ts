@@ -6,11 +6,14 @@ import { isDatabaseUnavailable } from '../../src/db/client.ts';
 /** The apology for an unexpected failure: a database outage is named as such, anything else stays generic. */
 export const apologyFor = (error: unknown) => (isDatabaseUnavailable(error) ? 'error.database_unavailable' : 'error.internal') as 'error.database_unavailable' | 'error.internal';
 
-/** The catalogue text for `error.<code>`, filled in with the numbers it needs; undefined when there is none. */
+/**
+ * The catalogue text for `error.<code>`, filled in with the numbers it needs; undefined when there is none. A
+ * surface (`web`) has its own wording where the chats' names a command it lacks (`web.error.<code>`).
+ */
 export function errorMessage(
-  t: Translate, locale: Locale, config: Pick<Config, 'photos' | 'policy'>, code: string, details: Params = {},
+  t: Translate, locale: Locale, config: Pick<Config, 'photos' | 'policy'>, code: string, details: Params = {}, surface?: 'web',
 ): string | undefined {
-  const key = knownKey(`error.${code}`);
+  const key = (surface && knownKey(`${surface}.error.${code}`)) || knownKey(`error.${code}`);
   if (!key) return undefined;
   const { photos } = config;
   const params: Params = { min: photos.minForTraining, max: photos.maxPerUser, ...details };

@@ -5,6 +5,7 @@ import { UserFacingError } from '../../src/services/errors.ts';
 import { isLocale, type Locale } from '../shared/i18n/index.ts';
 
 export const SESSION_COOKIE = 'pb_session';
+export const LOCALE_COOKIE = 'pb_lang';
 const SAFE_METHODS = new Set(['GET', 'HEAD', 'OPTIONS']);
 const UPLOAD_ROUTES = new Set(['/api/photos', '/api/pose']);
 
@@ -61,11 +62,23 @@ const hasBody = (request: FastifyRequest) =>
  * `%` escape, another local app's cookie of the same name) is simply not a session.
  */
 export function sessionFromCookie(header: string | undefined): string | undefined {
+  return cookieValue(header, SESSION_COOKIE, /^[a-f0-9]{32}$/);
+}
+
+/** The language the person chose with the page's switch (a cookie, so it holds before they have an account). */
+export function localeFromCookie(header: string | undefined): Locale | undefined {
+  const value = cookieValue(header, LOCALE_COOKIE, /^[a-z]{2}$/);
+  return value && isLocale(value) ? value : undefined;
+}
+
+export const localeCookie = (locale: Locale) => `${LOCALE_COOKIE}=${locale}; Path=/; SameSite=Strict; Max-Age=31536000`;
+
+function cookieValue(header: string | undefined, name: string, valid: RegExp): string | undefined {
   for (const pair of (header ?? '').split(';')) {
     const eq = pair.indexOf('=');
-    if (eq < 0 || pair.slice(0, eq).trim() !== SESSION_COOKIE) continue;
+    if (eq < 0 || pair.slice(0, eq).trim() !== name) continue;
     const value = pair.slice(eq + 1).trim();
-    if (/^[a-f0-9]{32}$/.test(value)) return value;
+    if (valid.test(value)) return value;
   }
   return undefined;
 }

@@ -5,16 +5,17 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import type { App } from '../../src/app.ts';
-import type { Generation, User } from '../../src/db/schema.ts';
+import type { Adapter, Generation, Job, User } from '../../src/db/schema.ts';
 import { stylePresets } from '../../src/services/styles.ts';
 import { UserFacingError, notFound } from '../../src/services/errors.ts';
 import { isDatabaseUnavailable } from '../../src/db/client.ts';
 import { isStorageFull } from '../../src/storage/storage.ts';
 import type { PhotoUploadResult } from '../../src/services/photos.ts';
+import type { GenerationNote } from '../../src/services/generation.ts';
 import type { JobEvent } from '../../src/events/bus.ts';
-import { knownKey, translator, type Locale, type Params, type Translate } from '../shared/i18n/index.ts';
+import { catalogues, isLocale, knownKey, locales, translator, type Locale, type Params, type Translate } from '../shared/i18n/index.ts';
 import { errorMessage } from '../shared/error-text.ts';
-import { acceptLanguage, checkStateChange, isStateChanging, ownOrigins, sessionCookie, sessionFromCookie } from './guard.ts';
+import { acceptLanguage, checkStateChange, isStateChanging, localeCookie, localeFromCookie, ownOrigins, sessionCookie, sessionFromCookie } from './guard.ts';
 import { CONTROL_CHARS, receiveForm } from './uploads.ts';
 
 const pagePath = new URL('./public/index.html', import.meta.url);
@@ -27,13 +28,17 @@ interface WebState {
   /** This request created the user: a failing answer deletes it again, so a failed request leaves no row. */
   created: boolean;
   acceptLocale: Locale;
+  /** Chosen with the page's language switch. */
+  cookieLocale?: Locale;
 }
 
 const stateOf = (request: FastifyRequest) => (request as FastifyRequest & { web: WebState }).web;
 const localeOf = (request: FastifyRequest): Locale => {
   const state = stateOf(request);
+  // The page's switch first, then the account's language (also set by /lang in a chat), then the browser's.
+  if (state?.cookieLocale) return state.cookieLocale;
   const locale = state?.user?.locale;
-  return locale === 'en' || locale === 'ru' ? locale : (state?.acceptLocale ?? acceptLanguage(request.headers['accept-language']));
+  return locale && isLocale(locale) ? locale : (state?.acceptLocale ?? acceptLanguage(request.headers['accept-language']));
 };
 
 interface Classified { status: number; code: string; details: Params; english?: string }
@@ -75,7 +80,7 @@ export async function buildWebServer(app: App) {
   const t = (request: FastifyRequest): Translate => translator(localeOf(request));
   /** A request-level message: the catalogue's text (both languages), else the service's own English text. */
   const message = (request: FastifyRequest, c: Classified): string => {
-    const text = errorMessage(t(request), localeOf(request), config, c.code, c.details);
+    const text = errorMessage(t(request), localeOf(request), config, c.code, c.details, 'web');
     if (text) return capitalized(text);
     return localeOf(request) === 'en' && c.english ? c.english : t(request)(c.status >= 500 ? 'error.internal' : 'error.bad_request');
   };
@@ -100,7 +105,9 @@ export async function buildWebServer(app: App) {
   };
   web.addHook('onRequest', async (request, reply) => {
     const session = sessionFromCookie(request.headers.cookie);
-    (request as FastifyRequest & { web: WebState }).web = { session, created: false, acceptLocale: acceptLanguage(request.headers['accept-language']) };
+    (request as FastifyRequest & { web: WebState }).web = {
+      session, created: false, acceptLocale: acceptLanguage(request.headers['accept-language']), cookieLocale: localeFromCookie(request.headers.cookie),
+    };
     if (session) track(session, reply);
     if (request.url.startsWith('/api/') && isStateChanging(request)) {
       checkStateChange(request, configuredOrigins.size > 0 ? new Set(configuredOrigins) : ownOrigins(request, config.web.host), configuredOrigins);
@@ -125,7 +132,7 @@ export async function buildWebServer(app: App) {
       track(state.session, reply);
       reply.header('set-cookie', sessionCookie(state.session));
     }
-    const { user, created } = await services.users.resolveCreated('web', state.session, { locale: state.acceptLocale });
+    const { user, created } = await services.users.resolveCreated('web', state.session, { locale: state.cookieLocale ?? state.acceptLocale });
     state.user = user;
     state.created = created;
     return user.id;
@@ -136,6 +143,9 @@ export async function buildWebServer(app: App) {
     const shown = await services.generation.shown(generation);
     return { prompt: generation.prompt, style: generation.style, promptUsed: shown.used ?? shown.words, enginePrompt: generation.enginePrompt ?? generation.prompt };
   };
+  /** Notes on a queued picture in the person's language. */
+  const notesOf = (request: FastifyRequest, notes: GenerationNote[]) =>
+    notes.map((n) => ({ ...n, message: t(request)(knownKey(`web.note.${n.code}`) ?? 'web.unknown_error', n.details) }));
   /** Routes that queue or cancel work answer at once while Redis is down, instead of waiting out its retries. */
   const requireQueue = () => {
     if (app.queues.connection.status !== 'ready') throw new UserFacingError('queue_unavailable', 'The job queue is unavailable right now; please try again in a minute.', {}, 503);
@@ -167,6 +177,11 @@ export async function buildWebServer(app: App) {
     }
   };
 
+  const sendImage = async (reply: FastifyReply, key: string | null | undefined) => {
+    if (!key) throw notFound('Image');
+    const type = key.endsWith('.png') ? 'image/png' : 'image/jpeg';
+    return reply.type(type).header('cache-control', 'private, max-age=86400').send(await store.get(key));
+  };
   web.setErrorHandler((error, request, reply) => {
     const classified = classify(error);
     if (classified) {
@@ -187,6 +202,7 @@ export async function buildWebServer(app: App) {
 
   web.get('/api/info', async () => ({
     engineProfile: config.engine.profile,
+    // Which checks run, the missing model names and the command that installs them (the page shows both).
     vision: app.vision.publicAvailability(),
     minPhotos: config.photos.minForTraining,
     maxPhotos: config.photos.maxPerUser,
@@ -194,6 +210,24 @@ export async function buildWebServer(app: App) {
       ? 'Tiny engine: a random-weight model that runs on a CPU in seconds. Training and generation are real, but the images are noise.'
       : undefined,
   }));
+
+  /** A model version as the page shows it: status, likeness, samples and both download formats. */
+  const adapterView = ({ metrics, sampleKeys, ...a }: Adapter) => ({
+    ...a,
+    likeness: (metrics as { likeness?: { mean?: number | null } } | null)?.likeness?.mean ?? null,
+    lowLikeness: (metrics as { lowLikeness?: boolean } | null)?.lowLikeness ?? false,
+    sampleUrls: sampleKeys.map((_key, n) => `/api/adapters/${a.id}/samples/${n}`),
+    downloads: a.fileKey
+      ? { diffusers: `/api/adapters/${a.id}/lora`, ...(a.kohyaFileKey ? { kohya: `/api/adapters/${a.id}/lora?format=kohya` } : {}) }
+      : undefined,
+  });
+  /** A job with its place in line and, once it runs, the seconds left at its pace so far. */
+  const jobView = async (request: FastifyRequest, job: Job) => {
+    const position = await services.jobs.position(job);
+    const elapsed = job.startedAt ? (Date.now() - job.startedAt.getTime()) / 1000 : 0;
+    const etaSeconds = job.status === 'active' && job.progress > 0 && job.progress < 1 ? Math.round((elapsed * (1 - job.progress)) / job.progress) : null;
+    return { ...job, error: reasonOf(request, job.errorCode) ?? null, position, etaSeconds };
+  };
 
   web.get('/api/status', async (request) => {
     const userId = currentUser(request);
@@ -205,16 +239,48 @@ export async function buildWebServer(app: App) {
     ]);
     return {
       photos,
-      adapters: adapters.map(({ metrics, sampleKeys, ...a }) => ({
-        ...a,
-        likeness: (metrics as { likeness?: { mean?: number | null } } | null)?.likeness?.mean ?? null,
-        lowLikeness: (metrics as { lowLikeness?: boolean } | null)?.lowLikeness ?? false,
-        sampleUrls: sampleKeys.map((_key, n) => `/api/adapters/${a.id}/samples/${n}`),
-        downloads: a.fileKey
-          ? { diffusers: `/api/adapters/${a.id}/lora`, ...(a.kohyaFileKey ? { kohya: `/api/adapters/${a.id}/lora?format=kohya` } : {}) }
-          : undefined,
-      })),
+      adapters: adapters.map(adapterView),
       jobs: jobs.map((job) => ({ ...job, error: reasonOf(request, job.errorCode) ?? null })),
+    };
+  });
+
+  // The page's words, from the chats' catalogues, in the language this request resolves to.
+  web.get('/api/i18n', async (request) => ({
+    locale: localeOf(request),
+    locales: locales.map((id) => ({ id, name: catalogues[id]['lang.name'] })),
+    messages: catalogues[localeOf(request)],
+  }));
+  web.post<{ Body: { locale?: unknown } | null }>('/api/locale', async (request, reply) => {
+    const locale = request.body?.locale;
+    if (typeof locale !== 'string' || !isLocale(locale)) throw new UserFacingError('bad_request', 'locale must be one of: ' + locales.join(', '));
+    reply.header('set-cookie', localeCookie(locale));
+    const userId = currentUser(request);
+    if (userId) await services.users.setLocale(userId, locale);
+    return { locale };
+  });
+
+  // Everything the page shows, so a reload comes back to where the person was.
+  web.get('/api/state', async (request) => {
+    const userId = currentUser(request);
+    if (!userId) return { photos: [], coverage: null, adapters: [], jobs: [], gallery: [] };
+    const [photos, coverage, adapters, jobs, gallery] = await Promise.all([
+      services.photos.list(userId),
+      services.photos.coverage(userId),
+      services.training.list(userId),
+      services.jobs.list(userId, 10),
+      services.generation.list(userId),
+    ]);
+    return {
+      photos: photos.map((p) => ({ id: p.id, name: p.originalName, faceChecked: p.faceMeasures !== null, url: `/api/photos/${p.id}/image`, createdAt: p.createdAt })),
+      coverage: coverage ?? null,
+      adapters: adapters.map(adapterView),
+      jobs: await Promise.all(jobs.map((job) => jobView(request, job))),
+      gallery: await Promise.all(gallery.map(async (g) => ({
+        id: g.id, jobId: g.jobId, kind: g.kind, seed: g.seed, settings: { ...g.params, negativePrompt: g.negativePrompt }, likeness: g.likeness,
+        createdAt: g.createdAt, ...(await promptOf(g)),
+        images: g.outputKeys.map((_key, n) => `/api/generations/${g.id}/images/${n}`),
+        controlUrl: g.controlKey ? `/api/generations/${g.id}/control` : null,
+      }))),
     };
   });
 
@@ -265,6 +331,18 @@ export async function buildWebServer(app: App) {
     await services.photos.remove(userId, checkId(request.params.id, 'Photo'));
     return { ok: true };
   });
+  // The thumbnail: the square crop the model trains on.
+  web.get<{ Params: { id: string } }>('/api/photos/:id/image', async (request, reply) => {
+    const userId = currentUser(request);
+    const photo = userId && UUID.test(request.params.id) ? (await services.photos.list(userId)).find((p) => p.id === request.params.id) : undefined;
+    return sendImage(reply, photo?.cropKey);
+  });
+  web.delete<{ Params: { id: string } }>('/api/generations/:id', async (request) => {
+    const userId = currentUser(request);
+    if (!userId) throw notFound('Picture');
+    await services.generation.remove(userId, checkId(request.params.id, 'Picture'));
+    return { ok: true };
+  });
 
   // Within the person's limits, like the chat bots (src/services/limits.ts). A training already open is handed back
   // as it is, uncounted and never refused by a limit: a double-clicked Train is one training.
@@ -309,7 +387,7 @@ export async function buildWebServer(app: App) {
     const userId = await ensureUser(request, reply);
     const queued = await services.limits.run(userId, 'imagine', () => services.generation.imagine(userId, prompt, options, style || undefined));
     reply.status(202);
-    return { jobId: queued.job.id, generationId: queued.generation.id, position: queued.position, seed: queued.generation.seed, ...(await promptOf(queued.generation)), notes: queued.notes };
+    return { jobId: queued.job.id, generationId: queued.generation.id, position: queued.position, seed: queued.generation.seed, ...(await promptOf(queued.generation)), notes: notesOf(request, queued.notes) };
   });
 
   web.post('/api/pose', async (request, reply) => {
@@ -332,7 +410,7 @@ export async function buildWebServer(app: App) {
         position: queued.position,
         seed: queued.generation.seed,
         ...(await promptOf(queued.generation)),
-        notes: queued.notes,
+        notes: notesOf(request, queued.notes),
         // The pose the person will be painted in, shown before the painting is done.
         controlUrl: `/api/generations/${queued.generation.id}/control`,
         extractedSkeleton: queued.skeleton,
@@ -374,11 +452,6 @@ export async function buildWebServer(app: App) {
     return { forgotten };
   });
 
-  const sendImage = async (reply: FastifyReply, key: string | null | undefined) => {
-    if (!key) throw notFound('Image');
-    const type = key.endsWith('.png') ? 'image/png' : 'image/jpeg';
-    return reply.type(type).header('cache-control', 'private, max-age=86400').send(await store.get(key));
-  };
   const generationOf = async (request: FastifyRequest<{ Params: { id: string } }>) => {
     const userId = currentUser(request);
     return userId && UUID.test(request.params.id) ? services.generation.get(userId, request.params.id) : undefined;

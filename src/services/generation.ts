@@ -1,5 +1,5 @@
 import { randomInt, randomUUID } from 'node:crypto';
-import { and, eq } from 'drizzle-orm';
+import { and, desc, eq, inArray } from 'drizzle-orm';
 import { z } from 'zod';
 import type { Db } from '../db/client.ts';
 import { adapters, generations, jobs, type Generation, type GenerationParams, type Job } from '../db/schema.ts';
@@ -12,10 +12,10 @@ import { schedulers } from '../../worker/engine-client/protocol.ts';
 import type { TrainingService } from './training.ts';
 import { enqueueOrFail } from './training.ts';
 import { jobEvent, type JobService } from './jobs.ts';
-import { UserFacingError } from './errors.ts';
-import type { JobState } from './job-state.ts';
+import { UserFacingError, notFound } from './errors.ts';
+import { FINAL_STATUSES, type JobState } from './job-state.ts';
 import type { VisionService } from '../vision/index.ts';
-import { abandonLeased, putLeased, releaseLeases } from './blobs.ts';
+import { abandonLeased, deleteUnreferencedBlobs, putLeased, releaseLeases } from './blobs.ts';
 import { findStyle, stylePresets } from './styles.ts';
 import { checkPrompt, withPolicyNegative } from './prompt-policy.ts';
 import { firstPerson, languageVerdict, nameSubject, scriptOf, showPrompt, subjectOf, type Subject } from './prompts.ts';
@@ -94,6 +94,35 @@ export class GenerationService {
   async get(userId: string, generationId: string): Promise<Generation | undefined> {
     const [row] = await this.db.select().from(generations).where(and(eq(generations.id, generationId), eq(generations.userId, userId)));
     return row;
+  }
+
+  /** The person's finished pictures, newest first: the gallery. */
+  list(userId: string, limit = 50): Promise<Generation[]> {
+    return this.db
+      .select({ generation: generations })
+      .from(generations)
+      .innerJoin(jobs, eq(jobs.id, generations.jobId))
+      .where(and(eq(generations.userId, userId), eq(jobs.status, 'completed')))
+      .orderBy(desc(generations.createdAt))
+      .limit(limit)
+      .then((rows) => rows.map((r) => r.generation));
+  }
+
+  /**
+   * Deletes one picture and the files no other row needs. Only once its job has ended: a job still painting would
+   * store its outputs for a row that is gone (its job row stays, the one writer of job rows is JobState).
+   */
+  async remove(userId: string, generationId: string): Promise<void> {
+    const ended = this.db.select({ id: jobs.id }).from(jobs).where(inArray(jobs.status, [...FINAL_STATUSES]));
+    const [deleted] = await this.db
+      .delete(generations)
+      .where(and(eq(generations.id, generationId), eq(generations.userId, userId), inArray(generations.jobId, ended)))
+      .returning({ outputs: generations.outputKeys, control: generations.controlKey });
+    if (!deleted) {
+      if (await this.get(userId, generationId)) throw new UserFacingError('generation_open', 'This picture is still being painted: cancel it first, or wait.', {}, 409);
+      throw notFound('Picture');
+    }
+    await deleteUnreferencedBlobs(this.db, this.store, [...deleted.outputs, ...(deleted.control ? [deleted.control] : [])]);
   }
 
   /**

@@ -49,8 +49,14 @@ export class PlaygroundClient {
   async request(path: string, init: RequestInit = {}): Promise<Response> {
     const headers = { origin: this.baseUrl, ...(init.headers as Record<string, string> | undefined), cookie: this.cookie };
     const response = await fetch(`${this.baseUrl}${path}`, { ...init, headers });
-    const setCookie = response.headers.get('set-cookie');
-    if (setCookie) this.cookie = setCookie.split(';')[0]!;
+    // A cookie jar of one origin: the session and the language switch are separate cookies.
+    const jar = new Map(this.cookie.split('; ').filter(Boolean).map((pair) => [pair.split('=')[0]!, pair] as const));
+    for (const set of response.headers.getSetCookie()) {
+      const pair = set.split(';')[0]!;
+      if (/max-age=0/i.test(set)) jar.delete(pair.split('=')[0]!);
+      else jar.set(pair.split('=')[0]!, pair);
+    }
+    this.cookie = [...jar.values()].join('; ');
     return response;
   }
 

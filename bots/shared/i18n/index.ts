@@ -18,13 +18,38 @@ export function pickLocale(code: string | undefined | null): Locale {
 export type Params = Record<string, string | number>;
 export type Translate = (key: MessageKey, params?: Params) => string;
 
-/** `{name}` placeholders in a message; used by the catalogue test and by translate's missing-parameter check. */
-export const placeholders = (message: string): string[] => [...message.matchAll(/\{(\w+)\}/g)].map((m) => m[1]!).sort();
+/**
+ * Counted words use ICU MessageFormat's plural syntax, `{n, plural, one {# photo} other {# photos}}`: `#` is the
+ * number, and the branch is chosen by `Intl.PluralRules` for the catalogue's language (Russian: one/few/many/other,
+ * so 1 фотография, 2 фотографии, 5 фотографий, 21 фотография).
+ */
+const PLURAL = /\{(\w+), plural,((?:\s*(?:zero|one|two|few|many|other|=\d+) \{[^{}]*\})+)\s*\}/g;
+const BRANCH = /(zero|one|two|few|many|other|=\d+) \{([^{}]*)\}/g;
+
+/** The branches of each plural in a message: { n: { one: '# photo', other: '# photos' } }. */
+export function plurals(message: string): Record<string, Record<string, string>> {
+  const found: Record<string, Record<string, string>> = {};
+  for (const [, name, body] of message.matchAll(PLURAL)) found[name!] = Object.fromEntries([...body!.matchAll(BRANCH)].map((b) => [b[1]!, b[2]!]));
+  return found;
+}
+
+/** `{name}` placeholders and plural arguments in a message; used by the catalogue test and by translate. */
+export const placeholders = (message: string): string[] =>
+  [...new Set([...Object.keys(plurals(message)), ...[...message.replace(PLURAL, '').matchAll(/\{(\w+)\}/g)].map((m) => m[1]!)])].sort();
 
 export function translator(locale: Locale): Translate {
   const catalogue = catalogues[locale];
+  const rules = new Intl.PluralRules(locale);
   return (key, params = {}) =>
-    catalogue[key].replace(/\{(\w+)\}/g, (whole, name: string) => (name in params ? String(params[name]) : whole));
+    catalogue[key]
+      .replace(PLURAL, (whole, name: string, body: string) => {
+        if (!(name in params)) return whole;
+        const n = Number(params[name]);
+        const branches = plurals(whole)[name]!;
+        const branch = branches[`=${n}`] ?? branches[rules.select(n)] ?? branches.other ?? '#';
+        return branch.replaceAll('#', String(params[name]));
+      })
+      .replace(/\{(\w+)\}/g, (whole, name: string) => (name in params ? String(params[name]) : whole));
 }
 
 /** A message key for arbitrary codes (service error codes, engine error codes), if the catalogue has one. */
