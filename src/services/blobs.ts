@@ -14,6 +14,12 @@ import { blobKey, type BlobStore, type PutResult } from '../storage/storage.ts';
 export const BLOB_LEASE_MS = 60 * 60 * 1000;
 
 type Tx = Parameters<Parameters<Db['transaction']>[0]>[0];
+/**
+ * Where a lease is taken: the database, or the caller's open transaction. Inside a transaction the lease (and the
+ * key's advisory lock) last until it commits, together with the row that refers to the blob, and the put needs no
+ * second pooled connection while the caller holds one (30 parallel uploads once exhausted the pool that way).
+ */
+type Executor = Db | Tx;
 
 /** A jsonb array column that holds any of `keys`. */
 const hasAnyKey = (column: AnyPgColumn, keys: string[]) => sql`${column} ?| array[${sql.join(keys.map((key) => sql`${key}`), sql`, `)}]::text[]`;
@@ -31,7 +37,7 @@ async function sha256OfFile(path: string): Promise<string> {
   return hash.digest('hex');
 }
 
-async function takeLease(db: Db, key: string): Promise<string> {
+async function takeLease(db: Executor, key: string): Promise<string> {
   return db.transaction(async (tx) => {
     await lockKey(tx, key);
     const [lease] = await tx.insert(blobLeases).values({ key, expiresAt: new Date(Date.now() + BLOB_LEASE_MS) }).returning({ id: blobLeases.id });
@@ -44,17 +50,17 @@ async function takeLease(db: Db, key: string): Promise<string> {
  * them. The lease is taken before the bytes are written, so a delete that won the lock first has finished and the
  * write puts the file back.
  */
-export async function putLeased(db: Db, store: BlobStore, bytes: Buffer, ext: string): Promise<LeasedBlob> {
+export async function putLeased(db: Executor, store: BlobStore, bytes: Buffer, ext: string): Promise<LeasedBlob> {
   return underLease(db, blobKey(createHash('sha256').update(bytes).digest('hex'), ext), () => store.put(bytes, ext));
 }
 
 /** putLeased for a file another process wrote (an engine output). */
-export async function putFileLeased(db: Db, store: BlobStore, path: string, ext: string): Promise<LeasedBlob> {
+export async function putFileLeased(db: Executor, store: BlobStore, path: string, ext: string): Promise<LeasedBlob> {
   return underLease(db, blobKey(await sha256OfFile(path), ext), () => store.putFile(path, ext));
 }
 
 /** A put that fails (a full disk) gives its lease back: the caller never learns its id, so nothing else would. */
-async function underLease(db: Db, key: string, put: () => Promise<PutResult>): Promise<LeasedBlob> {
+async function underLease(db: Executor, key: string, put: () => Promise<PutResult>): Promise<LeasedBlob> {
   const leaseId = await takeLease(db, key);
   try {
     return { ...(await put()), leaseId };
@@ -64,7 +70,7 @@ async function underLease(db: Db, key: string, put: () => Promise<PutResult>): P
   }
 }
 
-export async function releaseLeases(db: Db, leaseIds: Iterable<string>): Promise<void> {
+export async function releaseLeases(db: Executor, leaseIds: Iterable<string>): Promise<void> {
   const ids = [...leaseIds];
   if (ids.length > 0) await db.delete(blobLeases).where(inArray(blobLeases.id, ids));
 }

@@ -63,9 +63,9 @@ export class PhotoService {
         if (now >= max) return full();
         const [same] = await tx.select().from(photos).where(and(eq(photos.userId, userId), eq(photos.sha256, normalized.sha256)));
         if (same) return { ok: true, photo: same, duplicate: true, total: now, faceChecked: same.faceMeasures !== null };
-        const original = await putLeased(this.db, this.store, normalized.data, 'jpg');
+        const original = await putLeased(tx, this.store, normalized.data, 'jpg');
         stored.push(original);
-        const cropped = await putLeased(this.db, this.store, crop, 'png');
+        const cropped = await putLeased(tx, this.store, crop, 'png');
         stored.push(cropped);
         const [photo] = await tx
           .insert(photos)
