@@ -100,7 +100,7 @@ test('a style through the web API: its English prompt and settings reach the eng
   const unknown = await client.post('/api/imagine', { style: 'pirate' });
   assert.equal(unknown.status, 400);
   assert.equal(unknown.body.error.code, 'unknown_style');
-  assert.match(unknown.body.error.message, /There is no style “pirate”\. The styles are: astronaut, oil, /);
+  assert.match(unknown.body.error.message, /I don’t know the style “pirate”\. The styles are: astronaut, oil, /);
   const notAName = await client.post('/api/imagine', { style: 42 });
   assert.deepEqual([notAName.status, notAName.body.error.code], [400, 'bad_options']);
 });
