@@ -75,7 +75,7 @@ describe('web', () => {
 
   test('the page has the checkbox and sends /api/consent before /api/train when it is ticked', async () => {
     const page = await (await fetch(stack.baseUrl)).text();
-    assert.match(page, /<input type="checkbox" id="consent">\s*These photos are of me/);
+    assert.match(page, /<input type="checkbox" id="consent">\s*<span data-t="web.consent">These photos are of me/);
     assert.match(page, /if \(\$\('consent'\)\.checked\) await api\('\/api\/consent'[\s\S]*?api\('\/api\/train'/);
   });
 });
