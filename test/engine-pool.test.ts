@@ -3,10 +3,9 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { eq } from 'drizzle-orm';
-import { adapters, jobs, type Job } from '../src/db/schema.ts';
+import { adapters, type Job } from '../src/db/schema.ts';
 import type { EnginePool } from '../worker/engine-client/pool.ts';
-import { eventually, startStack, type Stack } from './helpers/stack.ts';
-import { makePhotos } from './helpers/images.ts';
+import { eventually, jobRow as jobRowOf, startStack, startTrainingAs, type Stack } from './helpers/stack.ts';
 
 let stack: Stack;
 let pool: EnginePool;
@@ -18,18 +17,13 @@ before(async () => {
 after(async () => stack.close());
 
 const db = () => stack.app.database.db;
-const jobRow = async (id: string): Promise<Job> => (await db().select().from(jobs).where(eq(jobs.id, id)))[0]!;
+const jobRow = async (id: string): Promise<Job> => (await jobRowOf(stack, id))!;
 const finished = (id: string) => eventually(async () => {
   const row = await jobRow(id);
   return ['completed', 'failed', 'cancelled'].includes(row.status) ? row : undefined;
 }, 240_000, `job ${id} to finish`);
 
-async function trained(name: string, seed: number) {
-  const { users, photos, training } = stack.app.services;
-  const user = await users.resolve('web', name);
-  for (const photo of await makePhotos(2, seed)) assert.ok((await photos.add(user.id, photo)).ok);
-  return { user, started: await training.start(user.id) };
-}
+const trained = (name: string, seed: number) => startTrainingAs(stack, name, seed);
 
 test('two trainings at once run on both engines; each person\'s generations stay on the engine that has their LoRA', { timeout: 300_000 }, async () => {
   const a = await trained('pool-a', 90);

@@ -8,12 +8,11 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { eq } from 'drizzle-orm';
-import { adapters, jobs, type Job } from '../src/db/schema.ts';
+import { adapters, type Job } from '../src/db/schema.ts';
 import { repoRoot } from '../src/config/index.ts';
 import { EngineError, EngineSupervisor } from '../worker/engine-client/supervisor.ts';
 import { engineLaunch } from '../worker/index.ts';
-import { eventually, startStack, type Stack } from './helpers/stack.ts';
-import { makePhotos } from './helpers/images.ts';
+import { eventually, jobRow as jobRowOf, startStack, startTrainingAs, type Stack } from './helpers/stack.ts';
 import { testLogger } from './helpers/env.ts';
 import type { JobEvent } from '../src/events/bus.ts';
 
@@ -28,7 +27,7 @@ before(async () => {
 after(async () => stack.close());
 
 const db = () => stack.app.database.db;
-const jobRow = async (id: string): Promise<Job> => (await db().select().from(jobs).where(eq(jobs.id, id)))[0]!;
+const jobRow = async (id: string): Promise<Job> => (await jobRowOf(stack, id))!;
 /** Running (a zombie, dead but not yet reaped by whoever adopted it, counts as gone). */
 const alive = (pid: number) => {
   try {
@@ -38,12 +37,7 @@ const alive = (pid: number) => {
   }
 };
 
-async function startTraining(name: string, seed: number) {
-  const { users, photos, training } = stack.app.services;
-  const user = await users.resolve('web', name);
-  for (const photo of await makePhotos(2, seed)) assert.ok((await photos.add(user.id, photo)).ok);
-  return { user, started: await training.start(user.id) };
-}
+const startTraining = (name: string, seed: number) => startTrainingAs(stack, name, seed);
 
 test('the engine sees no secret of ours: no chat token, no database or Redis address', { timeout: 60_000 }, async () => {
   process.env.TELEGRAM_BOT_TOKEN = '123:secret-token-for-the-bot';

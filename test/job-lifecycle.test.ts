@@ -8,15 +8,15 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { UnrecoverableError, Worker as BullWorker } from 'bullmq';
 import { eq } from 'drizzle-orm';
-import { adapters, blobLeases, jobs, type Job } from '../src/db/schema.ts';
+import { adapters, blobLeases, jobs } from '../src/db/schema.ts';
 import { putLeased, releaseLeases } from '../src/services/blobs.ts';
 import { normalizeUpload } from '../src/images/normalize.ts';
 import { redisConnection } from '../src/queue/index.ts';
 import { startWorker, engineLaunch, type WorkerHandle } from '../worker/index.ts';
 import { EngineSupervisor } from '../worker/engine-client/supervisor.ts';
 import type { GenerateRequest, GenerateResult } from '../worker/engine-client/protocol.ts';
-import { eventually, startStack, type Stack } from './helpers/stack.ts';
-import { makePhotos, makeSkeleton } from './helpers/images.ts';
+import { eventually, jobRow as jobRowOf, startStack, startTrainingAs, type Stack } from './helpers/stack.ts';
+import { makeSkeleton } from './helpers/images.ts';
 import { testLogger } from './helpers/env.ts';
 
 /**
@@ -58,7 +58,7 @@ before(async () => {
 after(async () => stack.close());
 
 const db = () => stack.app.database.db;
-const jobRow = async (id: string): Promise<Job | undefined> => (await db().select().from(jobs).where(eq(jobs.id, id)))[0];
+const jobRow = (id: string) => jobRowOf(stack, id);
 
 async function storedFiles(): Promise<string[]> {
   const root = stack.env.config.storageDir;
@@ -71,12 +71,7 @@ async function storedFiles(): Promise<string[]> {
   return files;
 }
 
-async function trainingUser(name: string, photoSeed: number) {
-  const { users, photos, training } = stack.app.services;
-  const user = await users.resolve('web', name);
-  for (const photo of await makePhotos(2, photoSeed)) assert.ok((await photos.add(user.id, photo)).ok);
-  return { user, started: await training.start(user.id) };
-}
+const trainingUser = (name: string, photoSeed: number) => startTrainingAs(stack, name, photoSeed);
 
 const queueState = async (jobId: string) => (await stack.app.queues.train.getJob(`${jobId}-train`))?.getState();
 

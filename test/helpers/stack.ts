@@ -4,6 +4,9 @@ import { createApp, type App } from '../../src/app.ts';
 import { buildWebServer } from '../../bots/web/server.ts';
 import { startWorker, type WorkerHandle } from '../../worker/index.ts';
 import { createTestEnv, testLogger, type TestEnv } from './env.ts';
+import { makePhotos } from './images.ts';
+import { eq } from 'drizzle-orm';
+import { jobs, type Job } from '../../src/db/schema.ts';
 import type { GenerateRequest } from '../../worker/engine-client/protocol.ts';
 
 export interface Stack {
@@ -118,4 +121,19 @@ export function recordGenerateRequests(stack: Stack): Array<Omit<GenerateRequest
   const generate = engine.generate.bind(engine);
   engine.generate = (request, onProgress) => { sent.push(request); return generate(request, onProgress); };
   return sent;
+}
+
+/** A job's row as the job-state owner last wrote it (undefined once /forget removed it). */
+export const jobRow = async (stack: Stack, id: string): Promise<Job | undefined> =>
+  (await stack.app.database.db.select().from(jobs).where(eq(jobs.id, id)))[0];
+
+/** A new web user with `photoCount` generated photos who presses Train (the tests set MIN_TRAINING_PHOTOS low). */
+export async function startTrainingAs(stack: Stack, name: string, photoSeed: number, photoCount = 2) {
+  const { users, photos, training } = stack.app.services;
+  const user = await users.resolve('web', name);
+  for (const photo of await makePhotos(photoCount, photoSeed)) {
+    const added = await photos.add(user.id, photo);
+    if (!added.ok) throw new Error(`photo of ${name} refused: ${JSON.stringify(added)}`);
+  }
+  return { user, started: await training.start(user.id) };
 }
