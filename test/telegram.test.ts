@@ -7,6 +7,8 @@ import sharp from 'sharp';
 import { accounts, adapters, generations, jobs, photos } from '../src/db/schema.ts';
 import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
 import { Conversation } from '../bots/shared/conversation.ts';
+import { link } from '../bots/shared/account.ts';
+import { status as statusReply } from '../bots/shared/status.ts';
 import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
 import { freePort } from './helpers/net.ts';
 import { startStack, type Stack } from './helpers/stack.ts';
@@ -194,16 +196,16 @@ describe('Telegram', () => {
     // The Discord side of the conversation (test/discord.test.ts drives the real discord.js adapter).
     const conversation = new Conversation(stack.app);
     const discordPerson = await conversation.person('discord', '900000000000000001', { locale: 'en-US' });
-    assert.match((await conversation.link(discordPerson, code.toLowerCase())).text, /Linked/);
+    assert.match((await link(conversation, discordPerson, code.toLowerCase())).text, /Linked/);
     const after = await conversation.person('discord', '900000000000000001');
     assert.equal(after.userId, await userId(anna), 'the Discord account now belongs to Anna’s user');
-    assert.match((await conversation.status(after)).text, /Model: version 1, ready/);
-    assert.match((await conversation.link(after, code)).text, /wrong or has expired/, 'a code works once');
+    assert.match((await statusReply(conversation, after)).text, /Model: version 1, ready/);
+    assert.match((await link(conversation, after, code)).text, /wrong or has expired/, 'a code works once');
 
     mark = lastMessageId();
     emulator.sendText(anna, '/lang ru');
     assert.equal((await botSays(anna, /Язык/, mark)).text, 'Язык: русский.');
-    assert.match((await conversation.status(await conversation.person('discord', '900000000000000001'))).text, /Модель: версия 1/, 'the language is per person, on every platform');
+    assert.match((await statusReply(conversation, await conversation.person('discord', '900000000000000001'))).text, /Модель: версия 1/, 'the language is per person, on every platform');
   });
 
   test('/forget asks first, then deletes every row and file', async () => {
