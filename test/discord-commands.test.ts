@@ -20,7 +20,7 @@ const optionText = (locale: 'en' | 'ru', command: string, option: string, suffix
 
 test('every command and option carries its Russian name and description, taken from the catalogues', () => {
   const payload = commandPayload();
-  assert.equal(payload.length, 10);
+  assert.ok(payload.length >= 10);
   for (const command of payload) {
     // Command names are the same in every language: every message, /help and the Telegram menu name them so.
     assert.match(command.name, /^[a-z]+$/);

@@ -60,6 +60,7 @@ describe('Telegram', () => {
     assert.match((await botSays(anna, /train/, mark)).text!, /send me 3–20 photos of yourself/);
     assert.match((await botSays(boris, /train/, mark)).text!, /пришлите 3–20 своих фото/);
     assert.match(emulator.botMessages(anna.id).at(-1)!.text!, /noise/, 'the tiny engine is named as such');
+    assert.match(emulator.botMessages(anna.id).at(-1)!.text!, /Photos can also be sent as files \(uncompressed\)/, '/help says files are taken');
   });
 
   test('/train: an album, a single file and a bad file, then “Train now” → progress → ready', { timeout: 120_000 }, async () => {
@@ -128,6 +129,10 @@ describe('Telegram', () => {
     const meta = await sharp(sent.files.photo!).metadata();
     assert.equal(meta.format, 'png');
     assert.equal(Number(sent.params.reply_parameters.message_id), status.message_id, 'the portrait answers its status message');
+    // Telegram recompresses photos: the original PNG comes as a file too, byte for byte.
+    const document = emulator.callsOf('sendDocument').at(-1)!;
+    assert.equal(document.params.caption, 'The same as files: the original PNGs, uncompressed.');
+    assert.deepEqual(document.files.document, await stack.app.store.get(generation!.outputKeys[0]!));
   });
 
   test('/pose: a captioned photo and a reply to a photo; the hourly limit refuses the third picture', { timeout: 180_000 }, async () => {
