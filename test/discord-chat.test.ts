@@ -83,7 +83,6 @@ describe('Discord buttons and rate limits', () => {
     assert.equal(discord.callsTo(new RegExp(`${record.token}/messages/@original$`), 'PATCH').length, 2, 'tried, waited, tried again');
     assert.deepEqual(record.followUps, [], 'no apology');
   });
-
 });
 
 describe('Discord unreachable at start', () => {

@@ -1,6 +1,6 @@
 // The one interactionCreate handler: acknowledges at once (Discord's 3-second deadline), runs the command or button,
 // and turns any failure into an ephemeral message without internals.
-import { MessageFlags, type ButtonInteraction, type ChatInputCommandInteraction, type Interaction } from 'discord.js';
+import { MessageFlags, type ButtonInteraction, type Interaction } from 'discord.js';
 import { pickLocale, translator } from '../shared/i18n/index.ts';
 import { apologyFor } from '../shared/error-text.ts';
 import type { ButtonAction, Person } from '../shared/conversation.ts';
