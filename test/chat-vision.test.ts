@@ -7,7 +7,8 @@ import { and, eq } from 'drizzle-orm';
 import sharp from 'sharp';
 import { accounts, adapters, generations, jobs } from '../src/db/schema.ts';
 import { baseModelName } from '../src/services/training.ts';
-import { Conversation, LINK_ATTEMPTS } from '../bots/shared/conversation.ts';
+import { Conversation } from '../bots/shared/conversation.ts';
+import { LINK_ATTEMPTS, link } from '../bots/shared/account.ts';
 import { translator } from '../bots/shared/i18n/index.ts';
 import { type EmulatedUser } from './emulators/telegram.ts';
 import { type EmulatedDiscordUser, type InteractionRecord } from './emulators/discord.ts';
@@ -173,12 +174,12 @@ describe('/link wrong codes', () => {
     // A right code from Discord, entered now: refused, and not used up.
     const conversation = new Conversation(stack.app);
     const other = await conversation.person('discord', '710000000000000099', { locale: 'ru' });
-    const code = /код связи: (\S+)/.exec((await conversation.link(other, '')).text)![1]!;
+    const code = /код связи: (\S+)/.exec((await link(conversation, other, '')).text)![1]!;
     let mark = lastMessageId();
     telegram.sendText(pavel, `/link ${code}`);
     assert.match((await botSays(pavel, /Слишком много/, mark)).text!, /^Слишком много неверных кодов\. Попробуйте через 10 мин/);
     const pavelInEnglish = { ...(await conversation.person('telegram', String(pavel.id))), locale: 'en' as const, t: translator('en') };
-    assert.match((await conversation.link(pavelInEnglish, code)).text, /^Too many wrong link codes\. Try again in 10 min/);
+    assert.match((await link(conversation, pavelInEnglish, code)).text, /^Too many wrong link codes\. Try again in 10 min/);
 
     // The window ends (its Redis key expires): the code still works.
     const key = `${stack.app.config.queuePrefix}:chat:link-attempts:${await userIdOf(String(pavel.id))}`;

@@ -1,17 +1,17 @@
 // The Discord adapter as a good bot: buttons only for their owner, Discord's rate limits waited out (discord.js reads
 // the headers) instead of an apology, and a Discord that is unreachable at start. Real discord.js against the
-// emulator over real Postgres and Redis; no worker is needed.
+// emulator over real Postgres and Redis; no worker is needed (a queued training waits in line).
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { eq } from 'drizzle-orm';
 import pino from 'pino';
-import { accounts } from '../src/db/schema.ts';
+import { accounts, chatTargets } from '../src/db/schema.ts';
 import { createApp } from '../src/app.ts';
 import { createDiscordBot, type DiscordBot } from '../bots/discord/bot.ts';
-import { commands } from '../bots/discord/commands/index.ts';
 import { DiscordEmulator, type EmulatedDiscordUser, type InteractionRecord } from './emulators/discord.ts';
 import { freePort } from './helpers/net.ts';
 import { startStack, type Stack } from './helpers/stack.ts';
+import { makePhotos } from './helpers/images.ts';
 
 const discord = new DiscordEmulator();
 let stack: Stack;
@@ -22,7 +22,7 @@ const egor: EmulatedDiscordUser = { id: '710000000000000002', username: 'egor', 
 
 before(async () => {
   await discord.start();
-  stack = await startStack({ DISCORD_TOKEN: discord.token, DISCORD_APPLICATION_ID: discord.applicationId, DISCORD_API_ROOT: discord.api }, false);
+  stack = await startStack({ MIN_TRAINING_PHOTOS: '3', DISCORD_TOKEN: discord.token, DISCORD_APPLICATION_ID: discord.applicationId, DISCORD_API_ROOT: discord.api }, false);
   bot = createDiscordBot(stack.app, { sweepIntervalMs: 1000 });
   await bot.start();
 });
@@ -57,6 +57,22 @@ describe('Discord buttons and rate limits', () => {
     assert.equal(await userIdOf(dana.id), undefined);
   });
 
+  test('a double tap on “Train now” makes one training with one status reply, and that reply is the one followed', async () => {
+    const fedor: EmulatedDiscordUser = { id: '710000000000000003', username: 'fedor', locale: 'en-US' };
+    const shots = await makePhotos(3, 140);
+    const added = discord.command(fedor, 'train', Object.fromEntries(shots.map((s, i) => [`photo${i + 1}`, { file: s, filename: `f${i}.jpg`, contentType: 'image/jpeg' }])));
+    const enough = await replyOf(added, /Photos: 3/);
+    await stack.app.services.users.consent((await userIdOf(fedor.id))!);
+    const taps = [discord.press(fedor, enough, 'train_now'), discord.press(fedor, enough, 'train_now')];
+    const answers = await Promise.all(taps.map((tap) => replyOf(tap, /Training|already training/)));
+    const statuses = taps.filter((_tap, n) => !/already training/.test(answers[n]!.content));
+    assert.equal(statuses.length, 1, `one status reply; the bot said ${JSON.stringify(answers.map((a) => a.content))}`);
+    assert.ok(answers.some((a) => /already training/.test(a.content)), 'the other tap is told the training is on');
+    const targets = await stack.app.database.db.select().from(chatTargets).where(eq(chatTargets.userId, (await userIdOf(fedor.id))!));
+    assert.equal(targets.length, 1, 'one job followed');
+    assert.equal((targets[0]!.target as { token: string }).token, statuses[0]!.token, 'the delivery target is that reply');
+  });
+
   test('429 with Discord’s rate-limit headers on a reply: it arrives after the wait, with no apology', async () => {
     discord.rateLimitNext('PATCH', /\/messages\/@original$/, 1);
     const sent = Date.now();
@@ -66,14 +82,6 @@ describe('Discord buttons and rate limits', () => {
     assert.ok(took >= 1000, `arrived after ${took} ms`);
     assert.equal(discord.callsTo(new RegExp(`${record.token}/messages/@original$`), 'PATCH').length, 2, 'tried, waited, tried again');
     assert.deepEqual(record.followUps, [], 'no apology');
-  });
-
-  test('every command and option has Russian descriptions', () => {
-    for (const command of commands.values()) {
-      const json = command.definition.toJSON();
-      assert.ok(json.description_localizations?.ru, `/${json.name}`);
-      for (const option of json.options ?? []) assert.ok(option.description_localizations?.ru, `/${json.name} ${option.name}`);
-    }
   });
 });
 

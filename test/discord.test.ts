@@ -78,7 +78,7 @@ describe('Discord', () => {
     assert.ok(discord.isEphemeral(reply));
     const callback = discord.callsTo(/\/callback$/).find((c) => c.path.includes(record.id))!;
     assert.ok(callback.at - record.createdAt < 3000, 'acknowledged within Discord’s 3 seconds');
-    assert.match(reply.content, /\/pose image: prompt:/);
+    assert.match(reply.content, /\/pose картинка: промпт:/, 'the options by the labels a Russian Discord shows');
   });
 
   test('/train: several attachments (one bad), more in a second call, “Train now” → progress → ready', { timeout: 120_000 }, async () => {

@@ -11,6 +11,7 @@ import pino from 'pino';
 import { Telegraf } from 'telegraf';
 import { adapters, chatTargets, generations, jobs } from '../src/db/schema.ts';
 import { Conversation } from '../bots/shared/conversation.ts';
+import { status as statusReply } from '../bots/shared/status.ts';
 import { createApp, type App } from '../src/app.ts';
 import { JobNotifier } from '../bots/shared/notifier.ts';
 import { TelegramSurface } from '../bots/telegram/surface.ts';
@@ -218,7 +219,7 @@ describe('outbox', () => {
     await a.sweep();
     assert.deepEqual(shown(chatId, status.message_id).edits, ['✅ Your model (version 1) is ready! Try /imagine me as an astronaut.']);
     const conversation = new Conversation(stack.app);
-    assert.match((await conversation.status(await conversation.person('telegram', String(chatId)))).text, /Model: version 1, ready/);
+    assert.match((await statusReply(conversation, await conversation.person('telegram', String(chatId)))).text, /Model: version 1, ready/);
     await a.stop();
   });
 });

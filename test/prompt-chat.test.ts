@@ -108,7 +108,7 @@ describe('style presets', () => {
     const listed = discord.command(olga, 'styles');
     const reply = await replyOf(listed, /Готовые стили/);
     assert.ok(stylePresets.every((s) => reply.content.includes(s.names.ru)));
-    assert.match(reply.content, /параметре style/);
+    assert.match(reply.content, /параметре «стиль»/, 'the option by the label a Russian Discord shows');
     // /imagine offers the presets as choices, named in both languages.
     assert.ok((await deployCommands(stack.app.config.discord)).includes('styles'));
     const imagine = discord.commands.get('global')!.find((c) => c.name === 'imagine');

@@ -7,6 +7,8 @@ import sharp from 'sharp';
 import { accounts, adapters, generations, jobs, photos } from '../src/db/schema.ts';
 import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
 import { Conversation } from '../bots/shared/conversation.ts';
+import { link } from '../bots/shared/account.ts';
+import { status as statusReply } from '../bots/shared/status.ts';
 import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
 import { freePort } from './helpers/net.ts';
 import { startStack, type Stack } from './helpers/stack.ts';
@@ -58,6 +60,7 @@ describe('Telegram', () => {
     assert.match((await botSays(anna, /train/, mark)).text!, /send me 3–20 photos of yourself/);
     assert.match((await botSays(boris, /train/, mark)).text!, /пришлите 3–20 своих фото/);
     assert.match(emulator.botMessages(anna.id).at(-1)!.text!, /noise/, 'the tiny engine is named as such');
+    assert.match(emulator.botMessages(anna.id).at(-1)!.text!, /Photos can also be sent as files \(uncompressed\)/, '/help says files are taken');
   });
 
   test('/train: an album, a single file and a bad file, then “Train now” → progress → ready', { timeout: 120_000 }, async () => {
@@ -126,6 +129,10 @@ describe('Telegram', () => {
     const meta = await sharp(sent.files.photo!).metadata();
     assert.equal(meta.format, 'png');
     assert.equal(Number(sent.params.reply_parameters.message_id), status.message_id, 'the portrait answers its status message');
+    // Telegram recompresses photos: the original PNG comes as a file too, byte for byte.
+    const document = emulator.callsOf('sendDocument').at(-1)!;
+    assert.equal(document.params.caption, 'The same as files: the original PNGs, uncompressed.');
+    assert.deepEqual(document.files.document, await stack.app.store.get(generation!.outputKeys[0]!));
   });
 
   test('/pose: a captioned photo and a reply to a photo; the hourly limit refuses the third picture', { timeout: 180_000 }, async () => {
@@ -194,16 +201,16 @@ describe('Telegram', () => {
     // The Discord side of the conversation (test/discord.test.ts drives the real discord.js adapter).
     const conversation = new Conversation(stack.app);
     const discordPerson = await conversation.person('discord', '900000000000000001', { locale: 'en-US' });
-    assert.match((await conversation.link(discordPerson, code.toLowerCase())).text, /Linked/);
+    assert.match((await link(conversation, discordPerson, code.toLowerCase())).text, /Linked/);
     const after = await conversation.person('discord', '900000000000000001');
     assert.equal(after.userId, await userId(anna), 'the Discord account now belongs to Anna’s user');
-    assert.match((await conversation.status(after)).text, /Model: version 1, ready/);
-    assert.match((await conversation.link(after, code)).text, /wrong or has expired/, 'a code works once');
+    assert.match((await statusReply(conversation, after)).text, /Model: version 1, ready/);
+    assert.match((await link(conversation, after, code)).text, /wrong or has expired/, 'a code works once');
 
     mark = lastMessageId();
     emulator.sendText(anna, '/lang ru');
     assert.equal((await botSays(anna, /Язык/, mark)).text, 'Язык: русский.');
-    assert.match((await conversation.status(await conversation.person('discord', '900000000000000001'))).text, /Модель: версия 1/, 'the language is per person, on every platform');
+    assert.match((await statusReply(conversation, await conversation.person('discord', '900000000000000001'))).text, /Модель: версия 1/, 'the language is per person, on every platform');
   });
 
   test('/forget asks first, then deletes every row and file', async () => {

@@ -1,4 +1,4 @@
-// The Discord adapter: a gateway client whose only event is interactionCreate, over the shared conversation layer.
+// The Discord adapter: a gateway client whose only event is interactionCreate, over the shared chat features (bots/shared).
 import { Client, Events, GatewayIntentBits, Routes } from 'discord.js';
 import type { App } from '../../src/app.ts';
 import { Conversation } from '../shared/conversation.ts';

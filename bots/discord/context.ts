@@ -5,7 +5,7 @@ import {
 } from 'discord.js';
 import type { Logger } from 'pino';
 import type { App } from '../../src/app.ts';
-import type { Conversation, IncomingFile, Person, Reply } from '../shared/conversation.ts';
+import type { ButtonAction, Conversation, IncomingFile, Person, Reply } from '../shared/conversation.ts';
 import type { JobNotifier } from '../shared/notifier.ts';
 
 /** An interaction's reply stays editable through its token for 15 minutes; we stop a minute early. */
@@ -27,6 +27,19 @@ export interface SlashCommand {
   /** Private answers (link codes, status, the photo session) are deferred as ephemeral; portraits are public. */
   ephemeral: boolean;
   execute(deps: DiscordDeps, interaction: ChatInputCommandInteraction, person: Person): Promise<Reply>;
+  /** The buttons under this command's answers. */
+  buttons?: ButtonHandler;
+}
+
+export interface ButtonHandler {
+  /** The actions handled; one ending in ':' takes every action it begins (`style:` for `style:<id>`). */
+  actions: readonly string[];
+  /**
+   * `public`: a new message everyone in the channel sees; `private`: a new one only the presser sees; `update`: the
+   * pressed message turns into the answer and loses its buttons.
+   */
+  answer: 'public' | 'private' | 'update';
+  execute(deps: DiscordDeps, action: ButtonAction, person: Person): Promise<Reply>;
 }
 
 export async function personOf(deps: DiscordDeps, interaction: Answerable): Promise<Person> {

@@ -1,11 +1,11 @@
 // The one interactionCreate handler: acknowledges at once (Discord's 3-second deadline), runs the command or button,
 // and turns any failure into an ephemeral message without internals.
-import { MessageFlags, type ButtonInteraction, type ChatInputCommandInteraction, type Interaction } from 'discord.js';
+import { MessageFlags, type ButtonInteraction, type Interaction } from 'discord.js';
 import { pickLocale, translator } from '../shared/i18n/index.ts';
 import { apologyFor } from '../shared/error-text.ts';
 import type { ButtonAction, Person } from '../shared/conversation.ts';
 import { answer, personOf, type DiscordDeps } from './context.ts';
-import { commands } from './commands/index.ts';
+import { buttonHandler, commands } from './commands/index.ts';
 
 export function interactionDispatcher(deps: DiscordDeps) {
   const redis = deps.app.queues.connection;
@@ -32,34 +32,29 @@ export function interactionDispatcher(deps: DiscordDeps) {
   };
 }
 
-async function onButton(deps: DiscordDeps, interaction: ButtonInteraction): Promise<Person> {
+/** A button runs the handler of the command whose answer it sits under (bots/discord/commands). */
+async function onButton(deps: DiscordDeps, interaction: ButtonInteraction): Promise<Person | undefined> {
   // `action` or `action:<owner's Discord id>`; style actions (`style:<id>`) carry no owner.
   const [, action, owner] = /^(.*?)(?::(\d{5,25}))?$/.exec(interaction.customId) as unknown as [string, ButtonAction, string | undefined];
-  const { conversation } = deps;
-  if (action.startsWith('style:')) {
-    // A public portrait, like /imagine; the person who tapped is painted.
-    await interaction.deferReply();
-    const person = await personOf(deps, interaction);
-    await answer(deps, interaction, person, await conversation.imagine(person, '', action.slice('style:'.length)));
-    return person;
-  }
+  const handler = buttonHandler(action);
+  if (!handler) return undefined;
   if (owner && owner !== interaction.user.id) {
     // Someone else's button (a message shown in a channel): it does nothing, and only the presser is told.
     const person = await personOf(deps, interaction);
     await interaction.reply({ content: person.t('chat.not_yours'), flags: MessageFlags.Ephemeral });
     return person;
   }
-  if (action === 'train_now' || action === 'consent_yes') {
-    await interaction.deferReply({ flags: MessageFlags.Ephemeral });
+  if (handler.answer === 'update') {
+    await interaction.deferUpdate();
     const person = await personOf(deps, interaction);
-    await answer(deps, interaction, person, action === 'consent_yes' ? await conversation.consent(person) : await conversation.trainNow(person));
+    const reply = await handler.execute(deps, action, person);
+    await interaction.editReply({ content: reply.text, components: [] });
     return person;
   }
-  // The question turns into the answer, so its buttons cannot be pressed twice.
-  await interaction.deferUpdate();
+  // Acknowledge before any database work.
+  await interaction.deferReply(handler.answer === 'private' ? { flags: MessageFlags.Ephemeral } : {});
   const person = await personOf(deps, interaction);
-  const reply = action === 'forget_yes' ? await conversation.forget(person) : conversation.forgetKept(person);
-  await interaction.editReply({ content: reply.text, components: [] });
+  await answer(deps, interaction, person, await handler.execute(deps, action, person));
   return person;
 }
 

@@ -10,9 +10,9 @@ import type { JobEvent } from '../../src/events/bus.ts';
 import type { TargetAddress } from '../../src/services/chat-targets.ts';
 import { knownKey, pickLocale, translator, type Locale, type Translate } from './i18n/index.ts';
 import { findStyle } from '../../src/services/styles.ts';
-import { progressBar, shownVersion, whatKey, type Preview } from './conversation.ts';
+import { progressBar, shownVersion, whatKey, type OutgoingImage, type Preview } from './job-text.ts';
 
-export interface OutgoingImage { data: Buffer; name: string }
+export type { OutgoingImage } from './job-text.ts';
 
 /**
  * The caption of the validation samples: the likeness score, or why there is none. The worker stores

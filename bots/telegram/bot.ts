@@ -1,4 +1,4 @@
-// The Telegram adapter: one Composer per feature, installed here, over the shared conversation layer.
+// The Telegram adapter: one Composer per feature, installed here, over the shared chat features (bots/shared).
 // Long polling by default; webhook mode (TELEGRAM_MODE=webhook) serves Telegram's POSTs on its own port.
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';

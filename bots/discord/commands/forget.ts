@@ -1,9 +1,17 @@
-// /forget: asks first; the buttons are handled by the dispatcher.
+// /forget: asks first; "Delete everything" deletes, "Keep" does nothing. The question turns into the answer, so its
+// buttons cannot be pressed twice.
 import { SlashCommandBuilder } from 'discord.js';
+import { forget as forgetAll, forgetAsk, forgetKept } from '../../shared/forget.ts';
 import type { SlashCommand } from '../context.ts';
+import { localizedCommand } from '../localize.ts';
 
 export const forget: SlashCommand = {
-  definition: new SlashCommandBuilder().setName('forget').setDescription('Delete everything about you').setDescriptionLocalizations({ ru: 'Удалить всё о вас' }),
+  definition: localizedCommand(new SlashCommandBuilder(), 'forget'),
   ephemeral: true,
-  execute: async ({ conversation }, _interaction, person) => conversation.forgetAsk(person),
+  execute: async (_deps, _interaction, person) => forgetAsk(person),
+  buttons: {
+    actions: ['forget_yes', 'forget_no'],
+    answer: 'update',
+    execute: async ({ conversation }, action, person) => (action === 'forget_yes' ? forgetAll(conversation, person) : forgetKept(person)),
+  },
 };

@@ -1,9 +1,11 @@
 // /help
 import { SlashCommandBuilder } from 'discord.js';
+import { help as helpText } from '../../shared/help.ts';
 import type { SlashCommand } from '../context.ts';
+import { localizedCommand } from '../localize.ts';
 
 export const help: SlashCommand = {
-  definition: new SlashCommandBuilder().setName('help').setDescription('What I can do').setDescriptionLocalizations({ ru: 'Что я умею' }),
+  definition: localizedCommand(new SlashCommandBuilder(), 'help'),
   ephemeral: true,
-  execute: async ({ conversation }, _interaction, person) => conversation.help(person),
+  execute: async ({ conversation }, _interaction, person) => helpText(conversation, person),
 };

@@ -1,9 +1,11 @@
 // /status
 import { SlashCommandBuilder } from 'discord.js';
+import { status as statusOf } from '../../shared/status.ts';
 import type { SlashCommand } from '../context.ts';
+import { localizedCommand } from '../localize.ts';
 
 export const status: SlashCommand = {
-  definition: new SlashCommandBuilder().setName('status').setDescription('Your photos, model and jobs').setDescriptionLocalizations({ ru: 'Ваши фото, модель и задачи' }),
+  definition: localizedCommand(new SlashCommandBuilder(), 'status'),
   ephemeral: true,
-  execute: ({ conversation }, _interaction, person) => conversation.status(person),
+  execute: ({ conversation }, _interaction, person) => statusOf(conversation, person),
 };

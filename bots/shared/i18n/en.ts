@@ -197,6 +197,23 @@ export const en = {
   'command.link': 'Use the same account on Telegram and Discord',
   'command.lang': 'Language of my answers',
   'command.styles': 'Ready-made styles, in any language',
+
+  // Slash-command options on Discord (bots/discord/localize.ts): the description, and `.name` the field's label.
+  // English labels are the options' names in the code.
+  'option.train.photo': 'Photo {n}',
+  'option.train.photo.name': 'photo{n}',
+  'option.imagine.prompt': 'What to paint, in English, e.g. “me as an astronaut”',
+  'option.imagine.prompt.name': 'prompt',
+  'option.imagine.style': 'A ready-made style (works in any language)',
+  'option.imagine.style.name': 'style',
+  'option.pose.image': 'A picture of the pose',
+  'option.pose.image.name': 'image',
+  'option.pose.prompt': 'Optional: what else to paint, in English',
+  'option.pose.prompt.name': 'prompt',
+  'option.link.code': 'A code from /link on the other platform',
+  'option.link.code.name': 'code',
+  'option.lang.language': 'Language',
+  'option.lang.language.name': 'language',
   'error.duplicate_of': 'the same shot as {other} — send a different one.',
   'help.files': 'Photos can also be sent as files (uncompressed): that is better for training.',
   // The web playground's own words (its buttons, not chat commands).

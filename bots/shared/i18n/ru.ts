@@ -12,7 +12,7 @@ export const ru: Record<MessageKey, string> = {
     '/status — ваши фото, модель и задачи\n/cancel — остановить текущую задачу\n' +
     '/forget — удалить всё о вас\n/link — один аккаунт в Telegram и Discord\n/lang — язык',
   'help.pose_telegram': '/pose — пришлите фото с подписью /pose (и, по желанию, описанием) или ответьте /pose на фото: вы в этой позе.',
-  'help.pose_discord': '/pose image: prompt: — вы в позе с картинки.',
+  'help.pose_discord': '/pose картинка: промпт: — вы в позе с картинки.',
   'help.tiny_engine': 'Внимание: здесь работает крошечный тестовый движок со случайными весами, поэтому картинки — шум.',
 
   'train.open':
@@ -137,7 +137,7 @@ export const ru: Record<MessageKey, string> = {
   'styles.title': 'Готовые стили — работают на любом языке:',
   'styles.item': '• {name} — команда /imagine style:{id}',
   'styles.usage': 'После названия можно добавить свои слова по-английски, например: /imagine style:{example} smiling. Название стиля можно писать и по-русски: /imagine стиль:космонавт.',
-  'styles.usage_discord': 'Выберите стиль в параметре style команды /imagine; свои слова по-английски можно добавить в prompt.',
+  'styles.usage_discord': 'Выберите стиль в параметре «стиль» команды /imagine; свои слова по-английски можно добавить в «промпт».',
   'error.unknown_style': 'Стиля «{style}» нет. Стили: {styles} — см. /styles.',
   'error.prompt_refused': 'Я не рисую {rule} («{term}»). Этот бот делает только портреты — измените, пожалуйста, промпт.',
   'error.empty_prompt': 'Напишите по-английски, что нарисовать, например: /imagine me as an astronaut — или выберите стиль: /styles.',
@@ -198,6 +198,21 @@ export const ru: Record<MessageKey, string> = {
   'command.link': 'Один аккаунт в Telegram и Discord',
   'command.lang': 'Язык ответов',
   'command.styles': 'Готовые стили — на любом языке',
+
+  'option.train.photo': 'Фото {n}',
+  'option.train.photo.name': 'фото{n}',
+  'option.imagine.prompt': 'Что нарисовать (по-английски), например «me as an astronaut»',
+  'option.imagine.prompt.name': 'промпт',
+  'option.imagine.style': 'Готовый стиль (на любом языке)',
+  'option.imagine.style.name': 'стиль',
+  'option.pose.image': 'Картинка с позой',
+  'option.pose.image.name': 'картинка',
+  'option.pose.prompt': 'Необязательно: что ещё нарисовать (по-английски)',
+  'option.pose.prompt.name': 'промпт',
+  'option.link.code': 'Код из /link на другой платформе',
+  'option.link.code.name': 'код',
+  'option.lang.language': 'Язык',
+  'option.lang.language.name': 'язык',
   'error.duplicate_of': 'тот же кадр, что и {other}, — пришлите другой.',
   'help.files': 'Фото можно присылать и файлами (без сжатия): для обучения так даже лучше.',
   // Слова самой веб-песочницы (её кнопки, а не команды чатов).

@@ -3,6 +3,7 @@
 import { Composer, type Context, type Telegram } from 'telegraf';
 import { message } from 'telegraf/filters';
 import type { IncomingFile, Person } from '../../shared/conversation.ts';
+import { addPhotos, consent, openTraining, trainNow } from '../../shared/training.ts';
 import { acknowledge, buttonData, hasFile, incomingFile, personOf, pressedByOwner, replyTo, sendReply, type TelegramDeps } from '../context.ts';
 
 const messageId = (message: unknown) => (message as { message_id: number }).message_id;
@@ -13,9 +14,9 @@ export function trainFeature(deps: TelegramDeps) {
   const feature = new Composer();
   const albums = new Map<string, Album>();
 
-  const addPhotos = async (telegram: Telegram, chatId: number, person: Person, files: IncomingFile[], from?: number) => {
+  const answerPhotos = async (telegram: Telegram, chatId: number, person: Person, files: IncomingFile[], from?: number) => {
     await telegram.sendChatAction(chatId, 'typing');
-    await sendReply(deps, telegram, chatId, person, await deps.conversation.addPhotos(person, files), from);
+    await sendReply(deps, telegram, chatId, person, await addPhotos(deps.conversation, person, files), from);
   };
 
   const flush = (key: string) => {
@@ -27,17 +28,17 @@ export function trainFeature(deps: TelegramDeps) {
     const files = album.items.flatMap(({ message }, n) =>
       hasFile(message) ? [incomingFile(album.telegram, message, album.person.t('photos.photo_n', { n: n + 1 }))] : []);
     // Runs outside any update handler (the album's updates were all answered already), so errors are ours to log.
-    addPhotos(album.telegram, album.chatId, album.person, files, album.from).catch((error: unknown) => deps.logger.error({ err: error }, 'album failed'));
+    answerPhotos(album.telegram, album.chatId, album.person, files, album.from).catch((error: unknown) => deps.logger.error({ err: error }, 'album failed'));
   };
 
-  feature.command('train', async (ctx) => replyTo(deps, ctx, await deps.conversation.openTraining(await personOf(deps, ctx))));
+  feature.command('train', async (ctx) => replyTo(deps, ctx, await openTraining(deps.conversation, await personOf(deps, ctx))));
 
   feature.on([message('photo'), message('document')], async (ctx: Context) => {
     const msg = ctx.message!;
     const person = await personOf(deps, ctx);
     const groupId = 'media_group_id' in msg ? msg.media_group_id : undefined;
     if (!groupId) {
-      await addPhotos(ctx.telegram, ctx.chat!.id, person, [incomingFile(ctx.telegram, msg as never, person.t('photos.photo'))], ctx.from?.id);
+      await answerPhotos(ctx.telegram, ctx.chat!.id, person, [incomingFile(ctx.telegram, msg as never, person.t('photos.photo'))], ctx.from?.id);
       return;
     }
     const key = `${ctx.chat!.id}:${groupId}`;
@@ -52,7 +53,7 @@ export function trainFeature(deps: TelegramDeps) {
     if (!(await pressedByOwner(deps, ctx))) return;
     await acknowledge(deps, ctx);
     const person = await personOf(deps, ctx);
-    await replyTo(deps, ctx, ctx.match[1] === 'consent_yes' ? await deps.conversation.consent(person) : await deps.conversation.trainNow(person));
+    await replyTo(deps, ctx, ctx.match[1] === 'consent_yes' ? await consent(deps.conversation, person) : await trainNow(deps.conversation, person));
   });
 
   return feature;

@@ -1,0 +1,33 @@
+// `/status` (photos, model, jobs with their place in line) and `/cancel`.
+import type { Conversation, Person, Reply } from './conversation.ts';
+import { shownVersion, whatKey } from './job-text.ts';
+
+export function status(chat: Conversation, p: Person): Promise<Reply> {
+  return chat.guard(p, async () => {
+    const { services, config } = chat;
+    const { minForTraining: min, maxPerUser: max } = config.photos;
+    const [count, ready, training, open, all] = await Promise.all([
+      services.photos.count(p.userId),
+      services.training.latestReady(p.userId),
+      services.training.isTraining(p.userId),
+      services.jobs.open(p.userId),
+      services.training.list(p.userId),
+    ]);
+    const lines = [p.t('status.photos', { count, min, max })];
+    lines.push(training ? p.t('status.model_training') : ready ? p.t('status.model_ready', { version: shownVersion(all, ready) }) : p.t('status.model_none'));
+    if (open.length === 0) lines.push(p.t('status.no_jobs'));
+    for (const job of open) {
+      const position = await services.jobs.position(job);
+      const state = job.status === 'queued' ? p.t('state.queued', { position }) : p.t('state.active', { percent: Math.round(job.progress * 100) });
+      lines.push(p.t('status.job', { what: p.t(whatKey(job.kind)), state }));
+    }
+    return { text: lines.join('\n') };
+  });
+}
+
+export function cancel(chat: Conversation, p: Person): Promise<Reply> {
+  return chat.guard(p, async () => {
+    const job = await chat.services.jobs.cancel(p.userId);
+    return { text: p.t('cancel.done', { what: p.t(whatKey(job.kind)) }) };
+  });
+}
