@@ -15,6 +15,8 @@ import type { GenerationNote } from '../../src/services/generation.ts';
 import type { JobEvent } from '../../src/events/bus.ts';
 import { catalogues, isLocale, knownKey, locales, translator, type Locale, type Params, type Translate } from '../shared/i18n/index.ts';
 import { errorMessage } from '../shared/error-text.ts';
+import { whatKey } from '../shared/conversation.ts';
+import { withheldPicturesNotice } from '../shared/withheld.ts';
 import { acceptLanguage, checkStateChange, isStateChanging, localeCookie, localeFromCookie, ownOrigins, sessionCookie, sessionFromCookie } from './guard.ts';
 import { CONTROL_CHARS, receiveForm } from './uploads.ts';
 
@@ -279,6 +281,7 @@ export async function buildWebServer(app: App) {
         id: g.id, jobId: g.jobId, kind: g.kind, seed: g.seed, settings: { ...g.params, negativePrompt: g.negativePrompt }, likeness: g.likeness,
         createdAt: g.createdAt, ...(await promptOf(g)),
         images: g.outputKeys.map((_key, n) => `/api/generations/${g.id}/images/${n}`),
+        withheld: g.withheld,
         controlUrl: g.controlKey ? `/api/generations/${g.id}/control` : null,
       }))),
     };
@@ -431,6 +434,9 @@ export async function buildWebServer(app: App) {
       generationId: view.generationId,
       ...(generation ? await promptOf(generation) : {}),
       images: view.outputKeys.map((_key, n) => `/api/generations/${view.generationId}/images/${n}`),
+      // Pictures the safety check withheld (never stored), and what to tell the person about them.
+      withheld: generation?.withheld ?? 0,
+      notice: withheldPicturesNotice(t(request), t(request)(whatKey(view.job.kind)), view.outputKeys.length, generation?.withheld ?? 0) ?? null,
     };
   });
 
