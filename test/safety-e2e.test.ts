@@ -6,39 +6,27 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { eq } from 'drizzle-orm';
 import { accounts, adapters, generations, jobs } from '../src/db/schema.ts';
-import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
 import { jobWorkDir } from '../worker/processors.ts';
-import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
-import { PlaygroundClient, startStack, type Stack } from './helpers/stack.ts';
+import type { TelegramEmulator, EmulatedUser } from './emulators/telegram.ts';
+import { startChatStack, type ChatStack } from './helpers/chat-stack.ts';
+import { PlaygroundClient, type Stack } from './helpers/stack.ts';
 import { makePhotos } from './helpers/images.ts';
 
-const emulator = new TelegramEmulator();
+let chats: ChatStack;
 let stack: Stack;
-let telegram: TelegramBot;
+let emulator: TelegramEmulator;
 const vera: EmulatedUser = { id: 6101, first_name: 'Vera', language_code: 'en' };
 const knob = process.env.ENGINE_TINY_SAFETY_FLAG;
 
 before(async () => {
-  await emulator.start();
   // The engine sees our ENGINE_* variables: this one makes the tiny checker flag everything.
   process.env.ENGINE_TINY_SAFETY_FLAG = 'all';
-  stack = await startStack({
-    SAFETY_CHECKER: 'on',
-    MIN_TRAINING_PHOTOS: '3',
-    TRAIN_MAX_STEPS: '2',
-    LIKENESS_SAMPLES: '2',
-    TELEGRAM_BOT_TOKEN: emulator.token,
-    TELEGRAM_API_ROOT: emulator.url,
-    CHAT_EDIT_INTERVAL_MS: '100',
-  });
-  telegram = createTelegramBot(stack.app, { albumWindowMs: 300, sweepIntervalMs: 1000 });
-  await telegram.start();
+  chats = await startChatStack({ SAFETY_CHECKER: 'on', MIN_TRAINING_PHOTOS: '3', TRAIN_MAX_STEPS: '2', LIKENESS_SAMPLES: '2' }, true);
+  ({ stack, telegram: emulator } = chats);
 });
 
 after(async () => {
-  await telegram.stop();
-  await stack.close();
-  await emulator.stop();
+  await chats.close();
   if (knob === undefined) delete process.env.ENGINE_TINY_SAFETY_FLAG;
   else process.env.ENGINE_TINY_SAFETY_FLAG = knob;
 });
