@@ -12,7 +12,7 @@ import pytest
 import torch
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker, cosine_distance
 from PIL import Image
-from transformers import CLIPImageProcessor
+from transformers import CLIPConfig, CLIPImageProcessor
 
 from portrait_engine.config import EngineConfig, parse_config
 from portrait_engine.engine import Engine, finish_generation
@@ -22,7 +22,9 @@ from portrait_engine.multigen import Generation, denoise_step
 from portrait_engine.protocol import GenerateRequest
 from portrait_engine.safety import SafetyCheck, load_safety_check
 
-from .support import RecordingJob
+from .support import ENGINE_DIR, RecordingJob
+
+FIXTURES = ENGINE_DIR / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +124,23 @@ def test_bad_safety_settings_stop_with_a_usage_error(argv, env, capsys):
     with pytest.raises(SystemExit):
         parse_config(argv, env)
     assert "error:" in capsys.readouterr().err
+
+
+def test_a_folder_as_the_models_command_installs_it_loads(checked: Engine, cache_dir: Path, tmp_path: Path):
+    # SD1.5's safety_checker/config.json is a transformers 4 dump (with *_config_dict keys): transformers 5 must read
+    # it as CLIP ViT-L/14, whose 304 M float32 parameters fill the pinned pytorch_model.bin's 1,216,061,799 bytes.
+    config = CLIPConfig.from_pretrained(FIXTURES / "sd15-safety-checker-config.json")
+    vision = config.vision_config
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.patch_size, vision.image_size) == (1024, 24, 14, 224)
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in StableDiffusionSafetyChecker(config).parameters())
+    assert 0 < 1_216_061_799 - parameters * 4 < 1_000_000  # the rest: the pickle's names and headers
+    # The installed layout (pytorch_model.bin, not safetensors), here with the tiny checker's weights.
+    tiny = checked.models.safety.checker
+    folder = tmp_path / "safety-checker"
+    tiny.config.save_pretrained(folder)
+    checked.models.safety.processor.save_pretrained(folder)
+    torch.save(tiny.state_dict(), folder / "pytorch_model.bin")
+    real = EngineConfig(profile="real", cache_dir=cache_dir, device=torch.device("cpu"), safety_checker=folder)
+    check = load_safety_check(real, real.device, real.dtype)  # auto: installed, so loaded
+    assert torch.equal(check.checker.concept_embeds, tiny.concept_embeds)
