@@ -83,6 +83,13 @@ describe('safety check on, every picture flagged', () => {
     const imagine = await client.post('/api/imagine', { prompt: 'me as an astronaut', options: { width: 256, height: 256 } });
     const done = await client.waitForJob(imagine.body.jobId);
     assert.deepEqual([done.job.status, done.images, done.withheld], ['completed', [], 1]);
-    assert.equal(done.notice, '🚫 Портрет: проверка безопасности задержала картинку, поэтому ничего не отправлено и не сохранено. Попробуйте другие слова.');
+    const notice = '🚫 Портрет: проверка безопасности задержала картинку, поэтому ничего не отправлено и не сохранено. Попробуйте другие слова.';
+    assert.equal(done.notice, notice);
+    // The page rebuilds from /api/state: the same words beside the gallery entry, and the model's withheld samples.
+    const state = (await client.json('/api/state')).body;
+    const entry = state.gallery.find((g: { jobId: string }) => g.jobId === imagine.body.jobId);
+    assert.deepEqual([entry.images, entry.withheld, entry.notice], [[], 1, notice]);
+    assert.equal(state.adapters[0].samplesNotice, '🚫 Проверка безопасности задержала 2 из 2 пробных портретов. Модель при этом готова.');
+    assert.deepEqual(state.adapters[0].sampleUrls, []);
   });
 });

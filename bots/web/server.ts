@@ -16,7 +16,7 @@ import type { JobEvent } from '../../src/events/bus.ts';
 import { catalogues, isLocale, knownKey, locales, translator, type Locale, type Params, type Translate } from '../shared/i18n/index.ts';
 import { errorMessage } from '../shared/error-text.ts';
 import { whatKey } from '../shared/conversation.ts';
-import { withheldPicturesNotice } from '../shared/withheld.ts';
+import { withheldPicturesNotice, withheldSamplesNotice } from '../shared/withheld.ts';
 import { acceptLanguage, checkStateChange, isStateChanging, localeCookie, localeFromCookie, ownOrigins, sessionCookie, sessionFromCookie } from './guard.ts';
 import { CONTROL_CHARS, receiveForm } from './uploads.ts';
 
@@ -214,8 +214,10 @@ export async function buildWebServer(app: App) {
   }));
 
   /** A model version as the page shows it: status, likeness, samples and both download formats. */
-  const adapterView = ({ metrics, sampleKeys, ...a }: Adapter) => ({
+  const adapterView = (translate: Translate, { metrics, sampleKeys, ...a }: Adapter) => ({
     ...a,
+    // What the safety check withheld of its samples (never stored), in the person's words; null when nothing.
+    samplesNotice: withheldSamplesNotice(translate, metrics, sampleKeys.length) ?? null,
     likeness: (metrics as { likeness?: { mean?: number | null } } | null)?.likeness?.mean ?? null,
     lowLikeness: (metrics as { lowLikeness?: boolean } | null)?.lowLikeness ?? false,
     sampleUrls: sampleKeys.map((_key, n) => `/api/adapters/${a.id}/samples/${n}`),
@@ -241,7 +243,7 @@ export async function buildWebServer(app: App) {
     ]);
     return {
       photos,
-      adapters: adapters.map(adapterView),
+      adapters: adapters.map((a) => adapterView(t(request), a)),
       jobs: jobs.map((job) => ({ ...job, error: reasonOf(request, job.errorCode) ?? null })),
     };
   });
@@ -275,13 +277,14 @@ export async function buildWebServer(app: App) {
     return {
       photos: photos.map((p) => ({ id: p.id, name: p.originalName, faceChecked: p.faceMeasures !== null, url: `/api/photos/${p.id}/image`, createdAt: p.createdAt })),
       coverage: coverage ?? null,
-      adapters: adapters.map(adapterView),
+      adapters: adapters.map((a) => adapterView(t(request), a)),
       jobs: await Promise.all(jobs.map((job) => jobView(request, job))),
       gallery: await Promise.all(gallery.map(async (g) => ({
         id: g.id, jobId: g.jobId, kind: g.kind, seed: g.seed, settings: { ...g.params, negativePrompt: g.negativePrompt }, likeness: g.likeness,
         createdAt: g.createdAt, ...(await promptOf(g)),
         images: g.outputKeys.map((_key, n) => `/api/generations/${g.id}/images/${n}`),
         withheld: g.withheld,
+        notice: withheldPicturesNotice(t(request), t(request)(whatKey(g.kind)), g.outputKeys.length, g.withheld) ?? null,
         controlUrl: g.controlKey ? `/api/generations/${g.id}/control` : null,
       }))),
     };
