@@ -319,7 +319,7 @@ export function trainProcessor(deps: ProcessorDeps, running: RunningJobs) {
             losses: result.losses,
             photos: crops.length,
             resumedFrom: result.resumed_from ?? null,
-            likeness: likeness ?? { skipped: deps.vision.availability().likeness ? 'no held-out photo or no face in it' : 'face models not installed' },
+            likeness: likeness ?? { skipped: likenessSkipped(deps, samples) },
             lowLikeness,
             // Sample portraits the safety check withheld (never stored): sampleKeys plus these were asked for.
             withheldSamples: samples.withheld,
@@ -414,12 +414,19 @@ async function sampleValidationSet(deps: ProcessorDeps, run: JobRun, lora: strin
   return { images, keys, withheld };
 }
 
+/** Why a training has no likeness score. */
+function likenessSkipped(deps: ProcessorDeps, samples: { images: Buffer[]; withheld: number }): string {
+  if (!deps.vision.availability().likeness) return 'face models not installed';
+  if (samples.images.length === 0 && samples.withheld > 0) return 'no samples: the safety check withheld them all';
+  return 'no held-out photo or no face in it';
+}
+
 /**
  * Face likeness of `images` to the held-out upload; null when there is nothing to compare against (no held-out
  * photo, or the face models are not installed).
  */
 async function likenessToHeldOut(deps: ProcessorDeps, heldOutPhotoId: string | null, images: Buffer[]) {
-  if (!heldOutPhotoId || !deps.vision.availability().likeness) return null;
+  if (!heldOutPhotoId || images.length === 0 || !deps.vision.availability().likeness) return null;
   const [photo] = await deps.db.select({ key: photos.storageKey }).from(photos).where(eq(photos.id, heldOutPhotoId));
   if (!photo) return null;
   try {
