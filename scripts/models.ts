@@ -1,7 +1,9 @@
 // `models` command: downloads the models the project uses into the models folder (VISION_MODELS_DIR, default
 // var/models), resumable and sha256-checked. Offline, it lists exactly what is missing and where to put it.
 //   npx tsx scripts/models.ts --cpu        the CPU-only set: yunet sface dwpose (face checks, likeness, /pose)
-//   npx tsx scripts/models.ts              everything, including SD1.5 and ControlNet (several GB, for a GPU)
+//   npx tsx scripts/models.ts              everything, including SD1.5, ControlNet and the safety checker (several GB,
+//                                          for a GPU)
+//   npx tsx scripts/models.ts safety-checker   only the output check's safety checker (about 1.2 GB)
 //   npx tsx scripts/models.ts status       list what is in place / missing, download nothing
 //   npx tsx scripts/models.ts yunet sface  only these entries
 //   npx tsx scripts/models.ts --replace    delete a wrong file found at a model's name (default: keep it aside)
@@ -32,7 +34,7 @@ export async function main(argv: string[], env = process.env, manifest: readonly
     return missingFiles(entries, dir).length === 0 ? 0 : 1;
   }
   if (ids.length === 0) {
-    console.log(`Downloading every model, SD1.5 and ControlNet included (several GB, for GPU generation).\nFor the CPU-only set (face checks, likeness, /pose): npm run models -- --cpu`);
+    console.log(`Downloading every model, SD1.5, ControlNet and the safety checker included (several GB, for GPU generation).\nFor the CPU-only set (face checks, likeness, /pose): npm run models -- --cpu`);
   }
   const replace = flags.has('--replace');
   const record = resolve(dir, RECORDED_DIGESTS_FILE);

@@ -12,6 +12,7 @@ import {
 } from '../src/models/download.ts';
 import { MODEL_MANIFEST, type ModelEntry } from '../src/models/manifest.ts';
 import { main as modelsCommand } from '../scripts/models.ts';
+import { loadConfig } from '../src/config/index.ts';
 
 const body = randomBytes(300_000);
 const digest = createHash('sha256').update(body).digest('hex');
@@ -159,7 +160,7 @@ describe('models download', () => {
   });
 
   test('the manifest covers every model the project uses, and `models status` reports them all missing in an empty folder', async () => {
-    assert.deepEqual(MODEL_MANIFEST.map((e) => e.id), ['yunet', 'sface', 'dwpose', 'sd15', 'controlnet-openpose']);
+    assert.deepEqual(MODEL_MANIFEST.map((e) => e.id), ['yunet', 'sface', 'dwpose', 'sd15', 'controlnet-openpose', 'safety-checker']);
     for (const e of MODEL_MANIFEST) for (const f of e.files) assert.match(f.url, /^https:\/\//);
     const { code, logs } = await capture(() => modelsCommand(['status'], { VISION_MODELS_DIR: tmp() }));
     assert.equal(code, 1);
@@ -226,6 +227,19 @@ describe('model manifest pins', () => {
     ]);
     const cn = entry('controlnet-openpose').files;
     assert.ok(cn.every((f) => hfRevision(f.url) === '9ae9f970358db89e211b87c915f9535c6686d5ba' && !f.sha256));
+  });
+
+  test('safety checker: SD1.5\'s safety_checker at 451f4fe…, its weights pinned, the JSON files recorded on first download', async () => {
+    const files = entry('safety-checker').files;
+    assert.deepEqual(files.map((f) => [f.path, hfRevision(f.url), f.sha256 ?? null]), [
+      ['safety-checker/config.json', '451f4fe16113bff5a5d2269ed5ad43b0592e9a14', null],
+      ['safety-checker/pytorch_model.bin', '451f4fe16113bff5a5d2269ed5ad43b0592e9a14', '193490b58ef62739077262e833bf091c66c29488058681ac25cf7df3d8190974'],
+      ['safety-checker/preprocessor_config.json', '451f4fe16113bff5a5d2269ed5ad43b0592e9a14', null],
+    ]);
+    assert.match(files[2]!.url, /\/feature_extractor\/preprocessor_config\.json$/);
+    // The folder the engine loads by default (ENGINE_SAFETY_CHECKER unset) is where the command puts it.
+    const dir = tmp();
+    assert.equal(loadConfig({ VISION_MODELS_DIR: dir }).engine.safetyChecker, join(dir, 'safety-checker'));
   });
 
   test('--cpu is the CPU-only set (yunet, sface, dwpose): status lists those files and no diffusion weights', async () => {

@@ -20,6 +20,7 @@ export function engineLaunch(config: Config) {
   // 'auto' leaves the choice to the engine: CUDA when torch sees a GPU, else the CPU.
   if (e.device !== 'auto') args.push('--device', e.device);
   if (e.profile === 'real') args.push('--base-model', e.baseModel!, '--controlnet', e.controlnet!);
+  args.push('--safety', e.safety, '--safety-checker', e.safetyChecker);
   // ENGINE_DEVICE in our own environment would override the engine's choice, so it is passed only as the flag.
   return { python: e.python, args, cwd: resolve(repoRoot, 'worker/engine'), env: { ENGINE_DEVICE: undefined } };
 }

@@ -319,13 +319,15 @@ export function trainProcessor(deps: ProcessorDeps, running: RunningJobs) {
             losses: result.losses,
             photos: crops.length,
             resumedFrom: result.resumed_from ?? null,
-            likeness: likeness ?? { skipped: deps.vision.availability().likeness ? 'no held-out photo or no face in it' : 'face models not installed' },
+            likeness: likeness ?? { skipped: likenessSkipped(deps, samples) },
             lowLikeness,
+            // Sample portraits the safety check withheld (never stored): sampleKeys plus these were asked for.
+            withheldSamples: samples.withheld,
           },
         }).where(eq(adapters.id, adapterId));
       }, { adapterId, likeness: likeness?.mean ?? null, lowLikeness });
       if (checkpointKey) await deleteUnreferencedBlobs(db, store, [checkpointKey]);
-      return { adapterId, fileKey: stored.key, sampleKeys: samples.keys, resumedFrom: result.resumed_from ?? null };
+      return { adapterId, fileKey: stored.key, sampleKeys: samples.keys, withheldSamples: samples.withheld, resumedFrom: result.resumed_from ?? null };
     },
   });
 }
@@ -365,14 +367,17 @@ export function generateProcessor(deps: ProcessorDeps, running: RunningJobs) {
         // A person's generations stay on the engine that holds their LoRA.
         `adapter:${generation.adapterId}`,
       );
+      // Pictures the safety check withheld were never written: only the others are stored and sent.
       const keys: string[] = [];
       for (const image of result.images) keys.push((await run.store(image, 'png')).key);
+      const withheld = result.flagged.length;
+      if (withheld > 0) run.log.info({ withheld }, 'the safety check withheld pictures');
       // Posing can cost identity: each output is scored against the same held-out photo as the training.
       const likeness = await likenessToHeldOut(deps, found.heldOutPhotoId, await Promise.all(result.images.map((i) => readFile(i))));
       await run.complete(async (tx) => {
-        await tx.update(generations).set({ outputKeys: keys, likeness: likeness?.mean ?? null }).where(eq(generations.id, generation.id));
+        await tx.update(generations).set({ outputKeys: keys, withheld, likeness: likeness?.mean ?? null }).where(eq(generations.id, generation.id));
       }, { generationId: generation.id, likeness: likeness?.mean ?? null });
-      return { generationId: generation.id, outputKeys: keys };
+      return { generationId: generation.id, outputKeys: keys, withheld };
     },
   });
 }
@@ -385,6 +390,7 @@ async function sampleValidationSet(deps: ProcessorDeps, run: JobRun, lora: strin
   const pairs = prompts.flatMap((prompt) => seeds.map((seed) => ({ prompt, seed }))).slice(0, samples);
   const images: Buffer[] = [];
   const keys: string[] = [];
+  let withheld = 0;
   for (const [n, { prompt, seed }] of pairs.entries()) {
     const result = await engine.generate({
       id: run.nextRequest(`sample${n}`),
@@ -399,12 +405,20 @@ async function sampleValidationSet(deps: ProcessorDeps, run: JobRun, lora: strin
       scheduler: g.scheduler,
       output_dir: join(workDir, `sample${n}`),
     }, undefined, `adapter:${run.row.adapterId}`);
+    withheld += result.flagged.length;
     for (const path of result.images) {
       images.push(await readFile(path));
       keys.push((await run.store(path, 'png')).key);
     }
   }
-  return { images, keys };
+  return { images, keys, withheld };
+}
+
+/** Why a training has no likeness score. */
+function likenessSkipped(deps: ProcessorDeps, samples: { images: Buffer[]; withheld: number }): string {
+  if (!deps.vision.availability().likeness) return 'face models not installed';
+  if (samples.images.length === 0 && samples.withheld > 0) return 'no samples: the safety check withheld them all';
+  return 'no held-out photo or no face in it';
 }
 
 /**
@@ -412,7 +426,7 @@ async function sampleValidationSet(deps: ProcessorDeps, run: JobRun, lora: strin
  * photo, or the face models are not installed).
  */
 async function likenessToHeldOut(deps: ProcessorDeps, heldOutPhotoId: string | null, images: Buffer[]) {
-  if (!heldOutPhotoId || !deps.vision.availability().likeness) return null;
+  if (!heldOutPhotoId || images.length === 0 || !deps.vision.availability().likeness) return null;
   const [photo] = await deps.db.select({ key: photos.storageKey }).from(photos).where(eq(photos.id, heldOutPhotoId));
   if (!photo) return null;
   try {

@@ -11,6 +11,7 @@ import type { TargetAddress } from '../../src/services/chat-targets.ts';
 import { knownKey, pickLocale, translator, type Locale, type Translate } from './i18n/index.ts';
 import { findStyle } from '../../src/services/styles.ts';
 import { progressBar, shownVersion, whatKey, type OutgoingImage, type Preview } from './job-text.ts';
+import { withheldPicturesNotice, withheldSamplesNotice } from './withheld.ts';
 
 export type { OutgoingImage } from './job-text.ts';
 
@@ -283,7 +284,8 @@ export class JobNotifier<T extends TargetAddress> {
     if (job.status === 'completed' && job.kind === 'train') {
       const all = await services.training.list(userId);
       const adapter = all.find((a) => a.id === job.adapterId);
-      const parts = [status(t('done.train', { version: adapter ? shownVersion(all, adapter) : 1 }))];
+      const withheld = adapter && withheldSamplesNotice(t, adapter.metrics, adapter.sampleKeys.length);
+      const parts = [status([t('done.train', { version: adapter ? shownVersion(all, adapter) : 1 }), ...(withheld ? [withheld] : [])].join('\n'))];
       if (adapter && adapter.sampleKeys.length > 0) {
         const caption = samplesCaption(t, adapter.metrics);
         const images = () => Promise.all(adapter.sampleKeys.map(async (key, n) => ({ data: await store.get(key), name: `sample-${n + 1}.png` })));
@@ -304,7 +306,10 @@ export class JobNotifier<T extends TargetAddress> {
           });
         }
       }
-      return [...parts, status(t('done.generate', { what }))];
+      // A picture the safety check withheld was never stored: the person is told, and all withheld is no failure.
+      const withheld = withheldPicturesNotice(t, what, outputKeys.length, generation?.withheld ?? 0);
+      const done = outputKeys.length === 0 && withheld ? withheld : [t('done.generate', { what }), ...(withheld ? [withheld] : [])].join('\n');
+      return [...parts, status(done)];
     }
     if (job.status === 'failed') {
       const reason = t(knownKey(`reason.${job.errorCode}`) ?? 'reason.internal');

@@ -15,6 +15,8 @@ import type { GenerationNote } from '../../src/services/generation.ts';
 import type { JobEvent } from '../../src/events/bus.ts';
 import { catalogues, isLocale, knownKey, locales, translator, type Locale, type Params, type Translate } from '../shared/i18n/index.ts';
 import { errorMessage } from '../shared/error-text.ts';
+import { whatKey } from '../shared/job-text.ts';
+import { withheldPicturesNotice, withheldSamplesNotice } from '../shared/withheld.ts';
 import { acceptLanguage, checkStateChange, isStateChanging, localeCookie, localeFromCookie, ownOrigins, sessionCookie, sessionFromCookie } from './guard.ts';
 import { CONTROL_CHARS, receiveForm } from './uploads.ts';
 
@@ -212,8 +214,10 @@ export async function buildWebServer(app: App) {
   }));
 
   /** A model version as the page shows it: status, likeness, samples and both download formats. */
-  const adapterView = ({ metrics, sampleKeys, ...a }: Adapter) => ({
+  const adapterView = (translate: Translate, { metrics, sampleKeys, ...a }: Adapter) => ({
     ...a,
+    // What the safety check withheld of its samples (never stored), in the person's words; null when nothing.
+    samplesNotice: withheldSamplesNotice(translate, metrics, sampleKeys.length) ?? null,
     likeness: (metrics as { likeness?: { mean?: number | null } } | null)?.likeness?.mean ?? null,
     lowLikeness: (metrics as { lowLikeness?: boolean } | null)?.lowLikeness ?? false,
     sampleUrls: sampleKeys.map((_key, n) => `/api/adapters/${a.id}/samples/${n}`),
@@ -239,7 +243,7 @@ export async function buildWebServer(app: App) {
     ]);
     return {
       photos,
-      adapters: adapters.map(adapterView),
+      adapters: adapters.map((a) => adapterView(t(request), a)),
       jobs: jobs.map((job) => ({ ...job, error: reasonOf(request, job.errorCode) ?? null })),
     };
   });
@@ -273,12 +277,14 @@ export async function buildWebServer(app: App) {
     return {
       photos: photos.map((p) => ({ id: p.id, name: p.originalName, faceChecked: p.faceMeasures !== null, url: `/api/photos/${p.id}/image`, createdAt: p.createdAt })),
       coverage: coverage ?? null,
-      adapters: adapters.map(adapterView),
+      adapters: adapters.map((a) => adapterView(t(request), a)),
       jobs: await Promise.all(jobs.map((job) => jobView(request, job))),
       gallery: await Promise.all(gallery.map(async (g) => ({
         id: g.id, jobId: g.jobId, kind: g.kind, seed: g.seed, settings: { ...g.params, negativePrompt: g.negativePrompt }, likeness: g.likeness,
         createdAt: g.createdAt, ...(await promptOf(g)),
         images: g.outputKeys.map((_key, n) => `/api/generations/${g.id}/images/${n}`),
+        withheld: g.withheld,
+        notice: withheldPicturesNotice(t(request), t(request)(whatKey(g.kind)), g.outputKeys.length, g.withheld) ?? null,
         controlUrl: g.controlKey ? `/api/generations/${g.id}/control` : null,
       }))),
     };
@@ -431,6 +437,9 @@ export async function buildWebServer(app: App) {
       generationId: view.generationId,
       ...(generation ? await promptOf(generation) : {}),
       images: view.outputKeys.map((_key, n) => `/api/generations/${view.generationId}/images/${n}`),
+      // Pictures the safety check withheld (never stored), and what to tell the person about them.
+      withheld: generation?.withheld ?? 0,
+      notice: withheldPicturesNotice(t(request), t(request)(whatKey(view.job.kind)), view.outputKeys.length, generation?.withheld ?? 0) ?? null,
     };
   });
 

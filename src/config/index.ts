@@ -112,6 +112,11 @@ const envSchema = z.object({
   ENGINE_CACHE_DIR: z.string().default(resolve(repoRoot, 'var/engine-cache')),
   ENGINE_BASE_MODEL: z.string().optional(),
   ENGINE_CONTROLNET: z.string().optional(),
+  // The output check (diffusers' StableDiffusionSafetyChecker on every generated image; flagged ones are withheld):
+  // auto: on when its folder is installed (`npm run models -- safety-checker`); on: required; off: never loaded.
+  SAFETY_CHECKER: z.preprocess(emptyAsUndefined, z.enum(['auto', 'on', 'off']).default('auto')),
+  // Its folder (default: <VISION_MODELS_DIR>/safety-checker, where the models command puts it).
+  ENGINE_SAFETY_CHECKER: z.preprocess(emptyAsUndefined, z.string().optional()),
   TRAIN_MAX_STEPS: z.preprocess(emptyAsUndefined, z.coerce.number().int().positive().optional()),
   GENERATE_STEPS: z.preprocess(emptyAsUndefined, z.coerce.number().int().positive().max(100).optional()),
   // How many validation portraits to sample after training (default: every prompt × seed in config; 0: none).
@@ -222,6 +227,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       cacheDir: resolve(e.ENGINE_CACHE_DIR),
       baseModel: e.ENGINE_BASE_MODEL,
       controlnet: e.ENGINE_CONTROLNET,
+      safety: e.SAFETY_CHECKER,
+      safetyChecker: resolve(e.ENGINE_SAFETY_CHECKER ?? resolve(e.VISION_MODELS_DIR, 'safety-checker')),
       watchdogMs: e.ENGINE_WATCHDOG_MS,
       gpus: e.ENGINE_GPUS?.split(','),
       count: e.ENGINE_GPUS ? e.ENGINE_GPUS.split(',').length : e.ENGINE_COUNT,

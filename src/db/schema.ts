@@ -159,6 +159,8 @@ export const generations = pgTable(
     params: jsonb('params').$type<GenerationParams>().notNull(),
     controlKey: text('control_key'),
     outputKeys: jsonb('output_keys').$type<string[]>().notNull().default([]),
+    /** How many of its pictures the engine's safety check withheld (never stored, never sent). */
+    withheld: integer('withheld').notNull().default(0),
     /** Face similarity of the output to the user's held-out photo (null: no face found or no face models). */
     likeness: real('likeness'),
     createdAt: createdAt(),

@@ -43,6 +43,13 @@ const SD15_WEIGHTS: Record<string, { sha256: string; bytes: number }> = {
 // ControlNet 1.1 openpose: the revision pinned by enfugue's ControlNet table, a model catalog and a Hugging Face
 // cache snapshot map. No two public sources give the digest of its float32 safetensors: recorded on first download.
 const OPENPOSE_REVISION = '9ae9f970358db89e211b87c915f9535c6686d5ba';
+// The safety checker: SD1.5's safety_checker and feature_extractor folders at SD15_REVISION, the same model as
+// CompVis/stable-diffusion-safety-checker. pytorch_model.bin's digest and size agree across a Hugging Face cache scan
+// of this very snapshot (blob 193490b5…, 1,216,061,799 B), a desktop app's pinned SD1.5 download list (runwayml
+// revision 889b629…, the same digest) and two more cache listings of the runwayml repo. Its safetensors copy and the
+// two JSON files have no sha256 in two public sources (the cache scan gives git sha1s and sizes only): recorded on
+// first download.
+const SAFETY_CHECKER_WEIGHTS = { sha256: '193490b58ef62739077262e833bf091c66c29488058681ac25cf7df3d8190974', bytes: 1_216_061_799 };
 
 /** The models a CPU-only install needs (face checks, likeness, /pose extraction): about 390 MB, no diffusion. */
 export const CPU_MODEL_IDS = ['yunet', 'sface', 'dwpose'] as const;
@@ -104,5 +111,17 @@ export const MODEL_MANIFEST: readonly ModelEntry[] = [
     usedFor: '/pose generation (ENGINE_CONTROLNET=<models>/controlnet-openpose)',
     license: 'OpenRAIL',
     files: ['config.json', 'diffusion_pytorch_model.safetensors'].map((f) => ({ path: `controlnet-openpose/${f}`, url: HF(OPENPOSE, OPENPOSE_REVISION, f) })),
+  },
+  {
+    // In the full (GPU) set by default, never in the CPU set: only the engine's generation needs it.
+    id: 'safety-checker',
+    usedFor: 'the optional output check: flagged pictures are withheld (SAFETY_CHECKER=auto|on, ENGINE_SAFETY_CHECKER=<models>/safety-checker)',
+    license: 'CreativeML OpenRAIL-M',
+    files: [
+      { path: 'safety-checker/config.json', url: HF(SD15, SD15_REVISION, 'safety_checker/config.json'), bytes: 4723 },
+      { path: 'safety-checker/pytorch_model.bin', url: HF(SD15, SD15_REVISION, 'safety_checker/pytorch_model.bin'), ...SAFETY_CHECKER_WEIGHTS },
+      // CLIPImageProcessor's settings, beside the weights so the folder loads on its own.
+      { path: 'safety-checker/preprocessor_config.json', url: HF(SD15, SD15_REVISION, 'feature_extractor/preprocessor_config.json'), bytes: 342 },
+    ],
   },
 ];

@@ -118,7 +118,9 @@ export const trainResult = result({
   warnings: z.array(z.string()).optional(),
 });
 export type TrainResult = z.infer<typeof trainResult>;
-export const generateResult = result({ images: z.array(z.string()).min(1), seed, seconds: z.number() });
+// `images` are the pictures written; `flagged` the indexes (of num_images) the engine's safety check withheld, never
+// written. Every image may be withheld: then `images` is empty.
+export const generateResult = result({ images: z.array(z.string()), flagged: z.array(z.number().int().min(0)), seed, seconds: z.number() });
 export type GenerateResult = z.infer<typeof generateResult>;
 
 /** Any line the engine may write; results are told apart by the request they answer (see supervisor). */

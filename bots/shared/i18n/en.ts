@@ -181,6 +181,10 @@ export const en = {
   'reason.cancelled': 'it was cancelled.',
   // Chats: delivery, groups, fallback, command menus.
   'done.documents': 'The same as files: the original PNGs, uncompressed.',
+  // The optional output check (the engine's safety checker): what the person is told about withheld pictures.
+  'safety.withheld_all': '🚫 {what}: the safety check withheld the picture, so nothing was sent or kept. Try different words.',
+  'safety.withheld_some': '🚫 The safety check withheld {withheld} of {total, plural, one {# picture} other {# pictures}}; only the others are shown.',
+  'safety.withheld_samples': '🚫 The safety check withheld {withheld} of {total, plural, one {# sample portrait} other {# sample portraits}}. Your model is ready all the same.',
   'progress.forgotten': '🗑 {what}: stopped, because you asked me to forget everything about you.',
   'chat.private_only': 'Let’s do {command} in private, so nobody else sees it: write to me at @{bot}.',
   'chat.not_yours': 'This button belongs to the person who asked; it does nothing for you.',

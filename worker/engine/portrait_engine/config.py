@@ -13,6 +13,10 @@ Profile = Literal["tiny", "real"]
 PROFILES = get_args(Profile)
 FastMode = Literal["auto", "on", "off"]
 FAST_MODES = get_args(FastMode)
+SafetyMode = Literal["auto", "on", "off"]
+SAFETY_MODES = get_args(SafetyMode)
+TinySafetyFlag = Literal["all", "none"]
+TINY_SAFETY_FLAGS = get_args(TinySafetyFlag)
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,12 @@ class EngineConfig:
     # Jobs the scheduler runs at once, and the fixed row count of its training UNet calls (0: natural sizes).
     max_jobs: int = 8
     train_rows: int = 8
+    # The output check (safety.py): auto: on when the checker's folder is installed (real profile; the tiny profile
+    # has none); on: required (the tiny profile builds a tiny one); off: not loaded.
+    safety: SafetyMode = "auto"
+    safety_checker: Path | None = None
+    # Test knob of the tiny profile only: its checker flags every image ("all") or none ("none").
+    tiny_safety_flag: TinySafetyFlag | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -93,6 +103,19 @@ def add_engine_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]
         help="slots: jobs batched together over per-user LoRA slots; peft: one job at a time on diffusers' peft "
         "path [ENGINE_LORA_PATH, default slots]",
     )
+    parser.add_argument(
+        "--safety",
+        default=env.get("SAFETY_CHECKER", "auto"),
+        help="auto|on|off: check every generated image with diffusers' StableDiffusionSafetyChecker and withhold "
+        "flagged ones (auto: when --safety-checker is installed) [SAFETY_CHECKER, default auto]",
+    )
+    parser.add_argument(
+        "--safety-checker",
+        type=Path,
+        default=env.get("ENGINE_SAFETY_CHECKER"),
+        help="real profile: the safety checker's folder (config.json, pytorch_model.bin, "
+        "preprocessor_config.json), as the models command installs it [ENGINE_SAFETY_CHECKER]",
+    )
     for flag, variable, default, what in (
         ("--max-jobs", "ENGINE_MAX_JOBS", 8, "jobs run at once (more wait in the queue)"),
         ("--lora-slots", "ENGINE_LORA_SLOTS", 16, "users' LoRAs held at once"),
@@ -100,6 +123,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]
         ("--train-rows", "ENGINE_TRAIN_ROWS", 8, "rows per training UNet call, padded (0: natural sizes)"),
     ):
         parser.add_argument(flag, type=int, default=env.get(variable, str(default)), help=f"{what} [{variable}]")
+    # No flag: a test knob read from the environment only.
+    parser.set_defaults(tiny_safety_flag=env.get("ENGINE_TINY_SAFETY_FLAG") or None)
 
 
 def engine_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> EngineConfig:
@@ -112,6 +137,12 @@ def engine_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"ENGINE_FAST must be auto, on or off, not {args.fast!r}")
     if args.lora_path not in ("slots", "peft"):
         parser.error(f"ENGINE_LORA_PATH must be slots or peft, not {args.lora_path!r}")
+    if args.safety not in SAFETY_MODES:
+        parser.error(f"SAFETY_CHECKER must be auto, on or off, not {args.safety!r}")
+    if args.tiny_safety_flag not in (None, *TINY_SAFETY_FLAGS):
+        parser.error(f"ENGINE_TINY_SAFETY_FLAG must be all or none, not {args.tiny_safety_flag!r}")
+    if args.tiny_safety_flag is not None and args.profile != "tiny":
+        parser.error("ENGINE_TINY_SAFETY_FLAG is a test knob of the tiny profile only")
     if min(args.max_jobs, args.lora_slots, args.lora_max_rank) < 1 or args.train_rows < 0:
         parser.error("--max-jobs, --lora-slots and --lora-max-rank must be at least 1, --train-rows at least 0")
     try:
@@ -130,6 +161,9 @@ def engine_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         lora_slots=args.lora_slots,
         lora_max_rank=args.lora_max_rank,
         train_rows=args.train_rows,
+        safety=args.safety,
+        safety_checker=args.safety_checker,
+        tiny_safety_flag=args.tiny_safety_flag,
     )
 
 

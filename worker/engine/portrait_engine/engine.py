@@ -21,6 +21,7 @@ from .fast import FastGenerator, inductor_cache, settings_from_env
 from .generate import LoraCache, generate
 from .images import load_photos, open_rgb, save_pngs
 from .models import load_models
+from .safety import Screened
 from .protocol import MAX_SEED, GenerateRequest, GenerateResult, PongResult, TrainParams, TrainRequest, TrainResult
 from .train import Training, resolve_params, training_session
 
@@ -173,6 +174,8 @@ def finish_training(
     )
 
 
-def finish_generation(request: GenerateRequest, images: list, seed: int, started: float) -> GenerateResult:
-    paths = save_pngs(images, Path(request.output_dir))
-    return GenerateResult(id=request.id, images=paths, seed=seed, seconds=time.monotonic() - started)
+def finish_generation(request: GenerateRequest, images: Screened, seed: int, started: float) -> GenerateResult:
+    """Writes the images the safety check let through (a withheld one is never written) and names the others."""
+    paths = save_pngs([image for image in images if image is not None], Path(request.output_dir))
+    flagged = [index for index, image in enumerate(images) if image is None]
+    return GenerateResult(id=request.id, images=paths, flagged=flagged, seed=seed, seconds=time.monotonic() - started)

@@ -20,6 +20,7 @@ from PIL import Image
 from .errors import EngineError
 from .models import Models
 from .protocol import GenerateRequest, SchedulerName
+from .safety import Screened, screen
 
 LORA_CACHE_SIZE = 8
 
@@ -97,8 +98,9 @@ def generate(
     seed: int,
     control_image: Image.Image | None,
     on_step: StepCallback,
-) -> list[Image.Image]:
-    """Runs one request; `on_step(step, total)` is called after every denoising step and may raise to stop it."""
+) -> Screened:
+    """Runs one request; `on_step(step, total)` is called after every denoising step and may raise to stop it.
+    Images the safety check flags come back as None."""
     pipe = _derive(models, request.scheduler, controlnet=control_image is not None)
     extra = {}
     if control_image is not None:
@@ -111,7 +113,7 @@ def generate(
     if request.lora is not None:
         loras.activate(request.lora, request.lora_scale)
     try:
-        return pipe(
+        images = pipe(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
             num_inference_steps=request.steps,
@@ -127,6 +129,7 @@ def generate(
         ).images
     finally:
         loras.deactivate()
+    return screen(models.safety, images)
 
 
 def _derive(models: Models, scheduler: SchedulerName, controlnet: bool) -> DiffusionPipeline:

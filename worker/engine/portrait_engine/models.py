@@ -16,6 +16,7 @@ from .config import EngineConfig
 from .errors import EngineError
 from .multilora import SlotLoRA
 from .protocol import TargetModule
+from .safety import SafetyCheck, load_safety_check
 from .tiny import ensure_tiny_models
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ class Models:
     base_path: Path
     # Slot layers over the UNet's and the text encoder's LoRA targets (empty slots: exactly the base model).
     slots: SlotLoRA
+    # The output check every generated image goes through (None: off).
+    safety: SafetyCheck | None = None
 
     @property
     def base_hash(self) -> str:
@@ -48,7 +51,8 @@ def load_models(config: EngineConfig) -> Models:
     """The shared Models for this configuration, loaded on first call (under a lock, so exactly once)."""
     with _lock:
         base, controlnet = _model_paths(config)
-        key = (base, controlnet, config.device, config.dtype, config.lora_slots, config.lora_max_rank)
+        key = (base, controlnet, config.device, config.dtype, config.lora_slots, config.lora_max_rank,
+               config.safety, config.safety_checker, config.tiny_safety_flag)
         if key not in _loaded:
             _loaded[key] = _load(base, controlnet, config)
         return _loaded[key]
@@ -85,7 +89,8 @@ def _load(base: Path, controlnet: Path | None, config: EngineConfig) -> Models:
     slots = SlotLoRA(config.lora_slots, config.lora_max_rank, device=device, dtype=torch.float32)
     slots.install("unet", pipe.unet, get_args(TargetModule))
     slots.install("text_encoder", pipe.text_encoder, TEXT_ENCODER_TARGETS)
-    return Models(pipe=pipe, controlnet=cn, device=device, dtype=dtype, base_path=base, slots=slots)
+    safety = load_safety_check(config, device, dtype)
+    return Models(pipe=pipe, controlnet=cn, device=device, dtype=dtype, base_path=base, slots=slots, safety=safety)
 
 
 @functools.cache

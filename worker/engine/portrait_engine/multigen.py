@@ -9,7 +9,8 @@ their rows, CFG's uncond/cond rows included, each row with its request's slot, t
 guidance and the scheduler step are then per request, on its own rows, with its own generators. So a request's
 image does not depend on its batch mates (up to float rounding of the batched kernels; tests/test_multigen.py
 compares each request of a mixed batch with diffusers' pipelines: the equivalence tests' 1/255). `finish()` decodes
-(the pipelines' VAE decode and postprocessing) once the request's steps are done.
+(the pipelines' VAE decode and postprocessing) once the request's steps are done, and screens the images through
+the optional safety check (safety.py).
 """
 
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from .generate import _derive
 from .models import Models
 from .multilora import NONE
 from .protocol import GenerateRequest
+from .safety import Screened, screen
 
 if TYPE_CHECKING:
     from .fast import FastGenerator
@@ -86,10 +88,12 @@ class Generation:
         self.step_index += 1
 
     @torch.no_grad()
-    def finish(self) -> list[Image.Image]:
+    def finish(self) -> Screened:
+        """The request's images, decoded, through the safety check (None where it withheld one)."""
         vae = self.pipe.vae
         image = vae.decode(self.latents / vae.config.scaling_factor, return_dict=False, generator=self.generators)[0]
-        return self.pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True] * len(image))
+        images = self.pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True] * len(image))
+        return screen(self.models.safety, images)
 
 
 @torch.no_grad()

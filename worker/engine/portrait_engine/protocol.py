@@ -206,7 +206,10 @@ class TrainResult(_Event):
 
 class GenerateResult(_Event):
     event: Literal["result"] = "result"
+    # The images written, in request order, without those the safety check withheld.
     images: list[str]
+    # Indexes (into the request's num_images) of the images the safety check withheld; none were written.
+    flagged: list[int] = Field(default_factory=list)
     seed: Seed
     seconds: float
 

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 log = logging.getLogger(__name__)
 
 # Bump the suffix whenever the architecture or the seed changes, so stale caches are never reused.
 BASE_DIR = "tiny-sd15-v1"
 CONTROLNET_DIR = "tiny-controlnet-v1"
+SAFETY_DIR = "tiny-safety-checker-v1"
 SEED = 0
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -50,6 +51,44 @@ def ensure_tiny_models(cache_dir: Path) -> tuple[Path, Path]:
         _write_atomically(base, pipe.save_pretrained)
         _write_atomically(controlnet, cn.save_pretrained)
     return base, controlnet
+
+
+def ensure_tiny_safety_checker(cache_dir: Path) -> Path:
+    """The tiny safety checker's folder (weights and preprocessor config, as the real one), generated if absent."""
+    folder = cache_dir / SAFETY_DIR
+    if not folder.is_dir():
+        log.info("generating the tiny safety checker in %s", cache_dir)
+        checker, processor = _build_safety_checker()
+
+        def save(path: str) -> None:
+            checker.save_pretrained(path)
+            processor.save_pretrained(path)
+
+        _write_atomically(folder, save)
+    return folder
+
+
+def _build_safety_checker():
+    # Imported here: the pipelines module is heavy, and only SAFETY_CHECKER=on needs it.
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        size = 32
+        config = CLIPConfig(
+            text_config=dict(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=4, max_position_embeddings=77),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               image_size=size, patch_size=8),
+            projection_dim=32,
+        )
+        checker = StableDiffusionSafetyChecker(config)
+        # Random concept embeddings (the real ones are CLIP embeddings of the concepts); the thresholds keep the real
+        # model's initial 1.0, which a cosine never exceeds: the tiny checker flags nothing unless a test sets them.
+        for embeds in (checker.concept_embeds, checker.special_care_embeds):
+            torch.nn.init.normal_(embeds)
+    processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    return checker, processor
 
 
 def _write_atomically(target: Path, save: Callable[[str], None]) -> None:
