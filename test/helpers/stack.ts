@@ -4,7 +4,7 @@ import { createApp, type App } from '../../src/app.ts';
 import { buildWebServer } from '../../bots/web/server.ts';
 import { startWorker, type WorkerHandle } from '../../worker/index.ts';
 import { createTestEnv, testLogger, type TestEnv } from './env.ts';
-import type { GenerateRequest } from '../../worker/engine-client/protocol.ts';
+import type { GenerateRequest } from '../../src/engine/protocol.ts';
 
 export interface Stack {
   env: TestEnv;
