@@ -5,25 +5,19 @@
 // that checkpoint on the other worker once BullMQ's stalled-job check hands it over.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { eq, inArray } from 'drizzle-orm';
 import { openDatabase, type Database } from '../src/db/client.ts';
 import { adapters, generations, jobs } from '../src/db/schema.ts';
-import { createTestDatabase } from './helpers/env.ts';
-import { startSeaweed, type Seaweed } from './helpers/seaweed.ts';
 import { PlaygroundClient, eventually } from './helpers/stack.ts';
 import { makePhotos } from './helpers/images.ts';
-import { composeConfig, entryScript, localEnvironment, startRole, webAddress, type RoleProcess, type LocalServices } from './helpers/role-processes.ts';
+import { startComposeCluster, type ComposeCluster, type RoleProcess } from './helpers/role-processes.ts';
 
 // Knobs for a fast CI run, on top of the compose environment (the compose file has none of them).
 const testKnobs = {
   LOG_LEVEL: 'info',
   MIN_TRAINING_PHOTOS: '4',
   CONSENT_REQUIRED: 'false',
-  TRAIN_MAX_STEPS: '16',
+  TRAIN_MAX_STEPS: '10',
   TRAIN_CHECKPOINT_STEPS: '2',
   GENERATE_STEPS: '2',
   LIKENESS_SAMPLES: '0',
@@ -36,47 +30,23 @@ const testKnobs = {
   WORKER_STALLED_INTERVAL_MS: '1000',
 };
 
-let seaweed: Seaweed;
-let database: { url: string; drop: () => Promise<void> };
+let cluster: ComposeCluster;
 let dbHandle: Database;
 const db = () => dbHandle.db;
-let dir: string;
 let web: RoleProcess;
-const workers: RoleProcess[] = [];
+let workers: RoleProcess[];
 let baseUrl: string;
 let trained: PlaygroundClient;
-const replacedByService: Record<string, string[]> = {};
 
 before(async () => {
-  [seaweed, database, dir] = await Promise.all([startSeaweed(), createTestDatabase(), mkdtemp(join(tmpdir(), 'two-workers-'))]);
-  dbHandle = openDatabase(database.url, 2);
-  const compose = composeConfig();
-  const local = (name: string): LocalServices => ({
-    databaseUrl: database.url,
-    redisUrl: 'redis://127.0.0.1:6379',
-    s3: seaweed,
-    dir: join(dir, name),
-    queuePrefix: `two-workers-${randomBytes(3).toString('hex')}`,
-  });
-  const prefix = local('x').queuePrefix;
-  const envOf = (service: 'bot' | 'worker', name: string) => {
-    const { env, replaced } = localEnvironment(compose.services[service]!, { ...local(name), queuePrefix: prefix });
-    replacedByService[service] = replaced;
-    return { ...env, ...testKnobs };
-  };
-  // The web process migrates the database; the workers start beside it (their migrate() is a no-op then).
-  web = startRole('web', entryScript(compose.services.bot!), envOf('bot', 'bot'));
-  baseUrl = await webAddress(web);
-  for (const name of ['worker-a', 'worker-b']) workers.push(startRole(name, entryScript(compose.services.worker!), envOf('worker', name)));
-  await Promise.all(workers.map((w) => w.waitForLog((l) => l.msg === 'roles started', 90_000, 'the worker role started')));
+  cluster = await startComposeCluster(testKnobs, ['worker-a', 'worker-b']);
+  ({ web, workers, baseUrl } = cluster);
+  dbHandle = openDatabase(cluster.databaseUrl, 2);
 });
 
 after(async () => {
-  await Promise.all([web, ...workers].filter(Boolean).map((p) => p.kill()));
   await dbHandle?.close();
-  await database?.drop();
-  await seaweed?.stop();
-  if (dir) await rm(dir, { recursive: true, force: true });
+  await cluster?.close();
 });
 
 async function trainPerson(): Promise<{ client: PlaygroundClient; jobId: string }> {
@@ -94,11 +64,11 @@ const whoLogged = (msg: string, jobId: string) => workers.filter((w) => w.lines(
 test('the compose services, mirrored without Docker: a web process and two workers come up and a job flows through', { timeout: 120_000 }, async () => {
   // Only the compose network's names, the containers' folders and the GPU were replaced; the roles, STORAGE=s3, the
   // bucket and every other setting are compose's own.
-  assert.deepEqual(replacedByService.worker!.sort(), [
+  assert.deepEqual(cluster.replaced.worker!.sort(), [
     'DATABASE_URL', 'ENGINE_CACHE_DIR', 'ENGINE_COUNT', 'ENGINE_DEVICE', 'ENGINE_GPUS', 'ENGINE_PROFILE', 'ENGINE_PYTHON', 'QUEUE_PREFIX',
     'REDIS_URL', 'S3_ACCESS_KEY_ID', 'S3_ENDPOINT', 'S3_SECRET_ACCESS_KEY', 'STORAGE_CACHE_DIR', 'UPLOAD_TMP_DIR', 'VISION_MODELS_DIR', 'WORK_DIR',
   ]);
-  assert.ok(!replacedByService.bot!.includes('ROLES'));
+  assert.ok(!cluster.replaced.bot!.includes('ROLES'));
   // The bot service's chat roles have no token here, so its process runs the web role only, and no engine.
   assert.deepEqual(web.lines('roles started')[0]?.roles, ['web', 'telegram', 'discord']);
   assert.equal(web.lines('engine ready').length, 0);
@@ -152,7 +122,7 @@ test('a training on a SIGKILLed worker resumes from its shipped checkpoint on th
   const victim = workers.find((w) => w.name === runner)!;
   const survivor = workers.find((w) => w !== victim)!;
   await victim.kill('SIGKILL');
-  assert.ok(row.checkpointStep! < 16, 'killed before the last step');
+  assert.ok(row.checkpointStep! < 10, 'killed before the last step');
 
   const done = await person.client.waitForJob(person.jobId, 90_000);
   assert.equal(done.job.status, 'completed', done.job.error);
@@ -167,7 +137,7 @@ test('a training on a SIGKILLed worker resumes from its shipped checkpoint on th
   assert.equal(owned[0]!.status, 'ready');
   const metrics = owned[0]!.metrics as { resumedFrom: number | null; steps: number };
   assert.ok(metrics.resumedFrom !== null && metrics.resumedFrom > 0, `resumedFrom ${String(metrics.resumedFrom)}`);
-  assert.equal(metrics.steps, 16);
+  assert.equal(metrics.steps, 10);
   // The finished training left no checkpoint behind.
   assert.equal(finished!.checkpointKey, null);
 });

@@ -2,9 +2,14 @@
 // role processes (bin/<role>.ts) with the environment compose gives each service, pointed at this machine's Postgres,
 // Redis and a test SeaweedFS instead of the compose hosts. Each process is a real child (its own engine for a worker).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { createInterface } from 'node:readline';
 import { join, resolve } from 'node:path';
 import { repoRoot } from '../../src/config/index.ts';
+import { createTestDatabase } from './env.ts';
+import { startSeaweed } from './seaweed.ts';
 
 export interface ComposeService {
   image?: string;
@@ -175,4 +180,59 @@ export function startRole(name: string, script: string, env: Record<string, stri
 export async function webAddress(web: RoleProcess): Promise<string> {
   const line = await web.waitForLog((l) => l.msg === 'web playground listening', 60_000, 'web listening');
   return String(line.address);
+}
+
+export interface ComposeCluster {
+  web: RoleProcess;
+  workers: RoleProcess[];
+  baseUrl: string;
+  databaseUrl: string;
+  /** Per compose service, the settings localEnvironment replaced. */
+  replaced: Record<string, string[]>;
+  /** Starts one more worker process like the others (e.g. after one was killed). */
+  startWorker(name: string): Promise<RoleProcess>;
+  close(): Promise<void>;
+}
+
+/**
+ * The compose `bot` service and `workers.length` `worker` services as processes on this machine, with `knobs` (test
+ * or bench settings the compose file leaves at their defaults) on top, against a fresh database, a fresh SeaweedFS and
+ * one queue prefix. Resolves once every worker's role has started (its engine is ready).
+ */
+export async function startComposeCluster(knobs: Record<string, string>, workerNames: string[]): Promise<ComposeCluster> {
+  const [seaweed, database, dir] = await Promise.all([startSeaweed(), createTestDatabase(), mkdtemp(join(tmpdir(), 'compose-cluster-'))]);
+  const compose = composeConfig();
+  const queuePrefix = `cluster-${randomBytes(3).toString('hex')}`;
+  const replaced: Record<string, string[]> = {};
+  const envOf = (service: 'bot' | 'worker', name: string) => {
+    const local = localEnvironment(compose.services[service]!, {
+      databaseUrl: database.url, redisUrl: 'redis://127.0.0.1:6379', s3: seaweed, dir: join(dir, name), queuePrefix,
+    });
+    replaced[service] = local.replaced;
+    return { ...local.env, ...knobs };
+  };
+  const all: RoleProcess[] = [];
+  const startWorker = async (name: string) => {
+    const worker = startRole(name, entryScript(compose.services.worker!), envOf('worker', name));
+    all.push(worker);
+    await worker.waitForLog((l) => l.msg === 'roles started', 120_000, 'the worker role started');
+    return worker;
+  };
+  const close = async () => {
+    await Promise.all(all.map((p) => p.kill()));
+    await database.drop();
+    await seaweed.stop();
+    await rm(dir, { recursive: true, force: true });
+  };
+  try {
+    // The web process migrates the database first; the workers then find it migrated.
+    const web = startRole('web', entryScript(compose.services.bot!), envOf('bot', 'bot'));
+    all.push(web);
+    const baseUrl = await webAddress(web);
+    const workers = await Promise.all(workerNames.map(startWorker));
+    return { web, workers, baseUrl, databaseUrl: database.url, replaced, startWorker, close };
+  } catch (error) {
+    await close();
+    throw error;
+  }
 }
