@@ -50,7 +50,11 @@ async function train(client: PlaygroundClient): Promise<{ jobId: string; postedA
 const loggedAt = (worker: RoleProcess, msg: string, jobId: string) =>
   worker.waitForLog((l) => l.msg === msg && l.jobId === jobId, 180_000, `${msg} of ${jobId}`).then((l) => Number(l.time));
 const whoStarted = (workers: RoleProcess[], jobId: string) => workers.find((w) => w.lines('job started').some((l) => l.jobId === jobId))!;
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const median = (xs: number[]) => {
+  const sorted = [...xs].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+};
 const finished = (client: PlaygroundClient, jobId: string) => client.waitForJob(jobId, 300_000);
 
 async function handover() {
@@ -92,8 +96,11 @@ async function handover() {
   return { busy, gone };
 }
 
+// Two trainings at a time per worker in the split: eight people train while 32 /imagine jobs wait beside them.
+const splitKnobs = { ...knobs, WORKER_TRAIN_CONCURRENCY: '2' };
+
 async function split() {
-  const cluster = await startComposeCluster({ ...knobs, WORKER_TRAIN_CONCURRENCY: '2' }, ['worker-a', 'worker-b']);
+  const cluster = await startComposeCluster(splitKnobs, ['worker-a', 'worker-b']);
   try {
     const imaginer = await person(cluster.baseUrl);
     const firstTraining = await train(imaginer);
@@ -119,7 +126,7 @@ async function split() {
       return { worker: w.name, train: done('train'), generate: done('generate') };
     });
     const twice = jobs.filter((j) => cluster.workers.flatMap((w) => w.lines('job completed')).filter((l) => l.jobId === j.jobId).length !== 1).length;
-    return { jobs: 40, trainings: 8, generations: 32, wallS, failed, completedOnOtherThanOneWorker: twice, perWorker };
+    return { settings: splitKnobs, jobs: 40, trainings: 8, generations: 32, wallS, failed, completedOnOtherThanOneWorker: twice, perWorker };
   } finally {
     await cluster.close();
   }
@@ -142,6 +149,7 @@ const result = {
   versions,
   loadAverageAtStart: load,
   settings: { ...knobs, repeats },
+  command: `node --import tsx bench/two-workers.ts ${repeats}`,
   handover: {
     busyMs: h.busy,
     busyMedianMs: median(h.busy),
