@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-exec node --import tsx src/main.ts
+exec node --import tsx bin/start.ts

@@ -8,6 +8,11 @@ if ! command -v chromium >/dev/null 2>&1; then
   log "installing Debian chromium for the browser test"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
+# Debian's docker-compose (1.29) validates docker-compose.yml in test/compose.test.ts; no Docker engine is needed.
+if ! command -v docker-compose >/dev/null 2>&1; then
+  log "installing Debian docker-compose for the compose test"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+fi
 export ENGINE_CACHE_DIR="${ENGINE_CACHE_DIR:-$PWD/var/engine-cache}"
 log "typecheck"
 npx tsc --noEmit

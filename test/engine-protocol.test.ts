@@ -5,7 +5,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   cancelResult, engineRequest, errorEvent, eventEnvelope, generateResult, pingResult, progressEvent, readyEvent, trainResult,
-} from '../worker/engine-client/protocol.ts';
+} from '../src/engine/protocol.ts';
 
 const root = 'test/fixtures/engine-protocol';
 const fixtures = (dir: string) =>

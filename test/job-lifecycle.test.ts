@@ -14,7 +14,7 @@ import { normalizeUpload } from '../src/images/normalize.ts';
 import { redisConnection } from '../src/queue/index.ts';
 import { startWorker, engineLaunch, type WorkerHandle } from '../worker/index.ts';
 import { EngineSupervisor } from '../worker/engine-client/supervisor.ts';
-import type { GenerateRequest, GenerateResult } from '../worker/engine-client/protocol.ts';
+import type { GenerateRequest, GenerateResult } from '../src/engine/protocol.ts';
 import { eventually, jobRow as jobRowOf, startStack, startTrainingAs, type Stack } from './helpers/stack.ts';
 import { makeSkeleton } from './helpers/images.ts';
 import { testLogger } from './helpers/env.ts';

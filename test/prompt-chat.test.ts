@@ -9,7 +9,7 @@ import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
 import { createDiscordBot, type DiscordBot } from '../bots/discord/bot.ts';
 import { deployCommands } from '../bots/discord/deploy-commands.ts';
 import { findStyle, stylePresets } from '../src/services/styles.ts';
-import type { GenerateRequest } from '../worker/engine-client/protocol.ts';
+import type { GenerateRequest } from '../src/engine/protocol.ts';
 import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
 import { DiscordEmulator, type EmulatedDiscordUser, type InteractionRecord } from './emulators/discord.ts';
 import { PlaygroundClient, chatEmulatorEnv, eventually, recordGenerateRequests, startStack, type Stack } from './helpers/stack.ts';

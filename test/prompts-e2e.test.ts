@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { eq } from 'drizzle-orm';
 import sharp from 'sharp';
 import { adapters, generations } from '../src/db/schema.ts';
-import type { GenerateRequest } from '../worker/engine-client/protocol.ts';
+import type { GenerateRequest } from '../src/engine/protocol.ts';
 import { PlaygroundClient, recordGenerateRequests, startStack, type Stack } from './helpers/stack.ts';
 import { makePhotos, makeSkeleton } from './helpers/images.ts';
 

@@ -59,7 +59,12 @@ export async function startWorker(deps: Omit<ProcessorDeps, 'engine' | 'state'>,
   const connection = redisConnection(config.redisUrl, true, logger);
   const queues = new JobQueues(config, redisConnection(config.redisUrl, false, logger));
   const reconcileDeps = { db: deps.db, state, queues, events: deps.events, logger };
-  const options = { connection, prefix: config.queuePrefix };
+  const options = {
+    connection,
+    prefix: config.queuePrefix,
+    lockDuration: config.worker.lockDurationMs,
+    stalledInterval: config.worker.stalledIntervalMs,
+  };
   // Each queue has exactly one job name and one handler; anything else is a bug, not a retry. Several jobs run at
   // once: the engine's scheduler batches them, and JobState keeps each job's transitions safe.
   const workers = [

@@ -18,7 +18,7 @@ import { withPolicyNegative } from '../src/services/prompt-policy.ts';
 import type { Config } from '../src/config/index.ts';
 import { EngineError } from './engine-client/supervisor.ts';
 import type { EngineClient } from './engine-client/pool.ts';
-import type { ProgressEvent, TrainParams } from './engine-client/protocol.ts';
+import type { ProgressEvent, TrainParams } from '../src/engine/protocol.ts';
 import type { VisionService } from '../src/vision/index.ts';
 
 export interface ProcessorDeps {

@@ -4,7 +4,11 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { resolve } from 'node:path';
 import { tmpdir } from 'node:os';
-import { lrSchedulers, schedulers } from '../../worker/engine-client/protocol.ts';
+import { lrSchedulers, schedulers } from '../engine/protocol.ts';
+
+/** The processes a deployment runs; each starts on its own (bin/<role>.ts) or together (bin/start.ts, ROLES). */
+export const roleNames = ['web', 'worker', 'telegram', 'discord'] as const;
+export type Role = (typeof roleNames)[number];
 
 export const repoRoot = resolve(fileURLToPath(new URL('../..', import.meta.url)));
 
@@ -95,7 +99,7 @@ const envSchema = z.object({
     // Chat roles start only where their token is set, so the default runs whatever is configured.
     .default('web,worker,telegram,discord')
     .transform((s) => s.split(',').map((r) => r.trim()).filter(Boolean))
-    .pipe(z.array(z.enum(['web', 'worker', 'telegram', 'discord'])).min(1)),
+    .pipe(z.array(z.enum(roleNames)).min(1)),
   WEB_HOST: z.string().default('127.0.0.1'),
   WEB_PORT: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(0).max(65535).default(3000)),
   // Origins allowed to change state through the web API (comma-separated, e.g. https://portraits.example.org);
@@ -134,6 +138,10 @@ const envSchema = z.object({
   // generations in one UNet call, several people's training steps in one batch).
   WORKER_TRAIN_CONCURRENCY: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).max(64).default(4)),
   WORKER_GENERATE_CONCURRENCY: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).max(64).default(8)),
+  // How long a worker's hold on a job lasts without renewal, and how often workers look for jobs whose holder stopped
+  // renewing (a killed process or machine): such a job goes back to the queue for another worker. BullMQ's defaults.
+  WORKER_LOCK_DURATION_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(500).default(30_000)),
+  WORKER_STALLED_INTERVAL_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(200).default(30_000)),
   // The data of people inactive (no new account, photo or job) for this many days is deleted as /forget would.
   RETENTION_DAYS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).optional()),
   // Engines under one worker: ENGINE_GPUS lists GPUs (one engine each, CUDA_VISIBLE_DEVICES=<gpu>); otherwise
@@ -237,7 +245,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
     reconcileIntervalMs: e.RECONCILE_INTERVAL_MS,
     retentionDays: e.RETENTION_DAYS,
     consentRequired: e.CONSENT_REQUIRED === 'true',
-    worker: { trainConcurrency: e.WORKER_TRAIN_CONCURRENCY, generateConcurrency: e.WORKER_GENERATE_CONCURRENCY },
+    worker: {
+      trainConcurrency: e.WORKER_TRAIN_CONCURRENCY,
+      generateConcurrency: e.WORKER_GENERATE_CONCURRENCY,
+      lockDurationMs: e.WORKER_LOCK_DURATION_MS,
+      stalledIntervalMs: e.WORKER_STALLED_INTERVAL_MS,
+    },
     photos: { ...d.photos, minForTraining: e.MIN_TRAINING_PHOTOS ?? d.photos.minForTraining, decodeConcurrency: e.IMAGE_DECODE_CONCURRENCY ?? d.photos.decodeConcurrency },
     training: {
       ...d.training,

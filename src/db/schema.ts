@@ -3,7 +3,7 @@ import { sql } from 'drizzle-orm';
 import {
   pgTable, uuid, text, integer, real, jsonb, timestamp, uniqueIndex, index, bigint,
 } from 'drizzle-orm/pg-core';
-import type { GenerateRequest } from '../../worker/engine-client/protocol.ts';
+import type { GenerateRequest } from '../engine/protocol.ts';
 
 const id = () => uuid('id').primaryKey().defaultRandom();
 const createdAt = () => timestamp('created_at', { withTimezone: true }).notNull().defaultNow();

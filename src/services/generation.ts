@@ -8,7 +8,7 @@ import { queueJobId, type JobQueues } from '../queue/index.ts';
 import type { EventBus } from '../events/bus.ts';
 import type { BlobStore } from '../storage/storage.ts';
 import { normalizeUpload, ImageRejectedError } from '../images/normalize.ts';
-import { schedulers } from '../../worker/engine-client/protocol.ts';
+import { schedulers } from '../engine/protocol.ts';
 import type { TrainingService } from './training.ts';
 import { enqueueOrFail } from './training.ts';
 import { jobEvent, type JobService } from './jobs.ts';

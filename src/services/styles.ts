@@ -1,6 +1,6 @@
 // Style presets: a few curated portraits, each an English prompt (SD1.5 reads English only) with its negative prompt
 // and settings, named in every language the bot speaks, so anyone can paint themselves without writing English.
-import type { schedulers } from '../../worker/engine-client/protocol.ts';
+import type { schedulers } from '../engine/protocol.ts';
 
 type Scheduler = (typeof schedulers)[number];
 

@@ -6,7 +6,7 @@ import { adapters, jobs, users, type Adapter, type Job, type Photo } from '../db
 import type { Config } from '../config/index.ts';
 import { queueJobId, type JobQueues } from '../queue/index.ts';
 import type { EventBus } from '../events/bus.ts';
-import type { TrainParams } from '../../worker/engine-client/protocol.ts';
+import type { TrainParams } from '../engine/protocol.ts';
 import type { PhotoService } from './photos.ts';
 import { jobEvent, type JobService } from './jobs.ts';
 import { UserFacingError } from './errors.ts';

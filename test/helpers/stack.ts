@@ -7,7 +7,7 @@ import { createTestEnv, testLogger, type TestEnv } from './env.ts';
 import { makePhotos } from './images.ts';
 import { eq } from 'drizzle-orm';
 import { jobs, type Job } from '../../src/db/schema.ts';
-import type { GenerateRequest } from '../../worker/engine-client/protocol.ts';
+import type { GenerateRequest } from '../../src/engine/protocol.ts';
 
 export interface Stack {
   env: TestEnv;

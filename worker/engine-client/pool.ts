@@ -4,7 +4,7 @@
 // engine that dies fails only its own requests; the supervisor restarts it, and the retried jobs go elsewhere.
 import type { Logger } from 'pino';
 import { EngineSupervisor, type EngineLaunch } from './supervisor.ts';
-import type { GenerateRequest, GenerateResult, ProgressEvent, TrainRequest, TrainResult } from './protocol.ts';
+import type { GenerateRequest, GenerateResult, ProgressEvent, TrainRequest, TrainResult } from '../../src/engine/protocol.ts';
 
 type ProgressHandler = (event: ProgressEvent) => void;
 

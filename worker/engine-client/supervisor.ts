@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import {
   cancelResult, errorEvent, eventEnvelope, generateResult, pingResult, progressEvent, readyEvent, trainResult,
   type EngineErrorCode, type GenerateRequest, type GenerateResult, type ProgressEvent, type TrainRequest, type TrainResult,
-} from './protocol.ts';
+} from '../../src/engine/protocol.ts';
 
 export class EngineError extends Error {
   constructor(

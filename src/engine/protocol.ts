@@ -1,4 +1,4 @@
-// The engine's JSON-lines protocol, TypeScript side. Python's twin: worker/engine/portrait_engine/protocol.py;
+// The engine's JSON-lines protocol, TypeScript side: the one definition the services (src/) and the worker share. Python's twin: worker/engine/portrait_engine/protocol.py;
 // both are tested against the same fixtures in test/fixtures/engine-protocol/. Objects are strict (unknown fields
 // are errors) and bounds match the Python models, so a request the worker builds is one the engine accepts.
 import { z } from 'zod';
