@@ -5,6 +5,7 @@ import { ConfigError, loadConfig, type Config } from './config/index.ts';
 import { createApp } from './app.ts';
 import { buildWebServer } from '../bots/web/server.ts';
 import { startWorker, type WorkerHandle } from '../worker/index.ts';
+import { startHealthServer } from './health.ts';
 
 let config: Config;
 try {
@@ -23,7 +24,7 @@ const stoppers: Array<() => Promise<unknown>> = [];
 
 let worker: WorkerHandle | undefined;
 if (config.roles.has('worker')) {
-  worker = await startWorker({ db: app.database.db, store: app.store, events: app.events, vision: app.vision, config, logger: logger.child({ part: 'worker' }) });
+  worker = await startWorker({ db: app.database.db, store: app.store, events: app.events, vision: app.vision, config, logger: logger.child({ part: 'worker' }), health: app.health });
   stoppers.push(() => worker!.close());
 }
 if (config.roles.has('web')) {
@@ -57,6 +58,13 @@ if (config.retentionDays && config.roles.has('worker')) {
   const timer = setInterval(() => void sweep(), 3600_000);
   timer.unref();
   stoppers.push(async () => clearInterval(timer));
+}
+
+// Processes without the web server (a GPU worker) answer /healthz, /readyz and /metrics here.
+if (config.health.port !== undefined) {
+  const health = await startHealthServer(app.health, config.health.port, config.health.host);
+  logger.info({ port: health.address.port }, 'health and metrics listening');
+  stoppers.push(() => health.close());
 }
 
 let stopping = false;
