@@ -195,6 +195,19 @@ describe('Bull Board and /metrics behind ADMIN_TOKEN', () => {
     assert.deepEqual(names, ['generate', 'train']);
   });
 
+  test('chat API errors and 429s are counted by platform and status', async () => {
+    const scrape = async () => (await (await fetch(`${chat.stack.baseUrl}/metrics`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).text());
+    const value = (text: string, series: string) => Number(new RegExp(`^${series.replace(/[{}"]/g, (c) => `\\${c}`)} (\\d+)`, 'm').exec(text)?.[1] ?? 0);
+    const before = await scrape();
+    chat.telegram.failNext('sendMessage', { code: 429, description: 'Too Many Requests: retry after 0', retryAfter: 0 });
+    const mark = lastMessageId();
+    chat.telegram.sendText(anna, '/help');
+    await botSays(anna, /I paint portraits/, mark);
+    const after = await scrape();
+    assert.equal(value(after, 'portrait_chat_rate_limited_total{platform="telegram"}') - value(before, 'portrait_chat_rate_limited_total{platform="telegram"}'), 1);
+    assert.equal(value(after, 'portrait_chat_api_errors_total{platform="telegram",status="429"}') - value(before, 'portrait_chat_api_errors_total{platform="telegram",status="429"}'), 1);
+  });
+
   test('/metrics needs the token unless METRICS_PUBLIC; health probes are open', async () => {
     assert.equal((await fetch(`${chat.stack.baseUrl}/metrics`)).status, 401);
     const scraped = await fetch(`${chat.stack.baseUrl}/metrics`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
