@@ -80,13 +80,22 @@ export const engineCheck = (engine: PingableEngine): Check => async () => {
 
 export type Responder = (path: string) => Promise<{ status: number; type: string; body: string } | undefined>;
 
-/** The answers for /healthz, /readyz and (when allowed) /metrics; undefined for any other path. */
-export function healthResponder(health: HealthChecks, withMetrics: boolean): Responder {
+/** A report without the failures' texts (they can name internal hosts): for a public port. */
+const withoutReasons = (report: Readiness): Readiness => ({
+  ...report,
+  parts: Object.fromEntries(Object.entries(report.parts).map(([name, { ok, ms }]) => [name, { ok, ms }])),
+});
+
+/**
+ * The answers for /healthz, /readyz and (when allowed) /metrics; undefined for any other path. `reasons`: whether
+ * /readyz says why a part failed.
+ */
+export function healthResponder(health: HealthChecks, withMetrics: boolean, reasons = true): Responder {
   return async (path) => {
     if (path === '/healthz') return { status: 200, type: 'application/json', body: JSON.stringify({ ok: true }) };
     if (path === '/readyz') {
       const report = await health.readiness();
-      return { status: report.ok ? 200 : 503, type: 'application/json', body: JSON.stringify(report) };
+      return { status: report.ok ? 200 : 503, type: 'application/json', body: JSON.stringify(reasons ? report : withoutReasons(report)) };
     }
     if (path === '/metrics' && withMetrics) return { status: 200, type: metricsContentType, body: await renderMetrics() };
     return undefined;

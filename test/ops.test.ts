@@ -141,6 +141,7 @@ describe('health', () => {
       return answer.status === 503 && (await answer.json() as any);
     }, 10_000, '503 for the dead engine');
     assert.deepEqual(down.failed, ['engine']);
+    assert.equal(down.parts.engine.error, undefined, 'the public web port names the part, not why (HEALTH_PORT does)');
     await eventually(async () => (await fetch(`${stack.baseUrl}/readyz`)).status === 200, 120_000, 'the engine back');
     assert.equal(await metricValue('portrait_engine_restarts_total'), restarts + 1);
   });

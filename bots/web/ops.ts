@@ -43,12 +43,14 @@ export async function registerOpsRoutes<L extends FastifyBaseLogger>(web: Fastif
   const { config } = app;
   const token = config.admin.token;
   const respond = healthResponder(app.health, true);
-  const send = async (reply: FastifyReply, path: string) => {
-    const answer = (await respond(path))!;
+  // On the public port /readyz names the failed parts; why they failed (hosts, ports) only with the admin token.
+  const respondPublicly = healthResponder(app.health, false, false);
+  const send = async (reply: FastifyReply, path: string, detailed = true) => {
+    const answer = (await (detailed ? respond : respondPublicly)(path))!;
     return reply.status(answer.status).type(answer.type).header('cache-control', 'no-store').send(answer.body);
   };
   web.get('/healthz', (_request, reply) => send(reply, '/healthz'));
-  web.get('/readyz', (_request, reply) => send(reply, '/readyz'));
+  web.get('/readyz', (request, reply) => send(reply, '/readyz', token !== undefined && hasAdminToken(request, token)));
   web.get('/metrics', async (request, reply) => {
     if (config.metricsPublic) return send(reply, '/metrics');
     if (!token) return reply.callNotFound();
