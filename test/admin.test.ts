@@ -98,6 +98,11 @@ describe('admin commands in the chats', () => {
     chat.telegram.sendText(boris, '/help');
     await botSays(boris, /./, mark);
 
+    // A question with buttons, asked before the ban.
+    mark = lastMessageId();
+    chat.telegram.sendText(boris, '/forget');
+    const question = await botSays(boris, /Удалить\?/, mark);
+
     mark = lastMessageId();
     chat.telegram.sendText(boss, `/admin ban ${boris.id}`);
     await botSays(boss, new RegExp(`^Blocked ${boris.id}`), mark);
@@ -109,6 +114,21 @@ describe('admin commands in the chats', () => {
     chat.telegram.sendText(boris, 'hello');
     const said = await settled(boris, mark);
     assert.deepEqual(said, Array(3).fill('Этот аккаунт заблокирован операторами бота, поэтому я ничего не могу для него сделать.'));
+    // Its button too: an alert only they see, and nothing is deleted.
+    const alerts = chat.telegram.callsOf('answerCallbackQuery').length;
+    chat.telegram.pressButton(boris, question.message_id, 'forget_yes');
+    const alert = await chat.telegram.waitFor(() => chat.telegram.callsOf('answerCallbackQuery')[alerts], 'the alert', 15_000);
+    assert.match(alert.params.text, /заблокирован/);
+    assert.equal(alert.params.show_alert, true);
+    assert.ok(await userOf('telegram', boris.id), 'the button did nothing');
+
+    // An admin is never stopped by a ban (they can undo one on themselves).
+    mark = lastMessageId();
+    chat.telegram.sendText(boss, `/admin ban ${boss.id}`);
+    await botSays(boss, /^Blocked/, mark);
+    mark = lastMessageId();
+    chat.telegram.sendText(boss, `/admin unban ${boss.id}`);
+    await botSays(boss, /^Unblocked/, mark);
 
     // A ban names the user, so it holds on every platform and in the web API (a playground session of the same person).
     const web = new PlaygroundClient(chat.stack.baseUrl);
@@ -133,11 +153,14 @@ describe('admin commands in the chats', () => {
     await botSays(boss, /^Nobody is known as “999999”/, mark);
   });
 
-  test('Discord: a banned person is told on every command, only to them', async () => {
-    await discordReply(chat.discord.command(dana, 'help'), /./);
+  test('Discord: a banned person is told on every command and button, only to them', async () => {
+    const question = await discordReply(chat.discord.command(dana, 'forget'), /Are you sure/);
     await discordReply(chat.discord.command(dboss, 'admin', { command: `ban ${dana.id}` }), /^Blocked/);
     const refused = await discordReply(chat.discord.command(dana, 'status'), /blocked by the bot’s operators/);
     assert.ok(chat.discord.isEphemeral(refused));
+    const pressed = await discordReply(chat.discord.press(dana, question, 'forget_yes'), /blocked by the bot’s operators/);
+    assert.ok(chat.discord.isEphemeral(pressed));
+    assert.ok(await userOf('discord', dana.id), 'the button did nothing');
     await discordReply(chat.discord.command(dboss, 'admin', { command: `unban discord:${dana.id}` }), /^Unblocked/);
     await discordReply(chat.discord.command(dana, 'status'), /photo/i);
   });
@@ -193,6 +216,14 @@ describe('Bull Board and /metrics behind ADMIN_TOKEN', () => {
     assert.equal(api.status, 200);
     const names = ((await api.json()) as { queues: Array<{ name: string }> }).queues.map((q) => q.name).sort();
     assert.deepEqual(names, ['generate', 'train']);
+
+    // Its actions: with the token from the board's own page, and never driven from another origin.
+    const pause = (origin: string) => fetch(`${url}/api/queues/train/pause`, { method: 'PUT', headers: { authorization: basic(ADMIN_TOKEN), origin } });
+    assert.equal((await pause('http://evil.example')).status, 403);
+    assert.equal(await isPaused('train'), false);
+    assert.equal((await pause(chat.stack.baseUrl)).status, 200);
+    assert.equal(await isPaused('train'), true);
+    await chat.stack.app.queues.train.resume();
   });
 
   test('chat API errors and 429s are counted by platform and status', async () => {
