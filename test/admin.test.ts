@@ -226,7 +226,7 @@ describe('Bull Board and /metrics behind ADMIN_TOKEN', () => {
     await chat.stack.app.queues.train.resume();
   });
 
-  test('chat API errors and 429s are counted by platform and status', async () => {
+  test('chat API errors and 429s are counted by platform and status (Telegram, Discord)', async () => {
     const scrape = async () => (await (await fetch(`${chat.stack.baseUrl}/metrics`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).text());
     const value = (text: string, series: string) => Number(new RegExp(`^${series.replace(/[{}"]/g, (c) => `\\${c}`)} (\\d+)`, 'm').exec(text)?.[1] ?? 0);
     const before = await scrape();
@@ -237,6 +237,13 @@ describe('Bull Board and /metrics behind ADMIN_TOKEN', () => {
     const after = await scrape();
     assert.equal(value(after, 'portrait_chat_rate_limited_total{platform="telegram"}') - value(before, 'portrait_chat_rate_limited_total{platform="telegram"}'), 1);
     assert.equal(value(after, 'portrait_chat_api_errors_total{platform="telegram",status="429"}') - value(before, 'portrait_chat_api_errors_total{platform="telegram",status="429"}'), 1);
+
+    // Discord: discord.js waits the 429 out itself; the REST answer is counted on its way.
+    chat.discord.rateLimitNext('PATCH', /\/messages\/@original$/, 1);
+    await discordReply(chat.discord.command(dana, 'help'), /I paint portraits/);
+    const later = await scrape();
+    assert.equal(value(later, 'portrait_chat_rate_limited_total{platform="discord"}') - value(after, 'portrait_chat_rate_limited_total{platform="discord"}'), 1);
+    assert.equal(value(later, 'portrait_chat_api_errors_total{platform="discord",status="429"}') - value(after, 'portrait_chat_api_errors_total{platform="discord",status="429"}'), 1);
   });
 
   test('/metrics needs the token unless METRICS_PUBLIC; health probes are open', async () => {
