@@ -9,8 +9,11 @@ export const admin: SlashCommand = {
   definition: new SlashCommandBuilder()
     .setName('admin')
     .setDescription('Operator commands')
+    .setDescriptionLocalizations({ ru: 'Команды оператора' })
     .setDefaultMemberPermissions(0)
-    .addStringOption((o) => o.setName('command').setDescription('stats, pause train, resume all, ban <id>, unban <id>, quota <id> generations 50')),
+    .addStringOption((o) => o
+      .setName('command').setDescription('stats, pause train, resume all, ban <id>, unban <id>, quota <id> generations 50')
+      .setDescriptionLocalizations({ ru: 'stats, pause train, resume all, ban <id>, unban <id>, quota <id> generations 50' })),
   ephemeral: true,
   async execute({ app }, interaction, person) {
     const commands = new AdminCommands(app);
