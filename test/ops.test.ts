@@ -243,3 +243,14 @@ describe('metrics and logs of real jobs', () => {
     assert.equal(JSON.parse(line).part, 'engine');
   });
 });
+
+test('likeness scores go to the histogram by kind; a missing score (no face in the output) is not counted', async () => {
+  const { metrics } = await import('../src/metrics.ts');
+  const count = async () => metricValue('portrait_likeness_score_count{kind="pose"}');
+  const before = await count();
+  metrics.likeness('pose', 0.42);
+  metrics.likeness('pose', null);
+  metrics.likeness('pose', Number.NaN);
+  assert.equal(await count(), before + 1);
+  assert.ok((await metricValue('portrait_likeness_score_bucket{le="0.5",kind="pose"}')) >= 1);
+});
