@@ -4,6 +4,7 @@
 import { createLogger } from '../src/logging.ts';
 import { ConfigError, loadConfig, type Config, type Role } from '../src/config/index.ts';
 import { createApp } from '../src/app.ts';
+import { startHealthServer } from '../src/health.ts';
 
 function configOrExit(): Config {
   try {
@@ -41,7 +42,7 @@ export async function startRoles(only?: Role[]): Promise<void> {
   // Only the worker role starts an engine; web and chat processes queue jobs and read their rows and events.
   if (roles.has('worker')) {
     const { startWorker } = await import('../worker/index.ts');
-    const worker = await startWorker({ db: app.database.db, store: app.store, events: app.events, vision: app.vision, config, logger: logger.child({ part: 'worker' }) });
+    const worker = await startWorker({ db: app.database.db, store: app.store, events: app.events, vision: app.vision, config, logger: logger.child({ part: 'worker' }), health: app.health });
     stoppers.push(() => worker.close());
   }
   if (roles.has('web')) {
@@ -77,6 +78,12 @@ export async function startRoles(only?: Role[]): Promise<void> {
     const timer = setInterval(() => void sweep(), 3600_000);
     timer.unref();
     stoppers.push(async () => clearInterval(timer));
+  }
+  // Processes without the web server (a GPU worker, a chat adapter) answer /healthz, /readyz and /metrics here.
+  if (config.health.port !== undefined) {
+    const health = await startHealthServer(app.health, config.health.port, config.health.host);
+    logger.info({ port: health.address.port }, 'health and metrics listening');
+    stoppers.push(() => health.close());
   }
   logger.info({ roles: [...roles] }, 'roles started');
 

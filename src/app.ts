@@ -19,8 +19,11 @@ import { RetentionService } from './services/retention.ts';
 import { LinkService } from './services/link.ts';
 import { LimitService } from './services/limits.ts';
 import { ChatTargetService } from './services/chat-targets.ts';
+import { AdminService } from './services/admin.ts';
 import { VisionService } from './vision/index.ts';
 import { decodeSlots } from './images/decode-slots.ts';
+import { dependencyChecks, type HealthChecks } from './health.ts';
+import { metrics } from './metrics.ts';
 
 export interface Services {
   users: UserService;
@@ -34,6 +37,7 @@ export interface Services {
   link: LinkService;
   limits: LimitService;
   chatTargets: ChatTargetService;
+  admin: AdminService;
 }
 
 export interface App {
@@ -45,6 +49,8 @@ export interface App {
   events: EventBus;
   vision: VisionService;
   services: Services;
+  /** What /readyz asks; the worker adds its engine. */
+  health: HealthChecks;
   close(): Promise<void>;
 }
 
@@ -80,6 +86,9 @@ export async function createApp(config: Config, logger: Logger = createLogger(co
   const forget = new ForgetService(db, store, queues, jobState, limits, config);
   const retention = new RetentionService(db, forget, config.retentionDays);
   const chatTargets = new ChatTargetService(db);
+  const admin = new AdminService(db, queues);
+  const health = dependencyChecks(db, redis, store);
+  const unwatchQueues = metrics.watchQueues([queues.train, queues.generate]);
   return {
     config,
     logger,
@@ -88,8 +97,10 @@ export async function createApp(config: Config, logger: Logger = createLogger(co
     queues,
     events,
     vision,
-    services: { users, jobState, photos, jobs, training, generation, forget, retention, link, limits, chatTargets },
+    health,
+    services: { users, jobState, photos, jobs, training, generation, forget, retention, link, limits, chatTargets, admin },
     async close() {
+      unwatchQueues();
       await vision.close();
       await queues.close();
       subscriber.disconnect();

@@ -41,3 +41,18 @@ test('storage: local by default; s3 needs a bucket, and a custom endpoint defaul
   assert.equal(loadConfig({ STORAGE: 's3', S3_BUCKET: 'portraits' }).storage.s3.forcePathStyle, false, 'AWS: virtual-hosted URLs');
   assert.equal(loadConfig({ STORAGE: 's3', S3_BUCKET: 'portraits', S3_ENDPOINT: 'http://s3:8333', S3_FORCE_PATH_STYLE: 'false' }).storage.s3.forcePathStyle, false);
 });
+
+test('operations settings: admin ids as sets, a short admin token and a non-numeric id are refused by name', () => {
+  const config = loadConfig({ ADMIN_TELEGRAM_IDS: ' 101, 202 ', ADMIN_DISCORD_IDS: '', ADMIN_TOKEN: 'a-long-enough-admin-token', HEALTH_PORT: '9464', METRICS_PUBLIC: 'true', LOG_PRETTY: 'false' });
+  assert.deepEqual([...config.admin.telegramIds], ['101', '202']);
+  assert.equal(config.admin.discordIds.size, 0);
+  assert.equal(config.health.port, 9464);
+  assert.equal(config.metricsPublic, true);
+  assert.equal(config.logPretty, false);
+  assert.equal(loadConfig({}).admin.token, undefined, 'no dashboard by default');
+  assert.equal(loadConfig({}).metricsPublic, false);
+  assert.throws(() => loadConfig({ ADMIN_TOKEN: 'short', ADMIN_DISCORD_IDS: 'dana' }), (error: unknown) => {
+    const message = (error as Error).message;
+    return /ADMIN_TOKEN: at least 16 characters/.test(message) && /ADMIN_DISCORD_IDS: comma-separated numeric ids/.test(message);
+  });
+});

@@ -62,12 +62,14 @@ const file = (data: Buffer, filename: string, contentType = 'image/jpeg') => ({ 
 describe('Discord', () => {
   test('deploy-commands registers every slash command (globally, or in one guild)', async () => {
     const names = await deployCommands(stack.app.config.discord);
-    assert.deepEqual(names.sort(), ['cancel', 'forget', 'help', 'imagine', 'lang', 'link', 'pose', 'status', 'styles', 'train']);
+    assert.deepEqual(names.sort(), ['admin', 'cancel', 'forget', 'help', 'imagine', 'lang', 'link', 'pose', 'status', 'styles', 'train']);
+    // Server members without Administrator do not see /admin in the list.
+    assert.equal(discord.commands.get('global')!.find((c) => c.name === 'admin').default_member_permissions, '0');
     const train = discord.commands.get('global')!.find((c) => c.name === 'train');
     assert.equal(train.options.length, 10);
     assert.ok(train.options.every((o: any) => o.type === 11), 'train takes attachments');
     await deployCommands({ ...stack.app.config.discord, guildId: '123456789012345678' });
-    assert.equal(discord.commands.get('123456789012345678')!.length, 10);
+    assert.equal(discord.commands.get('123456789012345678')!.length, 11);
   });
 
   test('the bot logs in over the gateway; /help is acknowledged at once and answered in the person’s language', async () => {

@@ -6,6 +6,7 @@ import { eq } from 'drizzle-orm';
 import { adapters, generations } from '../src/db/schema.ts';
 import { PlaygroundClient, startStack, type Stack } from './helpers/stack.ts';
 import { fixtureModelsDir, sceneJpeg } from './helpers/vision.ts';
+import { renderMetrics } from '../src/metrics.ts';
 
 let stack: Stack;
 before(async () => {
@@ -36,6 +37,10 @@ test('training holds one upload out, samples the validation set and scores liken
   const likeness = (adapter!.metrics as { likeness: { scores: (number | null)[]; mean: number | null } }).likeness;
   assert.equal(likeness.scores.length, adapter!.sampleKeys.length);
   for (const score of likeness.scores) assert.ok(score === null || (score >= -1 && score <= 1));
+  // The training's mean reaches the likeness histogram (when any sample held a face).
+  const metrics = await renderMetrics();
+  const counted = Number(/^portrait_likeness_score_count\{kind="train"\} (\d+)/m.exec(metrics)?.[1] ?? 0);
+  assert.equal(counted, likeness.mean === null ? 0 : 1, metrics.split('\n').filter((l) => l.includes('likeness')).join('\n'));
 
   const pose = await client.upload('/api/pose', [['pose.jpg', await sceneJpeg({ width: 800, height: 600, persons: [{ x: 300, y: 60, w: 180, h: 500 }] })]], { prompt: 'me dancing' }, 'image');
   assert.equal(pose.status, 202, JSON.stringify(pose.body));

@@ -29,3 +29,30 @@ test('chat tokens, the webhook secret and service passwords are scrubbed from ev
   assert.match(lines[2]!, /db\.internal:5432/, 'the rest of the line is kept');
   for (const line of lines) JSON.parse(line); // still JSON
 });
+
+test('LOG_PRETTY=true writes pino-pretty lines (still scrubbed); unset on a pipe, JSON lines', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const script = `
+    import { loadConfig } from './src/config/index.ts';
+    import { createLogger } from './src/logging.ts';
+    const logger = createLogger(loadConfig()).child({ part: 'worker' });
+    logger.info({ jobId: 'job-1', url: 'https://api.telegram.org/bot' + process.env.TELEGRAM_BOT_TOKEN + '/getMe' }, 'job started');`;
+  const run = (extra: Record<string, string>) => spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+    env: { ...process.env, TELEGRAM_BOT_TOKEN: '7012345678:AAH-pretty-secret', LOG_LEVEL: 'info', ...extra },
+    encoding: 'utf8',
+  });
+  const pretty = run({ LOG_PRETTY: 'true' });
+  assert.equal(pretty.status, 0, pretty.stderr);
+  assert.match(pretty.stdout, /INFO.*: job started/);
+  assert.match(pretty.stdout, /jobId: "job-1"/);
+  assert.match(pretty.stdout, /bot\[secret\]\/getMe/);
+  assert.ok(!pretty.stdout.includes('AAH-pretty-secret'));
+  assert.ok(!pretty.stdout.trimStart().startsWith('{'), 'not JSON');
+
+  const json = run({});
+  assert.equal(json.status, 0, json.stderr);
+  const line = JSON.parse(json.stdout) as Record<string, unknown>;
+  assert.equal(line.msg, 'job started');
+  assert.equal(line.part, 'worker');
+  assert.ok(!json.stdout.includes('AAH-pretty-secret'));
+});

@@ -10,6 +10,8 @@ import { sweepExpiredLeases } from '../src/services/blobs.ts';
 import { EnginePool, type EngineClient } from './engine-client/pool.ts';
 import { RunningJobs, generateProcessor, trainProcessor, type ProcessorDeps } from './processors.ts';
 import { reconcileJob, reconcileJobs } from './reconcile.ts';
+import { engineCheck, type HealthChecks } from '../src/health.ts';
+import { checkRedisPolicy } from '../src/redis-policy.ts';
 
 /** How often a remote store's read cache is swept of copies whose blobs are gone. */
 const CACHE_SWEEP_MS = 60 * 60 * 1000;
@@ -48,7 +50,9 @@ export interface WorkerHandle {
   close(): Promise<void>;
 }
 
-export async function startWorker(deps: Omit<ProcessorDeps, 'engine' | 'state'>, engine?: EngineClient): Promise<WorkerHandle> {
+export type WorkerDeps = Omit<ProcessorDeps, 'engine' | 'state'> & { /** The process's readiness checks: the worker adds its engine. */ health?: HealthChecks };
+
+export async function startWorker(deps: WorkerDeps, engine?: EngineClient): Promise<WorkerHandle> {
   const { config, logger } = deps;
   const supervisor = engine ?? enginePool(config, logger);
   // An engine that fails to start is restarted with backoff; jobs wait for it instead of the worker failing.
@@ -57,6 +61,8 @@ export async function startWorker(deps: Omit<ProcessorDeps, 'engine' | 'state'>,
   const state = new JobState(deps.db);
   const full: ProcessorDeps = { ...deps, engine: supervisor, state };
   const connection = redisConnection(config.redisUrl, true, logger);
+  await checkRedisPolicy(connection, logger, 'worker');
+  deps.health?.add('engine', engineCheck(supervisor));
   const queues = new JobQueues(config, redisConnection(config.redisUrl, false, logger));
   const reconcileDeps = { db: deps.db, state, queues, events: deps.events, logger };
   const options = {
@@ -109,6 +115,7 @@ export async function startWorker(deps: Omit<ProcessorDeps, 'engine' | 'state'>,
     engine: supervisor,
     reconcile: (graceMs) => reconcileJobs(reconcileDeps, graceMs),
     async close() {
+      deps.health?.remove('engine');
       clearInterval(timer);
       running.shuttingDown = true;
       await Promise.all(workers.map((w) => w.pause(true)));

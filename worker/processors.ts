@@ -20,6 +20,7 @@ import { EngineError } from './engine-client/supervisor.ts';
 import type { EngineClient } from './engine-client/pool.ts';
 import type { ProgressEvent, TrainParams } from '../src/engine/protocol.ts';
 import type { VisionService } from '../src/vision/index.ts';
+import { metrics, type JobOutcome } from '../src/metrics.ts';
 
 export interface ProcessorDeps {
   db: Db;
@@ -68,6 +69,12 @@ export class JobRun {
   requestId: string;
   /** Blobs stored for this job but not yet referred to by a committed row. */
   private readonly leased: LeasedBlob[] = [];
+  private readonly startedAt = Date.now();
+  /** Time this attempt's requests spent in the engine (its GPU time). */
+  private engineMs = 0;
+  outcome: JobOutcome = 'completed';
+  /** One child logger per job: every line it writes carries the job id. */
+  readonly log: Logger;
 
   constructor(
     private readonly deps: ProcessorDeps,
@@ -77,9 +84,18 @@ export class JobRun {
   ) {
     // One engine request per attempt: a retry never collides with a late event of the attempt before.
     this.requestId = `${row.id}-${queueJob.attemptsMade}-${Date.now()}`;
+    this.log = deps.logger.child({ jobId: row.id, kind: row.kind, attempt: queueJob.attemptsMade + 1 });
   }
 
-  get log() { return this.deps.logger.child({ jobId: this.row.id, kind: this.row.kind, attempt: this.queueJob.attemptsMade + 1 }); }
+  /** Awaits an engine request, counting its time as this job's engine time. */
+  async inEngine<T>(request: Promise<T>): Promise<T> {
+    const started = Date.now();
+    try {
+      return await request;
+    } finally {
+      this.engineMs += Date.now() - started;
+    }
+  }
 
   /** A fresh engine request id for the next step of this job (e.g. each sample portrait), reachable by cancel. */
   nextRequest(step: string): string {
@@ -92,7 +108,9 @@ export class JobRun {
     const row = await this.deps.state.begin(this.row.id, this.queueJob.attemptsMade + 1);
     if (!row) return false; // cancelled (or finished, or forgotten) before a worker picked it up
     this.running.add(row.id, this.requestId);
-    this.log.info('job started');
+    // A first attempt waited since it was queued; a retry's wait would mostly be its backoff, so it is not counted.
+    if (this.queueJob.attemptsMade === 0) metrics.jobStarted(this.queueJob.queueName, (this.queueJob.processedOn ?? Date.now()) - this.queueJob.timestamp);
+    this.log.info({ queue: this.queueJob.queueName, waitedMs: Date.now() - this.queueJob.timestamp }, 'job started');
     await this.publish(row);
     return true;
   }
@@ -128,7 +146,7 @@ export class JobRun {
     const row = await this.deps.state.complete(this.row.id, write);
     if (!row) throw new JobWithdrawn();
     await releaseLeases(this.deps.db, this.leased.splice(0).map((b) => b.leaseId));
-    this.log.info('job completed');
+    this.log.info({ ms: Date.now() - this.startedAt, engineMs: this.engineMs }, 'job completed');
     await this.publish(row, extra);
   }
 
@@ -137,6 +155,7 @@ export class JobRun {
     const { state } = this.deps;
     await this.discardStored();
     if (error instanceof JobWithdrawn) {
+      this.outcome = 'withdrawn';
       this.log.info('job withdrawn while it ran; its results were discarded');
       return { withdrawn: true };
     }
@@ -144,11 +163,13 @@ export class JobRun {
     if (stopped && this.running.shuttingDown) {
       await state.handBack(this.row.id);
       await this.queueJob.moveToWait(token);
+      this.outcome = 'handed_back';
       this.log.info('job handed back to the queue for shutdown');
       throw new WaitingError();
     }
     if (error instanceof EngineError && error.code === 'cancelled') {
-      this.log.info('job cancelled');
+      this.outcome = 'cancelled';
+      this.log.info({ ms: Date.now() - this.startedAt }, 'job cancelled');
       await this.dropCheckpoint();
       return { cancelled: true }; // JobState already holds the cancel
     }
@@ -159,11 +180,15 @@ export class JobRun {
     const failure = { code, message: error instanceof Error ? error.message : String(error) };
     if (retryable && !lastAttempt) {
       const row = await state.requeue(this.row.id, failure);
+      this.outcome = 'retried';
+      metrics.jobFailed(this.row.kind, code, false);
       this.log.warn({ err: error }, 'job failed; it will be retried');
       if (row) await this.publish(row);
       throw error;
     }
     const row = await state.fail(this.row.id, failure);
+    this.outcome = 'failed';
+    metrics.jobFailed(this.row.kind, code, true);
     await this.dropCheckpoint();
     this.log.error({ err: error }, 'job failed for good');
     if (row) await this.publish(row);
@@ -181,6 +206,7 @@ export class JobRun {
 
   end() {
     this.running.delete(this.row.id);
+    metrics.jobEnded(this.row.kind, this.outcome, Date.now() - this.startedAt, this.engineMs);
   }
 
   private async publish(row: Job, extra: Parameters<typeof jobEvent>[1] = {}) {
@@ -289,7 +315,7 @@ export function trainProcessor(deps: ProcessorDeps, running: RunningJobs) {
       const checkpoints = new CheckpointShipper(deps, run, checkpointDir);
       const resumeFrom = await checkpoints.restore();
       if (resumeFrom) run.log.info({ step: resumeFrom }, 'resuming from the stored checkpoint');
-      const result = await engine.train(
+      const result = await run.inEngine(engine.train(
         {
           id: run.requestId,
           photos: await Promise.all(crops.map((c) => store.localPath(c.key))),
@@ -300,11 +326,12 @@ export function trainProcessor(deps: ProcessorDeps, running: RunningJobs) {
         (event) => run.onProgress(event, checkpoints.ship),
         // A retried training avoids the engine that failed it.
         `job:${run.row.id}`,
-      );
+      ));
       const stored = await run.store(result.output, 'safetensors');
       const kohya = result.kohya_output ? await run.store(result.kohya_output, 'safetensors') : undefined;
       const samples = await sampleValidationSet(deps, run, result.output, workDir);
-      const likeness = await likenessToHeldOut(deps, adapter.heldOutPhotoId, samples.images);
+      const likeness = await likenessToHeldOut(deps, run, adapter.heldOutPhotoId, samples.images);
+      metrics.likeness(run.row.kind, likeness?.mean);
       const lowLikeness = likeness?.mean != null && likeness.mean < deps.config.likeness.threshold;
       const checkpointKey = run.row.checkpointKey;
       await run.complete(async (tx) => {
@@ -345,7 +372,7 @@ export function generateProcessor(deps: ProcessorDeps, running: RunningJobs) {
       if (!found.adapterFile) throw new EngineError('not_found', 'The model for this request was deleted.');
       const { generation } = found;
       const p = generation.params;
-      const result = await engine.generate(
+      const result = await run.inEngine(engine.generate(
         {
           id: run.requestId,
           prompt: generation.enginePrompt ?? generation.prompt,
@@ -366,14 +393,15 @@ export function generateProcessor(deps: ProcessorDeps, running: RunningJobs) {
         run.onProgress,
         // A person's generations stay on the engine that holds their LoRA.
         `adapter:${generation.adapterId}`,
-      );
+      ));
       // Pictures the safety check withheld were never written: only the others are stored and sent.
       const keys: string[] = [];
       for (const image of result.images) keys.push((await run.store(image, 'png')).key);
       const withheld = result.flagged.length;
       if (withheld > 0) run.log.info({ withheld }, 'the safety check withheld pictures');
       // Posing can cost identity: each output is scored against the same held-out photo as the training.
-      const likeness = await likenessToHeldOut(deps, found.heldOutPhotoId, await Promise.all(result.images.map((i) => readFile(i))));
+      const likeness = await likenessToHeldOut(deps, run, found.heldOutPhotoId, await Promise.all(result.images.map((i) => readFile(i))));
+      metrics.likeness(run.row.kind, likeness?.mean);
       await run.complete(async (tx) => {
         await tx.update(generations).set({ outputKeys: keys, withheld, likeness: likeness?.mean ?? null }).where(eq(generations.id, generation.id));
       }, { generationId: generation.id, likeness: likeness?.mean ?? null });
@@ -392,7 +420,7 @@ async function sampleValidationSet(deps: ProcessorDeps, run: JobRun, lora: strin
   const keys: string[] = [];
   let withheld = 0;
   for (const [n, { prompt, seed }] of pairs.entries()) {
-    const result = await engine.generate({
+    const result = await run.inEngine(engine.generate({
       id: run.nextRequest(`sample${n}`),
       prompt,
       negative_prompt: withPolicyNegative(g.negativePrompt, config.policy.negativePrompt),
@@ -404,7 +432,7 @@ async function sampleValidationSet(deps: ProcessorDeps, run: JobRun, lora: strin
       height: g.height,
       scheduler: g.scheduler,
       output_dir: join(workDir, `sample${n}`),
-    }, undefined, `adapter:${run.row.adapterId}`);
+    }, undefined, `adapter:${run.row.adapterId}`));
     withheld += result.flagged.length;
     for (const path of result.images) {
       images.push(await readFile(path));
@@ -425,14 +453,14 @@ function likenessSkipped(deps: ProcessorDeps, samples: { images: Buffer[]; withh
  * Face likeness of `images` to the held-out upload; null when there is nothing to compare against (no held-out
  * photo, or the face models are not installed).
  */
-async function likenessToHeldOut(deps: ProcessorDeps, heldOutPhotoId: string | null, images: Buffer[]) {
+async function likenessToHeldOut(deps: ProcessorDeps, run: JobRun, heldOutPhotoId: string | null, images: Buffer[]) {
   if (!heldOutPhotoId || images.length === 0 || !deps.vision.availability().likeness) return null;
   const [photo] = await deps.db.select({ key: photos.storageKey }).from(photos).where(eq(photos.id, heldOutPhotoId));
   if (!photo) return null;
   try {
     return await deps.vision.likeness(await deps.store.get(photo.key), images);
   } catch (error) {
-    deps.logger.warn({ err: error }, 'likeness scoring failed');
+    run.log.warn({ err: error }, 'likeness scoring failed');
     return null;
   }
 }

@@ -1,5 +1,5 @@
 // The Discord adapter: a gateway client whose only event is interactionCreate, over the shared chat features (bots/shared).
-import { Client, Events, GatewayIntentBits, Routes } from 'discord.js';
+import { Client, Events, GatewayIntentBits, RESTEvents, Routes } from 'discord.js';
 import type { App } from '../../src/app.ts';
 import { Conversation } from '../shared/conversation.ts';
 import { JobNotifier } from '../shared/notifier.ts';
@@ -7,6 +7,8 @@ import type { DiscordDeps, DiscordTarget } from './context.ts';
 import { DiscordSurface } from './surface.ts';
 import { interactionDispatcher } from './dispatcher.ts';
 import { keepConnecting } from '../shared/reconnect.ts';
+import { checkRedisPolicy } from '../../src/redis-policy.ts';
+import { metrics } from '../../src/metrics.ts';
 
 export interface DiscordBot {
   client: Client;
@@ -38,6 +40,8 @@ export function createDiscordBot(app: App, options: DiscordBotOptions = {}): Dis
   const dispatch = interactionDispatcher(deps);
   client.on(Events.InteractionCreate, (interaction) => void dispatch(interaction));
   client.on(Events.Error, (error) => logger.error({ err: error }, 'discord client error'));
+  // Every REST answer passes here, 429s included (discord.js waits them out itself).
+  client.rest.on(RESTEvents.Response, (_request, response) => { if (response.status >= 400) metrics.chatApiError('discord', response.status); });
 
   // discord.js cannot destroy a client whose login failed (its gateway manager stays marked destroyed while a new
   // connection runs), so we log in only once Discord's REST answers; until then only that request is retried.
@@ -56,6 +60,7 @@ export function createDiscordBot(app: App, options: DiscordBotOptions = {}): Dis
     notifier,
     connected: connection.connected,
     async start() {
+      await checkRedisPolicy(app.queues.connection, logger, 'discord');
       await notifier.start();
       await connection.start();
     },

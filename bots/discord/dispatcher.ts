@@ -6,9 +6,11 @@ import { apologyFor } from '../shared/error-text.ts';
 import type { ButtonAction, Person } from '../shared/conversation.ts';
 import { answer, personOf, type DiscordDeps } from './context.ts';
 import { buttonHandler, commands } from './commands/index.ts';
+import { AdminCommands } from '../shared/admin.ts';
 
 export function interactionDispatcher(deps: DiscordDeps) {
   const redis = deps.app.queues.connection;
+  const admin = new AdminCommands(deps.app);
   return async (interaction: Interaction): Promise<void> => {
     let person: Person | undefined;
     try {
@@ -20,10 +22,15 @@ export function interactionDispatcher(deps: DiscordDeps) {
         if (!command) return;
         // Acknowledge before any database or download work.
         await interaction.deferReply(command.ephemeral ? { flags: MessageFlags.Ephemeral } : {});
-        person = await personOf(deps, interaction);
-        await answer(deps, interaction, person, await command.execute(deps, interaction, person));
+        const who = await personOf(deps, interaction);
+        person = who;
+        // A banned person's every command gets one clear answer.
+        const refusal = await admin.bannedReply('discord', interaction.user.id, async () => who);
+        await answer(deps, interaction, person, refusal ?? await command.execute(deps, interaction, person));
       } else if (interaction.isButton()) {
-        person = await onButton(deps, interaction);
+        const refusal = await admin.bannedReply('discord', interaction.user.id, () => personOf(deps, interaction));
+        if (refusal) await interaction.reply({ content: refusal.text, flags: MessageFlags.Ephemeral });
+        else person = await onButton(deps, interaction);
       }
     } catch (error) {
       deps.logger.error({ err: error, interaction: interaction.id }, 'interaction failed');

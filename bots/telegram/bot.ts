@@ -13,6 +13,7 @@ import { personOf, replyTo, type TelegramDeps, type TelegramTarget } from './con
 import { TelegramSurface } from './surface.ts';
 import { TelegramSendQueue } from './send-queue.ts';
 import { keepConnecting } from '../shared/reconnect.ts';
+import { checkRedisPolicy } from '../../src/redis-policy.ts';
 import { startFeature } from './features/start.ts';
 import { trainFeature } from './features/train.ts';
 import { imagineFeature } from './features/imagine.ts';
@@ -21,6 +22,8 @@ import { poseFeature } from './features/pose.ts';
 import { statusFeature } from './features/status.ts';
 import { forgetFeature } from './features/forget.ts';
 import { accountFeature } from './features/account.ts';
+import { adminFeature, bannedGuard } from './features/admin.ts';
+import { AdminCommands } from '../shared/admin.ts';
 
 export interface TelegramBotOptions {
   albumWindowMs?: number;
@@ -113,7 +116,9 @@ export function createTelegramBot(app: App, options: TelegramBotOptions = {}): T
   bot.use(dedupeUpdates(app));
   // Order matters: a photo captioned /pose is a pose request, any other photo a training photo.
   bot.use(addressedInGroups());
-  bot.use(startFeature(deps), poseFeature(deps), trainFeature(deps), imagineFeature(deps), stylesFeature(deps), statusFeature(deps), forgetFeature(deps), accountFeature(deps));
+  const admin = new AdminCommands(app);
+  bot.use(bannedGuard(deps, admin));
+  bot.use(adminFeature(deps, admin), startFeature(deps), poseFeature(deps), trainFeature(deps), imagineFeature(deps), stylesFeature(deps), statusFeature(deps), forgetFeature(deps), accountFeature(deps));
   bot.use(fallback(deps));
   bot.catch(async (error, ctx) => {
     logger.error({ err: error, updateId: ctx.update.update_id }, 'update failed');
@@ -146,6 +151,7 @@ export function createTelegramBot(app: App, options: TelegramBotOptions = {}): T
     notifier,
     connected: connection.connected,
     async start() {
+      await checkRedisPolicy(app.queues.connection, logger, 'telegram');
       await notifier.start();
       if (config.mode === 'webhook') {
         const url = new URL(config.webhook.url!);

@@ -3,6 +3,7 @@
 // (the "typing…" indicator, reactions) never fail a command: their errors are logged and dropped.
 import { TelegramError, type Telegram } from 'telegraf';
 import type { Logger } from 'pino';
+import { metrics } from '../../src/metrics.ts';
 
 export interface SendQueueOptions {
   /** A longer wait than this fails the call (the caller, e.g. the outbox, schedules its own retry). */
@@ -47,6 +48,7 @@ export class TelegramSendQueue {
       try {
         return await callApi(method, payload, extra);
       } catch (error) {
+        metrics.chatApiError('telegram', error instanceof TelegramError ? error.code : 'network');
         const wait = retryAfterS(error);
         if (wait === undefined || attempt >= this.maxRetries || wait > this.maxWaitS || decorative.has(method)) throw error;
         this.logger.info({ method, chatId: payload?.chat_id, retryAfterS: wait, attempt: attempt + 1 }, 'telegram rate limit: waiting as asked');

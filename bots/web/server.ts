@@ -19,6 +19,7 @@ import { whatKey } from '../shared/job-text.ts';
 import { withheldPicturesNotice, withheldSamplesNotice } from '../shared/withheld.ts';
 import { acceptLanguage, checkStateChange, isStateChanging, localeCookie, localeFromCookie, ownOrigins, sessionCookie, sessionFromCookie } from './guard.ts';
 import { CONTROL_CHARS, receiveForm } from './uploads.ts';
+import { registerOpsRoutes } from './ops.ts';
 
 const pagePath = new URL('./public/index.html', import.meta.url);
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -119,6 +120,7 @@ export async function buildWebServer(app: App) {
   web.addHook('preHandler', async (request) => {
     const state = stateOf(request);
     if (request.url.startsWith('/api/') && state.session) state.user = await services.users.find('web', state.session);
+    if (state.user?.bannedAt) throw new UserFacingError('banned', 'This account is blocked by the operators.', {}, 403);
   });
   web.addHook('onSend', async (request, reply) => {
     const state = stateOf(request);
@@ -199,6 +201,8 @@ export async function buildWebServer(app: App) {
   });
   web.setNotFoundHandler((request, reply) =>
     reply.status(404).send({ error: { code: 'not_found', message: t(request)('error.not_found') } }));
+
+  await registerOpsRoutes(web, app);
 
   web.get('/', async (_request, reply) => reply.type('text/html; charset=utf-8').send(await readFile(pagePath)));
 

@@ -76,6 +76,8 @@ export type Defaults = z.infer<typeof defaults>;
 
 const optionalText = z.string().trim().min(1).optional().catch(undefined);
 const emptyAsUndefined = (value: unknown) => (value === '' ? undefined : value);
+const idList = z.preprocess(emptyAsUndefined, z.string().regex(/^\s*\d{1,25}(\s*,\s*\d{1,25})*\s*$/, 'comma-separated numeric ids').optional())
+  .transform((s) => new Set((s ?? '').split(',').map((id) => id.trim()).filter(Boolean)));
 
 const envSchema = z.object({
   DATABASE_URL: z.url({ protocol: /^postgres(ql)?$/ }).default('postgres://postgres@127.0.0.1:5432/portrait_bot'),
@@ -175,6 +177,18 @@ const envSchema = z.object({
   // sface (Apache-2.0, default) | arcface (InsightFace weights: non-commercial use only)
   FACE_EMBEDDER: z.preprocess(emptyAsUndefined, z.enum(['sface', 'arcface']).default('sface')),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  // Human-readable log lines (pino-pretty); default: on when stdout is a terminal, JSON lines otherwise.
+  LOG_PRETTY: z.preprocess(emptyAsUndefined, z.stringbool().optional()),
+  // A small HTTP listener with /healthz, /readyz and /metrics, for processes without the web server (a GPU worker).
+  HEALTH_PORT: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(0).max(65535).optional()),
+  HEALTH_HOST: z.string().default('0.0.0.0'),
+  // /metrics on the web server without the admin token (off: Prometheus scrapes HEALTH_PORT or sends the token).
+  METRICS_PUBLIC: z.preprocess(emptyAsUndefined, z.stringbool().default(false)),
+  // Bull Board at /admin/queues and admin API calls need `Authorization: Bearer <token>` (or Basic, any user); unset: off.
+  ADMIN_TOKEN: z.preprocess(emptyAsUndefined, z.string().min(16, 'at least 16 characters').optional()),
+  // Chat accounts allowed to use the /admin command (comma-separated platform ids).
+  ADMIN_TELEGRAM_IDS: idList,
+  ADMIN_DISCORD_IDS: idList,
 });
 
 export class ConfigError extends Error {
@@ -277,6 +291,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       queueMaxWaiting: e.QUEUE_MAX_WAITING,
     },
     logLevel: e.LOG_LEVEL,
+    logPretty: e.LOG_PRETTY,
+    health: { port: e.HEALTH_PORT, host: e.HEALTH_HOST },
+    metricsPublic: e.METRICS_PUBLIC,
+    admin: { token: e.ADMIN_TOKEN, telegramIds: e.ADMIN_TELEGRAM_IDS, discordIds: e.ADMIN_DISCORD_IDS },
   };
 }
 

@@ -15,8 +15,16 @@ export const users = pgTable('users', {
   locale: text('locale').notNull().default('en'),
   /** When the person confirmed their photos are of themselves; training needs it. /forget deletes the row. */
   consentedAt: timestamp('consented_at', { withTimezone: true }),
+  /** Set by an admin: every command answers that the account is blocked. */
+  bannedAt: timestamp('banned_at', { withTimezone: true }),
+  /** Per-person limits set by an admin, over the configured ones (src/services/limits.ts). */
+  limitOverrides: jsonb('limit_overrides').$type<LimitOverrides>(),
   createdAt: createdAt(),
 });
+
+export const limitNames = ['activeJobs', 'generationsPerHour', 'trainingsPerDay'] as const;
+export type LimitName = (typeof limitNames)[number];
+export type LimitOverrides = Partial<Record<LimitName, number>>;
 
 export const platforms = ['web', 'telegram', 'discord'] as const;
 export type Platform = (typeof platforms)[number];

@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { and, count, eq, inArray } from 'drizzle-orm';
 import type { Redis } from 'ioredis';
 import type { Db } from '../db/client.ts';
-import { jobs, type Job, type JobKind } from '../db/schema.ts';
+import { jobs, users, type Job, type JobKind } from '../db/schema.ts';
 import type { Config } from '../config/index.ts';
 import { UserFacingError } from './errors.ts';
 
@@ -46,15 +46,16 @@ export class LimitService {
 
   /** Throws the UserFacingError that explains which limit a new `kind` job would break. */
   async check(userId: string, kind: JobKind): Promise<void> {
+    const limits = await this.limitsOf(userId);
     const [open] = await this.db.select({ n: count() }).from(jobs).where(and(eq(jobs.userId, userId), inArray(jobs.status, ['queued', 'active'])));
-    const max = this.limits.activeJobs;
+    const max = limits.activeJobs;
     if ((open?.n ?? 0) >= max) throw new UserFacingError('limit_active_jobs', `You already have ${max} jobs running or waiting. Wait for one to finish, or cancel it.`, { max }, 429);
 
     const [waiting] = await this.db.select({ n: count() }).from(jobs).where(eq(jobs.status, 'queued'));
     const cap = this.limits.queueMaxWaiting;
     if ((waiting?.n ?? 0) >= cap) throw new UserFacingError('queue_full', 'The queue is full right now.', { max: cap }, 503);
 
-    const window = this.windowOf(kind);
+    const window = this.windowOf(kind, limits);
     const oldest = await this.usage(window, userId);
     if (oldest === undefined) return;
     const waitMs = Math.max(0, oldest + window.ms - Date.now());
@@ -86,6 +87,12 @@ export class LimitService {
     return Number(members[(members.length / 2 - window.max) * 2 + 1]);
   }
 
+  /** The configured limits with the person's own overrides (set by an admin) over them. */
+  async limitsOf(userId: string): Promise<Config['limits']> {
+    const [row] = await this.db.select({ overrides: users.limitOverrides }).from(users).where(eq(users.id, userId));
+    return { ...this.limits, ...row?.overrides };
+  }
+
   /** Deletes every Redis key that names the user (for /forget). */
   async forget(userId: string): Promise<void> {
     await this.redis.del(
@@ -95,10 +102,10 @@ export class LimitService {
     );
   }
 
-  private windowOf(kind: JobKind): Window {
+  private windowOf(kind: JobKind, limits: Config['limits'] = this.limits): Window {
     return kind === 'train'
-      ? { name: 'trainings', ms: DAY, max: this.limits.trainingsPerDay }
-      : { name: 'generations', ms: HOUR, max: this.limits.generationsPerHour };
+      ? { name: 'trainings', ms: DAY, max: limits.trainingsPerDay }
+      : { name: 'generations', ms: HOUR, max: limits.generationsPerHour };
   }
 
   private key(window: Window, userId: string) {

@@ -6,6 +6,7 @@ import { normalizeUpload, trainingCrop, ImageRejectedError } from '../images/nor
 import type { Config } from '../config/index.ts';
 import type { CoverageSummary, FaceMeasures, VisionService } from '../vision/index.ts';
 import { UserFacingError, notFound } from './errors.ts';
+import { metrics } from '../metrics.ts';
 import { abandonLeased, putLeased, releaseLeases, type LeasedBlob, deleteUnreferencedBlobs } from './blobs.ts';
 
 export type PhotoUploadResult =
@@ -27,6 +28,12 @@ export class PhotoService {
    * uploads cannot all pass the first check and store more than the limit.
    */
   async add(userId: string, bytes: Buffer, originalName?: string): Promise<PhotoUploadResult> {
+    const result = await this.checkAndStore(userId, bytes, originalName);
+    metrics.photoVerdict(result.ok ? (result.duplicate ? 'duplicate' : 'accepted') : result.code);
+    return result;
+  }
+
+  private async checkAndStore(userId: string, bytes: Buffer, originalName?: string): Promise<PhotoUploadResult> {
     const max = this.config.photos.maxPerUser;
     const full = () => reject(new UserFacingError('too_many_photos', `You already have ${max} photos — the most a training uses. Delete some to add others.`, { max }));
     const total = await this.count(userId);

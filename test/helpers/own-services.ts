@@ -71,8 +71,8 @@ export interface OwnRedis {
   destroy(): Promise<void>;
 }
 
-/** A redis-server with AOF on (fsync every write) in its own folder, on a free port. */
-export async function createOwnRedis(): Promise<OwnRedis> {
+/** A redis-server with AOF on (fsync every write) in its own folder, on a free port; `extraArgs` override settings. */
+export async function createOwnRedis(extraArgs: string[] = []): Promise<OwnRedis> {
   const port = await freePort();
   const dir = await mkdtemp(join(tmpdir(), 'portrait-redis-'));
   let child: ChildProcess | undefined;
@@ -83,7 +83,7 @@ export async function createOwnRedis(): Promise<OwnRedis> {
     async start() {
       child = spawn('redis-server', [
         '--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'always',
-        '--save', '', '--maxmemory-policy', 'noeviction',
+        '--save', '', '--maxmemory-policy', 'noeviction', ...extraArgs,
       ], { stdio: 'ignore' });
       const probe = new Redis(port, '127.0.0.1', { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
       probe.on('error', () => {}); // refused until the server listens: the loop retries

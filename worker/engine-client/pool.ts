@@ -18,6 +18,8 @@ export interface EngineClient {
   cancel(requestId: string): Promise<boolean>;
   ping(): Promise<{ pong: boolean }>;
   readonly pid: number | undefined;
+  /** Whether an engine is up and said it is ready. */
+  readonly running: boolean;
   readonly info: Record<string, unknown>;
 }
 
@@ -113,6 +115,10 @@ export class EnginePool implements EngineClient {
   /** Which engine holds a request now (tests and logs). */
   engineOf(requestId: string): number | undefined {
     return this.byRequest.get(requestId);
+  }
+
+  get running(): boolean {
+    return this.engines.some((e) => e.running);
   }
 
   /** The first engine's process id (the only one with a single engine). */

@@ -4,6 +4,7 @@ import { createInterface } from 'node:readline';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import type { Logger } from 'pino';
+import { metrics } from '../../src/metrics.ts';
 import {
   cancelResult, errorEvent, eventEnvelope, generateResult, pingResult, progressEvent, readyEvent, trainResult,
   type EngineErrorCode, type GenerateRequest, type GenerateResult, type ProgressEvent, type TrainRequest, type TrainResult,
@@ -194,6 +195,7 @@ export class EngineSupervisor {
     const delay = Math.min(max, min * 2 ** this.restarts);
     this.restarts += 1;
     this.restartCount += 1;
+    metrics.engineRestarted();
     this.options.logger.error({ why, delay }, 'engine died; restarting');
     this.restartTimer = setTimeout(() => {
       this.start().catch((error: Error) => this.options.logger.error({ err: error }, 'engine restart failed'));

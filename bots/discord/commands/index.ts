@@ -11,9 +11,10 @@ import { link } from './link.ts';
 import { lang } from './lang.ts';
 import { help } from './help.ts';
 import { styles } from './styles.ts';
+import { admin } from './admin.ts';
 
 export const commands: ReadonlyMap<string, SlashCommand> = new Map(
-  [train, imagine, styles, pose, status, cancel, forget, link, lang, help].map((c) => [c.definition.name, c]),
+  [train, imagine, styles, pose, status, cancel, forget, link, lang, help, admin].map((c) => [c.definition.name, c]),
 );
 
 /** The handler of a button's action, from the command whose answers carry that button. */

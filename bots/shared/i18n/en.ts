@@ -289,6 +289,19 @@ export const en = {
   'web.note.words_ignored': '⚠️ The image model understands English only and will ignore: {words}. The ready-made styles work in any language.',
   'web.consent': 'These photos are of me, and I agree to a model of my face being trained from them.',
   'error.generation_open': 'This picture is still being painted: wait for it, or cancel it first.',
+  'error.banned': 'This account is blocked by the bot’s operators, so I can’t do anything for it.',
+  'admin.help': 'Admin commands:\n/admin stats — people, jobs and queues\n/admin pause train|generate|all — no new jobs start (running ones finish)\n/admin resume train|generate|all\n/admin ban <id> · /admin unban <id> — id: a user id, platform:id, or an id on this platform\n/admin quota <id> generations|trainings|active <number|default> — that person’s limit',
+  'admin.stats': 'People: {users} ({banned} blocked)\nJobs: {queued} queued, {active} running, {completed} done, {failed} failed, {cancelled} cancelled',
+  'admin.queue_line': 'Queue {name}: {waiting} waiting, {running} running, {delayed} delayed, {failed} failed',
+  'admin.queue_paused': 'Queue {name} is paused: {waiting} waiting, {running} running, {delayed} delayed, {failed} failed',
+  'admin.paused': 'Paused: {queues}. Running jobs finish; new ones wait until /admin resume.',
+  'admin.resumed': 'Resumed: {queues}.',
+  'admin.bad_queue': 'Which queue? train, generate or all.',
+  'admin.bad_limit': 'Usage: /admin quota <id> generations|trainings|active <number 1–100000 or default>.',
+  'admin.no_user': 'Nobody is known as “{ref}”.',
+  'admin.banned_user': 'Blocked {ref}: every command now tells them so.',
+  'admin.unbanned_user': 'Unblocked {ref}.',
+  'admin.limits_now': 'Limits of {ref}: {generations} pictures an hour, {trainings} trainings a day, {active} open jobs.',
 } as const;
 
 export type MessageKey = keyof typeof en;
