@@ -5,8 +5,8 @@ import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import type { Logger } from 'pino';
 import {
-  cancelResult, errorEvent, eventEnvelope, generateResult, pingResult, progressEvent, readyEvent, trainResult,
-  type EngineErrorCode, type GenerateRequest, type GenerateResult, type ProgressEvent, type TrainRequest, type TrainResult,
+  cancelResult, errorEvent, eventEnvelope, generateResult, pingResult, previewEvent, progressEvent, readyEvent, trainResult,
+  type EngineErrorCode, type GenerateRequest, type GenerateResult, type JobUpdate, type TrainRequest, type TrainResult,
 } from './protocol.ts';
 
 export class EngineError extends Error {
@@ -51,7 +51,8 @@ export function engineEnvironment(env: NodeJS.ProcessEnv, extra: NodeJS.ProcessE
   return { ...kept, PYTHONUNBUFFERED: '1', ...extra };
 }
 
-type ProgressHandler = (event: ProgressEvent) => void;
+/** Progress and (trainings) preview events of a running request, in the order the engine wrote them. */
+export type ProgressHandler = (event: JobUpdate) => void;
 interface Pending {
   resolve: (value: Record<string, unknown>) => void;
   reject: (error: Error) => void;
@@ -136,9 +137,9 @@ export class EngineSupervisor {
         if (event.event === 'error') logger.warn({ event }, 'engine error for no pending request');
         return;
       }
-      if (event.event === 'progress') {
-        const progress = progressEvent.safeParse(event);
-        if (progress.success) pending.onProgress?.(progress.data);
+      if (event.event === 'progress' || event.event === 'preview') {
+        const update = (event.event === 'progress' ? progressEvent : previewEvent).safeParse(event);
+        if (update.success) pending.onProgress?.(update.data);
         return;
       }
       this.pending.delete(event.id!);
