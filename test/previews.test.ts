@@ -148,6 +148,29 @@ describe('previews and the loss curve', () => {
     assert.ok(status.edits.some((text) => /Training your model: step [123] of 4[\s\S]*about \d+ seconds? left/.test(text)), status.edits.join(' | '));
   });
 
+  test('Telegram: a preview the chat refused while training is sent by the final delivery, before the result', { timeout: 240_000 }, async () => {
+    const yuri: EmulatedUser = { id: 7002, first_name: 'Yuri', language_code: 'ru' };
+    let mark = Math.max(0, ...emulator.messages.keys());
+    emulator.sendText(yuri, '/train');
+    await emulator.waitFor(() => emulator.botMessages(yuri.id).find((m) => m.message_id > mark), 'the /train answer');
+    mark = Math.max(0, ...emulator.messages.keys());
+    emulator.sendAlbum(yuri, await makePhotos(3, 40));
+    const enough = await emulator.waitFor(() => emulator.botMessages(yuri.id).find((m) => m.message_id > mark && m.reply_markup), 'the Train button');
+    emulator.failNext('sendPhoto', { code: 500 }); // the first preview
+    mark = Math.max(0, ...emulator.messages.keys());
+    emulator.pressButton(yuri, enough.message_id, 'train_now');
+    const photos = await emulator.waitFor(() => {
+      const sent = emulator.botMessages(yuri.id).filter((m) => m.message_id > mark && m.photo);
+      return sent.length === 2 + stack.env.config.likeness.samples && sent;
+    }, 'the previews and the samples', 180_000);
+    assert.deepEqual(photos.slice(0, 2).map((m) => m.caption), [
+      '👀 Промежуточный портрет на шаге 3 из 4: так сходство выглядит сейчас.',
+      '👀 Промежуточный портрет на шаге 1 из 4: так сходство выглядит сейчас.',
+    ], 'step 3 live; step 1, refused live, with the final delivery');
+    await new Promise((r) => setTimeout(r, 1500));
+    assert.equal(emulator.botMessages(yuri.id).filter((m) => /Промежуточный портрет/.test(m.caption ?? '')).length, 2, 'each once');
+  });
+
   test('a waiting training is estimated from the recent trainings’ mean duration', async () => {
     const finished = await stack.app.database.db.select().from(jobs).where(eq(jobs.status, 'completed'));
     const mean = finished.reduce((sum, j) => sum + (j.finishedAt!.getTime() - j.startedAt!.getTime()) / 1000, 0) / finished.length;
@@ -157,5 +180,14 @@ describe('previews and the loss curve', () => {
     const waiting = { ...finished[0]!, status: 'queued' as const, startedAt: null, finishedAt: null, progress: 0 };
     const concurrency = stack.env.config.worker.trainConcurrency;
     assert.equal(await service.etaSeconds(waiting, 3), waitingEtaSeconds(3, mean, concurrency));
+  });
+
+  test('a preview is recorded only while its training runs, and a finished model keeps its previews', async () => {
+    const [done] = await stack.app.database.db.select().from(jobs).where(eq(jobs.status, 'completed'));
+    const state = stack.app.services.jobState;
+    // A late preview (the job finished, was cancelled or forgotten meanwhile) is refused; the worker drops its blob.
+    assert.equal(await state.preview(done!.id, 2, 4, 'late.png'), undefined);
+    assert.deepEqual(await state.dropPreviews(done!.id), [], 'only a training without a model loses its previews');
+    assert.equal((await stack.app.database.db.select().from(trainingPreviews).where(eq(trainingPreviews.jobId, done!.id))).length, 2);
   });
 });

@@ -175,6 +175,7 @@ export class JobRun {
     const { state } = this.deps;
     await this.discardStored();
     if (error instanceof JobWithdrawn) {
+      await this.dropPreviews();
       this.log.info('job withdrawn while it ran; its results were discarded');
       return { withdrawn: true };
     }
@@ -188,6 +189,7 @@ export class JobRun {
     if (error instanceof EngineError && error.code === 'cancelled') {
       this.log.info('job cancelled');
       await this.dropCheckpoint();
+      await this.dropPreviews();
       return { cancelled: true }; // JobState already holds the cancel
     }
     const retryable = error instanceof EngineError ? error.retryable : !(error instanceof UnrecoverableError);
@@ -203,6 +205,7 @@ export class JobRun {
     }
     const row = await state.fail(this.row.id, failure);
     await this.dropCheckpoint();
+    await this.dropPreviews();
     this.log.error({ err: error }, 'job failed for good');
     if (row) await this.publish(row);
     throw retryable ? error : new UnrecoverableError(failure.message);
@@ -211,6 +214,13 @@ export class JobRun {
   private async dropCheckpoint() {
     const key = await this.deps.state.dropCheckpoint(this.row.id);
     if (key) await deleteUnreferencedBlobs(this.deps.db, this.deps.store, [key]);
+  }
+
+  /** A training that ended without a model keeps no previews (they would outlive it unseen). */
+  private async dropPreviews() {
+    await this.previewsStored();
+    const keys = await this.deps.state.dropPreviews(this.row.id);
+    if (keys.length > 0) await deleteUnreferencedBlobs(this.deps.db, this.deps.store, keys);
   }
 
   private async discardStored() {

@@ -155,6 +155,20 @@ export class JobState {
     });
   }
 
+  /**
+   * Forgets the previews of a training that ended without a model (cancelled, failed); returns their keys for
+   * deletion. None can be added after: a preview is recorded only while its job is active.
+   */
+  async dropPreviews(jobId: string): Promise<string[]> {
+    return this.db.transaction(async (tx) => {
+      const [job] = await tx.select({ id: jobs.id }).from(jobs)
+        .where(and(eq(jobs.id, jobId), inArray(jobs.status, ['failed', 'cancelled']))).for('update');
+      if (!job) return [];
+      const rows = await tx.delete(trainingPreviews).where(eq(trainingPreviews.jobId, jobId)).returning({ key: trainingPreviews.key });
+      return rows.map((row) => row.key);
+    });
+  }
+
   private async transition(w: Writer, jobId: string, from: readonly JobStatus[], set: Partial<typeof jobs.$inferInsert>): Promise<Job | undefined> {
     const [row] = await w.update(jobs).set(set).where(and(eq(jobs.id, jobId), inArray(jobs.status, [...from]))).returning();
     return row;
