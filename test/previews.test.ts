@@ -8,9 +8,9 @@ import sharp from 'sharp';
 import { jobs, trainingPreviews } from '../src/db/schema.ts';
 import { runningEtaSeconds, waitingEtaSeconds } from '../src/services/eta.ts';
 import { etaText, translator } from '../bots/shared/i18n/index.ts';
-import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
-import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
-import { PlaygroundClient, startStack, type Stack } from './helpers/stack.ts';
+import type { TelegramEmulator, EmulatedUser } from './emulators/telegram.ts';
+import { startChatStack, type ChatStack } from './helpers/chat-stack.ts';
+import { PlaygroundClient, type Stack } from './helpers/stack.ts';
 import { makePhotos } from './helpers/images.ts';
 
 describe('estimates', () => {
@@ -43,25 +43,16 @@ describe('estimates', () => {
 });
 
 describe('previews and the loss curve', () => {
-  const emulator = new TelegramEmulator();
+  let chats: ChatStack;
   let stack: Stack;
-  let telegram: TelegramBot;
+  let emulator: TelegramEmulator;
   const vera: EmulatedUser = { id: 7001, first_name: 'Vera', language_code: 'en' };
 
   before(async () => {
-    await emulator.start();
-    stack = await startStack({
-      MIN_TRAINING_PHOTOS: '3', TRAIN_MAX_STEPS: '4', TRAIN_PREVIEWS: '2', TRAIN_CHECKPOINT_STEPS: '0',
-      TELEGRAM_BOT_TOKEN: emulator.token, TELEGRAM_API_ROOT: emulator.url, CHAT_EDIT_INTERVAL_MS: '100',
-    });
-    telegram = createTelegramBot(stack.app, { albumWindowMs: 300, sweepIntervalMs: 1000 });
-    await telegram.start();
+    chats = await startChatStack({ MIN_TRAINING_PHOTOS: '3', TRAIN_MAX_STEPS: '4', TRAIN_PREVIEWS: '2', TRAIN_CHECKPOINT_STEPS: '0' }, true);
+    ({ stack, telegram: emulator } = chats);
   });
-  after(async () => {
-    await telegram.stop();
-    await stack.close();
-    await emulator.stop();
-  });
+  after(async () => chats.close());
 
   async function png(response: Response) {
     assert.equal(response.status, 200);
