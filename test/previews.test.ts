@@ -49,7 +49,8 @@ describe('previews and the loss curve', () => {
   const vera: EmulatedUser = { id: 7001, first_name: 'Vera', language_code: 'en' };
 
   before(async () => {
-    chats = await startChatStack({ MIN_TRAINING_PHOTOS: '3', TRAIN_MAX_STEPS: '4', TRAIN_PREVIEWS: '2', TRAIN_CHECKPOINT_STEPS: '0' }, true);
+    // One training at a time, so a second person's training waits in line.
+    chats = await startChatStack({ MIN_TRAINING_PHOTOS: '3', TRAIN_MAX_STEPS: '4', TRAIN_PREVIEWS: '2', TRAIN_CHECKPOINT_STEPS: '0', WORKER_TRAIN_CONCURRENCY: '1' }, true);
     ({ stack, telegram: emulator } = chats);
   });
   after(async () => chats.close());
@@ -171,6 +172,23 @@ describe('previews and the loss curve', () => {
     const waiting = { ...finished[0]!, status: 'queued' as const, startedAt: null, finishedAt: null, progress: 0 };
     const concurrency = stack.env.config.worker.trainConcurrency;
     assert.equal(await service.etaSeconds(waiting, 3), waitingEtaSeconds(3, mean, concurrency));
+  });
+
+  test('web: a training waiting behind another shows its place in line and an ETA', { timeout: 240_000 }, async () => {
+    const [first, second] = [new PlaygroundClient(stack.baseUrl), new PlaygroundClient(stack.baseUrl)];
+    for (const [n, client] of [first, second].entries()) {
+      await client.upload('/api/photos', (await makePhotos(3, 50 + 10 * n)).map((data, i): [string, Buffer] => [`p${i}.jpg`, data]));
+    }
+    const running = await first.post('/api/train');
+    const waiting = await second.post('/api/train');
+    const { body } = await second.json('/api/state');
+    const job = body.jobs.find((j: any) => j.id === waiting.body.jobId);
+    assert.equal(job.status, 'queued');
+    assert.equal(job.position, 1);
+    assert.ok(typeof job.etaSeconds === 'number' && job.etaSeconds > 0, `an estimate from the finished trainings: ${job.etaSeconds}`);
+    for (const [client, started] of [[first, running], [second, waiting]] as const) {
+      assert.equal((await client.waitForJob(started.body.jobId)).job.status, 'completed');
+    }
   });
 
   test('a preview is recorded only while its training runs, and a finished model keeps its previews', async () => {
