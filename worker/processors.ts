@@ -218,9 +218,14 @@ export class JobRun {
 
   /** A training that ended without a model keeps no previews (they would outlive it unseen). */
   private async dropPreviews() {
-    await this.previewsStored();
-    const keys = await this.deps.state.dropPreviews(this.row.id);
-    if (keys.length > 0) await deleteUnreferencedBlobs(this.deps.db, this.deps.store, keys);
+    try {
+      await this.previewsStored();
+      const keys = await this.deps.state.dropPreviews(this.row.id);
+      if (keys.length > 0) await deleteUnreferencedBlobs(this.deps.db, this.deps.store, keys);
+    } catch (error) {
+      // The job's own outcome matters more; /forget and retention still find the rows.
+      this.log.warn({ err: error }, 'dropping the previews failed');
+    }
   }
 
   private async discardStored() {
