@@ -1,6 +1,6 @@
 // The playground page in a real browser (Debian chromium via playwright-core), in English and in Russian: upload
 // photos, train (reloading while it trains and after), imagine, see the picture with its prompt, seed and settings,
-// delete it, switch language, forget. Screenshots are kept in var/test-artifacts/ (git-ignored).
+// delete it, switch language, forget; the live loss chart and the intermediate previews, kept across reloads. Screenshots are kept in var/test-artifacts/ (git-ignored).
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync } from 'node:fs';
@@ -21,7 +21,10 @@ before(async () => {
   mkdirSync(artifacts, { recursive: true });
   // No face models (as on a bare install): the page must say the face checks are off. Enough steps that a reload
   // lands in the middle of the training.
-  stack = await startStack({ MIN_TRAINING_PHOTOS: '3', TRAIN_MAX_STEPS: '10', LIKENESS_SAMPLES: '1', VISION_MODELS_DIR: mkdtempSync(join(tmpdir(), 'no-models-')) });
+  stack = await startStack({
+    MIN_TRAINING_PHOTOS: '3', TRAIN_MAX_STEPS: '10', LIKENESS_SAMPLES: '1', TRAIN_PREVIEWS: '2',
+    VISION_MODELS_DIR: mkdtempSync(join(tmpdir(), 'no-models-')),
+  });
   browser = await chromium.launch({
     executablePath: chromiumPath,
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
@@ -38,14 +41,14 @@ const words = {
     step: /^Training: step \d+ of 10 \(\d+%\)/, ready: /^✅ Your model \(version 1\) is ready\. .*likeness is not measured here/s,
     version: /^Version 1: ready · likeness not measured · Download: LoRA \(diffusers\) · LoRA \(kohya/, settings: /seed \d+ · 2 steps · guidance/,
     painted: '“a portrait of me as an astronaut” — painted from: a portrait of you as an astronaut', forgotten: '🗑 Everything about you is deleted (4 photos, 1 model, 1 picture).',
-    sample: 'sample of model version 1', done: '✅ Portrait done.',
+    sample: 'sample of model version 1', done: '✅ Portrait done.', previews: ['step 3 of 10', 'step 7 of 10'], chart: /^Training loss by step: \d\.\d{4} → \d\.\d{4}$/,
   },
   ru: {
     notice: 'картинки — шум', train: 'Обучить мою модель', count: '4 фотографии (лица не проверены)', unchecked: 'принято, лицо не проверено',
     step: /^Обучение: шаг \d+ из 10 \(\d+%\)/, ready: /^✅ Ваша модель \(версия 1\) готова\. .*сходство здесь не измеряется/s,
     version: /^Версия 1: готова · сходство не измерено · Скачать: LoRA для diffusers · LoRA в формате kohya/, settings: /seed \d+ · 2 шага · guidance/,
     painted: '«a portrait of me as an astronaut» — промпт для модели: a portrait of you as an astronaut', forgotten: '🗑 Всё о вас удалено: 4 фотографии, 1 модель, 1 картинка.',
-    sample: 'пример от модели версии 1', done: '✅ Портрет готов.',
+    sample: 'пример от модели версии 1', done: '✅ Портрет готов.', previews: ['шаг 3 из 10', 'шаг 7 из 10'], chart: /^Потери обучения по шагам: \d\.\d{4} → \d\.\d{4}$/,
   },
 } as const;
 
@@ -88,11 +91,23 @@ async function journey(page: Page, lang: 'en' | 'ru') {
   });
   assert.equal(await page.locator('#train-progress').isVisible(), false);
   await page.locator('#models li', { hasText: w.version }).waitFor();
+  // The previews came while it trained (live, or from the server after the reload), each with its step.
+  const previews = page.locator('#previews figure.preview');
+  await page.waitForFunction(() => document.querySelectorAll('#previews figure.preview').length === 2, undefined, { timeout: 30_000 });
 
-  // And after it: the same, from the server.
+  // And after it: the same, from the server, with the loss chart and the previews.
   await page.reload();
   await page.locator('#train-status', { hasText: w.ready }).waitFor();
   await page.locator('#models li', { hasText: w.version }).waitFor();
+  await page.locator('#loss-chart figcaption', { hasText: w.chart }).waitFor();
+  const points = await page.locator('#loss-chart polyline').getAttribute('points');
+  assert.ok(points!.split(' ').length >= 2, `a line of at least two points: ${points}`);
+  assert.deepEqual((await previews.locator('figcaption').allInnerTexts()).map((text) => text.trim()), w.previews);
+  for (const img of await previews.locator('img').all()) {
+    await img.evaluate((el: HTMLImageElement) => el.decode());
+    assert.ok(await img.evaluate((el: HTMLImageElement) => el.naturalWidth > 0), 'the preview image loads');
+  }
+  await shot('previews');
   assert.ok((await page.locator('#gallery figure.sample', { hasText: w.sample }).count()) > 0);
 
   await page.fill('#prompt', 'a portrait of me as an astronaut');
@@ -135,6 +150,7 @@ async function journey(page: Page, lang: 'en' | 'ru') {
   await page.locator('#forget-status', { hasText: w.forgotten }).waitFor();
   assert.equal(await page.locator('#photo-list figure').count(), 0);
   assert.equal(await page.locator('#gallery figure').count(), 0);
+  assert.equal(await previews.count(), 0, 'the previews went with everything else');
   await shot('forgotten');
   assert.deepEqual(errors, [], 'no script error on the page');
 }

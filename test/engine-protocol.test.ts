@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  cancelResult, engineRequest, errorEvent, eventEnvelope, generateResult, pingResult, progressEvent, readyEvent, trainResult,
+  cancelResult, engineRequest, errorEvent, eventEnvelope, generateResult, pingResult, previewEvent, progressEvent, readyEvent, trainResult,
 } from '../src/engine/protocol.ts';
 
 const root = 'test/fixtures/engine-protocol';
@@ -39,6 +39,7 @@ test('every event fixture parses with the schema of its kind', () => {
     const schema = {
       ready: readyEvent,
       progress: progressEvent,
+      preview: previewEvent,
       error: errorEvent,
       result: Object.entries(byResultField).find(([field]) => field in body)?.[1],
     }[envelope.event];

@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { UnrecoverableError, Worker as BullWorker } from 'bullmq';
 import { eq } from 'drizzle-orm';
-import { adapters, blobLeases, jobs } from '../src/db/schema.ts';
+import { adapters, blobLeases, jobs, trainingPreviews } from '../src/db/schema.ts';
 import { putLeased, releaseLeases } from '../src/services/blobs.ts';
 import { normalizeUpload } from '../src/images/normalize.ts';
 import { redisConnection } from '../src/queue/index.ts';
@@ -50,7 +50,8 @@ let engine: GatedEngine;
 let worker: WorkerHandle;
 
 before(async () => {
-  stack = await startStack({ MIN_TRAINING_PHOTOS: '2', TRAIN_MAX_STEPS: '4', LIKENESS_SAMPLES: '1', TRAIN_CHECKPOINT_STEPS: '0' }, false);
+  // With intermediate previews: they are among what a late cancel and a /forget must leave nothing of.
+  stack = await startStack({ MIN_TRAINING_PHOTOS: '2', TRAIN_MAX_STEPS: '4', LIKENESS_SAMPLES: '1', TRAIN_CHECKPOINT_STEPS: '0', TRAIN_PREVIEWS: '2' }, false);
   engine = new GatedEngine({ launch: engineLaunch(stack.env.config), logger: testLogger });
   worker = await startWorker({ db: stack.app.database.db, store: stack.app.store, events: stack.app.events, vision: stack.app.vision, config: stack.env.config, logger: testLogger }, engine);
   stack.worker = worker;
@@ -83,6 +84,7 @@ test('a cancel that lands after the engine finished wins: the job stays cancelle
   await held.reached; // the engine has trained and sampled; the LoRA files are already in storage
   const lorasBefore = (await storedFiles()).filter((f) => f.endsWith('.safetensors'));
   assert.ok(lorasBefore.length >= 1, 'the window is open: the adapter is stored but not yet recorded');
+  assert.equal((await db().select().from(trainingPreviews).where(eq(trainingPreviews.jobId, started.job.id))).length, 2, 'its previews are stored');
   await stack.app.services.jobs.cancel(user.id);
   held.release();
   await eventually(async () => (await queueState(started.job.id)) === 'completed', 60_000, 'the worker to finish the job');
@@ -92,7 +94,8 @@ test('a cancel that lands after the engine finished wins: the job stays cancelle
   const [adapter] = await db().select().from(adapters).where(eq(adapters.id, started.adapter.id));
   assert.equal(adapter!.status, 'cancelled');
   assert.equal(adapter!.fileKey, null);
-  assert.deepEqual((await storedFiles()).sort(), [...filesBefore, ...photoFiles].sort(), 'the late LoRA files and samples were deleted; the photos stay');
+  assert.deepEqual((await storedFiles()).sort(), [...filesBefore, ...photoFiles].sort(), 'the late LoRA files, samples and previews were deleted; the photos stay');
+  assert.equal((await db().select().from(trainingPreviews).where(eq(trainingPreviews.jobId, started.job.id))).length, 0);
   assert.deepEqual(await db().select().from(blobLeases), [], 'no lease is left behind');
 });
 
@@ -101,12 +104,13 @@ test('/forget during a running job leaves no row, file, Redis key or work folder
   const held = engine.arm();
   const { user, started } = await trainingUser('forget-late', 20);
   await held.reached;
+  assert.equal((await db().select().from(trainingPreviews).where(eq(trainingPreviews.jobId, started.job.id))).length, 2, 'its previews are stored');
   const forgotten = await stack.app.services.forget.forget(user.id);
   assert.equal(forgotten.photos, 2);
   held.release();
   await eventually(async () => (await queueState(started.job.id)) === undefined || (await queueState(started.job.id)) === 'completed', 60_000, 'the worker to let go');
   assert.equal(await jobRow(started.job.id), undefined);
-  assert.deepEqual(await storedFiles(), filesBefore, 'every photo, crop, LoRA and sample of the person is gone');
+  assert.deepEqual(await storedFiles(), filesBefore, 'every photo, crop, LoRA, sample and preview of the person is gone');
   assert.deepEqual(await db().select().from(blobLeases), []);
   // Redis: no key, and no queue record, mentions the person's id.
   const redis = stack.app.queues.connection;

@@ -18,7 +18,7 @@ import { withPolicyNegative } from '../src/services/prompt-policy.ts';
 import type { Config } from '../src/config/index.ts';
 import { EngineError } from './engine-client/supervisor.ts';
 import type { EngineClient } from './engine-client/pool.ts';
-import type { ProgressEvent, TrainParams } from '../src/engine/protocol.ts';
+import type { JobUpdate, PreviewEvent, ProgressEvent, TrainParams } from '../src/engine/protocol.ts';
 import type { VisionService } from '../src/vision/index.ts';
 import { metrics, type JobOutcome } from '../src/metrics.ts';
 
@@ -63,6 +63,8 @@ class JobWithdrawn extends Error {
 }
 
 const PROGRESS_WRITE_INTERVAL_MS = 1000;
+/** Points of a loss curve kept on the row; beyond it every other point is dropped (the shape stays). */
+const LOSS_CURVE_POINTS = 1000;
 
 export class JobRun {
   private lastWrite = 0;
@@ -75,6 +77,10 @@ export class JobRun {
   outcome: JobOutcome = 'completed';
   /** One child logger per job: every line it writes carries the job id. */
   readonly log: Logger;
+  /** A training's [step, loss] pairs so far (kept on the row with each progress write). */
+  lossCurve?: [number, number][];
+  /** Previews being stored: the job completes only after them (its work folder goes then). */
+  private readonly previewsStoring: Promise<void>[] = [];
 
   constructor(
     private readonly deps: ProcessorDeps,
@@ -122,8 +128,13 @@ export class JobRun {
     return blob;
   }
 
-  /** Throttled: the row and the chat get at most one update a second, plus the last step. */
-  onProgress = (event: ProgressEvent, after?: () => Promise<void>) => {
+  /** Throttled: the row and the chat get at most one update a second, plus the last step. Previews are never dropped. */
+  onProgress = (event: JobUpdate, after?: () => Promise<void>) => {
+    if (event.event === 'preview') {
+      this.previewsStoring.push(this.storePreview(event).catch((error: Error) => this.log.warn({ err: error, step: event.step }, 'preview not stored')));
+      return;
+    }
+    if (this.lossCurve && event.loss !== undefined) this.recordLoss(event.step, event.loss);
     const now = Date.now();
     if (now - this.lastWrite < PROGRESS_WRITE_INTERVAL_MS && event.step < event.total) return;
     this.lastWrite = now;
@@ -132,10 +143,37 @@ export class JobRun {
 
   private async writeProgress(event: ProgressEvent) {
     await this.queueJob.updateProgress({ step: event.step, total: event.total, loss: event.loss });
-    const row = await this.deps.state.progress(this.row.id, event.step, event.total);
+    const row = await this.deps.state.progress(this.row.id, event.step, event.total, this.lossCurve && [...this.lossCurve]);
     // The row left 'active' under us: the person cancelled and the pub/sub message may have been missed.
     if (!row) await this.running.cancel(this.row.id);
     else await this.publish(row, { loss: event.loss });
+  }
+
+  private recordLoss(step: number, loss: number) {
+    const curve = this.lossCurve!;
+    curve.push([step, loss]);
+    if (curve.length > LOSS_CURVE_POINTS) this.lossCurve = curve.filter((_, i) => i % 2 === 1 || i === curve.length - 1);
+  }
+
+  /**
+   * Stores a preview under a lease and records it on the job in one transaction with the lease's release, then
+   * tells the person. A job withdrawn meanwhile (or a step recorded by an earlier attempt) drops the blob.
+   */
+  private async storePreview(event: PreviewEvent) {
+    const { db, store, state } = this.deps;
+    const blob = await putFileLeased(db, store, event.image, 'png');
+    const recorded = await state.preview(this.row.id, event.step, event.total, blob.key, (tx) => releaseLeases(tx, [blob.leaseId]));
+    if (!recorded) {
+      await abandonLeased(db, store, [blob]);
+      return;
+    }
+    this.log.info({ step: event.step }, 'preview stored');
+    await this.publish(recorded.job, { preview: { id: recorded.preview.id, step: event.step, total: event.total } });
+  }
+
+  /** Waits for the previews still being stored (before the job completes and its work folder goes). */
+  async previewsStored() {
+    await Promise.all(this.previewsStoring.splice(0));
   }
 
   /**
@@ -156,6 +194,7 @@ export class JobRun {
     await this.discardStored();
     if (error instanceof JobWithdrawn) {
       this.outcome = 'withdrawn';
+      await this.dropPreviews();
       this.log.info('job withdrawn while it ran; its results were discarded');
       return { withdrawn: true };
     }
@@ -171,6 +210,7 @@ export class JobRun {
       this.outcome = 'cancelled';
       this.log.info({ ms: Date.now() - this.startedAt }, 'job cancelled');
       await this.dropCheckpoint();
+      await this.dropPreviews();
       return { cancelled: true }; // JobState already holds the cancel
     }
     const retryable = error instanceof EngineError ? error.retryable : !(error instanceof UnrecoverableError);
@@ -190,6 +230,7 @@ export class JobRun {
     this.outcome = 'failed';
     metrics.jobFailed(this.row.kind, code, true);
     await this.dropCheckpoint();
+    await this.dropPreviews();
     this.log.error({ err: error }, 'job failed for good');
     if (row) await this.publish(row);
     throw retryable ? error : new UnrecoverableError(failure.message);
@@ -198,6 +239,18 @@ export class JobRun {
   private async dropCheckpoint() {
     const key = await this.deps.state.dropCheckpoint(this.row.id);
     if (key) await deleteUnreferencedBlobs(this.deps.db, this.deps.store, [key]);
+  }
+
+  /** A training that ended without a model keeps no previews (they would outlive it unseen). */
+  private async dropPreviews() {
+    try {
+      await this.previewsStored();
+      const keys = await this.deps.state.dropPreviews(this.row.id);
+      if (keys.length > 0) await deleteUnreferencedBlobs(this.deps.db, this.deps.store, keys);
+    } catch (error) {
+      // The job's own outcome matters more; /forget and retention still find the rows.
+      this.log.warn({ err: error }, 'dropping the previews failed');
+    }
   }
 
   private async discardStored() {
@@ -315,6 +368,8 @@ export function trainProcessor(deps: ProcessorDeps, running: RunningJobs) {
       const checkpoints = new CheckpointShipper(deps, run, checkpointDir);
       const resumeFrom = await checkpoints.restore();
       if (resumeFrom) run.log.info({ step: resumeFrom }, 'resuming from the stored checkpoint');
+      run.lossCurve = run.row.lossCurve.filter(([step]) => step <= (resumeFrom ?? 0));
+      const { previews, previewSteps } = deps.config.training;
       const result = await run.inEngine(engine.train(
         {
           id: run.requestId,
@@ -322,11 +377,15 @@ export function trainProcessor(deps: ProcessorDeps, running: RunningJobs) {
           output: join(workDir, 'lora.safetensors'),
           checkpoint_dir: checkpointDir,
           params: adapter.params as TrainParams,
+          previews,
+          preview_steps: previewSteps,
+          preview_dir: join(workDir, 'previews'),
         },
         (event) => run.onProgress(event, checkpoints.ship),
         // A retried training avoids the engine that failed it.
         `job:${run.row.id}`,
       ));
+      await run.previewsStored();
       const stored = await run.store(result.output, 'safetensors');
       const kohya = result.kohya_output ? await run.store(result.kohya_output, 'safetensors') : undefined;
       const samples = await sampleValidationSet(deps, run, result.output, workDir);

@@ -5,10 +5,10 @@
 import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { App } from '../../src/app.ts';
-import type { Adapter, ChatTarget, Generation, JobKind, Platform } from '../../src/db/schema.ts';
+import type { Adapter, ChatTarget, Generation, JobKind, Platform, TrainingPreview } from '../../src/db/schema.ts';
 import type { JobEvent } from '../../src/events/bus.ts';
 import type { TargetAddress } from '../../src/services/chat-targets.ts';
-import { knownKey, pickLocale, translator, type Locale, type Translate } from './i18n/index.ts';
+import { etaText, knownKey, pickLocale, translator, type Locale, type Translate } from './i18n/index.ts';
 import { findStyle } from '../../src/services/styles.ts';
 import { progressBar, shownVersion, whatKey, type OutgoingImage, type Preview } from './job-text.ts';
 import { withheldPicturesNotice, withheldSamplesNotice } from './withheld.ts';
@@ -79,6 +79,8 @@ export class JobNotifier<T extends TargetAddress> {
   private readonly tracked = new Map<string, Tracked<T>>();
   private readonly subscriptions = new Map<string, { jobs: number; unsubscribe: Promise<() => void> }>();
   private readonly delivering = new Map<string, Promise<void>>();
+  /** Intermediate previews being sent, per job, one after another; the final delivery waits for them. */
+  private readonly previewing = new Map<string, Promise<void>>();
   private readonly retries = new Set<NodeJS.Timeout>();
   private sweeper?: NodeJS.Timeout;
   private readonly logger: Logger;
@@ -145,6 +147,7 @@ export class JobNotifier<T extends TargetAddress> {
     const entry = this.tracked.get(event.jobId);
     if (!entry) return;
     entry.kind = event.kind;
+    if (event.preview) this.sendPreview(event.jobId, entry, event.preview);
     if (FINAL.has(event.status)) {
       void this.finish(event.jobId);
       return;
@@ -152,13 +155,45 @@ export class JobNotifier<T extends TargetAddress> {
     this.show(event.jobId, entry, this.progressText(entry.t, event));
   }
 
-  private progressText(t: Translate, event: Pick<JobEvent, 'kind' | 'status' | 'position' | 'step' | 'total' | 'progress'>): string {
+  private progressText(t: Translate, event: Pick<JobEvent, 'kind' | 'status' | 'position' | 'step' | 'total' | 'progress' | 'etaSeconds'>): string {
     const what = t(whatKey(event.kind));
-    if (event.status === 'queued') return event.position ? t('progress.queued', { what, position: event.position }) : t('progress.starting', { what });
+    const eta = event.etaSeconds != null ? `\n${etaText(t, event.etaSeconds)}` : '';
+    if (event.status === 'queued') return event.position ? t('progress.queued', { what, position: event.position }) + eta : t('progress.starting', { what });
     if (!event.step || !event.total) return t('progress.starting', { what });
     const fraction = event.step / event.total;
     const params = { what, step: event.step, total: event.total, bar: progressBar(fraction), percent: Math.round(fraction * 100) };
-    return t(event.kind === 'train' ? 'progress.train' : 'progress.generate', params);
+    return t(event.kind === 'train' ? 'progress.train' : 'progress.generate', params) + eta;
+  }
+
+  /**
+   * Sends a training's intermediate preview while it runs, once: under the delivery's lease (taken without counting
+   * an attempt), recorded as part `preview:<step>`. One that cannot be sent now (the lease is held elsewhere, the
+   * chat failed) is sent by the final delivery, which plans every preview not recorded yet.
+   */
+  private sendPreview(jobId: string, entry: Tracked<T>, preview: NonNullable<JobEvent['preview']>) {
+    const chatTargets = this.app.services.chatTargets;
+    const send = async () => {
+      const row = await chatTargets.claim(jobId, this.owner, this.leaseMs);
+      if (!row) return;
+      const part = `preview:${preview.step}`;
+      try {
+        if (row.parts[part]) return;
+        const stored = await this.app.services.jobs.preview(entry.userId, preview.id);
+        await this.surface.sendImages(entry.target, [await this.previewImage(stored)], entry.t('preview.caption', { step: preview.step, total: preview.total }));
+        await chatTargets.recordPart(jobId, this.owner, part, this.leaseMs);
+      } finally {
+        await chatTargets.release(jobId, this.owner);
+      }
+    };
+    const next = (this.previewing.get(jobId) ?? Promise.resolve())
+      .then(send)
+      .catch((error: unknown) => this.logger.warn({ err: error, jobId, step: preview.step }, 'sending a preview failed; the final delivery sends it'));
+    this.previewing.set(jobId, next);
+    void next.finally(() => { if (this.previewing.get(jobId) === next) this.previewing.delete(jobId); });
+  }
+
+  private async previewImage(preview: TrainingPreview): Promise<OutgoingImage> {
+    return { data: await this.app.store.get(preview.key), name: `preview-${preview.step}.png` };
   }
 
   /** Throttled edit: at most one per editIntervalMs per message; the newest text wins, identical text is skipped. */
@@ -202,7 +237,8 @@ export class JobNotifier<T extends TargetAddress> {
   private finish(jobId: string): Promise<void> {
     let running = this.delivering.get(jobId);
     if (!running) {
-      running = this.deliver(jobId).finally(() => this.delivering.delete(jobId));
+      // After this process's previews of the job: they hold the delivery's lease while they are sent.
+      running = (this.previewing.get(jobId) ?? Promise.resolve()).then(() => this.deliver(jobId)).finally(() => this.delivering.delete(jobId));
       this.delivering.set(jobId, running);
       const entry = this.tracked.get(jobId);
       if (entry) entry.finishing = running;
@@ -284,8 +320,14 @@ export class JobNotifier<T extends TargetAddress> {
     if (job.status === 'completed' && job.kind === 'train') {
       const all = await services.training.list(userId);
       const adapter = all.find((a) => a.id === job.adapterId);
+      // Previews not sent while it ran (none was missed when every one was) come first, in step order.
+      const previews = (await services.jobs.previews(userId, [jobId])).sort((a, b) => a.step - b.step);
+      const parts: Part[] = previews.map((preview) => ({
+        name: `preview:${preview.step}`,
+        send: async () => this.surface.sendImages(target, [await this.previewImage(preview)], t('preview.caption', { step: preview.step, total: preview.total })),
+      }));
       const withheld = adapter && withheldSamplesNotice(t, adapter.metrics, adapter.sampleKeys.length);
-      const parts = [status([t('done.train', { version: adapter ? shownVersion(all, adapter) : 1 }), ...(withheld ? [withheld] : [])].join('\n'))];
+      parts.push(status([t('done.train', { version: adapter ? shownVersion(all, adapter) : 1 }), ...(withheld ? [withheld] : [])].join('\n')));
       if (adapter && adapter.sampleKeys.length > 0) {
         const caption = samplesCaption(t, adapter.metrics);
         const images = () => Promise.all(adapter.sampleKeys.map(async (key, n) => ({ data: await store.get(key), name: `sample-${n + 1}.png` })));

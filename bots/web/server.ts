@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import type { App } from '../../src/app.ts';
-import type { Adapter, Generation, Job, User } from '../../src/db/schema.ts';
+import type { Adapter, Generation, Job, TrainingPreview, User } from '../../src/db/schema.ts';
 import { stylePresets } from '../../src/services/styles.ts';
 import { UserFacingError, notFound } from '../../src/services/errors.ts';
 import { isDatabaseUnavailable } from '../../src/db/client.ts';
@@ -229,12 +229,17 @@ export async function buildWebServer(app: App) {
       ? { diffusers: `/api/adapters/${a.id}/lora`, ...(a.kohyaFileKey ? { kohya: `/api/adapters/${a.id}/lora?format=kohya` } : {}) }
       : undefined,
   });
-  /** A job with its place in line and, once it runs, the seconds left at its pace so far. */
-  const jobView = async (request: FastifyRequest, job: Job) => {
+  /**
+   * A job with its place in line and the seconds until it is done (at its pace while it runs, from its place in
+   * line while it waits); a training also with its loss curve and the previews painted so far.
+   */
+  const jobView = async (request: FastifyRequest, job: Job, previews: TrainingPreview[]) => {
     const position = await services.jobs.position(job);
-    const elapsed = job.startedAt ? (Date.now() - job.startedAt.getTime()) / 1000 : 0;
-    const etaSeconds = job.status === 'active' && job.progress > 0 && job.progress < 1 ? Math.round((elapsed * (1 - job.progress)) / job.progress) : null;
-    return { ...job, error: reasonOf(request, job.errorCode) ?? null, position, etaSeconds };
+    const etaSeconds = await services.jobs.etaSeconds(job, position);
+    return {
+      ...job, error: reasonOf(request, job.errorCode) ?? null, position, etaSeconds,
+      previews: previews.filter((p) => p.jobId === job.id).map((p) => ({ id: p.id, step: p.step, total: p.total, url: `/api/previews/${p.id}` })),
+    };
   };
 
   web.get('/api/status', async (request) => {
@@ -278,11 +283,12 @@ export async function buildWebServer(app: App) {
       services.jobs.list(userId, 10),
       services.generation.list(userId),
     ]);
+    const previews = await services.jobs.previews(userId, jobs.filter((job) => job.kind === 'train').map((job) => job.id));
     return {
       photos: photos.map((p) => ({ id: p.id, name: p.originalName, faceChecked: p.faceMeasures !== null, url: `/api/photos/${p.id}/image`, createdAt: p.createdAt })),
       coverage: coverage ?? null,
       adapters: adapters.map((a) => adapterView(t(request), a)),
-      jobs: await Promise.all(jobs.map((job) => jobView(request, job))),
+      jobs: await Promise.all(jobs.map((job) => jobView(request, job, previews))),
       gallery: await Promise.all(gallery.map(async (g) => ({
         id: g.id, jobId: g.jobId, kind: g.kind, seed: g.seed, settings: { ...g.params, negativePrompt: g.negativePrompt }, likeness: g.likeness,
         createdAt: g.createdAt, ...(await promptOf(g)),
@@ -477,6 +483,12 @@ export async function buildWebServer(app: App) {
     sendImage(reply, (await generationOf(request))?.outputKeys[checkIndex(request.params.n)]));
   web.get<{ Params: { id: string; n: string } }>('/api/adapters/:id/samples/:n', async (request, reply) =>
     sendImage(reply, (await adapterOf(request))?.sampleKeys[checkIndex(request.params.n)]));
+  // A training's intermediate preview (only its owner's session can see it).
+  web.get<{ Params: { id: string } }>('/api/previews/:id', async (request, reply) => {
+    const userId = currentUser(request);
+    if (!userId) throw notFound('Preview');
+    return sendImage(reply, (await services.jobs.preview(userId, checkId(request.params.id, 'Preview'))).key);
+  });
   // The person's own LoRA, to use elsewhere: diffusers/peft format, or kohya's for A1111 and ComfyUI.
   web.get<{ Params: { id: string }; Querystring: { format?: string } }>('/api/adapters/:id/lora', async (request, reply) => {
     const adapter = await adapterOf(request);

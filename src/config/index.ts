@@ -36,6 +36,9 @@ const defaults = z
       seed: z.number().int(),
       maxSteps: z.object({ real: z.number().int().positive(), tiny: z.number().int().positive() }),
       checkpointSteps: z.object({ real: z.number().int().min(0), tiny: z.number().int().min(0) }),
+      // Intermediate previews painted during a training (0: none), each in previewSteps denoising steps.
+      previews: z.number().int().min(0).max(10),
+      previewSteps: z.object({ real: z.number().int().min(1).max(50), tiny: z.number().int().min(1).max(50) }),
     }),
     generation: z.object({
       steps: z.object({ real: z.number().int().positive(), tiny: z.number().int().positive() }),
@@ -130,6 +133,9 @@ const envSchema = z.object({
   MIN_TRAINING_PHOTOS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).optional()),
   // A resumable checkpoint every N optimizer steps goes to storage, so a retry on any worker resumes from it (0: off).
   TRAIN_CHECKPOINT_STEPS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(0).optional()),
+  // Sample portraits painted with the LoRA as it stands during a training (0: none), and their denoising steps.
+  TRAIN_PREVIEWS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(0).max(10).optional()),
+  TRAIN_PREVIEW_STEPS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).max(50).optional()),
   // An engine request that sends nothing (no progress, no result) for this long is taken as hung: the engine is
   // killed and restarted and the job retried.
   ENGINE_WATCHDOG_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(100).default(300_000)),
@@ -270,6 +276,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
       ...d.training,
       maxSteps: e.TRAIN_MAX_STEPS ?? d.training.maxSteps[profile],
       checkpointSteps: e.TRAIN_CHECKPOINT_STEPS ?? d.training.checkpointSteps[profile],
+      previews: e.TRAIN_PREVIEWS ?? d.training.previews,
+      previewSteps: e.TRAIN_PREVIEW_STEPS ?? d.training.previewSteps[profile],
     },
     generation: { ...d.generation, steps: e.GENERATE_STEPS ?? d.generation.steps[profile] },
     queue: { ...d.queue, trainAttempts: e.TRAIN_ATTEMPTS ?? d.queue.trainAttempts },

@@ -123,6 +123,8 @@ export const jobs = pgTable(
     /** The newest training checkpoint in storage, so a retry on any worker resumes from it. */
     checkpointKey: text('checkpoint_key'),
     checkpointStep: integer('checkpoint_step'),
+    /** A running or finished training's loss curve so far: [step, loss] pairs as the engine reported them. */
+    lossCurve: jsonb('loss_curve').$type<[number, number][]>().notNull().default([]),
     createdAt: createdAt(),
     startedAt: timestamp('started_at', { withTimezone: true }),
     finishedAt: timestamp('finished_at', { withTimezone: true }),
@@ -135,6 +137,21 @@ export const jobs = pgTable(
       .on(t.userId)
       .where(sql`${t.kind} = 'train' and ${t.status} in ('queued', 'active')`),
   ],
+);
+
+/** An intermediate preview of a training: a sample portrait painted with its LoRA after `step` of `total`. */
+export const trainingPreviews = pgTable(
+  'training_previews',
+  {
+    id: id(),
+    userId: owner(),
+    jobId: uuid('job_id').notNull().references(() => jobs.id, { onDelete: 'cascade' }),
+    step: integer('step').notNull(),
+    total: integer('total').notNull(),
+    key: text('key').notNull(),
+    createdAt: createdAt(),
+  },
+  (t) => [uniqueIndex('training_previews_job_step').on(t.jobId, t.step), index('training_previews_key').on(t.key)],
 );
 
 /** What a generation row's `params` holds: the request's options resolved against the defaults. */
@@ -238,5 +255,6 @@ export type Photo = typeof photos.$inferSelect;
 export type Adapter = typeof adapters.$inferSelect;
 export type Job = typeof jobs.$inferSelect;
 export type Generation = typeof generations.$inferSelect;
+export type TrainingPreview = typeof trainingPreviews.$inferSelect;
 export type LinkCode = typeof linkCodes.$inferSelect;
 export type ChatTarget = typeof chatTargets.$inferSelect;

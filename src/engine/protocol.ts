@@ -56,6 +56,11 @@ export const trainRequest = z.strictObject({
   class_photos: z.array(absPath).min(1).max(1000).nullable().optional(),
   checkpoint_dir: absPath.nullable().optional(),
   params: trainParams.optional(),
+  // Intermediate previews (0: none), each painted in preview_steps denoising steps, into preview_dir (default:
+  // beside output).
+  previews: z.number().int().min(0).max(10).optional(),
+  preview_steps: z.number().int().min(1).max(50).optional(),
+  preview_dir: absPath.nullable().optional(),
 }).refine((r) => !(r.params?.epochs != null && r.params.max_steps !== undefined), {
   message: 'params: give max_steps or epochs, not both',
 });
@@ -101,6 +106,17 @@ export const progressEvent = z.strictObject({
   loss: z.number().optional(),
 });
 export type ProgressEvent = z.infer<typeof progressEvent>;
+/** A training's sample portrait painted with its LoRA after `step` of `total` (never the last step). */
+export const previewEvent = z.strictObject({
+  id: z.string(),
+  event: z.literal('preview'),
+  step: z.number().int().min(1),
+  total: z.number().int().min(1),
+  image: z.string(),
+});
+export type PreviewEvent = z.infer<typeof previewEvent>;
+/** What a running request reports before its result. */
+export type JobUpdate = ProgressEvent | PreviewEvent;
 export const errorEvent = z.strictObject({ id: z.string().nullable(), event: z.literal('error'), code: z.enum(errorCodes), message: z.string() });
 
 const result = <T extends z.ZodRawShape>(shape: T) => z.strictObject({ id: z.string(), event: z.literal('result'), ...shape });
@@ -124,8 +140,8 @@ export const generateResult = result({ images: z.array(z.string()), flagged: z.a
 export type GenerateResult = z.infer<typeof generateResult>;
 
 /** Any line the engine may write; results are told apart by the request they answer (see supervisor). */
-export const engineEvent = z.union([readyEvent, progressEvent, errorEvent, pingResult, cancelResult, trainResult, generateResult]);
+export const engineEvent = z.union([readyEvent, progressEvent, previewEvent, errorEvent, pingResult, cancelResult, trainResult, generateResult]);
 export type EngineEvent = z.infer<typeof engineEvent>;
 
 /** What the supervisor reads first from every line: who it is for and what kind of event it is. */
-export const eventEnvelope = z.looseObject({ id: z.string().nullable(), event: z.enum(['ready', 'progress', 'result', 'error']) });
+export const eventEnvelope = z.looseObject({ id: z.string().nullable(), event: z.enum(['ready', 'progress', 'preview', 'result', 'error']) });

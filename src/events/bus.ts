@@ -14,6 +14,8 @@ export interface JobEvent {
   total?: number;
   loss?: number;
   position?: number;
+  /** Seconds until it is done: at its pace while it runs, from its place in line while it waits. */
+  etaSeconds?: number | null;
   errorCode?: string;
   error?: string;
   adapterId?: string;
@@ -21,6 +23,8 @@ export interface JobEvent {
   /** Mean face similarity to the held-out photo; null when no face was found or no face models are installed. */
   likeness?: number | null;
   lowLikeness?: boolean;
+  /** A training's new intermediate preview (GET /api/previews/:id on the web). */
+  preview?: { id: string; step: number; total: number };
 }
 export type UserEvent = JobEvent;
 type Listener = (event: UserEvent) => void;

@@ -7,7 +7,7 @@ import { createReadStream } from 'node:fs';
 import { and, gt, inArray, lte, or, sql } from 'drizzle-orm';
 import type { AnyPgColumn } from 'drizzle-orm/pg-core';
 import type { Db } from '../db/client.ts';
-import { adapters, blobLeases, generations, jobs, photos } from '../db/schema.ts';
+import { adapters, blobLeases, generations, jobs, photos, trainingPreviews } from '../db/schema.ts';
 import { blobKey, type BlobStore, type PutResult } from '../storage/storage.ts';
 
 /** How long a lease protects a blob when its holder never releases it (a crashed process); then the sweep may go. */
@@ -75,7 +75,7 @@ export async function releaseLeases(db: Executor, leaseIds: Iterable<string>): P
   if (ids.length > 0) await db.delete(blobLeases).where(inArray(blobLeases.id, ids));
 }
 
-/** The subset of `keys` that some row (photo, adapter, generation, checkpoint) or a live lease still needs. */
+/** The subset of `keys` that some row (photo, adapter, generation, checkpoint, preview) or a live lease still needs. */
 async function keysInUse(tx: Tx, keys: string[]): Promise<Set<string>> {
   const used = new Set<string>();
   const photoRows = await tx
@@ -102,6 +102,8 @@ async function keysInUse(tx: Tx, keys: string[]): Promise<Set<string>> {
   }
   const checkpointRows = await tx.select({ key: jobs.checkpointKey }).from(jobs).where(inArray(jobs.checkpointKey, keys));
   for (const row of checkpointRows) if (row.key) used.add(row.key);
+  const previewRows = await tx.select({ key: trainingPreviews.key }).from(trainingPreviews).where(inArray(trainingPreviews.key, keys));
+  for (const row of previewRows) used.add(row.key);
   const leased = await tx.select({ key: blobLeases.key }).from(blobLeases).where(and(inArray(blobLeases.key, keys), gt(blobLeases.expiresAt, new Date())));
   for (const row of leased) used.add(row.key);
   return used;

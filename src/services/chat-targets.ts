@@ -75,6 +75,24 @@ export class ChatTargetService {
     return row;
   }
 
+  /**
+   * Takes the lease for a part sent while the job still runs (an intermediate preview), without counting a delivery
+   * attempt; undefined when someone holds it or the delivery is over. Give it back with `release`.
+   */
+  async claim(jobId: string, owner: string, leaseMs: number): Promise<ChatTarget | undefined> {
+    const [row] = await this.db
+      .update(chatTargets)
+      .set({ leaseOwner: owner, leaseUntil: after(leaseMs) })
+      .where(and(eq(chatTargets.jobId, jobId), free))
+      .returning();
+    return row;
+  }
+
+  /** Gives a lease back with nothing else changed (after a part sent while the job runs). */
+  async release(jobId: string, owner: string): Promise<boolean> {
+    return this.held(jobId, owner, { leaseOwner: null, leaseUntil: null });
+  }
+
   /** Extends a lease still held by `owner`; false when it was lost (it expired and another process took it). */
   async renew(jobId: string, owner: string, leaseMs: number): Promise<boolean> {
     return this.held(jobId, owner, { leaseUntil: after(leaseMs) });

@@ -2,7 +2,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { eq } from 'drizzle-orm';
 import type { Db } from '../db/client.ts';
-import { adapters, generations, jobs, photos, users } from '../db/schema.ts';
+import { adapters, generations, jobs, photos, trainingPreviews, users } from '../db/schema.ts';
 import type { BlobStore } from '../storage/storage.ts';
 import type { JobQueues } from '../queue/index.ts';
 import type { Config } from '../config/index.ts';
@@ -44,11 +44,13 @@ export class ForgetService {
       .select({ control: generations.controlKey, outputs: generations.outputKeys })
       .from(generations)
       .where(eq(generations.userId, userId));
+    const previewRows = await this.db.select({ key: trainingPreviews.key }).from(trainingPreviews).where(eq(trainingPreviews.userId, userId));
     const keys = [
       ...photoRows.flatMap((r) => [r.a, r.b]),
       ...adapterRows.flatMap((r) => [r.key, r.kohya, ...r.samples].filter((key): key is string => key !== null)),
       ...generationRows.flatMap((r) => [...(r.control ? [r.control] : []), ...r.outputs]),
       ...userJobs.flatMap((j) => (j.checkpoint ? [j.checkpoint] : [])),
+      ...previewRows.map((r) => r.key),
     ];
     // Rows first (one cascade), files after: a crash in between leaves orphan files, never rows without files.
     await this.db.delete(users).where(eq(users.id, userId));

@@ -230,7 +230,7 @@ export class GenerationService {
     });
     await enqueueOrFail(this.state, created.job, () => this.queues.addGenerate({ jobId, generationId: created.generation.id }));
     const position = await this.jobs.position(created.job);
-    await this.events.publish(userId, jobEvent(created.job, { position, generationId: created.generation.id }));
+    await this.events.publish(userId, jobEvent(created.job, { position, etaSeconds: await this.jobs.etaSeconds(created.job, position), generationId: created.generation.id }));
     return { ...created, position, notes };
   }
 }

@@ -9,7 +9,7 @@
 //     └──requeue/handBack┘ └─cancel──────► cancelled
 import { and, eq, inArray, TransactionRollbackError } from 'drizzle-orm';
 import type { Db } from '../db/client.ts';
-import { adapters, jobs, type AdapterStatus, type Job, type JobStatus } from '../db/schema.ts';
+import { adapters, jobs, trainingPreviews, type AdapterStatus, type Job, type JobStatus, type TrainingPreview } from '../db/schema.ts';
 
 export type Tx = Parameters<Parameters<Db['transaction']>[0]>[0];
 type Writer = Db | Tx;
@@ -59,9 +59,34 @@ export class JobState {
     });
   }
 
-  /** Live progress, only while the job is active; undefined tells the worker the job left 'active' under it. */
-  progress(jobId: string, step: number, total: number): Promise<Job | undefined> {
-    return this.transition(this.db, jobId, ['active'], { progress: total > 0 ? step / total : 0, step, totalSteps: total });
+  /**
+   * Live progress, only while the job is active; undefined tells the worker the job left 'active' under it. A
+   * training also gives its loss curve so far ([step, loss] pairs), so a page opened later can draw it.
+   */
+  progress(jobId: string, step: number, total: number, lossCurve?: [number, number][]): Promise<Job | undefined> {
+    return this.transition(this.db, jobId, ['active'], {
+      progress: total > 0 ? step / total : 0, step, totalSteps: total, ...(lossCurve ? { lossCurve } : {}),
+    });
+  }
+
+  /**
+   * Records a training's intermediate preview (its blob stored under the caller's lease), only while the job is
+   * active: undefined when it was cancelled or forgotten meanwhile, or when that step's preview is recorded already
+   * (a retried attempt painting it again); the caller then abandons the blob. `write` runs in the same transaction.
+   */
+  async preview(
+    jobId: string, step: number, total: number, key: string, write?: (tx: Tx) => Promise<void>,
+  ): Promise<{ job: Job; preview: TrainingPreview } | undefined> {
+    return this.db.transaction(async (tx) => {
+      // Locks the row against a cancel or /forget until the preview is in (or not).
+      const [job] = await tx.select().from(jobs).where(and(eq(jobs.id, jobId), eq(jobs.status, 'active'))).for('update');
+      if (!job) return undefined;
+      const [preview] = await tx.insert(trainingPreviews).values({ userId: job.userId, jobId, step, total, key })
+        .onConflictDoNothing().returning();
+      if (!preview) return undefined;
+      await write?.(tx); // e.g. the blob's lease, released with the row that now refers to it
+      return { job, preview };
+    });
   }
 
   /** Records where the newest checkpoint of a running training is stored, so a retry anywhere resumes from it. */
@@ -127,6 +152,20 @@ export class JobState {
       if (!before?.key) return undefined;
       const row = await this.transition(tx, jobId, FINAL_STATUSES, { checkpointKey: null, checkpointStep: null });
       return row ? before.key : undefined;
+    });
+  }
+
+  /**
+   * Forgets the previews of a training that ended without a model (cancelled, failed); returns their keys for
+   * deletion. None can be added after: a preview is recorded only while its job is active.
+   */
+  async dropPreviews(jobId: string): Promise<string[]> {
+    return this.db.transaction(async (tx) => {
+      const [job] = await tx.select({ id: jobs.id }).from(jobs)
+        .where(and(eq(jobs.id, jobId), inArray(jobs.status, ['failed', 'cancelled']))).for('update');
+      if (!job) return [];
+      const rows = await tx.delete(trainingPreviews).where(eq(trainingPreviews.jobId, jobId)).returning({ key: trainingPreviews.key });
+      return rows.map((row) => row.key);
     });
   }
 

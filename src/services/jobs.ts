@@ -1,10 +1,14 @@
-import { and, count, desc, eq, inArray, lt } from 'drizzle-orm';
+import { and, asc, count, desc, eq, inArray, isNotNull, lt, sql } from 'drizzle-orm';
 import type { Db } from '../db/client.ts';
-import { generations, jobs, type Job, type JobKind } from '../db/schema.ts';
+import { generations, jobs, trainingPreviews, type Job, type JobKind, type TrainingPreview } from '../db/schema.ts';
 import type { JobQueues, QueueName } from '../queue/index.ts';
 import type { EventBus, JobEvent } from '../events/bus.ts';
 import { UserFacingError, notFound } from './errors.ts';
 import { OPEN_STATUSES, type JobState } from './job-state.ts';
+import { runningEtaSeconds, waitingEtaSeconds } from './eta.ts';
+
+/** How many finished jobs of a kind the waiting estimate averages over. */
+const RECENT_JOBS = 20;
 
 export const queueOf = (kind: JobKind): QueueName => (kind === 'train' ? 'train' : 'generate');
 const kindsOf = (queue: QueueName): JobKind[] => (queue === 'train' ? ['train'] : ['imagine', 'pose']);
@@ -18,6 +22,7 @@ export interface JobView {
 }
 
 export function jobEvent(job: Job, extra: Partial<JobEvent> = {}): JobEvent {
+  const etaSeconds = job.status === 'active' ? runningEtaSeconds(job.progress, job.startedAt) : null;
   return {
     type: 'job',
     jobId: job.id,
@@ -29,6 +34,7 @@ export function jobEvent(job: Job, extra: Partial<JobEvent> = {}): JobEvent {
     errorCode: job.errorCode ?? undefined,
     error: job.error ?? undefined,
     adapterId: job.adapterId ?? undefined,
+    ...(etaSeconds !== null ? { etaSeconds } : {}),
     ...extra,
   };
 }
@@ -39,7 +45,44 @@ export class JobService {
     private readonly queues: JobQueues,
     private readonly events: EventBus,
     private readonly state: JobState,
+    /** Jobs the workers run at once per queue (the waiting estimate divides the line by it). */
+    private readonly concurrency: Record<QueueName, number> = { train: 1, generate: 1 },
   ) {}
+
+  /** Mean seconds from start to finish of the recent completed jobs of a queue; null when none has finished yet. */
+  async meanSeconds(queue: QueueName): Promise<number | null> {
+    const recent = this.db
+      .select({ seconds: sql<number>`extract(epoch from ${jobs.finishedAt} - ${jobs.startedAt})`.as('seconds') })
+      .from(jobs)
+      .where(and(inArray(jobs.kind, kindsOf(queue)), eq(jobs.status, 'completed'), isNotNull(jobs.startedAt), isNotNull(jobs.finishedAt)))
+      .orderBy(desc(jobs.finishedAt))
+      .limit(RECENT_JOBS)
+      .as('recent');
+    const [row] = await this.db.select({ mean: sql<string | null>`avg(${recent.seconds})` }).from(recent);
+    return row?.mean == null ? null : Number(row.mean);
+  }
+
+  /** Seconds until the job is done: at its pace so far while it runs, from its place in line while it waits. */
+  async etaSeconds(job: Job, position: number): Promise<number | null> {
+    if (job.status === 'active') return runningEtaSeconds(job.progress, job.startedAt);
+    if (job.status !== 'queued') return null;
+    const queue = queueOf(job.kind);
+    return waitingEtaSeconds(position, await this.meanSeconds(queue), this.concurrency[queue]);
+  }
+
+  /** The intermediate previews of some of the person's trainings, oldest first. */
+  previews(userId: string, jobIds: string[]): Promise<TrainingPreview[]> {
+    if (jobIds.length === 0) return Promise.resolve([]);
+    return this.db.select().from(trainingPreviews)
+      .where(and(eq(trainingPreviews.userId, userId), inArray(trainingPreviews.jobId, jobIds)))
+      .orderBy(asc(trainingPreviews.createdAt), asc(trainingPreviews.step));
+  }
+
+  async preview(userId: string, previewId: string): Promise<TrainingPreview> {
+    const [row] = await this.db.select().from(trainingPreviews).where(and(eq(trainingPreviews.id, previewId), eq(trainingPreviews.userId, userId)));
+    if (!row) throw notFound('Preview');
+    return row;
+  }
 
   async position(job: Job): Promise<number> {
     if (job.status !== 'queued') return 0;

@@ -94,7 +94,7 @@ export class TrainingService {
     if (!created) return (await this.openTraining(userId))!;
     await enqueueOrFail(this.state, created.job, () => this.queues.addTrain({ jobId, adapterId: created.adapter.id }));
     const position = await this.jobs.position(created.job);
-    await this.events.publish(userId, jobEvent(created.job, { position }));
+    await this.events.publish(userId, jobEvent(created.job, { position, etaSeconds: await this.jobs.etaSeconds(created.job, position) }));
     return { ...created, created: true, position };
   }
 

@@ -108,6 +108,8 @@ export async function createTestEnv(overrides: Record<string, string> = {}): Pro
     TRAIN_MAX_STEPS: '4',
     GENERATE_STEPS: '2',
     LIKENESS_SAMPLES: '2',
+    // Intermediate previews are off unless a suite is about them (test/previews.test.ts, the browser journey).
+    TRAIN_PREVIEWS: '0',
     // Suites about other things skip the consent step; test/consent.test.ts turns it on.
     CONSENT_REQUIRED: 'false',
     ...overrides,

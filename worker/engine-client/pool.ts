@@ -3,10 +3,8 @@
 // engine that served them last while it is up (it holds their LoRA in a slot, so the next one needs no load). An
 // engine that dies fails only its own requests; the supervisor restarts it, and the retried jobs go elsewhere.
 import type { Logger } from 'pino';
-import { EngineSupervisor, type EngineLaunch } from './supervisor.ts';
-import type { GenerateRequest, GenerateResult, ProgressEvent, TrainRequest, TrainResult } from '../../src/engine/protocol.ts';
-
-type ProgressHandler = (event: ProgressEvent) => void;
+import { EngineSupervisor, type EngineLaunch, type ProgressHandler } from './supervisor.ts';
+import type { GenerateRequest, GenerateResult, TrainRequest, TrainResult } from '../../src/engine/protocol.ts';
 
 /** What the worker needs of its engines: one supervised engine, or a pool of them. */
 export interface EngineClient {

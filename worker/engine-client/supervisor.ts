@@ -6,8 +6,8 @@ import { once } from 'node:events';
 import type { Logger } from 'pino';
 import { metrics } from '../../src/metrics.ts';
 import {
-  cancelResult, errorEvent, eventEnvelope, generateResult, pingResult, progressEvent, readyEvent, trainResult,
-  type EngineErrorCode, type GenerateRequest, type GenerateResult, type ProgressEvent, type TrainRequest, type TrainResult,
+  cancelResult, errorEvent, eventEnvelope, generateResult, pingResult, previewEvent, progressEvent, readyEvent, trainResult,
+  type EngineErrorCode, type GenerateRequest, type GenerateResult, type JobUpdate, type TrainRequest, type TrainResult,
 } from '../../src/engine/protocol.ts';
 
 export class EngineError extends Error {
@@ -52,7 +52,8 @@ export function engineEnvironment(env: NodeJS.ProcessEnv, extra: NodeJS.ProcessE
   return { ...kept, PYTHONUNBUFFERED: '1', ...extra };
 }
 
-type ProgressHandler = (event: ProgressEvent) => void;
+/** Progress and (trainings) preview events of a running request, in the order the engine wrote them. */
+export type ProgressHandler = (event: JobUpdate) => void;
 interface Pending {
   resolve: (value: Record<string, unknown>) => void;
   reject: (error: Error) => void;
@@ -137,9 +138,9 @@ export class EngineSupervisor {
         if (event.event === 'error') logger.warn({ event }, 'engine error for no pending request');
         return;
       }
-      if (event.event === 'progress') {
-        const progress = progressEvent.safeParse(event);
-        if (progress.success) pending.onProgress?.(progress.data);
+      if (event.event === 'progress' || event.event === 'preview') {
+        const update = (event.event === 'progress' ? progressEvent : previewEvent).safeParse(event);
+        if (update.success) pending.onProgress?.(update.data);
         return;
       }
       this.pending.delete(event.id!);

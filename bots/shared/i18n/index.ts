@@ -52,6 +52,11 @@ export function translator(locale: Locale): Translate {
       .replace(/\{(\w+)\}/g, (whole, name: string) => (name in params ? String(params[name]) : whole));
 }
 
+/** Seconds left in words ("about 40 seconds left", "about 3 minutes left"), from the eta.* messages. */
+export function etaText(t: Translate, seconds: number): string {
+  return seconds < 90 ? t('eta.seconds', { n: Math.max(1, Math.round(seconds)) }) : t('eta.minutes', { n: Math.round(seconds / 60) });
+}
+
 /** A message key for arbitrary codes (service error codes, engine error codes), if the catalogue has one. */
 export function knownKey(key: string): MessageKey | undefined {
   return key in en ? (key as MessageKey) : undefined;

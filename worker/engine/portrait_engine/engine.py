@@ -21,6 +21,7 @@ from .fast import FastGenerator, inductor_cache, settings_from_env
 from .generate import LoraCache, generate
 from .images import load_photos, open_rgb, save_pngs
 from .models import load_models
+from .previews import paint_with_peft, preview_steps
 from .safety import Screened
 from .protocol import MAX_SEED, GenerateRequest, GenerateResult, PongResult, TrainParams, TrainRequest, TrainResult
 from .train import Training, resolve_params, training_session
@@ -38,6 +39,9 @@ class JobContext(Protocol):
         """Raises Cancelled once the job has been cancelled."""
 
     def progress(self, step: int, total: int, loss: float | None = None) -> None: ...
+
+    def preview(self, step: int, total: int, image: str) -> None:
+        """A preview PNG painted after `step` (called only for requests that ask for previews)."""
 
 
 class Engine:
@@ -88,10 +92,15 @@ class Engine:
                 elif self.fast_training:
                     log.info("training %s steps eagerly: %s", request.id, why)
                 resumed_from = resume(training, checkpoints)
+                previews = preview_steps(params.max_steps, request.previews) if params.mode == "lora" else []
                 while training.step_count < params.max_steps:
                     ctx.check_cancel()
                     loss = stepper.step()
                     ctx.progress(training.step_count, params.max_steps, loss)
+                    if training.step_count in previews:
+                        image = paint_with_peft(models, request, params, training.step_count)
+                        if image is not None:
+                            ctx.preview(training.step_count, params.max_steps, image)
                     if observer is not None:
                         observer(training)
                     checkpoint(training, checkpoints)

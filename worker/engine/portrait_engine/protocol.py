@@ -120,6 +120,12 @@ class TrainRequest(_Request):
     # of the same job (same photos, parameters and base model) resumes from it.
     checkpoint_dir: AbsPath | None = None
     params: TrainParams = Field(default_factory=TrainParams)
+    # Intermediate previews: this many sample portraits painted with the LoRA as it stands, evenly spaced before the
+    # last step (0: none), each in `preview_steps` denoising steps, written into `preview_dir` (default: beside
+    # output). They do not change what the job trains.
+    previews: int = Field(0, ge=0, le=10)
+    preview_steps: int = Field(4, ge=1, le=50)
+    preview_dir: AbsPath | None = None
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainRequest":
@@ -173,6 +179,15 @@ class ProgressEvent(_Event):
     total: int = Field(ge=1)
     # Only training reports a loss; generation progress omits the field.
     loss: float | None = Field(None, exclude_if=lambda loss: loss is None)
+
+
+class PreviewEvent(_Event):
+    """A sample portrait painted with a training's LoRA after optimizer step `step` of `total`."""
+
+    event: Literal["preview"] = "preview"
+    step: int = Field(ge=1)
+    total: int = Field(ge=1)
+    image: str
 
 
 class PongResult(_Event):
@@ -237,6 +252,7 @@ def _event_tag(value: Any) -> str | None:
 Event = Annotated[
     Annotated[ReadyEvent, Tag("ready")]
     | Annotated[ProgressEvent, Tag("progress")]
+    | Annotated[PreviewEvent, Tag("preview")]
     | Annotated[ErrorEvent, Tag("error")]
     | Annotated[PongResult, Tag("pong")]
     | Annotated[CancelResult, Tag("cancel")]

@@ -28,6 +28,7 @@ from .errors import Cancelled, EngineError
 from .multigen import Generation, denoise_step
 from .multilora import NONE, SlotLoRA
 from .multitrain import SlotTraining, shared_step, slot_trainable
+from .previews import paint_in_slot, preview_steps
 from .protocol import ErrorEvent, GenerateRequest, TrainRequest
 from .train import free_memory
 
@@ -44,6 +45,8 @@ class JobHandle(Protocol):
     def check_cancel(self) -> None: ...
 
     def progress(self, step: int, total: int, loss: float | None = None) -> None: ...
+
+    def preview(self, step: int, total: int, image: str) -> None: ...
 
 
 class SlotTable:
@@ -111,6 +114,7 @@ class Task:
         self.training: SlotTraining | None = None
         self.checkpoints = None
         self.resumed_from: int | None = None
+        self.previews: list[int] = []  # the optimizer steps after which to paint one
 
 
 class Scheduler:
@@ -158,6 +162,7 @@ class Scheduler:
         task.training = SlotTraining(self.engine.models, params, task.slot, photos, class_photos, self.train_rows)
         task.checkpoints = checkpoints
         task.resumed_from = resume(task.training, checkpoints)
+        task.previews = preview_steps(params.max_steps, task.request.previews)
         self.active.append(task)
         return "joined"
 
@@ -221,6 +226,8 @@ class Scheduler:
                     self._end(task, error=result)
                     continue
                 task.job.progress(training.step_count, training.params.max_steps, result)
+                if training.step_count in task.previews:
+                    self._preview(task)
                 try:
                     checkpoint(training, task.checkpoints)
                 except Exception as error:  # noqa: BLE001
@@ -230,6 +237,14 @@ class Scheduler:
                     self._end(task, finish=lambda t=task: finish_training(
                         t.request, t.training, t.checkpoints, t.started, t.resumed_from
                     ))
+
+    def _preview(self, task: Task) -> None:
+        """Paints one preview in the job's slot, after the shared step: the others' steps are already taken."""
+        training = task.training
+        image = paint_in_slot(self.engine.models, self.engine.fast, task.request, training.params, task.slot,
+                              training.step_count)
+        if image is not None:
+            task.job.preview(training.step_count, training.params.max_steps, image)
 
     def cancel_all(self) -> None:
         for task in list(self.active):

@@ -27,6 +27,7 @@ from .protocol import (
     ErrorEvent,
     GenerateRequest,
     PingRequest,
+    PreviewEvent,
     ProgressEvent,
     ReadyEvent,
     TrainRequest,
@@ -83,6 +84,9 @@ class Job:
             return
         self._last_progress = now
         self._emitter.emit(ProgressEvent(id=self.request.id, step=step, total=total, loss=loss))
+
+    def preview(self, step: int, total: int, image: str) -> None:
+        self._emitter.emit(PreviewEvent(id=self.request.id, step=step, total=total, image=image))
 
 
 class Terminated(BaseException):

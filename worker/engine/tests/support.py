@@ -16,6 +16,7 @@ class RecordingJob:
 
     def __init__(self, cancel_at: int | None = None):
         self.steps: list[tuple[int, int, float | None]] = []
+        self.previews: list[tuple[int, int, str]] = []
         self.cancel_at = cancel_at
 
     def check_cancel(self) -> None:
@@ -24,3 +25,6 @@ class RecordingJob:
 
     def progress(self, step: int, total: int, loss: float | None = None) -> None:
         self.steps.append((step, total, loss))
+
+    def preview(self, step: int, total: int, image: str) -> None:
+        self.previews.append((step, total, image))

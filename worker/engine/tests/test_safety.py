@@ -144,3 +144,18 @@ def test_a_folder_as_the_models_command_installs_it_loads(checked: Engine, cache
     real = EngineConfig(profile="real", cache_dir=cache_dir, device=torch.device("cpu"), safety_checker=folder)
     check = load_safety_check(real, real.device, real.dtype)  # auto: installed, so loaded
     assert torch.equal(check.checker.concept_embeds, tiny.concept_embeds)
+
+
+def test_a_withheld_preview_is_not_written_and_the_training_goes_on(cache_dir: Path, tmp_path: Path, photos):
+    from portrait_engine.protocol import TrainParams, TrainRequest
+
+    config = parse_config(["--profile", "tiny", "--cache-dir", str(cache_dir), "--device", "cpu", "--safety", "on"],
+                          {"ENGINE_TINY_SAFETY_FLAG": "all"})
+    job = RecordingJob()
+    request = TrainRequest(
+        id="p", op="train", photos=photos, output=str(tmp_path / "lora.safetensors"), previews=2, preview_steps=2,
+        preview_dir=str(tmp_path / "previews"), params=TrainParams(max_steps=3, resolution=64, seed=3),
+    )
+    result = Engine(config).train(request, job)
+    assert result.steps == 3 and Path(result.output).is_file()
+    assert job.previews == [] and not (tmp_path / "previews").exists()
