@@ -8,6 +8,7 @@ import sharp from 'sharp';
 import { jobs, trainingPreviews } from '../src/db/schema.ts';
 import { runningEtaSeconds, waitingEtaSeconds } from '../src/services/eta.ts';
 import { etaText, translator } from '../bots/shared/i18n/index.ts';
+import { Conversation } from '../bots/shared/conversation.ts';
 import type { TelegramEmulator, EmulatedUser } from './emulators/telegram.ts';
 import { startChatStack, type ChatStack } from './helpers/chat-stack.ts';
 import { PlaygroundClient, type Stack } from './helpers/stack.ts';
@@ -172,6 +173,13 @@ describe('previews and the loss curve', () => {
     const waiting = { ...finished[0]!, status: 'queued' as const, startedAt: null, finishedAt: null, progress: 0 };
     const concurrency = stack.env.config.worker.trainConcurrency;
     assert.equal(await service.etaSeconds(waiting, 3), waitingEtaSeconds(3, mean, concurrency));
+    // The chats' first answer to a training in line says it too, in the person's language.
+    const conversation = new Conversation(stack.app);
+    for (const locale of ['en', 'ru'] as const) {
+      const person = { userId: waiting.userId, platform: 'telegram' as const, locale, t: translator(locale) };
+      const reply = await conversation.queued(person, waiting, 3);
+      assert.equal(reply.text, `${person.t('progress.queued', { what: person.t('what.train'), position: 3 })}\n${etaText(person.t, waitingEtaSeconds(3, mean, concurrency)!)}`);
+    }
   });
 
   test('web: a training waiting behind another shows its place in line and an ETA', { timeout: 240_000 }, async () => {

@@ -9,7 +9,7 @@ import type { Job, JobKind, Platform } from '../../src/db/schema.ts';
 import { UserFacingError } from '../../src/services/errors.ts';
 import type { GenerationNote } from '../../src/services/generation.ts';
 import { errorMessage, apologyFor } from './error-text.ts';
-import { knownKey, pickLocale, translator, type Locale, type Params, type Translate } from './i18n/index.ts';
+import { etaText, knownKey, pickLocale, translator, type Locale, type Params, type Translate } from './i18n/index.ts';
 import { whatKey, type Preview } from './job-text.ts';
 
 export type { Preview } from './job-text.ts';
@@ -76,9 +76,13 @@ export class Conversation {
   }
 
   /** The reply that becomes a queued job's status message; notes on the request go in a message of their own. */
-  queued(p: Person, job: Job, position: number, notes: GenerationNote[] = []): Reply {
+  async queued(p: Person, job: Job, position: number, notes: GenerationNote[] = []): Promise<Reply> {
     const what = p.t(whatKey(job.kind));
-    const text = job.status === 'queued' && position > 0 ? p.t('progress.queued', { what, position }) : p.t('progress.starting', { what });
+    // A job in line says when it should start: its place × the recent mean time of its kind (none without history).
+    const eta = job.status === 'queued' && position > 0 ? await this.services.jobs.etaSeconds(job, position) : null;
+    const text = job.status === 'queued' && position > 0
+      ? p.t('progress.queued', { what, position }) + (eta !== null ? `\n${etaText(p.t, eta)}` : '')
+      : p.t('progress.starting', { what });
     // Notes go in their own message: the status message is edited with progress.
     const noteText = notes.map((n) => p.t(knownKey(`note.${n.code}`) ?? 'error.internal', n.details)).join('\n');
     return { text, job: { id: job.id, kind: job.kind }, ...(noteText ? { notice: noteText } : {}) };
