@@ -148,7 +148,7 @@ def test_bad_requests_get_error_events_and_the_engine_keeps_serving(start, photo
     since = engine.send(_generate("g1", tmp_path / "g1"))
     result = engine.outcome("g1", since)
     assert result == {"id": "g1", "event": "result", "images": [str(tmp_path / "g1" / "0.png")], "seed": 1,
-                      "seconds": result["seconds"]}
+                      "flagged": [], "seconds": result["seconds"]}
     steps = [(e["step"], e["total"]) for e in engine.events[since:] if e["id"] == "g1" and e["event"] == "progress"]
     assert steps == [(1, 2), (2, 2)]
     with Image.open(result["images"][0]) as image:
