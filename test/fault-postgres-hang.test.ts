@@ -14,6 +14,7 @@ const CONNECT_TIMEOUT_MS = 1000;
 const QUERY_TIMEOUT_MS = 1500;
 // The slowest path: a transaction whose BEGIN and ROLLBACK each wait out the client's read timeout (query + 1 s).
 const BOUND_MS = 2 * (QUERY_TIMEOUT_MS + 1000) + 2000;
+// (A request waiting for a free connection gives up after a connect plus a statement: 1 + 2.5 s, within the bound.)
 
 let database: Awaited<ReturnType<typeof createTestDatabase>>;
 let proxy: SilentProxy;
