@@ -72,7 +72,13 @@ export interface LoadFigures {
   late: number;
   serverErrors: number;
   imagine: { requested: number; completedJobs: number; generationsWithImages: number };
-  flooder?: { requests: number; answered: number; jobs: number; results: number; unexpectedMessages: number };
+  flooder?: {
+    requests: number; answered: number; jobs: number; results: number; unexpectedMessages: number;
+    /** How long the flooder's 50 answers took to arrive, and the others' first replies in that window vs the rest of the run. */
+    floodAnsweredMs: number;
+    othersDuringFlood: { requests: number; p50: number; p99: number };
+    othersOutsideFlood: { requests: number; p50: number; p99: number };
+  };
   /** CPU seconds used during the run by the product process (and its engine) and by this driver (emulators, clients). */
   cpuSeconds: { product: number; driver: number };
   /** The product's CPU per command: what the machine's load does not change. */
@@ -457,7 +463,17 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
     const results = replies.filter((r) => r.method !== 'sendMessage').length;
     // Each request: one message (accepted: the status, refused: why); each accepted job: its portrait and file.
     const expectedMessages = options.flooderRequests! + 2 * flooderJobs.length;
-    flooderFigures = { requests: options.flooderRequests!, answered: texts, jobs: flooderJobs.length, results, unexpectedMessages: replies.length - expectedMessages };
+    // The flood lasts until its last request got its first answer (one text message each).
+    const textReplies = replies.filter((r) => r.method === 'sendMessage');
+    const floodEnd = textReplies[options.flooderRequests! - 1]?.at ?? Date.now();
+    const window = (inside: boolean) => {
+      const ms = samples.filter((s) => s.firstAt !== undefined && (s.sentAt >= flooder!.sentAt && s.sentAt <= floodEnd) === inside).map((s) => s.firstAt! - s.sentAt);
+      return { requests: ms.length, p50: percentile(ms, 50), p99: percentile(ms, 99) };
+    };
+    flooderFigures = {
+      requests: options.flooderRequests!, answered: texts, jobs: flooderJobs.length, results, unexpectedMessages: replies.length - expectedMessages,
+      floodAnsweredMs: floodEnd - flooder.sentAt, othersDuringFlood: window(true), othersOutsideFlood: window(false),
+    };
     if (texts < options.flooderRequests!) { lost += options.flooderRequests! - texts; problems.push(`the flooder got ${texts} answers to ${options.flooderRequests} requests`); }
     if (replies.length > expectedMessages) { duplicated += replies.length - expectedMessages; problems.push(`the flooder got ${replies.length} messages, expected ${expectedMessages}`); }
   }
