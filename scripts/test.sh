@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: typecheck, the engine's pytest suite (tiny profile), then the TypeScript suites against
-# the real Postgres, Redis and engine. RUN_SLOW=1 adds long runs.
+# the real Postgres, Redis and engine. RUN_SLOW=1 adds long runs (e.g. 500 people in test/load.test.ts, 120 mutated
+# photos in test/hostile-input.test.ts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh

@@ -66,7 +66,9 @@ export async function createApp(config: Config, logger: Logger = createLogger(co
   // The store first: an unreachable bucket fails the start before any connection is left open.
   const store = await createStore(config);
   await ensureDatabaseExists(config.databaseUrl);
-  const database = openDatabase(config.databaseUrl);
+  const database = openDatabase(config.databaseUrl, {
+    max: config.database.poolSize, connectTimeoutMs: config.database.connectTimeoutMs, queryTimeoutMs: config.database.queryTimeoutMs,
+  });
   await migrateDatabase(database.db);
   const db = database.db;
   decodeSlots.resize(config.photos.decodeConcurrency);

@@ -8,28 +8,38 @@ import { createPgCluster, type PgCluster } from './helpers/own-services.ts';
 import { makePhotos } from './helpers/images.ts';
 import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
 import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
+import { createDiscordBot, type DiscordBot } from '../bots/discord/bot.ts';
+import { DiscordEmulator, type EmulatedDiscordUser } from './emulators/discord.ts';
 
 let cluster: PgCluster;
 let stack: Stack;
 const emulator = new TelegramEmulator();
 let telegram: TelegramBot;
 const vera: EmulatedUser = { id: 8101, first_name: 'Вера', language_code: 'ru' };
+const discordEmulator = new DiscordEmulator();
+let discord: DiscordBot;
+const dima: EmulatedDiscordUser = { id: '710000000000000001', username: 'dima', locale: 'ru' };
 
 before(async () => {
   cluster = await createPgCluster();
-  await emulator.start();
+  await Promise.all([emulator.start(), discordEmulator.start()]);
   stack = await startStack({
     DATABASE_URL: cluster.url('portrait'),
     TELEGRAM_BOT_TOKEN: emulator.token, TELEGRAM_API_ROOT: emulator.url,
+    DISCORD_TOKEN: discordEmulator.token, DISCORD_APPLICATION_ID: discordEmulator.applicationId, DISCORD_API_ROOT: discordEmulator.api,
     MIN_TRAINING_PHOTOS: '2', TRAIN_MAX_STEPS: '2', LIKENESS_SAMPLES: '1', TRAIN_CHECKPOINT_STEPS: '0',
   });
   telegram = createTelegramBot(stack.app, { sweepIntervalMs: 1000 });
   await telegram.start();
+  discord = createDiscordBot(stack.app, { sweepIntervalMs: 1000 });
+  await discord.start();
 });
 after(async () => {
   await telegram?.stop();
+  await discord?.stop();
   await stack?.close();
   await emulator.stop();
+  await discordEmulator.stop();
   await cluster?.destroy();
 });
 
@@ -90,6 +100,14 @@ test('Postgres stopped: requests answer 503 in the person\'s language within sec
   const apology = await veraHears(/./, mark);
   assert.equal(apology.text, 'Наша база данных сейчас недоступна; попробуйте через минуту.');
   const chatMs = Date.now() - chatAsked;
+  // The same on Discord: the interaction is acknowledged, then the apology follows, only to the person, in the
+  // language of their Discord client.
+  const discordAsked = Date.now();
+  const interaction = discordEmulator.command(dima, 'status');
+  const discordApology = await discordEmulator.waitFor(() => interaction.followUps[0], 'the Discord apology', 10_000);
+  assert.equal(discordApology.content, 'Наша база данных сейчас недоступна; попробуйте через минуту.');
+  assert.ok(discordEmulator.isEphemeral(discordApology), 'the apology is shown only to the person');
+  const discordMs = Date.now() - discordAsked;
   // The worker's own database work fails without taking it down: a reconciliation run reports the failure.
   await assert.rejects(stack.worker!.reconcile(0));
   await new Promise((r) => setTimeout(r, 1000));
@@ -104,6 +122,9 @@ test('Postgres stopped: requests answer 503 in the person\'s language within sec
   mark = lastMessage();
   emulator.sendText(vera, '/status');
   assert.doesNotMatch((await veraHears(/./, mark)).text!, /недоступна/, 'the chat works again');
+  const again = discordEmulator.command(dima, 'status');
+  await discordEmulator.waitFor(() => again.original?.content, 'a Discord answer after the restart', 10_000);
+  assert.doesNotMatch(again.original!.content, /недоступна/, 'Discord works again');
   const report = await stack.worker!.reconcile(0);
   assert.ok(report, 'the worker reconciles again');
   const jobStarted = Date.now();
@@ -115,5 +136,5 @@ test('Postgres stopped: requests answer 503 in the person\'s language within sec
   }));
   await eventually(async () => (await ru.json('/api/status')).body.adapters.some((a: any) => a.status === 'ready'), 10_000, 'the adapter to be ready');
   const slowest = Math.max(...answers.map((a) => a.ms));
-  console.log(`# pg fault: stop ${stopMs} ms, ${answers.length} requests answered 503 (slowest ${slowest} ms), Telegram apology in ${chatMs} ms, restart ${restartMs} ms, two trainings after restart ${Date.now() - jobStarted} ms`);
+  console.log(`# pg fault: stop ${stopMs} ms, ${answers.length} requests answered 503 (slowest ${slowest} ms), Telegram apology in ${chatMs} ms, Discord apology in ${discordMs} ms, restart ${restartMs} ms, two trainings after restart ${Date.now() - jobStarted} ms`);
 });

@@ -118,7 +118,7 @@ describe('health', () => {
 
   test('Postgres and an S3 store on closed ports: 503 naming both, without their URLs', async () => {
     const [pgPort, s3Port] = [await freePort(), await freePort()];
-    const database = openDatabase(`postgres://postgres:hunter22@127.0.0.1:${pgPort}/nothing`, 1);
+    const database = openDatabase(`postgres://postgres:hunter22@127.0.0.1:${pgPort}/nothing`, { max: 1 });
     const store = new S3BlobStore({ endpoint: `http://127.0.0.1:${s3Port}`, bucket: 'nothing', region: 'us-east-1', accessKeyId: 'k', secretAccessKey: 's', forcePathStyle: true, cacheDir: stack.env.dir });
     const checks = dependencyChecks(database.db, stack.app.queues.connection, store);
     const listener = await startHealthServer(checks, 0, '127.0.0.1');

@@ -51,7 +51,7 @@ describe('previews and the loss curve', () => {
 
   before(async () => {
     // One training at a time, so a second person's training waits in line.
-    chats = await startChatStack({ MIN_TRAINING_PHOTOS: '3', TRAIN_MAX_STEPS: '4', TRAIN_PREVIEWS: '2', TRAIN_CHECKPOINT_STEPS: '0', WORKER_TRAIN_CONCURRENCY: '1' }, true);
+    chats = await startChatStack({ MIN_TRAINING_PHOTOS: '3', TRAIN_MAX_STEPS: '4', TRAIN_PREVIEWS: '2', TRAIN_CHECKPOINT_STEPS: '0', WORKER_TRAIN_CONCURRENCY: '1' }, { worker: true });
     ({ stack, telegram: emulator } = chats);
   });
   after(async () => chats.close());

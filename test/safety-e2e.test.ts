@@ -21,7 +21,7 @@ const knob = process.env.ENGINE_TINY_SAFETY_FLAG;
 before(async () => {
   // The engine sees our ENGINE_* variables: this one makes the tiny checker flag everything.
   process.env.ENGINE_TINY_SAFETY_FLAG = 'all';
-  chats = await startChatStack({ SAFETY_CHECKER: 'on', MIN_TRAINING_PHOTOS: '3', TRAIN_MAX_STEPS: '2', LIKENESS_SAMPLES: '2' }, true);
+  chats = await startChatStack({ SAFETY_CHECKER: 'on', MIN_TRAINING_PHOTOS: '3', TRAIN_MAX_STEPS: '2', LIKENESS_SAMPLES: '2' }, { worker: true });
   ({ stack, telegram: emulator } = chats);
 });
 

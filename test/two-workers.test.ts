@@ -41,7 +41,7 @@ let trained: PlaygroundClient;
 before(async () => {
   cluster = await startComposeCluster(testKnobs, ['worker-a', 'worker-b']);
   ({ web, workers, baseUrl } = cluster);
-  dbHandle = openDatabase(cluster.databaseUrl, 2);
+  dbHandle = openDatabase(cluster.databaseUrl, { max: 2 });
 });
 
 after(async () => {

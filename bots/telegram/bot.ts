@@ -12,6 +12,7 @@ import type { Message } from 'telegraf/types';
 import { personOf, replyTo, type TelegramDeps, type TelegramTarget } from './context.ts';
 import { TelegramSurface } from './surface.ts';
 import { TelegramSendQueue } from './send-queue.ts';
+import { UpdateRunner } from './update-runner.ts';
 import { keepConnecting } from '../shared/reconnect.ts';
 import { checkRedisPolicy } from '../../src/redis-policy.ts';
 import { startFeature } from './features/start.ts';
@@ -128,6 +129,12 @@ export function createTelegramBot(app: App, options: TelegramBotOptions = {}): T
     if (ctx.chat) await ctx.telegram.sendMessage(ctx.chat.id, (person?.t ?? translator(pickLocale(ctx.from?.language_code)))(apologyFor(error))).catch(() => {});
   });
 
+  // Polled updates (no webhook response to write) run through the runner instead of telegraf's batch-at-a-time loop.
+  const runner = new UpdateRunner(logger);
+  const handleUpdate = bot.handleUpdate.bind(bot);
+  bot.handleUpdate = (update, webhookResponse) =>
+    (webhookResponse ? handleUpdate(update, webhookResponse) : runner.dispatch(update, () => handleUpdate(update)));
+
   let webhookServer: Server | undefined;
   let polling: Promise<void> | undefined;
   const connect = async () => {
@@ -165,6 +172,7 @@ export function createTelegramBot(app: App, options: TelegramBotOptions = {}): T
       connection.stop();
       if (polling) bot.stop('shutdown');
       await polling;
+      await runner.idle();
       await new Promise<void>((resolve) => (webhookServer ? webhookServer.close(() => resolve()) : resolve()));
       await notifier.stop();
     },

@@ -84,6 +84,12 @@ const idList = z.preprocess(emptyAsUndefined, z.string().regex(/^\s*\d{1,25}(\s*
 
 const envSchema = z.object({
   DATABASE_URL: z.url({ protocol: /^postgres(ql)?$/ }).default('postgres://postgres@127.0.0.1:5432/portrait_bot'),
+  // A database that accepts connections but never answers must not hang requests: connecting gives up after
+  // DATABASE_CONNECT_TIMEOUT_MS, a statement after DATABASE_QUERY_TIMEOUT_MS (the server cancels it; the client stops
+  // waiting a second later when the server itself is silent).
+  DATABASE_CONNECT_TIMEOUT_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(100).default(5000)),
+  DATABASE_QUERY_TIMEOUT_MS: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(100).default(30_000)),
+  DATABASE_POOL_SIZE: z.preprocess(emptyAsUndefined, z.coerce.number().int().min(1).max(200).default(10)),
   REDIS_URL: z.url({ protocol: /^rediss?$/ }).default('redis://127.0.0.1:6379'),
   QUEUE_PREFIX: z.string().regex(/^[a-z0-9_-]+$/i).default('portrait'),
   STORAGE_DIR: z.string().min(1).default(resolve(repoRoot, 'var/storage')),
@@ -230,6 +236,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env) {
   const profile = e.ENGINE_PROFILE;
   return {
     databaseUrl: e.DATABASE_URL,
+    database: { connectTimeoutMs: e.DATABASE_CONNECT_TIMEOUT_MS, queryTimeoutMs: e.DATABASE_QUERY_TIMEOUT_MS, poolSize: e.DATABASE_POOL_SIZE },
     redisUrl: e.REDIS_URL,
     queuePrefix: e.QUEUE_PREFIX,
     storageDir: resolve(e.STORAGE_DIR),

@@ -12,8 +12,31 @@ export interface Database {
   close(): Promise<void>;
 }
 
-export function openDatabase(url: string, max = 10): Database {
-  const pool = new pg.Pool({ connectionString: url, max });
+export interface PoolOptions {
+  max?: number;
+  /** Opening a connection gives up after this long (a server that accepts and stays silent). */
+  connectTimeoutMs?: number;
+  /** The server cancels a statement after this long; the client stops waiting a second later if the server is silent. */
+  queryTimeoutMs?: number;
+}
+
+export function openDatabase(url: string, { max = 10, connectTimeoutMs, queryTimeoutMs }: PoolOptions = {}): Database {
+  const readTimeoutMs = queryTimeoutMs === undefined ? undefined : queryTimeoutMs + 1000;
+  // pg-pool uses one setting for two waits: opening a connection, and waiting for a free one. Under load the second is
+  // a queue, not an outage, so it may last as long as a connect plus a statement; only the first is the short bound.
+  class BoundedClient extends pg.Client {
+    constructor(config?: pg.ClientConfig) {
+      super({ ...config, connectionTimeoutMillis: connectTimeoutMs });
+    }
+  }
+  const pool = new pg.Pool({
+    connectionString: url,
+    max,
+    Client: BoundedClient,
+    connectionTimeoutMillis: connectTimeoutMs === undefined || readTimeoutMs === undefined ? undefined : connectTimeoutMs + readTimeoutMs,
+    statement_timeout: queryTimeoutMs,
+    query_timeout: readTimeoutMs,
+  });
   // An idle client losing its server must not crash the process; the next query reconnects.
   pool.on('error', () => {});
   const db = drizzle(pool, { schema });
@@ -28,10 +51,10 @@ export function isDatabaseUnavailable(error: unknown): boolean {
   for (let e = error as { code?: unknown; message?: unknown; cause?: unknown } | undefined, depth = 0; e && depth < 5; e = e.cause as typeof e, depth++) {
     const code = typeof e.code === 'string' ? e.code : '';
     // SQLSTATE class 08 (connection exception), 57P01-57P03 (admin/crash shutdown, cannot connect now).
-    if (/^08/.test(code) || /^57P0[123]$/.test(code)) return true;
+    if (/^08/.test(code) || /^57P0[123]$/.test(code) || code === '57014') return true;
     if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENOTFOUND', 'EPIPE'].includes(code) && e !== error) return true;
     const message = typeof e.message === 'string' ? e.message : '';
-    if (/^Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error/.test(message)) return true;
+    if (/^Connection terminated|timeout exceeded when trying to connect|Client has encountered a connection error|^Query read timeout|^timeout expired$/.test(message)) return true;
   }
   return false;
 }

@@ -87,6 +87,28 @@ export class JobQueues {
       const job = await this[queue].getJob(queueJobId(jobId, queue));
       if (job && (await job.getState()) !== 'active') await job.remove();
     }
+    await this.removeEvents(queue, jobIds);
+  }
+
+  /**
+   * Deletes the queue's event-stream entries about these jobs: BullMQ keeps its recent events (up to its stream
+   * length), and a completed event carries the job's return value (row ids, blob keys).
+   */
+  private async removeEvents(queue: QueueName, jobIds: string[]): Promise<void> {
+    const wanted = new Set(jobIds.map((id) => queueJobId(id, queue)));
+    if (wanted.size === 0) return;
+    const key = this[queue].keys.events!;
+    const page = 1000;
+    for (let start = '-'; ;) {
+      const entries = await this.connection.xrange(key, start, '+', 'COUNT', page);
+      const doomed = entries.filter(([, fields]) => {
+        const at = fields.findIndex((field: string, i: number) => i % 2 === 0 && field === 'jobId');
+        return at >= 0 && wanted.has(fields[at + 1]!);
+      }).map(([id]) => id);
+      if (doomed.length > 0) await this.connection.xdel(key, ...doomed);
+      if (entries.length < page) return;
+      start = `(${entries.at(-1)![0]}`;
+    }
   }
 
   /** Tells every worker to stop this job if it holds it (it checks the job's row too, so a missed message is harmless). */

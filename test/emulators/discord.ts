@@ -42,6 +42,8 @@ export class DiscordEmulator {
   readonly applicationId = snowflake();
   readonly botUser = { id: this.applicationId, username: 'portrait', discriminator: '0', avatar: null, bot: true, global_name: null };
   readonly calls: RestCall[] = [];
+  /** Told of every REST call as it arrives (load tests time replies without scanning `calls`). */
+  readonly callListeners = new Set<(call: RestCall) => void>();
   readonly interactions = new Map<string, InteractionRecord>();
   readonly messages = new Map<string, SentMessage>();
   readonly commands = new Map<string, any[]>();
@@ -261,7 +263,9 @@ export class DiscordEmulator {
         else if (typeof value !== 'string') files.push({ name: value.name, data: Buffer.from(await value.arrayBuffer()), contentType: value.type });
       }
     }
-    this.calls.push({ method: req.method ?? 'GET', path, body, files, at: Date.now() });
+    const call: RestCall = { method: req.method ?? 'GET', path, body, files, at: Date.now() };
+    this.calls.push(call);
+    for (const listener of this.callListeners) listener(call);
     const limit = this.limits.findIndex((l) => l.method === req.method && l.path.test(path));
     if (limit >= 0) {
       const { retryAfterS } = this.limits.splice(limit, 1)[0]!;

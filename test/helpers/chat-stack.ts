@@ -8,11 +8,11 @@ import { chatEmulatorEnv, startStack, type Stack } from './stack.ts';
 export interface ChatStack { stack: Stack; telegram: TelegramEmulator; discord: DiscordEmulator; telegramBot: TelegramBot; discordBot: DiscordBot; close(): Promise<void> }
 
 /** A stack (without a worker unless asked), with the real Telegram and Discord adapters logged in to their emulators. */
-export async function startChatStack(overrides: Record<string, string> = {}, withWorker = false): Promise<ChatStack> {
+export async function startChatStack(overrides: Record<string, string> = {}, options: { worker?: boolean; logger?: Parameters<typeof startStack>[2] } = {}): Promise<ChatStack> {
   const telegram = new TelegramEmulator();
   const discord = new DiscordEmulator();
   await Promise.all([telegram.start(), discord.start()]);
-  const stack = await startStack({ ...chatEmulatorEnv(telegram, discord), ...overrides }, withWorker);
+  const stack = await startStack({ ...chatEmulatorEnv(telegram, discord), ...overrides }, options.worker ?? false, options.logger);
   const telegramBot = createTelegramBot(stack.app, { albumWindowMs: 300, sweepIntervalMs: 1000 });
   const discordBot = createDiscordBot(stack.app, { sweepIntervalMs: 1000 });
   await Promise.all([telegramBot.start(), discordBot.start()]);

@@ -45,7 +45,7 @@ async function templateDatabase(): Promise<string> {
       const found = await client.query('select 1 from pg_database where datname = $1', [name]);
       if (found.rowCount) return;
       await client.query(`create database "${name}"`);
-      const database = openDatabase(dbUrl(name), 1);
+      const database = openDatabase(dbUrl(name), { max: 1 });
       try {
         await migrateDatabase(database.db);
       } catch (error) {

@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { createApp, type App } from '../../src/app.ts';
 import { buildWebServer } from '../../bots/web/server.ts';
 import { startWorker, type WorkerHandle } from '../../worker/index.ts';
+import type { Logger } from 'pino';
 import { createTestEnv, testLogger, type TestEnv } from './env.ts';
 import { makePhotos } from './images.ts';
 import { eq } from 'drizzle-orm';
@@ -12,23 +13,27 @@ import type { GenerateRequest } from '../../src/engine/protocol.ts';
 export interface Stack {
   env: TestEnv;
   app: App;
+  web: Awaited<ReturnType<typeof buildWebServer>>;
   worker?: WorkerHandle;
   baseUrl: string;
   startWorker(): Promise<WorkerHandle>;
   close(): Promise<void>;
 }
 
-export async function startStack(overrides: Record<string, string> = {}, withWorker = true): Promise<Stack> {
+/** `logger` (a function of the config, e.g. the product's own createLogger) replaces the silent test logger. */
+export async function startStack(overrides: Record<string, string> = {}, withWorker = true, makeLogger?: (config: TestEnv['config']) => Logger): Promise<Stack> {
   const env = await createTestEnv(overrides);
-  const app = await createApp(env.config, testLogger);
+  const logger = makeLogger?.(env.config) ?? testLogger;
+  const app = await createApp(env.config, logger);
   const web = await buildWebServer(app);
   await web.listen({ host: '127.0.0.1', port: 0 });
   const stack: Stack = {
     env,
     app,
+    web,
     baseUrl: `http://127.0.0.1:${(web.server.address() as AddressInfo).port}`,
     async startWorker() {
-      stack.worker = await startWorker({ db: app.database.db, store: app.store, events: app.events, vision: app.vision, config: env.config, logger: testLogger });
+      stack.worker = await startWorker({ db: app.database.db, store: app.store, events: app.events, vision: app.vision, config: env.config, logger });
       return stack.worker;
     },
     async close() {
