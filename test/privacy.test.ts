@@ -10,7 +10,7 @@ import { readdir } from 'node:fs/promises';
 import { Writable } from 'node:stream';
 import { join, relative } from 'node:path';
 import { eq, inArray, sql } from 'drizzle-orm';
-import { accounts, adapters, chatTargets, generations, jobs, photos, users } from '../src/db/schema.ts';
+import { accounts, adapters, chatTargets, generations, jobs, photos, trainingPreviews, users } from '../src/db/schema.ts';
 import { createLogger } from '../src/logging.ts';
 import { startChatStack, type ChatStack } from './helpers/chat-stack.ts';
 import { createTestDatabase } from './helpers/env.ts';
@@ -38,7 +38,7 @@ before(async () => {
   const capture = new Writable({ write(chunk, _encoding, done) { logLines.push(String(chunk)); done(); } });
   chat = await startChatStack({
     DATABASE_URL: url.toString(), S3_SECRET_ACCESS_KEY: S3_SECRET, LOG_LEVEL: 'debug',
-    MIN_TRAINING_PHOTOS: '2', TRAIN_MAX_STEPS: '2', LIKENESS_SAMPLES: '1', TRAIN_CHECKPOINT_STEPS: '0',
+    MIN_TRAINING_PHOTOS: '2', TRAIN_MAX_STEPS: '2', LIKENESS_SAMPLES: '1', TRAIN_CHECKPOINT_STEPS: '0', TRAIN_PREVIEWS: '1',
   }, { worker: true, logger: (config) => createLogger(config, capture) });
 });
 after(async () => {
@@ -102,12 +102,15 @@ test('another person reaches none of Anna\'s things by any route, id, key or but
   const annaAdapters = await db.select().from(adapters).where(eq(adapters.userId, annaId));
   const annaGenerations = await db.select().from(generations).where(eq(generations.userId, annaId));
   const annaAccounts = await db.select().from(accounts).where(eq(accounts.userId, annaId));
+  const annaPreviews = await db.select().from(trainingPreviews).where(eq(trainingPreviews.userId, annaId));
+  assert.equal(annaPreviews.length, 1, 'her training painted a preview');
   assert.equal(annaAccounts.length, 2, 'Telegram and Discord');
   assert.ok(annaJobs.length >= 2 && annaGenerations.length >= 1 && annaPhotos.length === 2);
   const blobKeys = [
     ...annaPhotos.flatMap((p) => [p.storageKey, p.cropKey]),
     ...annaAdapters.flatMap((a) => [a.fileKey, a.kohyaFileKey, ...a.sampleKeys]),
     ...annaGenerations.flatMap((g) => [g.controlKey, ...g.outputKeys]),
+    ...annaPreviews.map((p) => p.key),
   ].filter((k): k is string => !!k);
   const discordChannel = discord.dmChannels.get(annaDiscord.id)!;
   const names: Record<string, string> = {
@@ -117,6 +120,7 @@ test('another person reaches none of Anna\'s things by any route, id, key or but
     ...Object.fromEntries(annaPhotos.map((p, i) => [`photo ${i}`, p.id])),
     ...Object.fromEntries(annaAdapters.map((a) => [`adapter ${a.version}`, a.id])),
     ...Object.fromEntries(annaGenerations.map((g, i) => [`generation ${i}`, g.id])),
+    ...Object.fromEntries(annaPreviews.map((p) => [`preview ${p.step}`, p.id])),
     ...Object.fromEntries(blobKeys.map((k) => [`blob ${k}`, k])),
   };
   const namesIn = (text: string) => Object.entries(names).filter(([, value]) => text.includes(value)).map(([what]) => what);
@@ -173,7 +177,12 @@ test('another person reaches none of Anna\'s things by any route, id, key or but
     'POST /api/consent': [['/api/consent', json({ userId: annaId })]],
     'POST /api/locale': [['/api/locale', json({ locale: 'ru' })], ['/api/locale', json({ locale: 'en' })]],
     'POST /api/photos': [['/api/photos', (() => { const f = new FormData(); f.append('photos', new Blob([new Uint8Array(p4!)]), blobKeys[0]!); return { method: 'POST', body: f }; })()]],
+    'GET /api/previews/:id': ids(annaPreviews[0]!.id).map((id) => [`/api/previews/${id}`]),
     'GET /api/events': [],
+    // Operations: liveness and readiness name no one; metrics need the admin token (none is set: 404).
+    'GET /healthz': [['/healthz']],
+    'GET /readyz': [['/readyz']],
+    'GET /metrics': [['/metrics'], ['/metrics', { headers: { authorization: `Bearer ${annaId}` } }]],
     // Last: Boris deletes his own data; Anna's stays.
     'POST /api/forget': [['/api/forget', json({ userId: annaId })]],
   };
@@ -201,7 +210,7 @@ test('another person reaches none of Anna\'s things by any route, id, key or but
         answers.push(`${method ?? init?.method} ${path} → ${response.status}`);
         assert.ok(response.status < 500, `${route} ${path}: ${response.status} ${body.slice(0, 200)}`);
         assert.deepEqual(namesIn(body + JSON.stringify(Object.fromEntries(response.headers))), [], `${route} ${path} answered with Anna's things (${response.status}): ${body.slice(0, 300)}`);
-        if ([photo!.id, job!.id, generation!.id, adapter!.id].some((id) => path.includes(id))) {
+        if ([photo!.id, job!.id, generation!.id, adapter!.id, annaPreviews[0]!.id].some((id) => path.includes(id))) {
           assert.ok([400, 403, 404].includes(response.status), `${route} ${path} with Anna's id: ${response.status}`);
         }
       }

@@ -1,14 +1,15 @@
 // A stand-in engine for load tests: a real child process speaking the engine's JSON-lines protocol on stdin/stdout
-// (worker/engine-client/protocol.ts) that answers at once. `generate` writes real PNG files (a flat colour per seed)
+// (src/engine/protocol.ts) that answers at once. `generate` writes real PNG files (a flat colour per seed)
 // where the request asks; `train` is refused, because load tests measure the chat and web paths, not training.
 // Run as `node --import tsx test/load/instant-engine.ts`.
 import { createInterface } from 'node:readline';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import sharp from 'sharp';
-import { engineRequest } from '../../src/engine/protocol.ts';
+import { engineEvent, engineRequest } from '../../src/engine/protocol.ts';
 
-const write = (event: Record<string, unknown>): void => { process.stdout.write(`${JSON.stringify(event)}\n`); };
+// Every line is checked against the protocol's own schema, so the stand-in cannot drift from what the worker reads.
+const write = (event: Record<string, unknown>): void => { process.stdout.write(`${JSON.stringify(engineEvent.parse(event))}\n`); };
 
 async function answer(line: string): Promise<void> {
   const parsed = engineRequest.safeParse(JSON.parse(line));
@@ -36,7 +37,7 @@ async function answer(line: string): Promise<void> {
         images.push(path);
       }
       write({ id: request.id, event: 'progress', step: request.steps ?? 1, total: request.steps ?? 1 });
-      return write({ id: request.id, event: 'result', images, seed, seconds: (Date.now() - started) / 1000 });
+      return write({ id: request.id, event: 'result', images, seed, flagged: [], seconds: (Date.now() - started) / 1000 });
     }
   }
 }
