@@ -4,16 +4,12 @@
 import { SlashCommandBuilder } from 'discord.js';
 import type { SlashCommand } from '../context.ts';
 import { AdminCommands } from '../../shared/admin.ts';
+import { localizedCommand, localizedOption } from '../localize.ts';
 
 export const admin: SlashCommand = {
-  definition: new SlashCommandBuilder()
-    .setName('admin')
-    .setDescription('Operator commands')
-    .setDescriptionLocalizations({ ru: 'Команды оператора' })
+  definition: localizedCommand(new SlashCommandBuilder(), 'admin')
     .setDefaultMemberPermissions(0)
-    .addStringOption((o) => o
-      .setName('command').setDescription('stats, pause train, resume all, ban <id>, unban <id>, quota <id> generations 50')
-      .setDescriptionLocalizations({ ru: 'stats, pause train, resume all, ban <id>, unban <id>, quota <id> generations 50' })),
+    .addStringOption((o) => localizedOption(o, 'admin', 'command')),
   ephemeral: true,
   async execute({ app }, interaction, person) {
     const commands = new AdminCommands(app);

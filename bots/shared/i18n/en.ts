@@ -205,6 +205,7 @@ export const en = {
   'command.link': 'Use the same account on Telegram and Discord',
   'command.lang': 'Language of my answers',
   'command.styles': 'Ready-made styles, in any language',
+  'command.admin': 'Operator commands (only for the configured admin accounts)',
 
   // Slash-command options on Discord (bots/discord/localize.ts): the description, and `.name` the field's label.
   // English labels are the options' names in the code.
@@ -222,6 +223,8 @@ export const en = {
   'option.link.code.name': 'code',
   'option.lang.language': 'Language',
   'option.lang.language.name': 'language',
+  'option.admin.command': 'stats, pause train, resume all, ban <id>, unban <id>, quota <id> generations 50',
+  'option.admin.command.name': 'command',
   'error.duplicate_of': 'the same shot as {other} — send a different one.',
   'help.files': 'Photos can also be sent as files (uncompressed): that is better for training.',
   // The web playground's own words (its buttons, not chat commands).

@@ -206,6 +206,7 @@ export const ru: Record<MessageKey, string> = {
   'command.link': 'Один аккаунт в Telegram и Discord',
   'command.lang': 'Язык ответов',
   'command.styles': 'Готовые стили — на любом языке',
+  'command.admin': 'Команды оператора (только для заданных админ-аккаунтов)',
 
   'option.train.photo': 'Фото {n}',
   'option.train.photo.name': 'фото{n}',
@@ -221,6 +222,8 @@ export const ru: Record<MessageKey, string> = {
   'option.link.code.name': 'код',
   'option.lang.language': 'Язык',
   'option.lang.language.name': 'язык',
+  'option.admin.command': 'например: stats, pause train, resume all, ban <id>, unban <id>, quota <id> generations 50',
+  'option.admin.command.name': 'команда',
   'error.duplicate_of': 'тот же кадр, что и {other}, — пришлите другой.',
   'help.files': 'Фото можно присылать и файлами (без сжатия): для обучения так даже лучше.',
   // Слова самой веб-песочницы (её кнопки, а не команды чатов).
