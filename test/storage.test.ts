@@ -262,7 +262,7 @@ describe('S3BlobStore on SeaweedFS', () => {
     assert.deepEqual(await listFiles(store.cacheDir), [key]);
   });
 
-  test('putFile and a cold localPath stream a large file: memory stays far below its size', async () => {
+  test('putFile and a cold localPath stream a large file: never the whole file in memory at once', async () => {
     const store = await freshS3();
     const size = 64 * 1024 * 1024;
     const source = path.join(tmpRoot, `checkpoint-${n++}.pt`);
@@ -281,13 +281,16 @@ describe('S3BlobStore on SeaweedFS', () => {
       }
       return Math.max(peak, process.memoryUsage().arrayBuffers - base);
     };
+    // A whole-file read grows Buffer memory by the full 64 MiB at once; a stream's chunks are garbage the collector
+    // frees on its own schedule, which under load has reached 33 MiB: three quarters of the size tells the two apart.
+    const bound = size * 0.75;
     let key = '';
     const saving = await peakGrowth(async () => { key = (await store.putFile(source, 'pt')).key; });
-    assert.ok(saving < size / 2, `putFile held ${(saving / 2 ** 20).toFixed(1)} MiB of a 64 MiB file`);
+    assert.ok(saving < bound, `putFile held ${(saving / 2 ** 20).toFixed(1)} MiB of a 64 MiB file`);
     const reader = await freshS3(store.bucket);
     let cached = '';
     const loading = await peakGrowth(async () => { cached = await reader.localPath(key); });
-    assert.ok(loading < size / 2, `localPath held ${(loading / 2 ** 20).toFixed(1)} MiB of a 64 MiB file`);
+    assert.ok(loading < bound, `localPath held ${(loading / 2 ** 20).toFixed(1)} MiB of a 64 MiB file`);
     assert.equal((await fs.stat(cached)).size, size);
     await fs.rm(source);
   });
