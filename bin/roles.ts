@@ -85,7 +85,9 @@ export async function startRoles(only?: Role[]): Promise<void> {
     logger.info({ port: health.address.port }, 'health and metrics listening');
     stoppers.push(() => health.close());
   }
-  logger.info({ roles: [...roles] }, 'roles started');
+  // A chat role without its token was skipped above (the quick start): the line names what really runs.
+  const started = [...roles].filter((role) => (role === 'telegram' ? config.telegram.token : role === 'discord' ? config.discord.token : true));
+  logger.info({ roles: started, ...(started.length < roles.size ? { skipped: [...roles].filter((r) => !started.includes(r)), why: 'no token set' } : {}) }, 'roles started');
 
   let stopping = false;
   async function shutdown(signal: string) {
