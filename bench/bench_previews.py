@@ -8,9 +8,7 @@ and through the fast path's graphs.
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -19,26 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "worker" / "engine"))
 
-from bench_fast import inputs, train_request  # noqa: E402
+from bench_fast import inputs, timed, train_request  # noqa: E402
 from portrait_engine.config import EngineConfig  # noqa: E402
 from portrait_engine.engine import Engine  # noqa: E402
 from portrait_engine.multitrain import SlotTraining  # noqa: E402
 from portrait_engine.previews import paint_in_slot  # noqa: E402
-
-
-def timed(run, repeats: int, device: torch.device) -> float:
-    """Median seconds of `run` over `repeats` calls, after one warm-up."""
-    run()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -71,7 +54,7 @@ def main() -> None:
         "card": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "side": side,
         "warmup": engine.warmup,
-        "train_step_ms": round(1000 * timed(training.step, args.repeats * 2, config.device), 1),
+        "train_step_ms": round(1000 * timed(training.step, args.repeats * 2, warmup=1)["median_s"], 1),
         "preview_s": {},
     }
     for steps in (int(s) for s in args.preview_steps.split(",")):
@@ -83,7 +66,7 @@ def main() -> None:
                 if paint_in_slot(engine.models, fast, job, params, 0, training.step_count) is None:
                     raise RuntimeError("the preview failed (see the log)")
 
-            seconds = timed(paint, args.repeats, config.device)
+            seconds = timed(paint, args.repeats, warmup=1)["median_s"]
             report["preview_s"][f"{steps} steps, {path}"] = round(seconds, 3)
     print(json.dumps(report, indent=2, default=str))
 

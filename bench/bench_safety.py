@@ -13,7 +13,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,8 +27,15 @@ from transformers import CLIPConfig, CLIPImageProcessor
 
 ENGINE = Path(__file__).resolve().parents[1] / "worker" / "engine"
 sys.path.insert(0, str(ENGINE))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from portrait_engine.config import EngineConfig  # noqa: E402
 from portrait_engine.safety import load_safety_check  # noqa: E402
+from bench_fast import timed  # noqa: E402 (the bench scripts' one timing helper)
+
+
+def milliseconds(fn, repeats: int) -> float:
+    """Median milliseconds of `fn` (synchronized on CUDA), after three warm-up calls."""
+    return timed(fn, repeats, warmup=3)["median_s"] * 1000
 
 CONFIG = ENGINE / "tests" / "fixtures" / "sd15-safety-checker-config.json"
 
@@ -44,21 +50,6 @@ def install(folder: Path) -> Path:
         (folder / "config.json").write_text(CONFIG.read_text())
         CLIPImageProcessor().save_pretrained(folder)  # CLIP's defaults: SD1.5's feature_extractor settings
     return folder
-
-
-def timed(fn, device: torch.device, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000
 
 
 def main() -> None:
@@ -84,9 +75,9 @@ def main() -> None:
         arrays = [np.asarray(i) for i in images]
         rows.append({
             "batch": batch,
-            "check_ms": timed(lambda: check.flags(images), device, args.repeats),
-            "preprocess_ms": timed(lambda: check.processor(images=images, return_tensors="pt"), device, args.repeats),
-            "forward_ms": timed(lambda: check.checker(clip_input=pixels, images=arrays), device, args.repeats),
+            "check_ms": milliseconds(lambda: check.flags(images), args.repeats),
+            "preprocess_ms": milliseconds(lambda: check.processor(images=images, return_tensors="pt"), args.repeats),
+            "forward_ms": milliseconds(lambda: check.checker(clip_input=pixels, images=arrays), args.repeats),
         })
     # Its thresholds set past any cosine, the same code flags every picture: the loaded model is the one that decides.
     check.checker.concept_embeds_weights.fill_(-2.0)
