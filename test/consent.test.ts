@@ -59,12 +59,15 @@ describe('web', () => {
       const user = await userOf('web', session);
       assert.equal(user.consentedAt, null);
       assert.equal(await openJobs(user.id), 0);
+      assert.equal((await web.json('/api/state')).body.consentedAt, null, 'the page shows the box unticked');
 
       // The page's checkbox: /api/consent, then /api/train.
       const consent = await web.post('/api/consent');
       assert.equal(consent.status, 200);
       const stored = (await userOf('web', session)).consentedAt;
       assert.ok(stored && Math.abs(stored.getTime() - new Date(consent.body.consentedAt).getTime()) < 1, 'stored on the user with its time');
+      // A reload shows the confirmation given, with its time.
+      assert.equal((await web.json('/api/state')).body.consentedAt, consent.body.consentedAt);
       const train = await web.post('/api/train');
       assert.equal(train.status, 202, JSON.stringify(train.body));
 
@@ -73,10 +76,11 @@ describe('web', () => {
     }
   });
 
-  test('the page has the checkbox and sends /api/consent before /api/train when it is ticked', async () => {
+  test('the page has the checkbox, sends /api/consent before /api/train when it is ticked, and shows a stored one ticked', async () => {
     const page = await (await fetch(stack.baseUrl)).text();
     assert.match(page, /<input type="checkbox" id="consent">\s*<span data-t="web.consent">These photos are of me/);
-    assert.match(page, /if \(\$\('consent'\)\.checked\) await api\('\/api\/consent'[\s\S]*?api\('\/api\/train'/);
+    assert.match(page, /if \(\$\('consent'\)\.checked && !\$\('consent'\)\.disabled\) await api\('\/api\/consent'[\s\S]*?api\('\/api\/train'/);
+    assert.match(page, /\$\('consent'\)\.checked \|\|= Boolean\(state\.consentedAt\);\s*\$\('consent'\)\.disabled = Boolean\(state\.consentedAt\);/);
   });
 });
 

@@ -50,7 +50,7 @@ test('the API and the page speak Russian to ru-RU; the switch holds before and a
 
 test('a reload finds photos, model versions, the running job and the gallery; a picture can be deleted', { timeout: 240_000 }, async () => {
   const client = new PlaygroundClient(stack.baseUrl);
-  assert.deepEqual((await client.json('/api/state')).body, { photos: [], coverage: null, adapters: [], jobs: [], gallery: [] }, 'nobody yet: nothing, and no user made');
+  assert.deepEqual((await client.json('/api/state')).body, { consentedAt: null, photos: [], coverage: null, adapters: [], jobs: [], gallery: [] }, 'nobody yet: nothing, and no user made');
   const upload = await client.upload('/api/photos', (await makePhotos(3, 20)).map((data, i): [string, Buffer] => [`me-${i}.jpg`, data]));
   assert.equal(upload.status, 200);
 

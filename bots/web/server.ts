@@ -275,7 +275,7 @@ export async function buildWebServer(app: App) {
   // Everything the page shows, so a reload comes back to where the person was.
   web.get('/api/state', async (request) => {
     const userId = currentUser(request);
-    if (!userId) return { photos: [], coverage: null, adapters: [], jobs: [], gallery: [] };
+    if (!userId) return { consentedAt: null, photos: [], coverage: null, adapters: [], jobs: [], gallery: [] };
     const [photos, coverage, adapters, jobs, gallery] = await Promise.all([
       services.photos.list(userId),
       services.photos.coverage(userId),
@@ -285,6 +285,8 @@ export async function buildWebServer(app: App) {
     ]);
     const previews = await services.jobs.previews(userId, jobs.filter((job) => job.kind === 'train').map((job) => job.id));
     return {
+      // The stored confirmation (consent), so a reload shows it given rather than an empty checkbox.
+      consentedAt: stateOf(request).user?.consentedAt ?? null,
       photos: photos.map((p) => ({ id: p.id, name: p.originalName, faceChecked: p.faceMeasures !== null, url: `/api/photos/${p.id}/image`, createdAt: p.createdAt })),
       coverage: coverage ?? null,
       adapters: adapters.map((a) => adapterView(t(request), a)),
