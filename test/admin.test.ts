@@ -4,9 +4,9 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { eq } from 'drizzle-orm';
-import { accounts, users } from '../src/db/schema.ts';
+import { accounts, jobs, users } from '../src/db/schema.ts';
 import { startChatStack, type ChatStack } from './helpers/chat-stack.ts';
-import { PlaygroundClient, eventually } from './helpers/stack.ts';
+import { PlaygroundClient, eventually, jobRow, startTrainingAs } from './helpers/stack.ts';
 import type { EmulatedUser } from './emulators/telegram.ts';
 import type { EmulatedDiscordUser, InteractionRecord } from './emulators/discord.ts';
 
@@ -20,7 +20,7 @@ const dana: EmulatedDiscordUser = { id: '720000000000000002', username: 'dana', 
 let chat: ChatStack;
 
 before(async () => {
-  chat = await startChatStack({ ADMIN_TELEGRAM_IDS: String(boss.id), ADMIN_DISCORD_IDS: dboss.id, ADMIN_TOKEN });
+  chat = await startChatStack({ ADMIN_TELEGRAM_IDS: String(boss.id), ADMIN_DISCORD_IDS: dboss.id, ADMIN_TOKEN, MIN_TRAINING_PHOTOS: '2' });
 });
 after(async () => { await chat.close(); });
 
@@ -151,6 +151,18 @@ describe('admin commands in the chats', () => {
     mark = lastMessageId();
     chat.telegram.sendText(boss, '/admin ban 999999');
     await botSays(boss, /^Nobody is known as “999999”/, mark);
+  });
+
+  test('a ban cancels what the person had queued: the job ends cancelled and leaves the queue', async () => {
+    const { user, started } = await startTrainingAs(chat.stack, 'queued-then-banned', 730);
+    assert.equal(started.job.status, 'queued');
+    const mark = lastMessageId();
+    chat.telegram.sendText(boss, `/admin ban ${user.id}`);
+    const reply = await botSays(boss, /^Blocked/, mark);
+    assert.match(reply.text!, /1 open job of theirs cancelled\./);
+    assert.equal((await jobRow(chat.stack, started.job.id))!.status, 'cancelled');
+    assert.equal(await chat.stack.app.queues.train.getJob(started.job.queueJobId), undefined, 'removed from the queue');
+    assert.equal((await chat.stack.app.database.db.select().from(jobs).where(eq(jobs.userId, user.id))).filter((j) => j.status === 'queued').length, 0);
   });
 
   test('Discord: a banned person is told on every command and button, only to them', async () => {

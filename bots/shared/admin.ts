@@ -4,6 +4,7 @@
 import type { App } from '../../src/app.ts';
 import type { LimitName, Platform } from '../../src/db/schema.ts';
 import { queueNames, type QueueName } from '../../src/queue/index.ts';
+import { UserFacingError } from '../../src/services/errors.ts';
 import type { Person, Reply } from './conversation.ts';
 
 type ChatPlatform = Extract<Platform, 'telegram' | 'discord'>;
@@ -60,8 +61,26 @@ export class AdminCommands {
     const user = ref ? await this.app.services.admin.findUser(ref, p.platform) : undefined;
     if (!user) return { text: p.t('admin.no_user', { ref: ref ?? '' }), error: true };
     await this.app.services.admin.setBanned(user.id, banned);
-    this.app.logger.warn({ admin: p.userId, userId: user.id, banned }, banned ? 'admin banned a user' : 'admin unbanned a user');
-    return { text: p.t(banned ? 'admin.banned_user' : 'admin.unbanned_user', { ref: ref! }) };
+    // A ban also stops what the person had queued or running: no training or picture finishes for a blocked account.
+    const cancelled = banned ? await this.cancelOpenJobs(user.id) : 0;
+    this.app.logger.warn({ admin: p.userId, userId: user.id, banned, cancelled }, banned ? 'admin banned a user' : 'admin unbanned a user');
+    const text = p.t(banned ? 'admin.banned_user' : 'admin.unbanned_user', { ref: ref! });
+    return { text: cancelled > 0 ? `${text}\n${p.t('admin.banned_jobs', { n: cancelled })}` : text };
+  }
+
+  /** Cancels each open job of the person through the job-state owner; one that finished meanwhile is skipped. */
+  private async cancelOpenJobs(userId: string): Promise<number> {
+    const { jobs } = this.app.services;
+    let cancelled = 0;
+    for (const job of await jobs.open(userId)) {
+      try {
+        await jobs.cancel(userId, job.id);
+        cancelled++;
+      } catch (error) {
+        if (!(error instanceof UserFacingError && error.code === 'nothing_to_cancel')) throw error;
+      }
+    }
+    return cancelled;
   }
 
   private async quota(p: Person, [ref, which, value]: string[]): Promise<Reply> {

@@ -307,6 +307,7 @@ export const en = {
   'admin.bad_limit': 'Usage: /admin quota <id> generations|trainings|active <number 1–100000 or default>.',
   'admin.no_user': 'Nobody is known as “{ref}”.',
   'admin.banned_user': 'Blocked {ref}: every command now tells them so.',
+  'admin.banned_jobs': '{n, plural, one {# open job} other {# open jobs}} of theirs cancelled.',
   'admin.unbanned_user': 'Unblocked {ref}.',
   'admin.limits_now': 'Limits of {ref}: {generations} pictures an hour, {trainings} trainings a day, {active} open jobs.',
 } as const;

@@ -306,6 +306,7 @@ export const ru: Record<MessageKey, string> = {
   'admin.bad_limit': 'Так: /admin quota <id> generations|trainings|active <число 1–100000 или default>.',
   'admin.no_user': 'Никто не известен как «{ref}».',
   'admin.banned_user': '{ref} заблокирован: на любую команду бот теперь отвечает об этом.',
+  'admin.banned_jobs': 'Отменено: {n, plural, one {# незавершённое задание} few {# незавершённых задания} many {# незавершённых заданий} other {# незавершённого задания}}.',
   'admin.unbanned_user': '{ref} разблокирован.',
   'admin.limits_now': 'Лимиты {ref}: {generations} картинок в час, {trainings} обучений в день, {active} открытых задач.',
 };
