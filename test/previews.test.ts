@@ -9,6 +9,7 @@ import { jobs, trainingPreviews } from '../src/db/schema.ts';
 import { runningEtaSeconds, waitingEtaSeconds } from '../src/services/eta.ts';
 import { etaText, translator } from '../bots/shared/i18n/index.ts';
 import { Conversation } from '../bots/shared/conversation.ts';
+import { status } from '../bots/shared/status.ts';
 import type { TelegramEmulator, EmulatedUser } from './emulators/telegram.ts';
 import { startChatStack, type ChatStack } from './helpers/chat-stack.ts';
 import { PlaygroundClient, type Stack } from './helpers/stack.ts';
@@ -194,6 +195,9 @@ describe('previews and the loss curve', () => {
     assert.equal(job.status, 'queued');
     assert.equal(job.position, 1);
     assert.ok(typeof job.etaSeconds === 'number' && job.etaSeconds > 0, `an estimate from the finished trainings: ${job.etaSeconds}`);
+    // The chats' /status says it too.
+    const shown = await status(new Conversation(stack.app), { userId: job.userId, platform: 'telegram', locale: 'en', t: translator('en') });
+    assert.match(shown.text!, /• Training: waiting, position 1 · about \d+ (seconds|minutes?) left/);
     for (const [client, started] of [[first, running], [second, waiting]] as const) {
       assert.equal((await client.waitForJob(started.body.jobId)).job.status, 'completed');
     }

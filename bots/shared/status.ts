@@ -1,6 +1,7 @@
 // `/status` (photos, model, jobs with their place in line) and `/cancel`.
 import type { Conversation, Person, Reply } from './conversation.ts';
 import { shownVersion, whatKey } from './job-text.ts';
+import { etaText } from './i18n/index.ts';
 
 export function status(chat: Conversation, p: Person): Promise<Reply> {
   return chat.guard(p, async () => {
@@ -19,7 +20,9 @@ export function status(chat: Conversation, p: Person): Promise<Reply> {
     for (const job of open) {
       const position = await services.jobs.position(job);
       const state = job.status === 'queued' ? p.t('state.queued', { position }) : p.t('state.active', { percent: Math.round(job.progress * 100) });
-      lines.push(p.t('status.job', { what: p.t(whatKey(job.kind)), state }));
+      // When it should be done (running: its pace so far) or start (waiting: its place × the recent mean).
+      const eta = await services.jobs.etaSeconds(job, position);
+      lines.push(p.t('status.job', { what: p.t(whatKey(job.kind)), state }) + (eta !== null ? ` · ${etaText(p.t, eta)}` : ''));
     }
     return { text: lines.join('\n') };
   });
