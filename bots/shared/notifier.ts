@@ -178,8 +178,7 @@ export class JobNotifier<T extends TargetAddress> {
       const part = `preview:${preview.step}`;
       try {
         if (row.parts[part]) return;
-        const stored = await this.app.services.jobs.preview(entry.userId, preview.id);
-        await this.surface.sendImages(entry.target, [await this.previewImage(stored)], entry.t('preview.caption', { step: preview.step, total: preview.total }));
+        await this.sendPreviewPhoto(entry.target, entry.t, await this.app.services.jobs.preview(entry.userId, preview.id));
         await chatTargets.recordPart(jobId, this.owner, part, this.leaseMs);
       } finally {
         await chatTargets.release(jobId, this.owner);
@@ -192,8 +191,10 @@ export class JobNotifier<T extends TargetAddress> {
     void next.finally(() => { if (this.previewing.get(jobId) === next) this.previewing.delete(jobId); });
   }
 
-  private async previewImage(preview: TrainingPreview): Promise<OutgoingImage> {
-    return { data: await this.app.store.get(preview.key), name: `preview-${preview.step}.png` };
+  /** One preview as the person sees it, live or with the final delivery: the photo, captioned with its step. */
+  private async sendPreviewPhoto(target: T, t: Translate, preview: TrainingPreview) {
+    const image: OutgoingImage = { data: await this.app.store.get(preview.key), name: `preview-${preview.step}.png` };
+    await this.surface.sendImages(target, [image], t('preview.caption', { step: preview.step, total: preview.total }));
   }
 
   /** Throttled edit: at most one per editIntervalMs per message; the newest text wins, identical text is skipped. */
@@ -324,7 +325,7 @@ export class JobNotifier<T extends TargetAddress> {
       const previews = (await services.jobs.previews(userId, [jobId])).sort((a, b) => a.step - b.step);
       const parts: Part[] = previews.map((preview) => ({
         name: `preview:${preview.step}`,
-        send: async () => this.surface.sendImages(target, [await this.previewImage(preview)], t('preview.caption', { step: preview.step, total: preview.total })),
+        send: () => this.sendPreviewPhoto(target, t, preview),
       }));
       const withheld = adapter && withheldSamplesNotice(t, adapter.metrics, adapter.sampleKeys.length);
       parts.push(status([t('done.train', { version: adapter ? shownVersion(all, adapter) : 1 }), ...(withheld ? [withheld] : [])].join('\n')));
