@@ -91,6 +91,7 @@ describe('coverage of the photo set', () => {
     const after = lastMessageId();
     telegram.sendDocument(pavel, await sceneJpeg(frontal[0]!), 'a.jpg', 'image/jpeg');
     const reply = (await botSays(pavel, /a\.jpg: принято/, after)).text!;
+    assert.match(reply, /✅ a\.jpg: принято\./, 'checked by the face models: plainly accepted');
     assert.match(reply, /Ваш набор: 1 анфас/);
     assert.match(reply, /Выражение лица по фото не измерить/);
   });

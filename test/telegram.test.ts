@@ -87,6 +87,7 @@ describe('Telegram', () => {
     mark = lastMessageId();
     emulator.sendDocument(anna, c!, 'me.jpg', 'image/jpeg');
     const enough = await botSays(anna, /me\.jpg: accepted/, mark);
+    assert.match(enough.text!, /⚠️ me\.jpg: accepted, face not checked \(this server has no face models installed\)/, 'no face models here: said, not hidden');
     assert.match(enough.text!, /Photos: 3/);
     assert.doesNotMatch(enough.text!, /as files/, 'the tip is given once per session');
     const button = enough.reply_markup.inline_keyboard[0][0];

@@ -84,7 +84,9 @@ async function addOne(chat: Conversation, p: Person, file: IncomingFile, named: 
   const other = named.get(result.photo.id);
   if (result.duplicate && other) return p.t('photos.duplicate_of', { name: file.name, other });
   if (!result.duplicate) named.set(result.photo.id, file.name);
-  return p.t(result.duplicate ? 'photos.duplicate' : 'photos.accepted', { name: file.name });
+  // Like the page: without the face models a photo is accepted unchecked, and the person is told so.
+  if (result.duplicate) return p.t('photos.duplicate', { name: file.name });
+  return p.t(result.faceChecked ? 'photos.accepted' : 'photos.accepted_unchecked', { name: file.name });
 }
 
 /** Where the set stands (angles, framing, light) and what to add, when the face models measured the photos. */

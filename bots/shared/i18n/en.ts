@@ -29,6 +29,7 @@ export const en = {
   'photos.photo': 'Photo',
   'photos.photo_n': 'Photo {n}',
   'photos.accepted': '✅ {name}: accepted.',
+  'photos.accepted_unchecked': '⚠️ {name}: accepted, face not checked (this server has no face models installed).',
   'photos.duplicate': '☑️ {name}: you already sent this one.',
   'photos.rejected': '❌ {name}: {reason}',
   'photos.total': 'Photos: {total} (need {min}–{max}).',

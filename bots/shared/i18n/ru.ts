@@ -30,6 +30,7 @@ export const ru: Record<MessageKey, string> = {
   'photos.photo': 'Фото',
   'photos.photo_n': 'Фото {n}',
   'photos.accepted': '✅ {name}: принято.',
+  'photos.accepted_unchecked': '⚠️ {name}: принято, лицо не проверено (на этом сервере не установлены модели распознавания лиц).',
   'photos.duplicate': '☑️ {name}: это фото уже есть.',
   'photos.rejected': '❌ {name}: {reason}',
   'photos.total': 'Фото: {total} (нужно {min}–{max}).',
