@@ -5,6 +5,7 @@ import { createLogger } from '../src/logging.ts';
 import { ConfigError, loadConfig, type Config, type Role } from '../src/config/index.ts';
 import { createApp } from '../src/app.ts';
 import { startHealthServer } from '../src/health.ts';
+import { checkRedisPolicy } from '../src/redis-policy.ts';
 
 function configOrExit(): Config {
   try {
@@ -38,6 +39,11 @@ export async function startRoles(only?: Role[]): Promise<void> {
   const logger = createLogger(config);
   const app = await createApp(config, logger);
   const stoppers: Array<() => Promise<unknown>> = [];
+
+  // Once per process that runs jobs or delivers their results (not per role): a Redis that may evict keys or keeps
+  // nothing across a restart loses queued jobs and outbox claims silently, so say so at start.
+  const checked = [...roles].filter((role) => role === 'worker' || (role === 'telegram' && config.telegram.token) || (role === 'discord' && config.discord.token));
+  if (checked.length > 0) await checkRedisPolicy(app.queues.connection, logger, checked.join('+'));
 
   // Only the worker role starts an engine; web and chat processes queue jobs and read their rows and events.
   if (roles.has('worker')) {

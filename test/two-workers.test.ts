@@ -11,6 +11,8 @@ import { adapters, generations, jobs } from '../src/db/schema.ts';
 import { PlaygroundClient, eventually } from './helpers/stack.ts';
 import { makePhotos } from './helpers/images.ts';
 import { startComposeCluster, type ComposeCluster, type RoleProcess } from './helpers/role-processes.ts';
+import { readRedisPolicy } from '../src/redis-policy.ts';
+import { Redis } from 'ioredis';
 
 // Knobs for a fast CI run, on top of the compose environment (the compose file has none of them).
 const testKnobs = {
@@ -74,6 +76,13 @@ test('the compose services, mirrored without Docker: a web process and two worke
   assert.deepEqual(web.lines('roles started')[0]?.skipped, ['telegram', 'discord']);
   assert.equal(web.lines('engine ready').length, 0);
   for (const w of workers) assert.deepEqual(w.lines('roles started')[0]?.roles, ['worker']);
+  // Redis's policy is checked once per process that runs jobs or delivers them (a warning per problem found), never
+  // by a web-only one.
+  const redis = new Redis('redis://127.0.0.1:6379'); // the shared server the cluster's processes use
+  const problems = await readRedisPolicy(redis).then((policy) => policy.problems).finally(() => redis.quit());
+  const warnings = (p: RoleProcess) => p.logs.filter((l) => String(l.msg).startsWith('Redis is unsafe for a job queue')).length;
+  for (const w of workers) assert.equal(warnings(w), problems.length);
+  assert.equal(warnings(web), 0);
 
   const person = await trainPerson();
   const done = await person.client.waitForJob(person.jobId, 90_000);

@@ -11,7 +11,6 @@ import { EnginePool, type EngineClient } from './engine-client/pool.ts';
 import { RunningJobs, generateProcessor, trainProcessor, type ProcessorDeps } from './processors.ts';
 import { reconcileJob, reconcileJobs } from './reconcile.ts';
 import { engineCheck, type HealthChecks } from '../src/health.ts';
-import { checkRedisPolicy } from '../src/redis-policy.ts';
 
 /** How often a remote store's read cache is swept of copies whose blobs are gone. */
 const CACHE_SWEEP_MS = 60 * 60 * 1000;
@@ -61,7 +60,6 @@ export async function startWorker(deps: WorkerDeps, engine?: EngineClient): Prom
   const state = new JobState(deps.db);
   const full: ProcessorDeps = { ...deps, engine: supervisor, state };
   const connection = redisConnection(config.redisUrl, true, logger);
-  await checkRedisPolicy(connection, logger, 'worker');
   deps.health?.add('engine', engineCheck(supervisor));
   const queues = new JobQueues(config, redisConnection(config.redisUrl, false, logger));
   const reconcileDeps = { db: deps.db, state, queues, events: deps.events, logger };

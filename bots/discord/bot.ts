@@ -7,7 +7,6 @@ import type { DiscordDeps, DiscordTarget } from './context.ts';
 import { DiscordSurface } from './surface.ts';
 import { interactionDispatcher } from './dispatcher.ts';
 import { keepConnecting } from '../shared/reconnect.ts';
-import { checkRedisPolicy } from '../../src/redis-policy.ts';
 import { metrics } from '../../src/metrics.ts';
 
 export interface DiscordBot {
@@ -60,7 +59,6 @@ export function createDiscordBot(app: App, options: DiscordBotOptions = {}): Dis
     notifier,
     connected: connection.connected,
     async start() {
-      await checkRedisPolicy(app.queues.connection, logger, 'discord');
       await notifier.start();
       await connection.start();
     },

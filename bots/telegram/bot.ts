@@ -14,7 +14,6 @@ import { TelegramSurface } from './surface.ts';
 import { TelegramSendQueue } from './send-queue.ts';
 import { UpdateRunner } from './update-runner.ts';
 import { keepConnecting } from '../shared/reconnect.ts';
-import { checkRedisPolicy } from '../../src/redis-policy.ts';
 import { startFeature } from './features/start.ts';
 import { trainFeature } from './features/train.ts';
 import { imagineFeature } from './features/imagine.ts';
@@ -158,7 +157,6 @@ export function createTelegramBot(app: App, options: TelegramBotOptions = {}): T
     notifier,
     connected: connection.connected,
     async start() {
-      await checkRedisPolicy(app.queues.connection, logger, 'telegram');
       await notifier.start();
       if (config.mode === 'webhook') {
         const url = new URL(config.webhook.url!);
