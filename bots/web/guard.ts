@@ -28,6 +28,11 @@ export function ownOrigins(request: FastifyRequest, webHost: string): Set<string
   return origins;
 }
 
+/** The origins whose pages may change state here: WEB_ORIGINS when set (behind a proxy), else the server's own. */
+export function allowedOrigins(request: FastifyRequest, web: { host: string; origins: readonly string[] }): Set<string> {
+  return web.origins.length > 0 ? new Set(web.origins) : ownOrigins(request, web.host);
+}
+
 /**
  * Refuses a state-changing request that a page of another origin could have sent. Cookies are per host, not per
  * port, so SameSite alone lets any other local web app post to the playground with the victim's cookie: the Origin

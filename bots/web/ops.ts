@@ -10,6 +10,7 @@ import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { FastifyAdapter } from '@bull-board/fastify';
 import type { App } from '../../src/app.ts';
 import { healthResponder } from '../../src/health.ts';
+import { allowedOrigins } from './guard.ts';
 
 export const BULL_BOARD_PATH = '/admin/queues';
 
@@ -68,7 +69,7 @@ export async function registerOpsRoutes<L extends FastifyBaseLogger>(web: Fastif
       if (!hasAdminToken(request, token)) return refuse(reply);
       // Basic credentials ride along with any request a browser makes, so a page elsewhere must not drive the board.
       const origin = request.headers.origin;
-      if (request.method !== 'GET' && origin && new URL(origin).host !== request.headers.host) {
+      if (request.method !== 'GET' && origin && !allowedOrigins(request, config.web).has(origin)) {
         return reply.status(403).send({ error: { code: 'cross_site', message: 'Cross-site request refused.' } });
       }
     });

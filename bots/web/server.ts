@@ -17,7 +17,7 @@ import { catalogues, isLocale, knownKey, locales, translator, type Locale, type 
 import { errorMessage } from '../shared/error-text.ts';
 import { whatKey } from '../shared/job-text.ts';
 import { withheldPicturesNotice, withheldSamplesNotice } from '../shared/withheld.ts';
-import { acceptLanguage, checkStateChange, isStateChanging, localeCookie, localeFromCookie, ownOrigins, sessionCookie, sessionFromCookie } from './guard.ts';
+import { acceptLanguage, allowedOrigins, checkStateChange, isStateChanging, localeCookie, localeFromCookie, sessionCookie, sessionFromCookie } from './guard.ts';
 import { CONTROL_CHARS, receiveForm } from './uploads.ts';
 import { registerOpsRoutes } from './ops.ts';
 
@@ -113,7 +113,7 @@ export async function buildWebServer(app: App) {
     };
     if (session) track(session, reply);
     if (request.url.startsWith('/api/') && isStateChanging(request)) {
-      checkStateChange(request, configuredOrigins.size > 0 ? new Set(configuredOrigins) : ownOrigins(request, config.web.host), configuredOrigins);
+      checkStateChange(request, allowedOrigins(request, config.web), configuredOrigins);
     }
   });
   // Reads look the person up; only a state-changing request that needs a user creates one (ensureUser).
