@@ -170,6 +170,113 @@ def reference_training(engine: Engine, photos, steps: int, side: int) -> dict:
     return {"step_ms": result["median_s"] * 1000, "peak_gib": peak_gib()}
 
 
+class Handle:
+    """A job as the scheduler sees it (server.Job without the pipe): never cancelled, progress dropped."""
+
+    def __init__(self, request):
+        self.request = request
+
+    def is_cancelled(self) -> bool:
+        return False
+
+    def check_cancel(self) -> None:
+        pass
+
+    def progress(self, step: int, total: int, loss: float | None = None) -> None:
+        pass
+
+    def preview(self, step: int, total: int, image: str) -> None:
+        pass
+
+
+def scheduler_training(engine: Engine, photos, work: Path, users: int, steps: int, rows: int | None,
+                       bucketed: bool, side: int) -> dict:
+    """The production path: `users` LoRA jobs (each its own photos order, seed and slot) stepped together by
+    multitrain.shared_step, as Scheduler.tick does; steady time per shared step."""
+    from portrait_engine.multitrain import SlotTraining, shared_step
+
+    reset_peak()
+    jobs = []
+    for i in range(users):
+        request = train_request(photos[i % 16:] + photos[:i % 16], work / f"sched{i}.safetensors", steps, side=side,
+                                seed=i)
+        params, pixels, class_photos, _ = engine.prepare_training(request)
+        jobs.append(SlotTraining(engine.models, params, i, pixels, class_photos, rows))
+    stamps = []
+    try:
+        for _ in range(steps):
+            outcome = shared_step(engine.models.slots, jobs, rows, bucketed)
+            assert all(isinstance(v, float) for v in outcome.values()), outcome
+            sync()
+            stamps.append(time.perf_counter())
+    finally:
+        for job in jobs:
+            job.close()
+    step = float(np.median(np.diff(stamps)[2:]))
+    return {"users": users, "rows": rows, "bucketed": bucketed, "step_ms": step * 1000,
+            "samples_per_s": users / step, "peak_gib": peak_gib(), "losses_user0": jobs[0].losses[:4]}
+
+
+def scheduler_job(engine: Engine, photos, work: Path, steps: int, accum: int, side: int, bucketed: bool) -> dict:
+    """One person's job through the scheduler alone, admit to saved adapter (both formats), warm engine."""
+    from portrait_engine.scheduler import Scheduler
+
+    ended = []
+    scheduler = Scheduler(engine, ended.append, train_rows=engine.config.train_rows or None, train_buckets=bucketed)
+    request = train_request(photos, work / f"sched-job-{bucketed}.safetensors", steps, accum=accum, side=side)
+    reset_peak()
+    sync()
+    started = time.perf_counter()
+    assert scheduler.admit(Handle(request)) == "joined"
+    while not scheduler.idle:
+        scheduler.tick()
+    sync()
+    wall = time.perf_counter() - started
+    assert type(ended[0]).__name__ == "TrainResult", ended
+    return {"steps": steps, "accum": accum, "bucketed": bucketed, "job_s": wall, "per_step_ms": wall / steps * 1000,
+            "peak_gib": peak_gib()}
+
+
+def imagine_beside_trainings(engine: Engine, photos, work: Path, lora: str, side: int, steps: int, repeats: int,
+                             trainings: int, share: float | None, bucketed: bool) -> dict:
+    """/imagine latency (admit to result, PNG written) through the scheduler, idle and with `trainings` LoRA
+    trainings running beside it."""
+    from portrait_engine.scheduler import TRAIN_SHARE, Scheduler
+
+    ended = []
+    scheduler = Scheduler(engine, ended.append, train_rows=engine.config.train_rows or None,
+                          train_buckets=bucketed, train_share=TRAIN_SHARE if share is None else share)
+
+    def imagine(i: int) -> float:
+        request = GenerateRequest(id=f"busy{i}", op="generate", prompt=f"{PROMPT} {i}", lora=lora, steps=steps,
+                                  seed=i, width=side, height=side, scheduler="unipc", output_dir=str(work / "busy"))
+        started = time.perf_counter()
+        assert scheduler.admit(Handle(request)) == "joined"
+        while any(t.generation is not None for t in scheduler.active):
+            scheduler.tick()
+        sync()
+        assert type(ended[-1]).__name__ == "GenerateResult", ended[-1]
+        return time.perf_counter() - started
+
+    idle = [imagine(i) for i in range(2 + repeats)][2:]
+    for i in range(trainings):
+        request = train_request(photos[i:] + photos[:i], work / f"busy-t{i}.safetensors", 20_000, side=side, seed=i)
+        assert scheduler.admit(Handle(request)) == "joined"
+    for _ in range(5):
+        scheduler.tick()
+    steps_before = [t.training.step_count for t in scheduler.active]
+    started = time.perf_counter()
+    busy = [imagine(100 + i) for i in range(2 * repeats)]
+    seconds = time.perf_counter() - started
+    steps_taken = sum(t.training.step_count for t in scheduler.active) - sum(steps_before)
+    scheduler.cancel_all()
+    pct = lambda xs, q: float(np.percentile(xs, q))  # noqa: E731
+    return {"trainings": trainings, "share": scheduler.train_share, "bucketed": bucketed,
+            "idle_p50_s": pct(idle, 50), "idle_p95_s": pct(idle, 95), "busy_p50_s": pct(busy, 50),
+            "busy_p95_s": pct(busy, 95), "ratio_p95": pct(busy, 95) / pct(idle, 95),
+            "training_samples_per_s_meanwhile": steps_taken / seconds}
+
+
 def image_diff(ours: list[Image.Image], theirs: list[Image.Image]) -> dict:
     a = np.stack([np.asarray(i, dtype=np.float32) for i in ours])
     b = np.stack([np.asarray(i, dtype=np.float32) for i in theirs])
@@ -217,6 +324,13 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
     res["imagine_ours"] = timed(lambda: scheduled([request(loras[0])]), repeats)
     res["pose_ours"] = timed(lambda: scheduled([request(loras[0], pose)], pose_image), repeats)
     res["gen_peak_gib"] = peak_gib()
+    import portrait_engine.multigen as multigen
+
+    multigen.SIGMAS_ON_DEVICE = False  # diffusers' own placement: UniPC's sigmas on the CPU
+    try:
+        res["imagine_ours_sigmas_on_cpu"] = timed(lambda: scheduled([request(loras[0])]), repeats)
+    finally:
+        multigen.SIGMAS_ON_DEVICE = True
     fast = engine.fast
     requests = [request(lora, i=i, seed=100 + i) for i, lora in enumerate(loras[:8])]
     res["eight_ours"] = timed(lambda: scheduled(requests), max(3, repeats // 2))
@@ -305,7 +419,8 @@ def restart_warmup(args, base: Path, controlnet: Path) -> dict | None:
         "import sys, json, torch; sys.path.insert(0, %r);"
         "from portrait_engine.config import EngineConfig; from portrait_engine.engine import Engine;"
         "e = Engine(EngineConfig(profile='real', cache_dir=__import__('pathlib').Path(%r), device=torch.device('cuda'),"
-        " base_model=__import__('pathlib').Path(%r), controlnet=__import__('pathlib').Path(%r), fast='on'));"
+        " base_model=__import__('pathlib').Path(%r), controlnet=__import__('pathlib').Path(%r), fast='on',"
+        " lora_slots=24));"
         "print('WARMUP ' + json.dumps(e.warmup))"
     ) % (str(ROOT / "worker" / "engine"), str(args.work / "cache"), str(base), str(controlnet))
     started = time.monotonic()
@@ -346,14 +461,15 @@ def main() -> None:
         from portrait_engine.tiny import ensure_tiny_models
 
         base, controlnet = ensure_tiny_models(args.work / "cache")
-        config = EngineConfig(profile="tiny", cache_dir=args.work / "cache", device=torch.device("cpu"), fast="on")
+        config = EngineConfig(profile="tiny", cache_dir=args.work / "cache", device=torch.device("cpu"), fast="on",
+                              lora_slots=24)
     else:
         import bench_engine
 
         side, steps = 512, 20
         base, controlnet = bench_engine.build_models(args.work)
         config = EngineConfig(profile="real", cache_dir=args.work / "cache", device=torch.device("cuda"),
-                              base_model=base, controlnet=controlnet, fast="on")
+                              base_model=base, controlnet=controlnet, fast="on", lora_slots=24)
     photos, pose = inputs(args.work, side)
     log("engine start + warm-up")
     reset_peak()
@@ -422,6 +538,15 @@ def main() -> None:
         section("train_job_a2", lambda: engine_training(engine, photos, args.work, args.job_steps, 1, 2, side))
         section("train_b16", lambda: engine_training(engine, photos, args.work, max(12, args.train_steps // 3), 16, 1, side))
         section("train_ref", lambda: reference_training(engine, photos, max(10, args.train_steps // 2), side))
+        # The scheduler's path (what the worker runs): slot trainings stepped together by shared_step.
+        n = max(12, args.train_steps // 2)
+        rows = engine.config.train_rows or None
+        section("sched_b1_full", lambda: scheduler_training(engine, photos, args.work, 1, n, rows, False, side))
+        section("sched_b1_bucket", lambda: scheduler_training(engine, photos, args.work, 1, n, rows, True, side))
+        section("sched_4_bucket", lambda: scheduler_training(engine, photos, args.work, 4, n, rows, True, side))
+        section("sched_16_rows8", lambda: scheduler_training(engine, photos, args.work, 16, n, rows, False, side))
+        section("sched_16_rows16", lambda: scheduler_training(engine, photos, args.work, 16, n, 16, False, side))
+        section("sched_job_a2", lambda: scheduler_job(engine, photos, args.work, args.job_steps, 2, side, True))
     engine.fast_training = False if report["errors"] else engine.fast_training
     loras = [report["train_b1"]["path"]] if not args.smoke else []
     for i in range(len(loras), 8):  # more users: short jobs of their own
@@ -430,6 +555,9 @@ def main() -> None:
         loras.append(str(path))
     section("generation", lambda: generation(engine, base, controlnet, loras, pose, args.work, args.repeats, side, steps,
                                                 args.smoke))
+    for trainings, share in ((4, None), (4, 1.0)):
+        section(f"imagine_beside_{trainings}_share{share or 'default'}", lambda t=trainings, s=share: imagine_beside_trainings(
+            engine, photos, args.work, loras[0], side, steps, max(5, args.repeats), t, s, True))
     if not args.tiny and not args.skip_restart and not args.smoke:
         log("restart warm-up")
         del engine
@@ -479,6 +607,20 @@ def print_table(r: dict) -> None:
               f"{'' if peak is None else peak:>9}  {target}")
     for key in ("diff_imagine", "diff_pose", "diff_eight"):
         print(f"fast vs reference images, {key[5:]}: {g[key]}")
+    print("\nthe scheduler's path (slot trainings in shared_step; what the worker runs):")
+    for key in ("sched_b1_full", "sched_b1_bucket", "sched_4_bucket", "sched_16_rows8", "sched_16_rows16"):
+        if key in r:
+            print(f"  {key:<18} {r[key]['step_ms']:8.1f} ms/step {r[key]['samples_per_s']:8.1f} samples/s "
+                  f"peak {r[key]['peak_gib']} GiB")
+    if "sched_job_a2" in r:
+        print(f"  job {r['sched_job_a2']['steps']} steps x accum 2: {r['sched_job_a2']['job_s']:.1f} s wall")
+    print(f"  /imagine with UniPC's sigmas on the CPU (diffusers' placement): "
+          f"{g['imagine_ours_sigmas_on_cpu']['median_s'] * 1000:.1f} ms")
+    for key in [k for k in r if k.startswith("imagine_beside_")]:
+        b = r[key]
+        print(f"  {key}: idle p95 {b['idle_p95_s'] * 1000:.0f} ms, busy p50 {b['busy_p50_s'] * 1000:.0f} / p95 "
+              f"{b['busy_p95_s'] * 1000:.0f} ms = {b['ratio_p95']:.2f}x; trainings meanwhile "
+              f"{b['training_samples_per_s_meanwhile']:.1f} samples/s")
 
 
 if __name__ == "__main__":

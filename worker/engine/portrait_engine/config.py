@@ -41,6 +41,11 @@ class EngineConfig:
     # Jobs the scheduler runs at once, and the fixed row count of its training UNet calls (0: natural sizes).
     max_jobs: int = 8
     train_rows: int = 8
+    # Pad a training call with fewer rows only to the next power of two, not to train_rows (bench/bench_fast.py
+    # measures what it saves a lone job and how far it moves a job's numbers).
+    train_buckets: bool = False
+    # The most of the engine's time trainings take while generations are active (scheduler.py).
+    train_share: float = 1 / 3
     # The output check (safety.py): auto: on when the checker's folder is installed (real profile; the tiny profile
     # has none); on: required (the tiny profile builds a tiny one); off: not loaded.
     safety: SafetyMode = "auto"
@@ -94,7 +99,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]
         "--fast",
         default=env.get("ENGINE_FAST", "auto"),
         help="auto|on|off: generate through CUDA graphs captured at start (auto: when the device is CUDA); "
-        "tuned by ENGINE_FAST_BATCHES, ENGINE_FAST_COMPILE, ENGINE_FAST_SIZE [ENGINE_FAST]",
+        "tuned by ENGINE_FAST_BATCHES, ENGINE_FAST_COMPILE, ENGINE_FAST_SIZE, ENGINE_FAST_LORA_TARGETS [ENGINE_FAST]",
     )
     parser.add_argument(
         "--lora-path",
@@ -115,6 +120,20 @@ def add_engine_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]
         default=env.get("ENGINE_SAFETY_CHECKER"),
         help="real profile: the safety checker's folder (config.json, pytorch_model.bin, "
         "preprocessor_config.json), as the models command installs it [ENGINE_SAFETY_CHECKER]",
+    )
+    parser.add_argument(
+        "--train-buckets",
+        choices=("on", "off"),
+        default=env.get("ENGINE_TRAIN_BUCKETS", "off"),
+        help="on: a training UNet call with fewer than --train-rows rows is padded only to the next power of two "
+        "[ENGINE_TRAIN_BUCKETS, default off]",
+    )
+    parser.add_argument(
+        "--train-share",
+        type=float,
+        default=env.get("ENGINE_TRAIN_SHARE", str(1 / 3)),
+        help="0..1: the most of the engine's time trainings take while portraits are being painted (1: one "
+        "training step per denoising step) [ENGINE_TRAIN_SHARE, default 1/3]",
     )
     for flag, variable, default, what in (
         ("--max-jobs", "ENGINE_MAX_JOBS", 8, "jobs run at once (more wait in the queue)"),
@@ -137,6 +156,10 @@ def engine_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(f"ENGINE_FAST must be auto, on or off, not {args.fast!r}")
     if args.lora_path not in ("slots", "peft"):
         parser.error(f"ENGINE_LORA_PATH must be slots or peft, not {args.lora_path!r}")
+    if not 0 <= args.train_share <= 1:
+        parser.error(f"ENGINE_TRAIN_SHARE must be between 0 and 1, not {args.train_share}")
+    if args.train_buckets not in ("on", "off"):
+        parser.error(f"ENGINE_TRAIN_BUCKETS must be on or off, not {args.train_buckets!r}")
     if args.safety not in SAFETY_MODES:
         parser.error(f"SAFETY_CHECKER must be auto, on or off, not {args.safety!r}")
     if args.tiny_safety_flag not in (None, *TINY_SAFETY_FLAGS):
@@ -161,6 +184,8 @@ def engine_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         lora_slots=args.lora_slots,
         lora_max_rank=args.lora_max_rank,
         train_rows=args.train_rows,
+        train_buckets=args.train_buckets == "on",
+        train_share=args.train_share,
         safety=args.safety,
         safety_checker=args.safety_checker,
         tiny_safety_flag=args.tiny_safety_flag,

@@ -25,6 +25,9 @@ from .multilora import NONE
 log = logging.getLogger(__name__)
 
 BATCH_SIZES = (1, 2, 4, 8)
+# The UNet layers whose LoRA updates the graphs compute: the kinds the engine trains by default (protocol.py). A batch
+# whose LoRAs fill other layers too runs eagerly; computing all eight kinds in every graph doubled a UNet call.
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 def bucket(count: int, sizes: Sequence[int] = BATCH_SIZES) -> int | None:
@@ -37,6 +40,7 @@ class FastSettings:
     batch_sizes: tuple[int, ...] = BATCH_SIZES
     compile_batches: tuple[int, ...] = (1,)  # torch.compile (mode default) costs ~100 s per shape on first start
     compile_controlnet: bool = False
+    lora_targets: tuple[str, ...] = LORA_TARGETS
     width: int = 512
     height: int = 512
 
@@ -81,6 +85,10 @@ class FastGenerator:
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self._compiled: dict[str, Callable] = {}
         self.info: dict = {}
+        self.served = frozenset(
+            name for name in models.slots.layers
+            if name.startswith("unet.") and any(name.endswith("." + t) for t in settings.lora_targets)
+        )
 
     # --- warm-up ------------------------------------------------------------------------------------------------
 
@@ -110,6 +118,7 @@ class FastGenerator:
             "compiled": sorted({f"{'controlnet' if c else 'unet'}@{r // 2}" for (c, r), g in self.graphs.items()
                                 if g.compiled}),
             "graphs": len(self.graphs),
+            "lora_layers": len(self.served),
             "size": [self.settings.width, self.settings.height],
         }
         if self.device.type == "cuda":
@@ -160,7 +169,8 @@ class FastGenerator:
         step = StepGraph(rows=rows, body=body, buffers=b, compiled=unet is not self.pipe.unet)
         if self.use_graphs:
             # The slot layers read index[:rows] of the table's preallocated index: captured once, set per call.
-            with torch.no_grad(), self.models.slots.use([NONE] * rows):
+            slots = self.models.slots
+            with torch.no_grad(), slots.forced_live(self.served), slots.use([NONE] * rows):
                 stream = torch.cuda.Stream(dev)
                 stream.wait_stream(torch.cuda.current_stream(dev))
                 with torch.cuda.stream(stream):
@@ -199,6 +209,9 @@ class FastGenerator:
         step = self.graph_for(sample, control is not None)
         if step is None:
             return None
+        slots = self.models.slots
+        if not {n for n in slots.layers_of(index.tolist()) if n.startswith("unet.")} <= self.served:
+            return None  # a LoRA on layers the graphs do not update
         n, b = len(sample), step.buffers
         b["sample"][:n].copy_(sample)
         b["t"][:n].copy_(timesteps)  # device to device: no sync
@@ -208,7 +221,7 @@ class FastGenerator:
             b["cond_scale"][:n].copy_(cond_scale)
         padded = torch.full((step.rows,), NONE, dtype=torch.long)
         padded[:n] = index
-        with self.models.slots.use(padded):
+        with slots.forced_live(self.served), slots.use(padded):  # (the CPU's eager body: as the graph computes)
             out = step.run()
         # The output buffer is the next replay's: the caller keeps its own copy.
         return out[:n].clone()
@@ -234,6 +247,8 @@ def settings_from_env(env=os.environ) -> FastSettings:
         batch_sizes=batch_sizes,
         compile_batches=sizes("ENGINE_FAST_COMPILE", (1,)),
         compile_controlnet=env.get("ENGINE_FAST_COMPILE_CONTROLNET", "0") in ("1", "true", "on"),
+        lora_targets=tuple(t.strip() for t in env.get("ENGINE_FAST_LORA_TARGETS", ",".join(LORA_TARGETS)).split(",")
+                           if t.strip()),
     )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+from diffusers import UniPCMultistepScheduler
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from PIL import Image
 
@@ -28,6 +29,10 @@ from .safety import Screened, screen
 
 if TYPE_CHECKING:
     from .fast import FastGenerator
+
+# diffusers keeps UniPC's sigmas on the CPU and copies several to the GPU each step; each such copy waits for the GPU
+# to drain, so the host can never queue a step ahead. On the device they cost nothing (bench_fast.py measures both).
+SIGMAS_ON_DEVICE = True
 
 
 class Generation:
@@ -48,6 +53,8 @@ class Generation:
             )
         self.embeddings = torch.cat([negative, positive]) if self.cfg else positive
         self.timesteps, _ = retrieve_timesteps(pipe.scheduler, request.steps, device)
+        if SIGMAS_ON_DEVICE and device.type == "cuda" and isinstance(pipe.scheduler, UniPCMultistepScheduler):
+            pipe.scheduler.sigmas = pipe.scheduler.sigmas.to(device)
         height, width = request.height, request.width
         self.control = None
         if control_image is not None:
@@ -56,6 +63,10 @@ class Generation:
                 device=device, dtype=models.controlnet.dtype, do_classifier_free_guidance=self.cfg, guess_mode=False,
             )
             height, width = self.control.shape[-2:]
+            # Each row's ControlNet scale, on the device once (not a host-to-device copy per step).
+            rows = len(self.control)
+            self.control_scale = torch.full((rows, 1, 1, 1), request.controlnet_scale, dtype=self.control.dtype,
+                                            device=device)
         self.latents = pipe.prepare_latents(
             count, pipe.unet.config.in_channels, height, width, self.embeddings.dtype, device, self.generators
         )
@@ -145,8 +156,7 @@ def _predict(models: Models, members: list[Generation], fast: "FastGenerator | N
         control = scale = None
         if members[0].control is not None:
             control = torch.cat([g.control for g in members])
-            scale = torch.cat([torch.full((n,), g.request.controlnet_scale, dtype=sample.dtype)
-                               for g, n in zip(members, sizes)]).to(sample.device)[:, None, None, None]
+            scale = torch.cat([g.control_scale for g in members]).to(sample.dtype)
         noise = fast.predict(sample, timesteps, embeddings, index, control, scale)
         if noise is not None:
             return list(noise.split(sizes))
@@ -158,9 +168,7 @@ def _predict(models: Models, members: list[Generation], fast: "FastGenerator | N
             controlnet_cond=torch.cat([g.control for g in members]), conditioning_scale=1.0, guess_mode=False,
             return_dict=False,
         )
-        scale = torch.cat(
-            [torch.full((n,), g.request.controlnet_scale, dtype=sample.dtype) for g, n in zip(members, sizes)]
-        ).to(sample.device)[:, None, None, None]
+        scale = torch.cat([g.control_scale for g in members]).to(sample.dtype)
         extra = dict(
             down_block_additional_residuals=[d * scale for d in down],
             mid_block_additional_residual=mid * scale,

@@ -70,7 +70,13 @@ class SlotLoRA:
         self.layers: dict[str, "SlotLayer"] = {}  # "<prefix>.<path>" -> layer
         # Preallocated so graphs captured over it see each new index; `active` is the batch's index length.
         self.index = torch.full((max_batch,), slots, dtype=torch.long, device=self.device)
+        self._index_host = [slots] * max_batch  # what `index` holds: a host-to-device copy only when it changes
         self.active = 0
+        # Which layers each slot fills; a forward computes updates only on the layers some slot of its batch fills
+        # (the rest would add exact zeros), or on `forced` layers (what a captured graph was captured with).
+        self.filled: dict[int, frozenset[str]] = {}
+        self.forced: frozenset[str] | None = None
+        self._live: frozenset[str] = frozenset()
 
     # --- installation ------------------------------------------------------------------------------------------
 
@@ -90,6 +96,7 @@ class SlotLoRA:
             else:
                 continue
             slotted = cls.adopt(layer, self)
+            slotted.slot_live = False
             parent_path, _, name = path.rpartition(".")
             setattr(module.get_submodule(parent_path) if parent_path else module, name, slotted)
             self.layers[f"{prefix}.{path}"] = slotted
@@ -103,23 +110,48 @@ class SlotLoRA:
         if index is None:
             self.active = 0
             return
-        index = torch.as_tensor(index, dtype=torch.long)
-        if index.ndim != 1 or len(index) > len(self.index):
+        # Host values: callers give lists or CPU tensors, so reading them costs no device sync.
+        values = index.tolist() if isinstance(index, torch.Tensor) else list(index)
+        if len(values) > len(self.index) or any(isinstance(v, list) for v in values):
             raise ValueError(f"slot index must be 1-D with at most {len(self.index)} entries")
-        if ((index < NONE) | (index >= self.slots)).any():
-            raise ValueError(f"slot index out of range: {index.tolist()}")
-        self.index[: len(index)].copy_(torch.where(index == NONE, self.zero_slot, index))
-        self.active = len(index)
+        values = [int(v) for v in values]
+        if any(v < NONE or v >= self.slots for v in values):
+            raise ValueError(f"slot index out of range: {values}")
+        values = [self.zero_slot if v == NONE else v for v in values]
+        if values != self._index_host[: len(values)]:
+            self.index[: len(values)].copy_(torch.tensor(values, dtype=torch.long))
+            self._index_host[: len(values)] = values
+        self.active = len(values)
+        self._apply_live(self.forced if self.forced is not None else self.layers_of(values))
+
+    def layers_of(self, index: Iterable[int]) -> frozenset[str]:
+        """The layers that the LoRAs in these slots fill."""
+        return frozenset().union(*(self.filled.get(slot, ()) for slot in set(index)))
+
+    def _apply_live(self, live: frozenset[str]) -> None:
+        if live != self._live:
+            for name, layer in self.layers.items():
+                layer.slot_live = name in live
+            self._live = live
 
     @contextmanager
     def use(self, index: torch.Tensor | Sequence[int] | None) -> Iterator[None]:
-        previous = self.index[: self.active].clone(), self.active
+        previous = [NONE if v == self.zero_slot else v for v in self._index_host[: self.active]] if self.active else None
         self.set_slots(index)
         try:
             yield
         finally:
-            self.index[: previous[1]].copy_(previous[0])
-            self.active = previous[1]
+            self.set_slots(previous)
+
+    @contextmanager
+    def forced_live(self, names: Iterable[str]) -> Iterator[None]:
+        """Forwards inside compute the updates of exactly these layers, whatever the slots fill: a CUDA graph is
+        captured (and, on the CPU, replayed) so, and serves every batch whose LoRAs fill no other layer."""
+        previous, self.forced = self.forced, frozenset(names)
+        try:
+            yield
+        finally:
+            self.forced = previous
 
     # --- loading users -----------------------------------------------------------------------------------------
 
@@ -130,6 +162,7 @@ class SlotLoRA:
             layer.slot_A[slot].zero_()
             layer.slot_B[slot].zero_()
             layer.slot_scale[slot] = 0
+        self.filled.pop(slot, None)
 
     @torch.no_grad()
     def load_slot(
@@ -174,6 +207,7 @@ class SlotLoRA:
             layer.slot_A[slot, :rank].copy_(pair["A"].reshape(rank, -1))
             layer.slot_B[slot, :, :rank].copy_(pair["B"].reshape(-1, rank))
             layer.slot_scale[slot] = scale * (rank if a_value is None else a_value) / rank
+        self.filled[slot] = frozenset(pairs)
 
     def load_slot_file(self, slot: int, path: str | Path, scale: float = 1.0) -> None:
         """A diffusers LoRA file as the engine writes it (alpha from its lora_adapter_metadata)."""
@@ -199,10 +233,12 @@ class SlotLoRA:
         if rank > self.max_rank:
             raise ValueError(f"rank {rank} is above the slots' {self.max_rank}")
         params = {}
-        for name in self.layers if names is None else names:
+        names = list(self.layers if names is None else names)
+        for name in names:
             layer = self.layers[name]
             params[f"{name}.lora_A.weight"] = nn.Parameter(layer.slot_A.detach()[slot, :rank])
             params[f"{name}.lora_B.weight"] = nn.Parameter(layer.slot_B.detach()[slot, :, :rank])
+        self.filled[slot] = self.filled.get(slot, frozenset()) | frozenset(names)
         return params
 
     def requires_grad(self, enabled: bool) -> None:
@@ -274,10 +310,16 @@ class SlotLayer:
 
     def _with_slots(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         """The base layer's `result` plus each sample's slot update, cast back to the result's dtype as peft does."""
-        if self.lora is None or self.lora.active == 0:
+        if self.lora is None or self.lora.active == 0 or not self.slot_live:
             return result
         a, b, scale = self._gathered(x.shape[0])
-        delta = self._delta(x.to(a.dtype), a, b) * scale[:, None, None]
+        if not torch.is_grad_enabled() and x.dtype != a.dtype:
+            # Inference on a half-precision model: the update in the model's dtype, as peft computes it there
+            # (its LoRA weights load in the model's dtype), not the whole activation cast up to the slots' float32.
+            a, b, scale = a.to(x.dtype), b.to(x.dtype), scale.to(x.dtype)
+        elif not torch.is_autocast_enabled(x.device.type):
+            x = x.to(a.dtype)  # under autocast the matmuls take their own dtype: a cast here only copies
+        delta = self._delta(x, a, b) * scale[:, None, None]
         return (result + delta.reshape(result.shape)).to(result.dtype)
 
 

@@ -111,7 +111,7 @@ class SlotTraining(Training):
 
 
 def shared_step(
-    slots: SlotLoRA, trainings: Sequence[SlotTraining], rows: int | None = None
+    slots: SlotLoRA, trainings: Sequence[SlotTraining], rows: int | None = None, bucketed: bool = False
 ) -> dict[SlotTraining, float | Exception]:
     """One optimizer step for each job; returns each job's mean loss, or the exception that failed it (a job whose
     loss is not finite or whose part of the batch raised fails alone; the others step normally).
@@ -119,7 +119,9 @@ def shared_step(
     `rows`: UNet calls over exactly this many rows (the batch is cut into chunks and the last padded with zero-slot
     rows), so that kernels compute each job's rows the same way whatever its mates hold (on the CPU: the same
     numbers, measured bit for bit for UNet LoRAs); None: one call per group at its natural size (then a job's
-    numbers move with its mates' by float rounding)."""
+    numbers move with its mates' by float rounding). `bucketed`: a group smaller than `rows` is padded only to the
+    next power of two (a job alone computes its own rows, not `rows`; its numbers then move with its mates' only
+    when the bucket changes, by float rounding, as with None)."""
     outcome: dict[SlotTraining, float | Exception] = {}
     slots.requires_grad(True)
     try:
@@ -140,7 +142,7 @@ def shared_step(
                     key = (tuple(micro[k][0].shape[1:]), training.autocast_dtype)
                     groups.setdefault(key, []).append(training)
             for members in groups.values():
-                _backward_group(slots, members, [draws[t][k] for t in members], losses, outcome, rows)
+                _backward_group(slots, members, [draws[t][k] for t in members], losses, outcome, rows, bucketed)
         for training in draws:
             if training in outcome:
                 training.optimizer.zero_grad(set_to_none=True)
@@ -161,19 +163,20 @@ def _backward_group(
     losses: dict[SlotTraining, list[float]],
     outcome: dict,
     rows: int | None,
+    bucketed: bool = False,
 ) -> None:
     """One forward and backward over several jobs' micro-batches of one shape. If the forward raises, each job's
     forward again alone, so that only the job at fault fails (a failed forward has added no gradient); a backward
     that raises fails the whole group, whose gradients it may have left half accumulated."""
     try:
-        parts = [(members, _forward(slots, members, inputs, rows))]
+        parts = [(members, _forward(slots, members, inputs, rows, bucketed))]
     except Exception:  # noqa: BLE001
         if len(members) == 1:
             raise
         parts = []
         for training, micro in zip(members, inputs):
             try:
-                parts.append(([training], _forward(slots, [training], [micro], rows)))
+                parts.append(([training], _forward(slots, [training], [micro], rows, bucketed)))
             except Exception as error:  # noqa: BLE001
                 outcome[training] = error
     for group, (total, values) in parts:
@@ -188,7 +191,11 @@ def _backward_group(
 
 
 def _forward(
-    slots: SlotLoRA, members: list[SlotTraining], inputs: list[tuple[torch.Tensor, ...]], rows: int | None
+    slots: SlotLoRA,
+    members: list[SlotTraining],
+    inputs: list[tuple[torch.Tensor, ...]],
+    rows: int | None,
+    bucketed: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The members' summed, scaled losses (what to backpropagate) and each member's own loss."""
     noisy = [t.noise_scheduler.add_noise(lat, noise, steps) for t, (lat, noise, steps, _) in zip(members, inputs)]
@@ -196,6 +203,8 @@ def _forward(
     sample, timesteps = torch.cat(noisy), torch.cat([steps for _, _, steps, _ in inputs])
     embeddings = torch.cat([emb for *_, emb in inputs])
     count = len(sample)
+    if rows is not None and bucketed and count < rows:
+        rows = 1 << (count - 1).bit_length()
     if rows is not None and count % rows:
         # Fixed-shape chunks, padded with zero-slot rows: kernels then compute every row the same way whatever
         # the others hold, so a job's numbers do not depend on its batch mates (nor on the graph's shape on CUDA).

@@ -2,7 +2,9 @@
 
 Each `tick()` first drops cancelled jobs, then runs one denoising step over every active generation (latency first;
 multigen.denoise_step batches them across users), then one optimizer step over every active LoRA training together
-(multitrain.shared_step). Jobs join (`admit`) and leave between ticks, so a cancel takes effect within one step and
+(multitrain.shared_step). While generations are active, trainings get at most `train_share` of the time (their
+shared step is skipped on a tick that would take them past it), so a portrait beside several trainings takes about
+1 / (1 - train_share) of its time on an idle engine; trainings never stop for longer than the generations last. Jobs join (`admit`) and leave between ticks, so a cancel takes effect within one step and
 an `/imagine` never waits for anyone's whole training. A job that fails (a bad photo or LoRA at admission, a loss
 that is not finite, an exception in its own part of a step or in writing its output) ends with its own error; the
 others go on.
@@ -21,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
+import torch
 from pydantic import BaseModel
 
 from .engine import Engine, checkpoint, finish_generation, finish_training, resume
@@ -33,6 +36,8 @@ from .protocol import ErrorEvent, GenerateRequest, TrainRequest
 from .train import free_memory
 
 log = logging.getLogger(__name__)
+
+TRAIN_SHARE = 1 / 3  # of the engine's time for trainings while generations are active
 
 
 class JobHandle(Protocol):
@@ -103,6 +108,11 @@ class SlotTable:
         self._pins[slot] -= 1
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class Task:
     """An admitted job and what it holds."""
 
@@ -124,9 +134,14 @@ class Scheduler:
         emit: Callable[[BaseModel], None],
         train_rows: int | None = None,
         peft_only: bool = False,
+        train_buckets: bool = False,
+        train_share: float = TRAIN_SHARE,
     ):
         self.engine, self.emit = engine, emit
-        self.train_rows, self.peft_only = train_rows, peft_only
+        self.train_rows, self.peft_only, self.train_buckets = train_rows, peft_only, train_buckets
+        self.train_share = train_share
+        # Seconds spent on each side since generations became active (both reset when none is).
+        self._generating = self._training = 0.0
         self.table = SlotTable(engine.models.slots)
         self.active: list[Task] = []
 
@@ -207,36 +222,57 @@ class Scheduler:
         for task in [t for t in self.active if t.job.is_cancelled()]:
             self._end(task, error=Cancelled())
         generations = [t for t in self.active if t.generation is not None]
-        if generations:
-            failures = denoise_step(self.engine.models, [t.generation for t in generations], self.engine.fast)
-            for task in generations:
-                generation = task.generation
-                if generation in failures:
-                    self._end(task, error=failures[generation])
-                    continue
-                task.job.progress(generation.step_index, generation.total)
-                if generation.done:
-                    self._end(task, finish=lambda t=task: self._finish_generation(t))
+        if not generations:
+            self._generating = self._training = 0.0
+        else:
+            started = time.monotonic()
+            self._generation_step(generations)
+            if any(t.training is not None for t in self.active):
+                _sync(self.engine.models.device)  # the share compares GPU time, not launch time
+            self._generating += time.monotonic() - started
         trainings = [t for t in self.active if t.training is not None]
-        if trainings:
-            outcome = shared_step(self.table.slots, [t.training for t in trainings], self.train_rows)
-            for task in trainings:
-                training, result = task.training, outcome[task.training]
-                if isinstance(result, BaseException):
-                    self._end(task, error=result)
-                    continue
-                task.job.progress(training.step_count, training.params.max_steps, result)
-                if training.step_count in task.previews:
-                    self._preview(task)
-                try:
-                    checkpoint(training, task.checkpoints)
-                except Exception as error:  # noqa: BLE001
-                    self._end(task, error=error)
-                    continue
-                if training.step_count >= training.params.max_steps:
-                    self._end(task, finish=lambda t=task: finish_training(
-                        t.request, t.training, t.checkpoints, t.started, t.resumed_from
-                    ))
+        if trainings and self._training_turn(bool(generations)):
+            started = time.monotonic()
+            self._training_step(trainings)
+            if generations:
+                self._training += time.monotonic() - started  # (the step's losses were read: it has synced)
+
+    def _training_turn(self, generating: bool) -> bool:
+        if not generating or self.train_share >= 1:
+            return True
+        return self.train_share > 0 and self._training <= self.train_share / (1 - self.train_share) * self._generating
+
+    def _generation_step(self, generations: list[Task]) -> None:
+        failures = denoise_step(self.engine.models, [t.generation for t in generations], self.engine.fast)
+        for task in generations:
+            generation = task.generation
+            if generation in failures:
+                self._end(task, error=failures[generation])
+                continue
+            task.job.progress(generation.step_index, generation.total)
+            if generation.done:
+                self._end(task, finish=lambda t=task: self._finish_generation(t))
+
+    def _training_step(self, trainings: list[Task]) -> None:
+        outcome = shared_step(self.table.slots, [t.training for t in trainings], self.train_rows,
+                              self.train_buckets)
+        for task in trainings:
+            training, result = task.training, outcome[task.training]
+            if isinstance(result, BaseException):
+                self._end(task, error=result)
+                continue
+            task.job.progress(training.step_count, training.params.max_steps, result)
+            if training.step_count in task.previews:
+                self._preview(task)
+            try:
+                checkpoint(training, task.checkpoints)
+            except Exception as error:  # noqa: BLE001
+                self._end(task, error=error)
+                continue
+            if training.step_count >= training.params.max_steps:
+                self._end(task, finish=lambda t=task: finish_training(
+                    t.request, t.training, t.checkpoints, t.started, t.resumed_from
+                ))
 
     def _preview(self, task: Task) -> None:
         """Paints one preview in the job's slot, after the shared step: the others' steps are already taken."""

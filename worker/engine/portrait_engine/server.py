@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from .config import EngineConfig
 from .engine import Engine
-from .scheduler import Scheduler
+from .scheduler import TRAIN_SHARE, Scheduler
 from .errors import Cancelled, EngineError
 from .protocol import (
     REQUEST,
@@ -102,12 +102,17 @@ class Server:
         max_active: int = MAX_ACTIVE,
         train_rows: int | None = None,
         peft_only: bool = False,
+        train_buckets: bool = False,
+        train_share: float = TRAIN_SHARE,
     ):
         self.engine = engine
         self.emitter = emitter
         self.max_pending = max_pending
         self.max_active = max_active
-        self.scheduler = Scheduler(engine, emitter.emit, train_rows=train_rows, peft_only=peft_only)
+        self.scheduler = Scheduler(
+            engine, emitter.emit, train_rows=train_rows, peft_only=peft_only, train_buckets=train_buckets,
+            train_share=train_share,
+        )
         self._pending: deque[Job] = deque()
         # Admitted jobs (in the scheduler, or waiting to run alone on the peft path): the worker's, mirrored here.
         self._admitted: list[Job] = []
@@ -270,6 +275,8 @@ def run(config: EngineConfig, events: TextIO, stdin: Iterable[bytes]) -> int:
         emitter,
         max_active=config.max_jobs,
         train_rows=config.train_rows or None,
+        train_buckets=config.train_buckets,
+        train_share=config.train_share,
         peft_only=config.lora_path == "peft",
     ).serve(stdin)
     return 0

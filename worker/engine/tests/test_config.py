@@ -27,6 +27,7 @@ def test_every_flag_falls_back_to_the_environment():
                                                     "ENGINE_LORA_SLOTS": "4", "ENGINE_LORA_MAX_RANK": "64"})
     assert (scheduling.lora_path, scheduling.max_jobs, scheduling.train_rows) == ("peft", 3, 0)
     assert (scheduling.lora_slots, scheduling.lora_max_rank) == (4, 64)
+    assert not scheduling.train_buckets and parse_config([], {"ENGINE_TRAIN_BUCKETS": "on"}).train_buckets
 
 
 @pytest.mark.parametrize(

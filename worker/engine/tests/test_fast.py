@@ -20,7 +20,7 @@ from portrait_engine.multigen import Generation, denoise_step
 from portrait_engine.multilora import NONE
 from portrait_engine.protocol import GenerateRequest, TrainParams, TrainRequest
 
-from .support import ENGINE_DIR, QUICK_TRAIN, RecordingJob
+from .support import ENGINE_DIR, QUICK_TRAIN, RecordingJob, assert_same_images
 
 SIZE = 64
 
@@ -133,7 +133,7 @@ def test_graph_route_equals_the_eager_batched_call(engine, fast, slots, trained_
     ours, theirs = run(engine, cases, fast), run(engine, cases, None)
     assert graph.calls == calls + cases[0][0].steps  # every step went through the graph
     for a, b in zip(ours, theirs):
-        assert np.array_equal(a, b)
+        assert_same_images(a, b)
     assert not np.array_equal(ours[0], run(engine, [(request(scheduler=scheduler), NONE, None)], fast)[0])  # LoRA acts
 
 
@@ -157,8 +157,29 @@ def test_switching_users_is_an_index_and_leaves_nothing_behind(engine, fast, slo
     # Back to user a alone (2-row graph), then beside a request without CFG (3 rows: the 4-row graph's last row
     # still holds the previous call's data).
     assert np.array_equal(run(engine, [(request(), 0, None)], fast)[0], a)
-    assert np.array_equal(run(engine, [(request(), 0, None), (request(seed=9, guidance_scale=1.0), NONE, None)],
-                              fast)[0], a)
+    assert_same_images(run(engine, [(request(), 0, None), (request(seed=9, guidance_scale=1.0), NONE, None)],
+                               fast)[0], a)
+
+
+def test_graphs_update_the_served_layers_and_send_other_loras_eagerly(engine, fast, slots, trained_lora, tmp_path):
+    from .test_multilora import random_lora
+
+    assert fast.served and all(name.startswith("unet.") and name.endswith(("to_q", "to_k", "to_v", "to_out.0"))
+                               for name in fast.served)
+    slots.load_slot_file(0, trained_lora, 1.0)  # attention only: served
+    graph = fast.graph_for(torch.zeros(2, 4, *fast.latent_hw), False)
+    calls = graph.calls
+    run(engine, [(request(), 0, None)], fast)
+    assert graph.calls == calls + request().steps
+    assert {name for name, layer in slots.layers.items() if layer.slot_live} == fast.served  # as captured
+    # A LoRA on a feed-forward layer too: the graphs would miss its update, so it runs eagerly, and correctly.
+    ff = random_lora(engine, tmp_path / "ff.safetensors", 2, 2.0, 3, ["to_q", "ff.net.2"], False)
+    slots.load_slot_file(1, ff, 1.0)
+    calls = graph.calls
+    ours = run(engine, [(request(), 1, None)], fast)[0]
+    assert graph.calls == calls
+    assert np.array_equal(ours, run(engine, [(request(), 1, None)], None)[0])
+    assert not np.array_equal(ours, run(engine, [(request(), NONE, None)], None)[0])
 
 
 def test_batches_no_graph_holds_run_eagerly(engine, fast):

@@ -172,3 +172,43 @@ def test_slot_layers_match_peft_on_linear_and_1x1_conv_with_padded_ranks():
     for row, model in enumerate([peft_models[1], reference, peft_models[0]]):
         assert rel(conv[row], model[0](images[row : row + 1])[0]) <= TOLERANCE
         assert rel(linear[row], model[1](rows[row : row + 1])[0]) <= TOLERANCE
+
+
+def test_only_layers_a_slot_of_the_batch_fills_compute_an_update(engine: Engine, two_loras: list[Path]):
+    slots = engine.models.slots
+    slots.load_slot_file(2, two_loras[1])  # to_q and to_v, and the text encoder's q_proj and v_proj
+    try:
+        with slots.use([2, -1]):
+            live = {name for name, layer in slots.layers.items() if layer.slot_live}
+        assert live == set(slots.filled[2]) and live
+        assert all(name.endswith(("to_q", "to_v", "q_proj", "v_proj")) for name in live)
+        with slots.use([-1, -1]):
+            assert not any(layer.slot_live for layer in slots.layers.values())
+        with slots.forced_live(["unet.down_blocks.1.attentions.0.proj_in"]), slots.use([2]):
+            assert [name for name, layer in slots.layers.items() if layer.slot_live] == \
+                ["unet.down_blocks.1.attentions.0.proj_in"]
+    finally:
+        slots.clear_slot(2)
+    assert 2 not in slots.filled
+
+
+@torch.no_grad()
+def test_a_half_precision_model_takes_the_update_in_its_own_dtype_as_peft_does():
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(16, 12)).half()
+    reference = torch.nn.Sequential(torch.nn.Linear(16, 12)).half()
+    reference.load_state_dict(base.state_dict())
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=["0"]), reference, "a")
+    for name, p in reference.named_parameters():
+        if "lora_" in name:
+            p.normal_(std=0.5)
+    assert reference[0].lora_A["a"].weight.dtype == torch.float16  # peft's adapter in the model's dtype
+    slots = SlotLoRA(slots=2, max_rank=4)  # float32 slots, as the engine keeps them
+    slots.install("unet", base, ["0"])
+    state = {f"unet.{k.replace('.a.', '.')}": v for k, v in reference.state_dict().items() if "lora_" in k}
+    slots.load_slot(1, state, alpha=8)
+    rows = torch.randn(2, 3, 16).half()
+    with slots.use([1, 1]):
+        ours = base[0](rows)
+    assert ours.dtype == torch.float16
+    assert rel(ours.float(), reference[0](rows).float()) <= 2e-3

@@ -28,6 +28,10 @@ def one_thread():
 from portrait_engine.train import resolve_params, training_session
 
 TOLERANCE = 1e-5  # relative L2, float32 on the CPU
+# The weights of a user training the text encoder beside others: 5e-6 measured on an Intel Xeon, 4.8e-5 on an AMD
+# EPYC (2026-12-02), whose kernels round a row by its place in the call; UNet-only users stay within TOLERANCE.
+WEIGHTS_TOLERANCE = 1e-4
+BUCKETED_TOLERANCE = 1e-4  # relative L2 of the weights with ENGINE_TRAIN_BUCKETS (see its test)
 ROWS = 4  # fixed-shape UNet calls (the engine's train_rows); a's and c's micro-batches fit, b's (4 rows) fills one
 
 USERS = {
@@ -113,7 +117,7 @@ def test_each_user_in_a_shared_batch_equals_the_user_alone(engine: Engine, photo
         assert all(abs(x - y) <= TOLERANCE * abs(y) for x, y in zip(losses, alone_losses)), (name, losses, alone_losses)
         assert weights.keys() == alone_weights.keys()
         worst = max(rel(weights[k], alone_weights[k]) for k in weights)
-        assert worst <= TOLERANCE, (name, worst)
+        assert worst <= (TOLERANCE if not USERS[name].get("train_text_encoder") else WEIGHTS_TOLERANCE), (name, worst)
     # Not vacuous: training moved the adapters, and the users differ.
     assert all(w.abs().sum() > 0 for w in finished["a"][1].values())
     assert finished["a"][0] != finished["c"][0]
@@ -210,3 +214,48 @@ def test_what_needs_the_peft_path(engine: Engine):
     assert slot_trainable(TrainParams(train_text_encoder=True), slots)
     assert not slot_trainable(TrainParams(use_8bit_adam=True), slots)
     assert not slot_trainable(TrainParams(rank=slots.max_rank + 1), slots)
+
+
+def test_bucketed_calls_compute_a_lone_job_on_its_own_rows_and_stay_within_tolerance(engine: Engine, photos):
+    """ENGINE_TRAIN_BUCKETS: a job alone runs UNet calls of its own micro-batch's rows (a power of two), not ROWS;
+    in a shared batch the bucket grows and its numbers move by float rounding only."""
+    users = {"a": {**USERS["a"], "train_text_encoder": False},
+             "d": {**USERS["a"], "rank": 2, "alpha": 2.0, "learning_rate": 1e-2, "seed": 7, "max_steps": 3}}
+
+    def job(name: str, slot: int) -> SlotTraining:
+        params = resolve_params(TrainParams(**users[name]), engine.models.dtype, "tiny", len(photos), 0)
+        return SlotTraining(engine.models, params, slot, load_photos(photos, params.resolution), None, ROWS)
+
+    unet, rows_seen = engine.models.pipe.unet, []
+    hook = unet.register_forward_pre_hook(lambda module, args: rows_seen.append(len(args[0])))
+    results: dict[str, dict] = {"alone": {}, "together": {}}
+    try:
+        for name in users:
+            alone = job(name, 0)
+            try:
+                while alone.step_count < alone.params.max_steps:
+                    assert isinstance(shared_step(engine.models.slots, [alone], ROWS, bucketed=True)[alone], float)
+                results["alone"][name] = _result(alone)
+            finally:
+                alone.close()
+        alone_rows, rows_seen[:] = list(rows_seen), []
+        jobs = {name: job(name, slot) for name, slot in (("a", 5), ("d", 3))}
+        try:
+            while any(j.step_count < j.params.max_steps for j in jobs.values()):
+                active = [j for j in jobs.values() if j.step_count < j.params.max_steps]
+                assert all(isinstance(v, float) for v in shared_step(engine.models.slots, active, ROWS, True).values())
+            results["together"] = {name: _result(j) for name, j in jobs.items()}
+        finally:
+            for j in jobs.values():
+                j.close()
+    finally:
+        hook.remove()
+    assert set(alone_rows) == {1}  # batch 1: one row per call, not ROWS
+    assert set(rows_seen) == {1, 2}  # together: both jobs' rows in one call (2), then a alone (1)
+    # Losses stay within TOLERANCE; the weights do not quite: AdamW amplifies the 1-row vs 2-row rounding to
+    # 3.3e-5 relative L2 on a's weights (measured here), hence the default keeps full padding (bit-stable).
+    for name in users:
+        (losses, weights), (alone_losses, alone_weights) = results["together"][name], results["alone"][name]
+        assert all(abs(x - y) <= TOLERANCE * abs(y) for x, y in zip(losses, alone_losses)), (name, losses, alone_losses)
+        worst = max(rel(weights[k], alone_weights[k]) for k in weights)
+        assert worst <= BUCKETED_TOLERANCE, (name, worst)
