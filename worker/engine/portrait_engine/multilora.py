@@ -46,6 +46,7 @@ from safetensors import safe_open
 from torch import nn
 
 NONE = -1  # the slot index meaning "no LoRA"
+HALF_AT_INFERENCE = True  # a half-precision model's updates in its dtype when no gradient is taken (bench A/B)
 # diffusers/peft key spellings of one LoRA matrix: (component).(module path).(down|up).weight
 _KEY = re.compile(
     r"(unet|text_encoder)\.(.+?)\.(?:lora\.(down|up)|lora_linear_layer\.(down|up)|lora_(A|B)(?:\.[^.]+)?)\.weight"
@@ -313,7 +314,7 @@ class SlotLayer:
         if self.lora is None or self.lora.active == 0 or not self.slot_live:
             return result
         a, b, scale = self._gathered(x.shape[0])
-        if not torch.is_grad_enabled() and x.dtype != a.dtype:
+        if HALF_AT_INFERENCE and not torch.is_grad_enabled() and x.dtype != a.dtype:
             # Inference on a half-precision model: the update in the model's dtype, as peft computes it there
             # (its LoRA weights load in the model's dtype), not the whole activation cast up to the slots' float32.
             a, b, scale = a.to(x.dtype), b.to(x.dtype), scale.to(x.dtype)
