@@ -306,21 +306,13 @@ def test_trainings_take_at_most_their_share_while_portraits_are_painted(engine: 
     from portrait_engine.protocol import GenerateRequest
     from portrait_engine.scheduler import Scheduler
 
-    class Handle:
+    class Handle(RecordingJob):
         def __init__(self, request):
+            super().__init__()
             self.request = request
 
         def is_cancelled(self) -> bool:
             return False
-
-        def check_cancel(self) -> None:
-            pass
-
-        def progress(self, step: int, total: int, loss: float | None = None) -> None:
-            pass
-
-        def preview(self, step: int, total: int, image: str) -> None:
-            pass
 
     for share, steps_while_painting in ((0.0, 0), (1.0, 6)):
         ended = []
