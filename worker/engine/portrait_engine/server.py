@@ -70,6 +70,7 @@ class Job:
         self._emitter = emitter
         self._interval = TRAIN_PROGRESS_INTERVAL if isinstance(request, TrainRequest) else 0.0
         self._last_progress = float("-inf")
+        self._held: ProgressEvent | None = None  # the latest progress the interval held back
 
     def is_cancelled(self) -> bool:
         return self.cancelled.is_set()
@@ -80,12 +81,18 @@ class Job:
 
     def progress(self, step: int, total: int, loss: float | None = None) -> None:
         now = time.monotonic()
+        event = ProgressEvent(id=self.request.id, step=step, total=total, loss=loss)
         if step < total and now - self._last_progress < self._interval:
+            self._held = event
             return
-        self._last_progress = now
-        self._emitter.emit(ProgressEvent(id=self.request.id, step=step, total=total, loss=loss))
+        self._last_progress, self._held = now, None
+        self._emitter.emit(event)
 
     def preview(self, step: int, total: int, image: str) -> None:
+        # A preview follows its step's progress (its loss), even one the interval held back.
+        if self._held is not None and self._held.step == step:
+            self._last_progress, held, self._held = time.monotonic(), self._held, None
+            self._emitter.emit(held)
         self._emitter.emit(PreviewEvent(id=self.request.id, step=step, total=total, image=image))
 
 

@@ -74,3 +74,21 @@ def test_peft_path_paints_previews_without_changing_the_training(engine: Engine,
         _is_png(image, 64)
     assert quiet.previews == []
     assert with_previews == without
+
+
+def test_a_preview_follows_its_steps_progress_even_one_the_interval_held_back(photos, tmp_path):
+    import io
+    import json
+
+    from portrait_engine.server import Emitter, Job
+
+    stream = io.StringIO()
+    job = Job(TrainRequest(id="t", op="train", photos=photos, output=str(tmp_path / "t.safetensors")),
+              Emitter(stream))
+    job.progress(1, 6, 0.5)
+    job.progress(2, 6, 0.4)  # within the progress interval: held back
+    job.preview(2, 6, "/x/preview-2.png")
+    job.progress(3, 6, 0.3)  # held back again, and no preview for it
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(e["event"], e["step"]) for e in events] == [("progress", 1), ("progress", 2), ("preview", 2)]
+    assert events[1]["loss"] == 0.4
