@@ -156,9 +156,9 @@ export function resizeArea(src: RgbImage, width: number, height: number): RgbIma
     const row = oy * width * 3;
     for (let x = 0; x < src.width; x++, s += 3) {
       const o = row + column[x]!;
-      sums[o] += data[s]!;
-      sums[o + 1] += data[s + 1]!;
-      sums[o + 2] += data[s + 2]!;
+      sums[o]! += data[s]!;
+      sums[o + 1]! += data[s + 1]!;
+      sums[o + 2]! += data[s + 2]!;
     }
   }
   const out = blank(width, height);
