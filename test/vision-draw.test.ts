@@ -126,3 +126,20 @@ function bright(img: RgbImage): number {
 function toBodies(keypoints: number[][][], scores: number[][]): BodyPose[] {
   return keypoints.map((person, p) => person.map(([x, y], j) => (scores[p]![j]! > 0.3 ? ([x!, y!] as [number, number]) : null)));
 }
+
+test('resizeArea: each output pixel is the rounded mean of the source pixels whose centres fall in it', () => {
+  // 5 × 3 source pixels per output pixel (15 × 9 → 3 × 3), filled from a seeded generator.
+  const src = blank(15, 9);
+  let state = 7;
+  for (let i = 0; i < src.data.length; i++) src.data[i] = state = (state * 1103515245 + 12345) % 256;
+  const out = resizeArea(src, 3, 3);
+  for (let oy = 0; oy < 3; oy++) {
+    for (let ox = 0; ox < 3; ox++) {
+      for (let k = 0; k < 3; k++) {
+        let sum = 0;
+        for (let y = oy * 3; y < oy * 3 + 3; y++) for (let x = ox * 5; x < ox * 5 + 5; x++) sum += src.data[(y * 15 + x) * 3 + k]!;
+        assert.equal(out.data[(oy * 3 + ox) * 3 + k], Math.round(sum / 15), `pixel ${ox},${oy} channel ${k}`);
+      }
+    }
+  }
+});

@@ -5,7 +5,7 @@ import {
 } from 'discord.js';
 import type { Logger } from 'pino';
 import type { App } from '../../src/app.ts';
-import type { ButtonAction, Conversation, IncomingFile, Person, Reply } from '../shared/conversation.ts';
+import type { ButtonAction, Conversation, IncomingFile, Person, Reply, ResolvedPerson } from '../shared/conversation.ts';
 import type { JobNotifier } from '../shared/notifier.ts';
 
 /** An interaction's reply stays editable through its token for 15 minutes; we stop a minute early. */
@@ -42,7 +42,7 @@ export interface ButtonHandler {
   execute(deps: DiscordDeps, action: ButtonAction, person: Person): Promise<Reply>;
 }
 
-export async function personOf(deps: DiscordDeps, interaction: Answerable): Promise<Person> {
+export async function personOf(deps: DiscordDeps, interaction: Answerable): Promise<ResolvedPerson> {
   return deps.conversation.person('discord', interaction.user.id, {
     displayName: interaction.user.globalName ?? interaction.user.username,
     locale: interaction.locale,

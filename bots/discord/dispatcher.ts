@@ -25,10 +25,10 @@ export function interactionDispatcher(deps: DiscordDeps) {
         const who = await personOf(deps, interaction);
         person = who;
         // A banned person's every command gets one clear answer.
-        const refusal = await admin.bannedReply('discord', interaction.user.id, async () => who);
+        const refusal = admin.bannedReply('discord', interaction.user.id, who);
         await answer(deps, interaction, person, refusal ?? await command.execute(deps, interaction, person));
       } else if (interaction.isButton()) {
-        const refusal = await admin.bannedReply('discord', interaction.user.id, () => personOf(deps, interaction));
+        const refusal = admin.bannedReply('discord', interaction.user.id, await deps.conversation.existingPerson('discord', interaction.user.id));
         if (refusal) await interaction.reply({ content: refusal.text, flags: MessageFlags.Ephemeral });
         else person = await onButton(deps, interaction);
       }

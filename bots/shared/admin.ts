@@ -5,7 +5,7 @@ import type { App } from '../../src/app.ts';
 import type { LimitName, Platform } from '../../src/db/schema.ts';
 import { queueNames, type QueueName } from '../../src/queue/index.ts';
 import { UserFacingError } from '../../src/services/errors.ts';
-import type { Person, Reply } from './conversation.ts';
+import type { Person, Reply, ResolvedPerson } from './conversation.ts';
 
 type ChatPlatform = Extract<Platform, 'telegram' | 'discord'>;
 
@@ -20,10 +20,13 @@ export class AdminCommands {
     return (platform === 'telegram' ? admin.telegramIds : admin.discordIds).has(externalId);
   }
 
-  /** A banned person's commands get only this answer (admins are never stopped, so they can unban themselves). */
-  async bannedReply(platform: ChatPlatform, externalId: string, p: () => Promise<Person>): Promise<Reply | undefined> {
-    if (this.isAdmin(platform, externalId) || !(await this.app.services.admin.isBanned(platform, externalId))) return undefined;
-    return { text: (await p()).t('error.banned'), error: true };
+  /**
+   * A banned person's commands get only this answer (admins are never stopped, so they can unban themselves). The ban
+   * is read with the user row this update already loads (`p`; undefined: an account never seen, so not banned).
+   */
+  bannedReply(platform: ChatPlatform, externalId: string, p: ResolvedPerson | undefined): Reply | undefined {
+    if (!p?.banned || this.isAdmin(platform, externalId)) return undefined;
+    return { text: p.t('error.banned'), error: true };
   }
 
   /** Runs one admin command line (without the leading /admin); the caller has checked isAdmin. */

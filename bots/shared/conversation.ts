@@ -5,7 +5,7 @@
 import type { Logger } from 'pino';
 import type { Redis } from 'ioredis';
 import type { App } from '../../src/app.ts';
-import type { Job, JobKind, Platform } from '../../src/db/schema.ts';
+import type { Job, JobKind, Platform, User } from '../../src/db/schema.ts';
 import { UserFacingError } from '../../src/services/errors.ts';
 import type { GenerationNote } from '../../src/services/generation.ts';
 import { errorMessage, apologyFor } from './error-text.ts';
@@ -40,6 +40,9 @@ export interface Person {
 }
 
 /** A file the person sent; `download` is only called once the cheap checks (size) passed. */
+/** A person as read from their user row for this update: also whether they were banned then. */
+export type ResolvedPerson = Person & { banned: boolean };
+
 export interface IncomingFile {
   name: string;
   size?: number;
@@ -61,10 +64,14 @@ export class Conversation {
   get services() { return this.app.services; }
   get config() { return this.app.config; }
 
-  async person(platform: Platform, externalId: string, profile: { displayName?: string; locale?: string } = {}): Promise<Person> {
-    const user = await this.services.users.resolve(platform, externalId, { displayName: profile.displayName, locale: pickLocale(profile.locale) });
-    const locale = pickLocale(user.locale);
-    return { userId: user.id, platform, locale, t: translator(locale) };
+  async person(platform: Platform, externalId: string, profile: { displayName?: string; locale?: string } = {}): Promise<ResolvedPerson> {
+    return personFrom(platform, await this.services.users.resolve(platform, externalId, { displayName: profile.displayName, locale: pickLocale(profile.locale) }));
+  }
+
+  /** The person behind an account that has written before, or undefined: a stranger gets no row from this. */
+  async existingPerson(platform: Platform, externalId: string): Promise<ResolvedPerson | undefined> {
+    const user = await this.services.users.find(platform, externalId);
+    return user && personFrom(platform, user);
   }
 
   /** The Redis key of a piece of chat state (`name`) of one person. */
@@ -98,4 +105,9 @@ export class Conversation {
       return { text: p.t(apologyFor(error)), error: true };
     }
   }
+}
+
+function personFrom(platform: Platform, user: User): ResolvedPerson {
+  const locale = pickLocale(user.locale);
+  return { userId: user.id, platform, locale, t: translator(locale), banned: user.bannedAt !== null };
 }

@@ -70,16 +70,6 @@ export class AdminService {
     await this.db.update(users).set({ bannedAt: banned ? sql`coalesce(${users.bannedAt}, now())` : null }).where(eq(users.id, userId));
   }
 
-  /** Whether the account's person is banned (an unknown account is not). */
-  async isBanned(platform: Platform, externalId: string): Promise<boolean> {
-    const [row] = await this.db
-      .select({ bannedAt: users.bannedAt })
-      .from(accounts)
-      .innerJoin(users, eq(users.id, accounts.userId))
-      .where(sql`${accounts.platform} = ${platform} and ${accounts.externalId} = ${externalId}`);
-    return Boolean(row?.bannedAt);
-  }
-
   /** Sets one limit for one person, or (null) goes back to the configured one. Returns the overrides now in force. */
   async setLimit(userId: string, name: LimitName, value: number | null): Promise<LimitOverrides> {
     const [row] = await this.db.select({ overrides: users.limitOverrides }).from(users).where(eq(users.id, userId));

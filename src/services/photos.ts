@@ -36,7 +36,10 @@ export class PhotoService {
   private async checkAndStore(userId: string, bytes: Buffer, originalName?: string): Promise<PhotoUploadResult> {
     const max = this.config.photos.maxPerUser;
     const full = () => reject(new UserFacingError('too_many_photos', `You already have ${max} photos — the most a training uses. Delete some to add others.`, { max }));
-    const total = await this.count(userId);
+    // One read of the person's photos serves the up-front limit, the same-file check and the near-duplicate check.
+    const mine = await this.db.select().from(photos).where(eq(photos.userId, userId)).orderBy(asc(photos.createdAt));
+    const earlier = mine.filter((p) => p.status === 'accepted');
+    const total = earlier.length;
     if (total >= max) return full();
     let normalized;
     try {
@@ -49,10 +52,9 @@ export class PhotoService {
       if (error instanceof ImageRejectedError) return reject(error);
       throw error;
     }
-    const existing = await this.findBySha(userId, normalized.sha256);
+    const existing = mine.find((p) => p.sha256 === normalized.sha256);
     if (existing) return { ok: true, photo: existing, duplicate: true, total, faceChecked: existing.faceMeasures !== null };
 
-    const earlier = await this.list(userId);
     const known = earlier.flatMap((p, i) => (p.phash ? [{ index: i + 1, phash: p.phash, embedding: p.embedding ?? undefined }] : []));
     const check = await this.vision.checkUpload(normalized.data, known);
     if (!check.verdict.ok) return reject(check.verdict);
@@ -129,11 +131,6 @@ export class PhotoService {
       .returning({ original: photos.storageKey, crop: photos.cropKey });
     if (deleted.length === 0) throw notFound('Photo');
     await deleteUnreferencedBlobs(this.db, this.store, deleted.flatMap((row) => [row.original, row.crop]));
-  }
-
-  private async findBySha(userId: string, sha256: string) {
-    const [row] = await this.db.select().from(photos).where(and(eq(photos.userId, userId), eq(photos.sha256, sha256)));
-    return row;
   }
 }
 

@@ -134,25 +134,39 @@ export function toPlanar(src: RgbImage, order: 'rgb' | 'bgr', mean: readonly num
   return out;
 }
 
-/** Downscale by averaging every source pixel into the output pixel its centre falls in (no aliasing). */
+/**
+ * Downscale by averaging every source pixel into the output pixel its centre falls in (no aliasing). Each photo's
+ * perceptual hash runs this over the whole picture on the main thread, so each column's and row's bin is computed
+ * once, not per pixel (sums of integers in float64 are exact: the same result as before).
+ */
 export function resizeArea(src: RgbImage, width: number, height: number): RgbImage {
   const sums = new Float64Array(width * height * 3);
-  const counts = new Uint32Array(width * height);
-  for (let y = 0; y < src.height; y++) {
+  const column = new Uint32Array(src.width);
+  const perColumn = new Uint32Array(width);
+  const perRow = new Uint32Array(height);
+  for (let x = 0; x < src.width; x++) {
+    const ox = Math.min(width - 1, Math.floor(((x + 0.5) * width) / src.width));
+    column[x] = ox * 3;
+    perColumn[ox]!++;
+  }
+  const data = src.data;
+  for (let y = 0, s = 0; y < src.height; y++) {
     const oy = Math.min(height - 1, Math.floor(((y + 0.5) * height) / src.height));
-    for (let x = 0; x < src.width; x++) {
-      const ox = Math.min(width - 1, Math.floor(((x + 0.5) * width) / src.width));
-      const o = oy * width + ox, s = (y * src.width + x) * 3;
-      sums[o * 3] = sums[o * 3]! + src.data[s]!;
-      sums[o * 3 + 1] = sums[o * 3 + 1]! + src.data[s + 1]!;
-      sums[o * 3 + 2] = sums[o * 3 + 2]! + src.data[s + 2]!;
-      counts[o]!++;
+    perRow[oy]!++;
+    const row = oy * width * 3;
+    for (let x = 0; x < src.width; x++, s += 3) {
+      const o = row + column[x]!;
+      sums[o]! += data[s]!;
+      sums[o + 1]! += data[s + 1]!;
+      sums[o + 2]! += data[s + 2]!;
     }
   }
   const out = blank(width, height);
-  for (let i = 0; i < counts.length; i++) {
-    const n = counts[i] || 1;
-    for (let k = 0; k < 3; k++) out.data[i * 3 + k] = Math.round(sums[i * 3 + k]! / n);
+  for (let oy = 0, i = 0; oy < height; oy++) {
+    for (let ox = 0; ox < width; ox++, i += 3) {
+      const n = perRow[oy]! * perColumn[ox]! || 1;
+      for (let k = 0; k < 3; k++) out.data[i + k] = Math.round(sums[i + k]! / n);
+    }
   }
   return out;
 }

@@ -17,7 +17,10 @@ export function adminFeature(deps: TelegramDeps, admin = new AdminCommands(deps.
 export function bannedGuard(deps: TelegramDeps, admin = new AdminCommands(deps.app)): MiddlewareFn<Context> {
   return async (ctx, next) => {
     if (!ctx.from || (!ctx.message && !ctx.callbackQuery)) return next();
-    const refusal = await admin.bannedReply('telegram', String(ctx.from.id), () => personOf(deps, ctx));
+    // The user row read here is the one the handler uses (personOf), so the ban costs no query of its own.
+    const person = await deps.conversation.existingPerson('telegram', String(ctx.from.id));
+    if (person) ctx.state.person = person;
+    const refusal = admin.bannedReply('telegram', String(ctx.from.id), person);
     if (!refusal) return next();
     if (ctx.callbackQuery) await ctx.answerCbQuery(refusal.text, { show_alert: true });
     else await replyTo(deps, ctx, refusal);
