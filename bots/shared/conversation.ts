@@ -39,10 +39,10 @@ export interface Person {
   t: Translate;
 }
 
-/** A file the person sent; `download` is only called once the cheap checks (size) passed. */
 /** A person as read from their user row for this update: also whether they were banned then. */
 export type ResolvedPerson = Person & { banned: boolean };
 
+/** A file the person sent; `download` is only called once the cheap checks (size) passed. */
 export interface IncomingFile {
   name: string;
   size?: number;

@@ -227,8 +227,8 @@ class Scheduler:
         else:
             started = time.monotonic()
             self._generation_step(generations)
-            if any(t.training is not None for t in self.active):
-                _sync(self.engine.models.device)  # the share compares GPU time, not launch time
+            if 0 < self.train_share < 1 and any(t.training is not None for t in self.active):
+                _sync(self.engine.models.device)  # the share compares GPU time, not launch time (0 and 1 need none)
             self._generating += time.monotonic() - started
         trainings = [t for t in self.active if t.training is not None]
         if trainings and self._training_turn(bool(generations)):
