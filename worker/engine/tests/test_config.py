@@ -28,6 +28,7 @@ def test_every_flag_falls_back_to_the_environment():
     assert (scheduling.lora_path, scheduling.max_jobs, scheduling.train_rows) == ("peft", 3, 0)
     assert (scheduling.lora_slots, scheduling.lora_max_rank) == (4, 64)
     assert not scheduling.train_buckets and parse_config([], {"ENGINE_TRAIN_BUCKETS": "on"}).train_buckets
+    assert scheduling.train_share == pytest.approx(1 / 3) and parse_config([], {"ENGINE_TRAIN_SHARE": "0.5"}).train_share == 0.5
 
 
 @pytest.mark.parametrize(
