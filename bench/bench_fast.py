@@ -190,9 +190,11 @@ class Handle:
 
 
 def scheduler_training(engine: Engine, photos, work: Path, users: int, steps: int, rows: int | None,
-                       bucketed: bool, side: int) -> dict:
-    """The production path: `users` LoRA jobs (each its own photos order, seed and slot) stepped together by
-    multitrain.shared_step, as Scheduler.tick does; steady time per shared step."""
+                       bucketed: bool, side: int, graphed: bool = False) -> dict:
+    """The scheduler's path: `users` LoRA jobs (each its own photos order, seed and slot) stepped together, as
+    Scheduler.tick does: eagerly by multitrain.shared_step, or (`graphed`, what the scheduler runs on CUDA) by
+    fast_train.GraphedCohort at the natural batch size; steady time per shared step."""
+    from portrait_engine.fast_train import DeviceSide, GraphedCohort
     from portrait_engine.multitrain import SlotTraining, shared_step
 
     reset_peak()
@@ -202,10 +204,16 @@ def scheduler_training(engine: Engine, photos, work: Path, users: int, steps: in
                                 seed=i)
         params, pixels, class_photos, _ = engine.prepare_training(request)
         jobs.append(SlotTraining(engine.models, params, i, pixels, class_photos, rows))
+        if graphed:
+            DeviceSide(jobs[-1])
+    cohort = GraphedCohort(engine.models.slots) if graphed else None
     stamps = []
     try:
         for _ in range(steps):
-            outcome = shared_step(engine.models.slots, jobs, rows, bucketed)
+            if graphed:
+                outcome = cohort.step(jobs)
+            else:
+                outcome = shared_step(engine.models.slots, jobs, rows, bucketed)
             assert all(isinstance(v, float) for v in outcome.values()), outcome
             sync()
             stamps.append(time.perf_counter())
@@ -213,11 +221,13 @@ def scheduler_training(engine: Engine, photos, work: Path, users: int, steps: in
         for job in jobs:
             job.close()
     step = float(np.median(np.diff(stamps)[2:]))
-    return {"users": users, "rows": rows, "bucketed": bucketed, "step_ms": step * 1000,
-            "samples_per_s": users / step, "peak_gib": peak_gib(), "losses_user0": jobs[0].losses[:4]}
+    return {"users": users, "rows": None if graphed else rows, "bucketed": bucketed, "graphed": graphed,
+            "step_ms": step * 1000, "samples_per_s": users / step, "peak_gib": peak_gib(),
+            "capture_s": cohort.capture_seconds if graphed else None, "losses_user0": jobs[0].losses[:8]}
 
 
-def scheduler_job(engine: Engine, photos, work: Path, steps: int, accum: int, side: int, bucketed: bool) -> dict:
+def scheduler_job(engine: Engine, photos, work: Path, steps: int, accum: int, side: int, bucketed: bool,
+                  deadline_s: float = 150) -> dict:
     """One person's job through the scheduler alone, admit to saved adapter (both formats), warm engine."""
     from portrait_engine.scheduler import Scheduler
 
@@ -230,6 +240,9 @@ def scheduler_job(engine: Engine, photos, work: Path, steps: int, accum: int, si
     assert scheduler.admit(Handle(request)) == "joined"
     while not scheduler.idle:
         scheduler.tick()
+        if time.perf_counter() - started > deadline_s:  # a bound on the bench's time, not the job's
+            scheduler.cancel_all()
+            raise TimeoutError(f"the job took over {deadline_s} s")
     sync()
     wall = time.perf_counter() - started
     assert type(ended[0]).__name__ == "TrainResult", ended
@@ -237,15 +250,52 @@ def scheduler_job(engine: Engine, photos, work: Path, steps: int, accum: int, si
             "peak_gib": peak_gib()}
 
 
-def imagine_beside_trainings(engine: Engine, photos, work: Path, lora: str, side: int, steps: int, repeats: int,
-                             trainings: int, share: float | None, bucketed: bool) -> dict:
-    """/imagine latency (admit to result, PNG written) through the scheduler, idle and with `trainings` LoRA
-    trainings running beside it."""
-    from portrait_engine.scheduler import TRAIN_SHARE, Scheduler
+def graphed_resume(engine: Engine, photos, work: Path, side: int, steps: int = 6) -> dict:
+    """A graphed slot job checkpointed halfway (its generator read after graph replays, the capturable AdamW's
+    state, the device-side scaler), resumed in a new graphed job: its later losses against the uninterrupted run."""
+    import io
 
-    ended = []
-    scheduler = Scheduler(engine, ended.append, train_rows=engine.config.train_rows or None,
-                          train_buckets=bucketed, train_share=TRAIN_SHARE if share is None else share)
+    from portrait_engine.fast_train import DeviceSide, GraphedCohort
+    from portrait_engine.multitrain import SlotTraining
+
+    def job() -> SlotTraining:
+        request = train_request(photos, work / "resume.safetensors", steps, side=side, seed=3)
+        params, pixels, _, _ = engine.prepare_training(request)
+        made = SlotTraining(engine.models, params, 0, pixels, None, None)
+        DeviceSide(made)
+        return made
+
+    first, saved = job(), io.BytesIO()
+    try:
+        cohort = GraphedCohort(engine.models.slots)
+        while first.step_count < steps:
+            cohort.step([first])
+            if first.step_count == steps // 2:
+                torch.save(first.state_dict(), saved)
+    finally:
+        first.close()
+    second = job()
+    try:
+        saved.seek(0)
+        second.load_state_dict(torch.load(saved, weights_only=True))
+        cohort = GraphedCohort(engine.models.slots)
+        while second.step_count < steps:
+            cohort.step([second])
+    finally:
+        second.close()
+    later = slice(steps // 2, steps)
+    return {"uninterrupted": first.losses[later], "resumed": second.losses[later],
+            "max_rel_diff": max(abs(x - y) / abs(y) for x, y in zip(first.losses[later], second.losses[later]))}
+
+
+def losses_apart(report: dict, ours: str, theirs: str) -> dict:
+    """Largest relative difference of user 0's losses between two training rows (same job, same draws)."""
+    a, b = report[ours]["losses_user0"], report[theirs]["losses_user0"]
+    return {"rows": [ours, theirs], "max_rel_diff": max(abs(x - y) / abs(y) for x, y in zip(a, b))}
+
+
+def scheduled_imagine(scheduler, ended: list, lora: str, work: Path, side: int, steps: int):
+    """A function painting one /imagine through `scheduler` (admit to PNG written); returns its seconds."""
 
     def imagine(i: int) -> float:
         request = GenerateRequest(id=f"busy{i}", op="generate", prompt=f"{PROMPT} {i}", lora=lora, steps=steps,
@@ -257,6 +307,64 @@ def imagine_beside_trainings(engine: Engine, photos, work: Path, lora: str, side
         sync()
         assert type(ended[-1]).__name__ == "GenerateResult", ended[-1]
         return time.perf_counter() - started
+
+    return imagine
+
+
+def imagine_profile(engine: Engine, lora: str, work: Path, side: int, steps: int) -> dict:
+    """Where an idle /imagine's time goes through the scheduler: phases timed with a device sync around each
+    (admission = prompt encoding and set-up, the denoising ticks, the finish = VAE decode, check and PNG), then a
+    torch.profiler table of one more run."""
+    from portrait_engine import scheduler as scheduler_module
+    from portrait_engine.multigen import Generation
+
+    phases = {"admit": [], "finish": []}
+
+    def timed_phase(name, fn):
+        def wrapper(*a, **k):
+            sync()
+            started = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                sync()
+                phases[name].append(time.perf_counter() - started)
+        return wrapper
+
+    ended: list = []
+    scheduler = scheduler_module.Scheduler(engine, ended.append)
+    imagine = scheduled_imagine(scheduler, ended, lora, work, side, steps)
+    for i in range(3):
+        imagine(i)
+    originals = (scheduler_module.Generation, Generation.finish)
+    scheduler_module.Generation = timed_phase("admit", Generation)
+    Generation.finish = timed_phase("finish", Generation.finish)
+    try:
+        walls = [imagine(10 + i) for i in range(5)]
+    finally:
+        scheduler_module.Generation, Generation.finish = originals
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        imagine(99)
+    averages = prof.key_averages()
+    median = lambda xs: float(np.median(xs)) * 1000  # noqa: E731
+    return {"wall_ms": median(walls), "admit_ms": median(phases["admit"]), "finish_ms": median(phases["finish"]),
+            "denoise_ms": median(walls) - median(phases["admit"]) - median(phases["finish"]),
+            "by_self_cpu": averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60),
+            "by_device": averages.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60)}
+
+
+def imagine_beside_trainings(engine: Engine, photos, work: Path, lora: str, side: int, steps: int, repeats: int,
+                             trainings: int, share: float | None, bucketed: bool) -> dict:
+    """/imagine latency (admit to result, PNG written) through the scheduler, idle and with `trainings` LoRA
+    trainings running beside it."""
+    from portrait_engine.scheduler import TRAIN_SHARE, Scheduler
+
+    ended = []
+    scheduler = Scheduler(engine, ended.append, train_rows=engine.config.train_rows or None,
+                          train_buckets=bucketed, train_share=TRAIN_SHARE if share is None else share)
+    imagine = scheduled_imagine(scheduler, ended, lora, work, side, steps)
 
     idle = [imagine(i) for i in range(2 + repeats)][2:]
     for i in range(trainings):
@@ -331,6 +439,11 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
         res["imagine_ours_sigmas_on_cpu"] = timed(lambda: scheduled([request(loras[0])]), repeats)
     finally:
         multigen.SIGMAS_ON_DEVICE = True
+    multigen.SOLVE_WITHOUT_SYNC = False  # diffusers' torch.linalg.solve: a device sync every UniPC step
+    try:
+        res["imagine_ours_solve_syncs"] = timed(lambda: scheduled([request(loras[0])]), repeats)
+    finally:
+        multigen.SOLVE_WITHOUT_SYNC = True
     fast = engine.fast
     requests = [request(lora, i=i, seed=100 + i) for i, lora in enumerate(loras[:8])]
     res["eight_ours"] = timed(lambda: scheduled(requests), max(3, repeats // 2))
@@ -437,7 +550,11 @@ def restart_warmup(args, base: Path, controlnet: Path) -> dict | None:
 
 
 def main() -> None:
+    import faulthandler
     import logging
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `timeout -s USR1`: where a run is stuck
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "torch", "diffusers", "transformers"):
@@ -452,7 +569,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="generation only, against the scheduler's eager path (no references, no training rows)")
     parser.add_argument("--restart-timeout", type=int, default=240)
+    parser.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
     args = parser.parse_args()
+    only = {name for name in args.only.split(",") if name}
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     if args.tiny:
@@ -475,6 +594,12 @@ def main() -> None:
     reset_peak()
     t0 = time.monotonic()
     engine = Engine(config)
+    # A/B switches for the training rows (they change no product code; channels_last breaks the graphs captured
+    # at warm-up, so run it with --only over training rows).
+    if os.environ.get("BENCH_CUDNN_BENCHMARK") == "1":
+        torch.backends.cudnn.benchmark = True
+    if os.environ.get("BENCH_CHANNELS_LAST") == "1":
+        engine.models.pipe.unet.to(memory_format=torch.channels_last)
     warmup = dict(engine.warmup or {}, engine_start_s=round(time.monotonic() - t0, 1))
     log("warm-up", warmup)
 
@@ -503,6 +628,8 @@ def main() -> None:
         """Runs one row; a failure is recorded and the rest of the table still gets measured."""
         import traceback
 
+        if only and name not in only:
+            return report.get(name)
         log(name)
         try:
             report[name] = fn()
@@ -517,7 +644,7 @@ def main() -> None:
         def train_b1():
             return engine_training(engine, photos, args.work, args.train_steps, 1, 1, side)
 
-        if section("train_b1", train_b1) is None:
+        if section("train_b1", train_b1) is None and "train_b1" in report["errors"]:
             engine.fast_training = False  # the LoRAs generation needs, trained eagerly
             section("train_b1_eager_fallback", train_b1)
             report["train_b1"] = report.get("train_b1_eager_fallback")
@@ -546,19 +673,29 @@ def main() -> None:
         section("sched_4_bucket", lambda: scheduler_training(engine, photos, args.work, 4, n, rows, True, side))
         section("sched_16_rows8", lambda: scheduler_training(engine, photos, args.work, 16, n, rows, False, side))
         section("sched_16_rows16", lambda: scheduler_training(engine, photos, args.work, 16, n, 16, False, side))
-        section("sched_job_a2", lambda: scheduler_job(engine, photos, args.work, args.job_steps, 2, side, True))
+        # The scheduler's graphed path on CUDA, and how far a job's losses move with it: graphed vs the eager
+        # shared step, and alone vs among 15 others (both graphed).
+        for users in (1, 4, 16):
+            section(f"sched_{users}_graph", lambda u=users: scheduler_training(engine, photos, args.work, u, n, rows,
+                                                                                False, side, graphed=True))
+        section("sched_graph_vs_eager", lambda: losses_apart(report, "sched_1_graph", "sched_b1_full"))
+        section("sched_alone_vs_16", lambda: losses_apart(report, "sched_1_graph", "sched_16_graph"))
+        section("sched_graph_resume", lambda: graphed_resume(engine, photos, args.work, side))
+        section("sched_job_a2", lambda: scheduler_job(engine, photos, args.work, args.job_steps, 2, side, False))
     engine.fast_training = False if report["errors"] else engine.fast_training
-    loras = [report["train_b1"]["path"]] if not args.smoke else []
-    for i in range(len(loras), 8):  # more users: short jobs of their own
+    loras = [report["train_b1"]["path"]] if report.get("train_b1") and not args.smoke else []
+    painting = not only or "generation" in only or any(name.startswith("imagine_") for name in only)
+    for i in range(len(loras), 8 if painting else 0):  # more users: short jobs of their own
         path = args.work / f"user{i}.safetensors"
         engine.train(train_request(photos[i:] + photos[:i], path, 4, side=side, seed=i), Quiet())
         loras.append(str(path))
+    section("imagine_profile", lambda: imagine_profile(engine, loras[0], args.work, side, steps))
     section("generation", lambda: generation(engine, base, controlnet, loras, pose, args.work, args.repeats, side, steps,
                                                 args.smoke))
     for trainings, share in ((4, None), (4, 1.0)):
         section(f"imagine_beside_{trainings}_share{share or 'default'}", lambda t=trainings, s=share: imagine_beside_trainings(
             engine, photos, args.work, loras[0], side, steps, max(5, args.repeats), t, s, True))
-    if not args.tiny and not args.skip_restart and not args.smoke:
+    if not args.tiny and not args.skip_restart and not args.smoke and (not only or "restart" in only):
         log("restart warm-up")
         del engine
         torch.cuda.empty_cache()
@@ -608,14 +745,19 @@ def print_table(r: dict) -> None:
     for key in ("diff_imagine", "diff_pose", "diff_eight"):
         print(f"fast vs reference images, {key[5:]}: {g[key]}")
     print("\nthe scheduler's path (slot trainings in shared_step; what the worker runs):")
-    for key in ("sched_b1_full", "sched_b1_bucket", "sched_4_bucket", "sched_16_rows8", "sched_16_rows16"):
+    for key in ("sched_b1_full", "sched_b1_bucket", "sched_4_bucket", "sched_16_rows8", "sched_16_rows16",
+                "sched_1_graph", "sched_4_graph", "sched_16_graph"):
         if key in r:
             print(f"  {key:<18} {r[key]['step_ms']:8.1f} ms/step {r[key]['samples_per_s']:8.1f} samples/s "
                   f"peak {r[key]['peak_gib']} GiB")
+    for key in ("sched_graph_vs_eager", "sched_alone_vs_16"):
+        if key in r:
+            print(f"  losses {key}: max relative difference {r[key]['max_rel_diff']:.2e}")
     if "sched_job_a2" in r:
         print(f"  job {r['sched_job_a2']['steps']} steps x accum 2: {r['sched_job_a2']['job_s']:.1f} s wall")
     print(f"  /imagine with UniPC's sigmas on the CPU (diffusers' placement): "
-          f"{g['imagine_ours_sigmas_on_cpu']['median_s'] * 1000:.1f} ms")
+          f"{g['imagine_ours_sigmas_on_cpu']['median_s'] * 1000:.1f} ms; with its syncing solve: "
+          f"{g['imagine_ours_solve_syncs']['median_s'] * 1000:.1f} ms")
     for key in [k for k in r if k.startswith("imagine_beside_")]:
         b = r[key]
         print(f"  {key}: idle p95 {b['idle_p95_s'] * 1000:.0f} ms, busy p50 {b['busy_p50_s'] * 1000:.0f} / p95 "

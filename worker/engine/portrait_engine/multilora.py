@@ -4,18 +4,18 @@
 `proj_in`/`proj_out` are) of `module` into a `SlotLinear`/`SlotConv2d`: the same object type for peft (a subclass
 of the original class, sharing its weight and bias, same state_dict), plus preallocated, non-persistent buffers
 
-    slot_A[S + 1, R, in]    slot_B[S + 1, out, R]    slot_scale[S + 1]
+    slot_A[S + 1, R, in]    slot_Bt[S + 1, R, out]    slot_scale[S + 1]
 
-for S slots of max rank R. Slot S (index -1 from outside) is the zero slot: "no LoRA". A rank r < R fills
-`slot_A[s, :r]` and `slot_B[s, :, :r]` and leaves the rest zero, which is exact. `slot_scale[s]` is alpha / r times
-the user's LoRA scale.
+for S slots of max rank R (B is kept transposed, so that a slot's first r rows are one dense block for a fused
+optimizer). Slot S (index -1 from outside) is the zero slot: "no LoRA". A rank r < R fills `slot_A[s, :r]` and
+`slot_Bt[s, :r]` and leaves the rest zero, which is exact. `slot_scale[s]` is alpha / r times the user's LoRA scale.
 
 Per forward, `set_slots(index)` (a context manager too: `with lora.slots(index): ...`) gives every sample of the
 batch its slot (a [n] tensor or list of ints, -1 for none). The index is copied into a preallocated buffer, so a
 captured CUDA graph reads the new index without recapture. A layer whose input batch is k * n (CFG's doubled batch
 `cat([x] * 2)`, or images per prompt laid out the same way) tiles the index k times. Each layer then adds
 
-    (x @ slot_A[idx].T @ slot_B[idx].T) * slot_scale[idx]          (batched, gathered matmuls)
+    (x @ slot_A[idx].T @ slot_Bt[idx]) * slot_scale[idx]          (batched, gathered matmuls)
 
 to the base layer's output, in the slot dtype (float32 by default), cast back to the base output's dtype as peft
 does. With no slots set (`active == 0`) a layer is exactly its base layer, so the plain peft path (diffusers'
@@ -27,10 +27,11 @@ engine writes (`unet.<path>.lora.down.weight`, `...lora_A.weight`, `text_encoder
 ...), and `load_slot_file(slot, path, scale)` reads such a file with its `lora_adapter_metadata` (r, lora_alpha).
 `clear_slot(slot)` zeroes it. No module is ever swapped after `install`.
 
-Training: `trainable(slot, rank)` returns leaf Parameters that alias `slot_A[slot, :rank]` / `slot_B[slot, :, :rank]`
+Training: `trainable(slot, rank)` returns leaf Parameters that alias `slot_A[slot, :rank]` / `slot_Bt[slot, :rank].T`
 (named like peft's: `<prefix>.<path>.lora_A.weight`), so an ordinary optimizer over them updates the slot in place.
-With `requires_grad(True)` the slot buffers collect gradients in a backward pass; `collect_grads(slot, params)` hands
-each alias its slice of them (the other slots' samples contribute nothing to it), and `zero_grad()` drops them.
+Under `train_rows(rows)` each row of a batch takes its update from its job's aliases themselves (stacked per layer,
+zero-padded to R as in the slot), so the backward pass writes each job's gradient straight into its own parameters:
+no gather from the shared buffers and no scatter back (their index_put kernels were most of a shared step's GPU time).
 """
 
 import json
@@ -78,6 +79,8 @@ class SlotLoRA:
         self.filled: dict[int, frozenset[str]] = {}
         self.forced: frozenset[str] | None = None
         self._live: frozenset[str] = frozenset()
+        # Under train_rows: each row's (slot, trainable aliases) or None, for the layers' forwards.
+        self.rows: list[tuple[int, dict[str, nn.Parameter]] | None] | None = None
 
     # --- installation ------------------------------------------------------------------------------------------
 
@@ -98,6 +101,7 @@ class SlotLoRA:
                 continue
             slotted = cls.adopt(layer, self)
             slotted.slot_live = False
+            slotted.slot_name = f"{prefix}.{path}"
             parent_path, _, name = path.rpartition(".")
             setattr(module.get_submodule(parent_path) if parent_path else module, name, slotted)
             self.layers[f"{prefix}.{path}"] = slotted
@@ -145,6 +149,45 @@ class SlotLoRA:
             self.set_slots(previous)
 
     @contextmanager
+    def train_rows(self, rows: Sequence[tuple[int, dict[str, nn.Parameter]] | None]) -> Iterator[None]:
+        """Forwards inside give row i the LoRA of `rows[i]` = (slot, its aliases from `trainable`), None for no
+        LoRA, with gradients into those aliases. Nothing is copied to the device (the index buffer is not used), so a
+        CUDA graph can capture these forwards: every tensor they read has a fixed address."""
+        for row in rows:
+            if row is not None:
+                self._check(row[0])
+        previous = (self.rows, self.active, self._live)
+        self.rows, self.active = list(rows), len(rows)
+        self._apply_live(self.forced if self.forced is not None else self.layers_of(r[0] for r in rows if r))
+        try:
+            yield
+        finally:
+            self.rows, self.active = previous[:2]
+            self._apply_live(previous[2])
+
+    def row_weights(self, layer: "SlotLayer") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The stacked [n, R, in] and [n, R, out] weights and [n] scales of `layer` for the rows set by
+        `train_rows`."""
+        a_rows, b_rows, padded = [], [], {}
+        zero = None
+        scale = torch.cat([layer.slot_scale[s : s + 1] for s in (self.zero_slot if r is None else r[0] for r in self.rows)])
+        for row in self.rows:
+            pair = padded.get(row[0]) if row is not None else None
+            if row is not None and pair is None:
+                a = row[1].get(f"{layer.slot_name}.lora_A.weight")
+                if a is not None:
+                    bt = row[1][f"{layer.slot_name}.lora_B.weight"].t()
+                    pad = self.max_rank - a.shape[0]  # as the slot holds it, so the numbers are the gathered ones
+                    pair = padded[row[0]] = (F.pad(a, (0, 0, 0, pad)), F.pad(bt, (0, 0, 0, pad)))
+            if pair is None:
+                if zero is None:
+                    zero = (layer.slot_A.new_zeros(layer.slot_A.shape[1:]), layer.slot_Bt.new_zeros(layer.slot_Bt.shape[1:]))
+                pair = zero
+            a_rows.append(pair[0])
+            b_rows.append(pair[1])
+        return torch.stack(a_rows), torch.stack(b_rows), scale
+
+    @contextmanager
     def forced_live(self, names: Iterable[str]) -> Iterator[None]:
         """Forwards inside compute the updates of exactly these layers, whatever the slots fill: a CUDA graph is
         captured (and, on the CPU, replayed) so, and serves every batch whose LoRAs fill no other layer."""
@@ -161,7 +204,7 @@ class SlotLoRA:
         self._check(slot)
         for layer in self.layers.values():
             layer.slot_A[slot].zero_()
-            layer.slot_B[slot].zero_()
+            layer.slot_Bt[slot].zero_()
             layer.slot_scale[slot] = 0
         self.filled.pop(slot, None)
 
@@ -198,7 +241,7 @@ class SlotLoRA:
             a, b = pair["A"].reshape(rank, -1), pair["B"].reshape(pair["B"].shape[0], -1)
             if rank > self.max_rank:
                 raise ValueError(f"LoRA rank {rank} is above the slots' {self.max_rank}")
-            if a.shape[1] != layer.slot_A.shape[2] or b.shape != (layer.slot_B.shape[1], rank):
+            if a.shape[1] != layer.slot_A.shape[2] or b.shape != (layer.slot_Bt.shape[2], rank):
                 raise ValueError(f"LoRA layer {name} has shapes {tuple(a.shape)}, {tuple(b.shape)}")
         self.clear_slot(slot)
         for name, pair in pairs.items():
@@ -206,7 +249,7 @@ class SlotLoRA:
             component = name.split(".", 1)[0]
             a_value = alpha.get(component) if isinstance(alpha, dict) else alpha
             layer.slot_A[slot, :rank].copy_(pair["A"].reshape(rank, -1))
-            layer.slot_B[slot, :, :rank].copy_(pair["B"].reshape(-1, rank))
+            layer.slot_Bt[slot, :rank].copy_(pair["B"].reshape(-1, rank).t())
             layer.slot_scale[slot] = scale * (rank if a_value is None else a_value) / rank
         self.filled[slot] = frozenset(pairs)
 
@@ -238,34 +281,9 @@ class SlotLoRA:
         for name in names:
             layer = self.layers[name]
             params[f"{name}.lora_A.weight"] = nn.Parameter(layer.slot_A.detach()[slot, :rank])
-            params[f"{name}.lora_B.weight"] = nn.Parameter(layer.slot_B.detach()[slot, :, :rank])
+            params[f"{name}.lora_B.weight"] = nn.Parameter(layer.slot_Bt.detach()[slot, :rank].t())
         self.filled[slot] = self.filled.get(slot, frozenset()) | frozenset(names)
         return params
-
-    def requires_grad(self, enabled: bool) -> None:
-        for layer in self.layers.values():
-            layer.slot_A.requires_grad_(enabled)
-            layer.slot_B.requires_grad_(enabled)
-            if not enabled:
-                layer.slot_A.grad = layer.slot_B.grad = None
-
-    def collect_grads(self, slot: int, params: dict[str, nn.Parameter]) -> None:
-        """Gives each alias (from `trainable`) its slice of the slot buffers' gradients (None where there is none)."""
-        for name, param in params.items():
-            layer_name, kind = name.rsplit(".lora_", 1)
-            layer = self.layers[layer_name]
-            rank = param.shape[0] if kind.startswith("A") else param.shape[1]
-            grad = (layer.slot_A if kind.startswith("A") else layer.slot_B).grad
-            if grad is None:
-                param.grad = None
-            elif kind.startswith("A"):
-                param.grad = grad[slot, :rank]
-            else:
-                param.grad = grad[slot, :, :rank]
-
-    def zero_grad(self) -> None:
-        for layer in self.layers.values():
-            layer.slot_A.grad = layer.slot_B.grad = None
 
     def _check(self, slot: int) -> None:
         if not 0 <= slot < self.slots:
@@ -293,7 +311,7 @@ class SlotLayer:
         kw = dict(device=lora.device, dtype=lora.dtype)
         S, R = lora.slots + 1, lora.max_rank
         slotted.register_buffer("slot_A", torch.zeros(S, R, fan_in, **kw), persistent=False)
-        slotted.register_buffer("slot_B", torch.zeros(S, fan_out, R, **kw), persistent=False)
+        slotted.register_buffer("slot_Bt", torch.zeros(S, R, fan_out, **kw), persistent=False)
         slotted.register_buffer("slot_scale", torch.zeros(S, **kw), persistent=False)
         return slotted
 
@@ -301,12 +319,16 @@ class SlotLayer:
         n = self.lora.active
         if batch % n:
             raise ValueError(f"a batch of {batch} does not fit a slot index of {n}")
+        if self.lora.rows is not None:
+            if batch != n:
+                raise ValueError(f"a training batch of {batch} rows for {n} slot rows")
+            return self.lora.row_weights(self)
         index = self.lora.index[:n]
         if batch != n:
             index = index.repeat(batch // n)  # cat([x] * k) layout: CFG's uncond/cond halves
         elif torch.is_grad_enabled():
             index = index.clone()  # autograd keeps it for backward, which may run after the next set_slots
-        return self.slot_A[index], self.slot_B[index], self.slot_scale[index]
+        return self.slot_A[index], self.slot_Bt[index], self.slot_scale[index]
 
 
     def _with_slots(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
@@ -329,9 +351,9 @@ class SlotLinear(SlotLayer, nn.Linear):
         return self._with_slots(x, F.linear(x, self.weight, self.bias))
 
     @staticmethod
-    def _delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def _delta(x: torch.Tensor, a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(x.shape[0], -1, x.shape[-1])  # [B, N, in]
-        return torch.bmm(torch.bmm(flat, a.transpose(1, 2)), b.transpose(1, 2))
+        return torch.bmm(torch.bmm(flat, a.transpose(1, 2)), bt)
 
 
 class SlotConv2d(SlotLayer, nn.Conv2d):
@@ -341,9 +363,9 @@ class SlotConv2d(SlotLayer, nn.Conv2d):
         return self._with_slots(x, self._conv_forward(x, self.weight, self.bias))
 
     @staticmethod
-    def _delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def _delta(x: torch.Tensor, a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(x.shape[0], x.shape[1], -1)  # [B, in, HW]
-        return torch.bmm(b, torch.bmm(a, flat))
+        return torch.bmm(bt.transpose(1, 2), torch.bmm(a, flat))
 
 
 # --- peft's view of a slot: initialization and saving ---------------------------------------------------------

@@ -26,7 +26,7 @@ import torch
 from peft import inject_adapter_in_model
 
 from .models import TEXT_ENCODER_TARGETS, Models
-from .multilora import NONE, SlotLoRA, peft_skeleton, peft_weights, set_peft_weights
+from .multilora import SlotLoRA, peft_skeleton, peft_weights, set_peft_weights
 from .protocol import TrainParams
 from .train import ADAPTER, ReferenceRandom, Training, _lora_config
 
@@ -82,7 +82,7 @@ class SlotTraining(Training):
     def _embeddings(self, count: int) -> torch.Tensor:
         # A trained text encoder runs under this job's slot (one row per prompt), with gradients into the slot.
         rows = count * (2 if self.prior else 1)
-        with self.slots.use([self.slot] * rows):
+        with self.slots.train_rows([(self.slot, self.named)] * rows):
             return super()._embeddings(count)
 
     def _trained_weights(self) -> dict[str, torch.Tensor]:
@@ -93,10 +93,6 @@ class SlotTraining(Training):
         for component, skeleton in self.skeletons.items():
             set_peft_weights(skeleton, component, ADAPTER, self.named)
         return self.skeletons["unet"], self.skeletons.get("text_encoder")
-
-    def finish_step(self, losses: list[float]) -> float:
-        self.slots.collect_grads(self.slot, self.named)
-        return super().finish_step(losses)
 
     def step(self) -> float:
         """This job alone (a shared step of one)."""
@@ -123,36 +119,32 @@ def shared_step(
     next power of two (a job alone computes its own rows, not `rows`; its numbers then move with its mates' only
     when the bucket changes, by float rounding, as with None)."""
     outcome: dict[SlotTraining, float | Exception] = {}
-    slots.requires_grad(True)
-    try:
-        # Every job's draws for this step first, in the order its own step would draw them (a trained text
-        # encoder runs here, keeping its graph for the backward pass).
-        draws = {}
-        for training in trainings:
-            try:
-                draws[training] = [training.draw(indices) for indices in training.windows.next()]
-            except Exception as error:  # noqa: BLE001 (one job's failure is its own)
-                outcome[training] = error
-        losses: dict[SlotTraining, list[float]] = {training: [] for training in draws}
-        rounds = max((len(d) for d in draws.values()), default=0)
-        for k in range(rounds):
-            groups: dict[tuple, list[SlotTraining]] = {}
-            for training, micro in draws.items():
-                if k < len(micro) and training not in outcome:
-                    key = (tuple(micro[k][0].shape[1:]), training.autocast_dtype)
-                    groups.setdefault(key, []).append(training)
-            for members in groups.values():
-                _backward_group(slots, members, [draws[t][k] for t in members], losses, outcome, rows, bucketed)
-        for training in draws:
-            if training in outcome:
-                training.optimizer.zero_grad(set_to_none=True)
-                continue
-            try:
-                outcome[training] = training.finish_step(losses[training])
-            except Exception as error:  # noqa: BLE001
-                outcome[training] = error
-    finally:
-        slots.requires_grad(False)
+    # Every job's draws for this step first, in the order its own step would draw them (a trained text
+    # encoder runs here, keeping its graph for the backward pass).
+    draws = {}
+    for training in trainings:
+        try:
+            draws[training] = [training.draw(indices) for indices in training.windows.next()]
+        except Exception as error:  # noqa: BLE001 (one job's failure is its own)
+            outcome[training] = error
+    losses: dict[SlotTraining, list[float]] = {training: [] for training in draws}
+    rounds = max((len(d) for d in draws.values()), default=0)
+    for k in range(rounds):
+        groups: dict[tuple, list[SlotTraining]] = {}
+        for training, micro in draws.items():
+            if k < len(micro) and training not in outcome:
+                key = (tuple(micro[k][0].shape[1:]), training.autocast_dtype)
+                groups.setdefault(key, []).append(training)
+        for members in groups.values():
+            _backward_group(slots, members, [draws[t][k] for t in members], losses, outcome, rows, bucketed)
+    for training in draws:
+        if training in outcome:
+            training.optimizer.zero_grad(set_to_none=True)
+            continue
+        try:
+            outcome[training] = training.finish_step(losses[training])
+        except Exception as error:  # noqa: BLE001
+            outcome[training] = error
     return outcome
 
 
@@ -199,7 +191,7 @@ def _forward(
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The members' summed, scaled losses (what to backpropagate) and each member's own loss."""
     noisy = [t.noise_scheduler.add_noise(lat, noise, steps) for t, (lat, noise, steps, _) in zip(members, inputs)]
-    index = torch.cat([torch.full((len(x),), t.slot, dtype=torch.long) for t, x in zip(members, noisy)])
+    rows_of = [(t.slot, t.named) for t, x in zip(members, noisy) for _ in range(len(x))]
     sample, timesteps = torch.cat(noisy), torch.cat([steps for _, _, steps, _ in inputs])
     embeddings = torch.cat([emb for *_, emb in inputs])
     count = len(sample)
@@ -212,12 +204,12 @@ def _forward(
         sample = torch.cat([sample, sample.new_zeros(pad, *sample.shape[1:])])
         timesteps = torch.cat([timesteps, timesteps.new_zeros(pad)])
         embeddings = torch.cat([embeddings, embeddings.new_zeros(pad, *embeddings.shape[1:])])
-        index = torch.cat([index, torch.full((pad,), NONE, dtype=torch.long)])
+        rows_of += [None] * pad
     first = members[0]
     predictions = []
     for start in range(0, len(sample), rows or len(sample)):
         chunk = slice(start, start + (rows or len(sample)))
-        with slots.use(index[chunk]), first._autocast():
+        with slots.train_rows(rows_of[chunk]), first._autocast():
             predictions.append(first.unet(sample[chunk], timesteps[chunk], embeddings[chunk], return_dict=False)[0])
     parts = torch.cat(predictions)[:count].split([len(x) for x in noisy])
     total, values = None, []

@@ -26,6 +26,7 @@ from typing import Protocol
 import torch
 from pydantic import BaseModel
 
+from . import fast_train
 from .engine import Engine, checkpoint, finish_generation, finish_training, resume
 from .errors import Cancelled, EngineError
 from .multigen import Generation, denoise_step
@@ -122,6 +123,7 @@ class Task:
         self.slot: int | None = None
         self.generation: Generation | None = None
         self.training: SlotTraining | None = None
+        self.graphed = False  # its steps run in the cohort's captured graphs
         self.checkpoints = None
         self.resumed_from: int | None = None
         self.previews: list[int] = []  # the optimizer steps after which to paint one
@@ -144,6 +146,10 @@ class Scheduler:
         self._generating = self._training = 0.0
         self.table = SlotTable(engine.models.slots)
         self.active: list[Task] = []
+        # On CUDA with the fast path, the trainings fast_train accepts step together in captured graphs (at their
+        # natural batch size, so a job's numbers move with its mates' by float rounding); the rest eagerly.
+        cuda = engine.models.device.type == "cuda"
+        self.cohort = fast_train.GraphedCohort(engine.models.slots) if engine.fast_training and cuda else None
 
     @property
     def idle(self) -> bool:
@@ -175,6 +181,13 @@ class Scheduler:
         if task.slot is None:
             return "full"
         task.training = SlotTraining(self.engine.models, params, task.slot, photos, class_photos, self.train_rows)
+        if self.cohort is not None:
+            why = fast_train.refusal(params, self.engine.models.device, class_photos is not None)
+            if why is None:
+                fast_train.DeviceSide(task.training)  # before resume: the checkpoint loads into its optimizer
+                task.graphed = True
+            else:
+                log.info("training %s in eager shared steps: %s", task.request.id, why)
         task.checkpoints = checkpoints
         task.resumed_from = resume(task.training, checkpoints)
         task.previews = preview_steps(params.max_steps, task.request.previews)
@@ -254,8 +267,15 @@ class Scheduler:
                 self._end(task, finish=lambda t=task: self._finish_generation(t))
 
     def _training_step(self, trainings: list[Task]) -> None:
-        outcome = shared_step(self.table.slots, [t.training for t in trainings], self.train_rows,
-                              self.train_buckets)
+        graphed = [t.training for t in trainings if t.graphed]
+        eager = [t.training for t in trainings if not t.graphed]
+        outcome = shared_step(self.table.slots, eager, self.train_rows, self.train_buckets) if eager else {}
+        if graphed:
+            try:
+                outcome |= self.cohort.step(graphed)
+            except Exception as error:  # noqa: BLE001 (the step as a whole failed: each of its jobs fails with it)
+                log.exception("the graphed training step failed")
+                outcome |= {training: error for training in graphed}
         for task in trainings:
             training, result = task.training, outcome[task.training]
             if isinstance(result, BaseException):
@@ -311,6 +331,8 @@ class Scheduler:
         if task.slot is None:
             return
         if task.training is not None or (task.generation is None and isinstance(task.request, TrainRequest)):
+            if self.cohort is not None and task.training is not None:
+                self.cohort.forget(task.training)
             self.table.give_back(task.slot)
             task.training = None
             free_memory(self.engine.models.device)

@@ -303,14 +303,17 @@ class Training:
         self.losses.append(mean)
         return mean
 
-    def draw(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def draw(self, indices: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """A micro-batch's inputs: scaled latents, noise, timesteps (drawn from the job's generators) and prompt
-        embeddings."""
+        embeddings. `indices`: dataset positions, a list or a device tensor (a captured graph's input buffer)."""
         # The scripts' collate order: instance examples, then (prior preservation) their class examples.
-        photos = [i % len(self.latent_mean) for i in indices]
+        def rows(count: int):
+            return indices % count if isinstance(indices, torch.Tensor) else [i % count for i in indices]
+
+        photos = rows(len(self.latent_mean))
         mean, std = self.latent_mean[photos], self.latent_std[photos]
         if self.prior:
-            classes = [i % len(self.class_mean) for i in indices]
+            classes = rows(len(self.class_mean))
             mean, std = torch.cat([mean, self.class_mean[classes]]), torch.cat([std, self.class_std[classes]])
         # latent_dist.sample() then the scaling factor, in the VAE's dtype, as the scripts compute it.
         latents = (mean + std * self.random.normal(mean.shape, mean.dtype)) * self.models.pipe.vae.config.scaling_factor

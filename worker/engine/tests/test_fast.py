@@ -106,7 +106,8 @@ def test_graphed_training_refuses_what_it_does_not_compute():
     assert fast_train.refusal(TrainParams(train_text_encoder=True), cuda, False) == "text-encoder training"
     assert fast_train.refusal(TrainParams(), cuda, True) == "prior preservation"
     assert fast_train.refusal(TrainParams(snr_gamma=5.0), cuda, False) == "min-SNR weighting"
-    assert fast_train.refusal(TrainParams(checkpoint_steps=10), cuda, False) == "checkpoints"
+    # Checkpoints are taken and resumed around graphed steps (DeviceSide keeps GradScaler's state format).
+    assert fast_train.refusal(TrainParams(checkpoint_steps=10), cuda, False) is None
 
 
 def test_batch_buckets():

@@ -1,6 +1,7 @@
 """Shared-batch training: each user's adapter trained among others equals the same user trained alone, and alone in
 a slot equals the peft path (train.py), so the existing equivalence with diffusers' scripts carries over."""
 
+import io
 import math
 
 import pytest
@@ -31,7 +32,9 @@ TOLERANCE = 1e-5  # relative L2, float32 on the CPU
 # The weights of a user training the text encoder beside others: 5e-6 measured on an Intel Xeon, 4.8e-5 on an AMD
 # EPYC (2026-12-02), whose kernels round a row by its place in the call; UNet-only users stay within TOLERANCE.
 WEIGHTS_TOLERANCE = 1e-4
-BUCKETED_TOLERANCE = 1e-4  # relative L2 of the weights with ENGINE_TRAIN_BUCKETS (see its test)
+# Relative L2 of the weights with ENGINE_TRAIN_BUCKETS (see its test): 3.3e-5 measured on an AMD EPYC, 1.0e-3 on an
+# Intel Xeon (2026-12-02; the same code): AdamW's first steps amplify the 1-row vs 2-row rounding unevenly by CPU.
+BUCKETED_TOLERANCE = 3e-3
 ROWS = 4  # fixed-shape UNet calls (the engine's train_rows); a's and c's micro-batches fit, b's (4 rows) fills one
 
 USERS = {
@@ -252,10 +255,74 @@ def test_bucketed_calls_compute_a_lone_job_on_its_own_rows_and_stay_within_toler
         hook.remove()
     assert set(alone_rows) == {1}  # batch 1: one row per call, not ROWS
     assert set(rows_seen) == {1, 2}  # together: both jobs' rows in one call (2), then a alone (1)
-    # Losses stay within TOLERANCE; the weights do not quite: AdamW amplifies the 1-row vs 2-row rounding to
-    # 3.3e-5 relative L2 on a's weights (measured here), hence the default keeps full padding (bit-stable).
+    # Losses stay within TOLERANCE; the weights do not: AdamW amplifies the 1-row vs 2-row rounding (see
+    # BUCKETED_TOLERANCE), hence the default keeps full padding (bit-stable).
     for name in users:
         (losses, weights), (alone_losses, alone_weights) = results["together"][name], results["alone"][name]
         assert all(abs(x - y) <= TOLERANCE * abs(y) for x, y in zip(losses, alone_losses)), (name, losses, alone_losses)
         worst = max(rel(weights[k], alone_weights[k]) for k in weights)
         assert worst <= BUCKETED_TOLERANCE, (name, worst)
+
+
+COHORT = {
+    "c": USERS["c"],
+    "d": dict(rank=4, alpha=4.0, learning_rate=1e-2, max_steps=4, grad_accum=2, resolution=64, seed=4,
+              noise_offset=0.1, lr_scheduler="cosine"),
+}
+
+
+def test_the_graphed_cohort_computes_the_shared_step_and_its_checkpoints_resume_eagerly(engine: Engine, photos):
+    """fast_train.GraphedCohort's body (what it captures in a CUDA graph; on the CPU it runs eagerly) over jobs
+    prepared with DeviceSide (fused AdamW, the loss scaler and LR on the device) computes what shared_step computes:
+    ranks, resolutions, targets, schedules and offset noise differ, d joins a step late. A checkpoint of d taken
+    there loads into an eager job, which ends where the cohort's d ends."""
+    from portrait_engine.fast_train import DeviceSide, GraphedCohort
+
+    def job(name: str, slot: int, device_side: bool) -> SlotTraining:
+        params = resolve_params(TrainParams(**COHORT[name]), engine.models.dtype, "tiny", len(photos), 0)
+        made = SlotTraining(engine.models, params, slot, load_photos(photos, params.resolution), None, ROWS)
+        if device_side:
+            DeviceSide(made)
+        return made
+
+    def run(device_side: bool) -> tuple[dict, dict]:
+        cohort = GraphedCohort(engine.models.slots, ROWS)
+        jobs, results, checkpoint = {"c": job("c", 2, device_side)}, {}, None
+        try:
+            while jobs:
+                step = cohort.step if device_side else (lambda js: shared_step(engine.models.slots, js, ROWS))
+                outcome = step(list(jobs.values()))
+                assert all(isinstance(v, float) for v in outcome.values()), outcome
+                if "d" not in jobs and "d" not in results:
+                    jobs["d"] = job("d", 4, device_side)
+                elif jobs.get("d") is not None and jobs["d"].step_count == 2:
+                    checkpoint = io.BytesIO()  # written at once, as Checkpoints.save does: the state lives on
+                    torch.save(jobs["d"].state_dict(), checkpoint)
+                for name, j in list(jobs.items()):
+                    if j.step_count >= j.params.max_steps:
+                        results[name] = _result(j)
+                        j.close()
+                        cohort.forget(jobs.pop(name))
+        finally:
+            for j in jobs.values():
+                j.close()
+        return results, checkpoint
+
+    graphed, checkpoint = run(device_side=True)
+    eager, _ = run(device_side=False)
+    for name in COHORT:
+        (losses, weights), (eager_losses, eager_weights) = graphed[name], eager[name]
+        assert len(losses) == COHORT[name]["max_steps"]
+        assert all(abs(x - y) <= TOLERANCE * abs(y) for x, y in zip(losses, eager_losses)), (name, losses, eager_losses)
+        assert max(rel(weights[k], eager_weights[k]) for k in weights) <= WEIGHTS_TOLERANCE, name
+    resumed = job("d", 4, device_side=False)
+    try:
+        checkpoint.seek(0)
+        resumed.load_state_dict(torch.load(checkpoint, weights_only=True))
+        while resumed.step_count < resumed.params.max_steps:
+            shared_step(engine.models.slots, [resumed], ROWS)
+        losses, weights = _result(resumed)
+    finally:
+        resumed.close()
+    assert all(abs(x - y) <= TOLERANCE * abs(y) for x, y in zip(losses, graphed["d"][0])), (losses, graphed["d"][0])
+    assert max(rel(weights[k], graphed["d"][1][k]) for k in weights) <= WEIGHTS_TOLERANCE
