@@ -13,7 +13,8 @@ compares each request of a mixed batch with diffusers' pipelines: the equivalenc
 the optional safety check (safety.py).
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,6 +34,24 @@ if TYPE_CHECKING:
 # diffusers keeps UniPC's sigmas on the CPU and copies several to the GPU each step; each such copy waits for the GPU
 # to drain, so the host can never queue a step ahead. On the device they cost nothing (bench_fast.py measures both).
 SIGMAS_ON_DEVICE = True
+# UniPC's corrector solves a 2x2 system every step with torch.linalg.solve, which reads the factorization's `info`
+# back to the host to raise on a singular matrix: a device sync per step, so the host can't queue the next step's
+# launches while the GPU runs this one. The matrix, [[1, 1], [r, 1]] with r != 1 for distinct timesteps, is never
+# singular; solve_ex computes the same solution without the check.
+SOLVE_WITHOUT_SYNC = True
+
+
+@contextmanager
+def _solve_without_sync() -> Iterator[None]:
+    if not SOLVE_WITHOUT_SYNC:
+        yield
+        return
+    solve = torch.linalg.solve
+    torch.linalg.solve = lambda a, b, **kw: torch.linalg.solve_ex(a, b, **kw)[0]
+    try:
+        yield
+    finally:
+        torch.linalg.solve = solve
 
 
 class Generation:
@@ -95,7 +114,8 @@ class Generation:
             uncond, text = noise_pred.chunk(2)
             noise_pred = uncond + self.request.guidance_scale * (text - uncond)
         t = self.timesteps[self.step_index]
-        self.latents = self.pipe.scheduler.step(noise_pred, t, self.latents, **self.extra, return_dict=False)[0]
+        with _solve_without_sync():
+            self.latents = self.pipe.scheduler.step(noise_pred, t, self.latents, **self.extra, return_dict=False)[0]
         self.step_index += 1
 
     @torch.no_grad()
