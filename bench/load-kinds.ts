@@ -13,7 +13,7 @@ import { repoRoot } from '../src/config/index.ts';
 import { accounts, adapters, jobs } from '../src/db/schema.ts';
 import { LocalBlobStore } from '../src/storage/local-store.ts';
 import type { EmulatedUser } from '../test/emulators/telegram.ts';
-import type { EmulatedDiscordUser } from '../test/emulators/discord.ts';
+import type { DiscordEmulator, EmulatedDiscordUser } from '../test/emulators/discord.ts';
 import { PlaygroundClient } from '../test/helpers/stack.ts';
 import { makePhotos } from '../test/helpers/images.ts';
 import { startLoadStack, type Command, type Platform } from '../test/load/harness.ts';
@@ -104,7 +104,7 @@ async function send(person: Person, command: Command, round: number) {
     else telegram.sendText(person.telegram, telegramText[command]);
     await waitFor(() => (telegramMessages.get(chat) ?? 0) >= target, `telegram ${command}`);
   } else if (person.discord) {
-    const options = command === 'photo' ? { photo1: { file: photo, filename: `me${round}.jpg`, contentType: 'image/jpeg' } } : command === 'imagine' ? { prompt: 'a portrait in a garden' } : {};
+    const options: Parameters<DiscordEmulator['command']>[2] = command === 'photo' ? { photo1: { file: photo, filename: `me${round}.jpg`, contentType: 'image/jpeg' } } : command === 'imagine' ? { prompt: 'a portrait in a garden' } : {};
     const { token } = discord.command(person.discord, discordCommand[command], options);
     const done = command === 'imagine' ? () => (discordReplies.get(token)?.files ?? 0) > 0 : () => (discordReplies.get(token)?.replies ?? 0) > 0;
     await waitFor(done, `discord ${command}`);
