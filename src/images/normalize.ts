@@ -317,19 +317,27 @@ function apngFrameCount(png: Buffer): number {
   return 1;
 }
 
+/** Pixels the caller has decoded already: 8-bit RGB, row-major (the vision tier's RgbImage). */
+export interface DecodedPixels { width: number; height: number; data: Uint8Array }
+
 /**
  * The square training input for one normalized photo: the centred square of the short side, resized (Lanczos3) to
  * size×size, as PNG. The crop never extends past the image (no padding) and the output is always exactly size×size:
  * a short side below `size` is upscaled, never trained smaller.
  *
+ * `decoded`, when the caller has the photo's pixels (the upload check decodes it for its hash), spares a decode where
+ * that gives the same pixels: below twice the size, where libvips would not shrink the JPEG while loading it.
+ *
  * This is the seam the face-centred crop (vision) replaces: same input (normalizeUpload's JPEG), same output, so the
  * caller does not change when the crop learns where the face is.
  */
-export async function trainingCrop(normalized: Buffer, size = TRAINING_SIZE): Promise<Buffer> {
+export async function trainingCrop(normalized: Buffer, size = TRAINING_SIZE, decoded?: DecodedPixels): Promise<Buffer> {
   if (!Number.isInteger(size) || size < 1) throw new RangeError(`trainingCrop: size must be a positive integer, got ${size}`);
+  const fromPixels = decoded && Math.min(decoded.width, decoded.height) < 2 * size;
   return decodeSlots.run(() =>
-    sharp(normalized, { failOn: 'truncated', limitInputPixels: DEFAULT_IMAGE_LIMITS.maxPixels, autoOrient: true })
-      .flatten({ background: '#ffffff' })
+    (fromPixels
+      ? sharp(Buffer.from(decoded.data.buffer, decoded.data.byteOffset, decoded.data.length), { raw: { width: decoded.width, height: decoded.height, channels: 3 } })
+      : sharp(normalized, { failOn: 'truncated', limitInputPixels: DEFAULT_IMAGE_LIMITS.maxPixels, autoOrient: true }).flatten({ background: '#ffffff' }))
       .resize(size, size, { fit: 'cover', position: 'centre', kernel: 'lanczos3' })
       .toColourspace('srgb')
       .png()
