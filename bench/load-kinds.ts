@@ -42,7 +42,7 @@ const { telegram, discord, database } = stack;
 // A failed run leaves no product process behind.
 process.on('exit', () => stack.product.child.kill('SIGKILL'));
 
-interface Reading { cpuMs: number; queries: Record<string, number> }
+interface Reading { cpuMs: number; systemMs: number; queries: Record<string, number> }
 async function readProbe(): Promise<Reading> {
   await rm(probeFile, { force: true });
   stack.product.child.kill('SIGUSR2');
@@ -153,7 +153,7 @@ await sleep(3000);
 const idleMsPerSecond = ((await readProbe()).cpuMs - idleStart.cpuMs) / ((Date.now() - idleSince) / 1000);
 
 const rows: string[] = [];
-const header = `| platform | command | commands | CPU ms/command | queries/command | wall s |`;
+const header = `| platform | command | commands | CPU ms/command | of it system | queries/command | wall s |`;
 console.log(`# idle: ${idleMsPerSecond.toFixed(1)} ms CPU per second; load average ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
 for (const platform of platforms) {
   for (const kind of kinds) {
@@ -169,7 +169,8 @@ for (const platform of platforms) {
     const cpu = (after.cpuMs - before.cpuMs - idleMsPerSecond * seconds) / commands;
     const delta = Object.entries(after.queries).map(([text, n]) => [text, n - (before.queries[text] ?? 0)] as const).filter(([, n]) => n > 0);
     const queries = delta.reduce((sum, [, n]) => sum + n, 0) / commands;
-    const row = `| ${platform} | ${kind} | ${commands} | ${cpu.toFixed(2)} | ${queries.toFixed(1)} | ${seconds.toFixed(1)} |`;
+    const system = (after.systemMs - before.systemMs) / commands;
+    const row = `| ${platform} | ${kind} | ${commands} | ${cpu.toFixed(2)} | ${system.toFixed(2)} | ${queries.toFixed(1)} | ${seconds.toFixed(1)} |`;
     rows.push(row);
     console.log(row);
     if (topStatements > 0) {
@@ -177,7 +178,7 @@ for (const platform of platforms) {
     }
   }
 }
-console.log(`\n${header}\n| --- | --- | --- | --- | --- | --- |\n${rows.join('\n')}`);
+console.log(`\n${header}\n| --- | --- | --- | --- | --- | --- | --- |\n${rows.join('\n')}`);
 console.log(`# load average after: ${loadavg().map((l) => l.toFixed(1)).join(' ')}`);
 await stack.close();
 await rm(probeDir, { recursive: true, force: true });

@@ -15,7 +15,7 @@ pg.Client.prototype.query = function countedQuery(config, ...rest) {
 
 const write = () => {
   const cpu = process.cpuUsage();
-  writeFileSync(process.env.LOAD_PROBE_FILE, JSON.stringify({ cpuMs: (cpu.user + cpu.system) / 1000, queries: Object.fromEntries(byStatement) }));
+  writeFileSync(process.env.LOAD_PROBE_FILE, JSON.stringify({ cpuMs: (cpu.user + cpu.system) / 1000, systemMs: cpu.system / 1000, queries: Object.fromEntries(byStatement) }));
 };
 process.on('SIGUSR2', write);
 // Also at exit, so that a whole load test can be counted (LOAD_PRODUCT_NODE_ARGS="--import ./bench/load-probe.mjs").
