@@ -18,10 +18,9 @@ export function status(chat: Conversation, p: Person): Promise<Reply> {
     lines.push(training ? p.t('status.model_training') : ready ? p.t('status.model_ready', { version: shownVersion(all, ready) }) : p.t('status.model_none'));
     if (open.length === 0) lines.push(p.t('status.no_jobs'));
     for (const job of open) {
-      const position = await services.jobs.position(job);
-      const state = job.status === 'queued' ? p.t('state.queued', { position }) : p.t('state.active', { percent: Math.round(job.progress * 100) });
       // When it should be done (running: its pace so far) or start (waiting: its place × the recent mean).
-      const eta = await services.jobs.etaSeconds(job, position);
+      const { position, etaSeconds: eta } = await services.jobs.place(job);
+      const state = job.status === 'queued' ? p.t('state.queued', { position }) : p.t('state.active', { percent: Math.round(job.progress * 100) });
       lines.push(p.t('status.job', { what: p.t(whatKey(job.kind)), state }) + (eta !== null ? ` · ${etaText(p.t, eta)}` : ''));
     }
     return { text: lines.join('\n') };

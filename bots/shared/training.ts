@@ -129,7 +129,7 @@ export function trainNow(chat: Conversation, p: Person): Promise<Reply> {
     // A double tap found the first tap's job: that one has the status message already.
     if (!started.created) return { text: p.t('train.already') };
     await endPhotoSession(chat, p.userId);
-    return chat.queued(p, started.job, started.position);
+    return chat.queued(p, started.job, started.position, [], started.etaSeconds);
   });
 }
 

@@ -234,8 +234,7 @@ export async function buildWebServer(app: App) {
    * line while it waits); a training also with its loss curve and the previews painted so far.
    */
   const jobView = async (request: FastifyRequest, job: Job, previews: TrainingPreview[]) => {
-    const position = await services.jobs.position(job);
-    const etaSeconds = await services.jobs.etaSeconds(job, position);
+    const { position, etaSeconds } = await services.jobs.place(job);
     return {
       ...job, error: reasonOf(request, job.errorCode) ?? null, position, etaSeconds,
       previews: previews.filter((p) => p.jobId === job.id).map((p) => ({ id: p.id, step: p.step, total: p.total, url: `/api/previews/${p.id}` })),
