@@ -7,13 +7,15 @@ export function status(chat: Conversation, p: Person): Promise<Reply> {
   return chat.guard(p, async () => {
     const { services, config } = chat;
     const { minForTraining: min, maxPerUser: max } = config.photos;
-    const [count, ready, training, open, all] = await Promise.all([
+    const [count, open, all] = await Promise.all([
       services.photos.count(p.userId),
-      services.training.latestReady(p.userId),
-      services.training.isTraining(p.userId),
       services.jobs.open(p.userId),
       services.training.list(p.userId),
     ]);
+    // From the rows read anyway (as latestReady() and isTraining() would find them): the model versions come newest
+    // first, the open jobs are the queued and running ones.
+    const ready = all.find((a) => a.status === 'ready');
+    const training = open.some((job) => job.kind === 'train');
     const lines = [p.t('status.photos', { count, min, max })];
     lines.push(training ? p.t('status.model_training') : ready ? p.t('status.model_ready', { version: shownVersion(all, ready) }) : p.t('status.model_none'));
     if (open.length === 0) lines.push(p.t('status.no_jobs'));
