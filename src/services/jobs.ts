@@ -113,6 +113,12 @@ export class JobService {
     return (row?.n ?? 0) + 1;
   }
 
+  /** A job's kind and status (undefined when it is gone or not the person's): what a follower re-reads. */
+  async kindAndStatus(userId: string, jobId: string): Promise<Pick<Job, 'kind' | 'status'> | undefined> {
+    const [row] = await this.db.select({ kind: jobs.kind, status: jobs.status }).from(jobs).where(and(eq(jobs.id, jobId), eq(jobs.userId, userId)));
+    return row;
+  }
+
   async view(userId: string, jobId: string): Promise<JobView> {
     const [job] = await this.db.select().from(jobs).where(and(eq(jobs.id, jobId), eq(jobs.userId, userId)));
     if (!job) throw notFound('Job');
