@@ -64,6 +64,11 @@ export interface NormalizedImage {
   bytes: number;
   /** Hex sha256 of `data` (the normalized bytes, not the upload). */
   sha256: string;
+  /**
+   * The pixels `data` was encoded from (upright sRGB, 3 channels): the upload checks read them instead of decoding
+   * `data` again. They differ from a decode of `data` only by its JPEG rounding (quality 95, no chroma subsampling).
+   */
+  pixels: DecodedPixels;
 }
 
 /** JPEG cannot store a side longer than 65535 pixels; we store everything as JPEG. */
@@ -228,7 +233,7 @@ export async function normalizeUpload(input: Buffer, limits?: Partial<ImageLimit
       { width, height, minShortSide: lim.minShortSide, trainingSize: TRAINING_SIZE }, format);
   }
 
-  let out: { data: Buffer; info: OutputInfo };
+  let out: { data: Buffer; info: OutputInfo; pixels: Buffer };
   try {
     out = await decodeSlots.run(async () => {
       let pipeline = sharp(input, { ...inputOptions, autoOrient: true });
@@ -243,9 +248,10 @@ export async function normalizeUpload(input: Buffer, limits?: Partial<ImageLimit
       if (format === 'jpeg' && missingScanData(decoded.data, width, height, meta.orientation ?? 1)) {
         throw new Error('premature end of data segment: the scan data ends before the frame');
       }
-      return sharp(decoded.data, { raw: { width, height, channels: 3 } })
+      const encoded = await sharp(decoded.data, { raw: { width, height, channels: 3 } })
         .jpeg({ quality: 95, mozjpeg: false, chromaSubsampling: '4:4:4', progressive: false })
         .toBuffer({ resolveWithObject: true });
+      return { ...encoded, pixels: decoded.data };
     });
   } catch (err) {
     throw decodeFailure(err, format, lim);
@@ -262,6 +268,7 @@ export async function normalizeUpload(input: Buffer, limits?: Partial<ImageLimit
     sourceFormat: format,
     bytes: out.data.length,
     sha256: createHash('sha256').update(out.data).digest('hex'),
+    pixels: { width, height, data: new Uint8Array(out.pixels.buffer, out.pixels.byteOffset, out.pixels.length) },
   };
 }
 
@@ -325,8 +332,8 @@ export interface DecodedPixels { width: number; height: number; data: Uint8Array
  * size×size, as PNG. The crop never extends past the image (no padding) and the output is always exactly size×size:
  * a short side below `size` is upscaled, never trained smaller.
  *
- * `decoded`, when the caller has the photo's pixels (the upload check decodes it for its hash), spares a decode where
- * that gives the same pixels: below twice the size, where libvips would not shrink the JPEG while loading it.
+ * `decoded`, the photo's pixels when the caller has them (normalizeUpload's `pixels`), spares a decode below twice
+ * the size; above it libvips shrinks the JPEG while loading it, which is cheaper than resizing the full pixels.
  *
  * This is the seam the face-centred crop (vision) replaces: same input (normalizeUpload's JPEG), same output, so the
  * caller does not change when the crop learns where the face is.

@@ -5,7 +5,6 @@ import type { BlobStore } from '../storage/storage.ts';
 import { normalizeUpload, trainingCrop, ImageRejectedError } from '../images/normalize.ts';
 import type { Config } from '../config/index.ts';
 import type { CoverageSummary, FaceMeasures, VisionService } from '../vision/index.ts';
-import { decodeRgb } from '../vision/raster.ts';
 import { UserFacingError, notFound } from './errors.ts';
 import { metrics } from '../metrics.ts';
 import { abandonLeased, putLeased, releaseLeases, type LeasedBlob, deleteUnreferencedBlobs } from './blobs.ts';
@@ -57,8 +56,8 @@ export class PhotoService {
     if (existing) return { ok: true, photo: existing, duplicate: true, total, faceChecked: existing.faceMeasures !== null };
 
     const known = earlier.flatMap((p, i) => (p.phash ? [{ index: i + 1, phash: p.phash, embedding: p.embedding ?? undefined }] : []));
-    // Decoded once for the checks and the centred crop.
-    const image = await decodeRgb(normalized.data);
+    // The pixels the stored JPEG was encoded from serve the checks (hash, faces) and the centred crop: no decode of it.
+    const image = normalized.pixels;
     const check = await this.vision.checkUpload(normalized.data, known, image);
     if (!check.verdict.ok) return reject(check.verdict);
     // The face-centred crop when a face was found; a centred square when the face models are not installed.
