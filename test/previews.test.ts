@@ -174,6 +174,8 @@ describe('previews and the loss curve', () => {
     const waiting = { ...finished[0]!, status: 'queued' as const, startedAt: null, finishedAt: null, progress: 0 };
     const concurrency = stack.env.config.worker.trainConcurrency;
     assert.equal(await service.etaSeconds(waiting, 3), waitingEtaSeconds(3, mean, concurrency));
+    const position = await service.position(waiting);
+    assert.deepEqual(await service.place(waiting), { position, etaSeconds: waitingEtaSeconds(position, mean, concurrency) }, 'place: the same two in one round trip');
     // The chats' first answer to a training in line says it too, in the person's language.
     const conversation = new Conversation(stack.app);
     for (const locale of ['en', 'ru'] as const) {

@@ -111,7 +111,7 @@ export class JobRun {
   }
 
   async begin(): Promise<boolean> {
-    const row = await this.deps.state.begin(this.row.id, this.queueJob.attemptsMade + 1);
+    const row = await this.deps.state.begin(this.row.id, this.row.kind, this.queueJob.attemptsMade + 1);
     if (!row) return false; // cancelled (or finished, or forgotten) before a worker picked it up
     this.running.add(row.id, this.requestId);
     // A first attempt waited since it was queued; a retry's wait would mostly be its backoff, so it is not counted.

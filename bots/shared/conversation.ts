@@ -82,11 +82,14 @@ export class Conversation {
     return errorMessage(p.t, p.locale, this.config, code, details) ?? p.t('error.internal');
   }
 
-  /** The reply that becomes a queued job's status message; notes on the request go in a message of their own. */
-  async queued(p: Person, job: Job, position: number, notes: GenerationNote[] = []): Promise<Reply> {
+  /**
+   * The reply that becomes a queued job's status message; notes on the request go in a message of their own.
+   * `etaSeconds` as the service that queued the job gave it (looked up when not given).
+   */
+  async queued(p: Person, job: Job, position: number, notes: GenerationNote[] = [], etaSeconds?: number | null): Promise<Reply> {
     const what = p.t(whatKey(job.kind));
     // A job in line says when it should start: its place × the recent mean time of its kind (none without history).
-    const eta = job.status === 'queued' && position > 0 ? await this.services.jobs.etaSeconds(job, position) : null;
+    const eta = job.status === 'queued' && position > 0 ? (etaSeconds !== undefined ? etaSeconds : await this.services.jobs.etaSeconds(job, position)) : null;
     const text = job.status === 'queued' && position > 0
       ? p.t('progress.queued', { what, position }) + (eta !== null ? `\n${etaText(p.t, eta)}` : '')
       : p.t('progress.starting', { what });

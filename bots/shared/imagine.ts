@@ -12,7 +12,7 @@ export function imagine(chat: Conversation, p: Person, text: string, style?: str
     if (!prompt.trim() && !command) return { text: p.t('error.empty_prompt'), error: true };
     const { generation, limits } = chat.services;
     const queued = await limits.run(p.userId, 'imagine', () => generation.imagine(p.userId, prompt, {}, command?.style));
-    return chat.queued(p, queued.job, queued.position, queued.notes);
+    return chat.queued(p, queued.job, queued.position, queued.notes, queued.etaSeconds);
   });
 }
 

@@ -217,10 +217,11 @@ export class JobNotifier<T extends TargetAddress> {
   private async reconcile(jobId: string) {
     const entry = this.tracked.get(jobId);
     if (!entry) return;
-    const view = await this.app.services.jobs.view(entry.userId, jobId).catch(() => undefined);
-    if (!view) return this.forgotten(jobId);
-    entry.kind = view.job.kind;
-    if (FINAL.has(view.job.status)) await this.finish(jobId);
+    // Kind and status are all it needs (not the job's view: its outputs and place in line).
+    const job = await this.app.services.jobs.kindAndStatus(entry.userId, jobId).catch(() => undefined);
+    if (!job) return this.forgotten(jobId);
+    entry.kind = job.kind;
+    if (FINAL.has(job.status)) await this.finish(jobId);
   }
 
   /** Re-reads the jobs followed here, and delivers finished jobs nobody holds (a crashed process's ones included). */

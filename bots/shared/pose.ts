@@ -22,7 +22,7 @@ export function pose(chat: Conversation, p: Person, image: IncomingFile | undefi
     }
     // No words is fine: the service paints the person in the pose (and the internal prompt is never shown).
     const queued = await services.limits.run(p.userId, 'pose', () => services.generation.pose(p.userId, bytes, prompt));
-    const reply = await chat.queued(p, queued.job, queued.position, queued.notes);
+    const reply = await chat.queued(p, queued.job, queued.position, queued.notes, queued.etaSeconds);
     // The extracted skeleton goes back as a preview; a reference used as the skeleton as is (no pose models) does not.
     if (queued.skeleton && queued.generation.controlKey && reply.job) {
       try {

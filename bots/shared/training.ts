@@ -3,6 +3,7 @@
 import { UserFacingError } from '../../src/services/errors.ts';
 import { knownKey, type MessageKey, type Params } from './i18n/index.ts';
 import type { Button, Conversation, IncomingFile, Person, Reply } from './conversation.ts';
+import type { CoverageSummary } from '../../src/vision/index.ts';
 
 const SESSION_TTL_S = 3600;
 /** The photo session, and what it says only once per session. */
@@ -50,13 +51,15 @@ export function addPhotos(chat: Conversation, p: Person, files: IncomingFile[], 
     if (files.some((f) => f.compressed) && (await redis.set(chat.key(TIP, p.userId), '1', 'EX', SESSION_TTL_S, 'NX')) === 'OK') {
       lines.push('', p.t('train.tip_files'));
     }
-    const total = await services.photos.count(p.userId);
+    // One read for the count and the coverage.
+    const accepted = await services.photos.list(p.userId);
+    const total = accepted.length;
     const { minForTraining: min, maxPerUser: max } = config.photos;
     lines.push('', p.t('photos.total', { total, min, max }));
     if (total >= max) lines.push(p.t('photos.full', { max }));
     else if (total >= min) lines.push(p.t('photos.enough', { max }));
     else lines.push(p.t('photos.need_more', { more: min - total }));
-    lines.push(...(await coverageLines(chat, p)));
+    lines.push(...(await coverageLines(chat, p, services.photos.coverageOf(accepted))));
     return { text: lines.join('\n').trim(), buttons: total >= min ? [trainButton(p)] : undefined };
   });
 }
@@ -90,8 +93,7 @@ async function addOne(chat: Conversation, p: Person, file: IncomingFile, named: 
 }
 
 /** Where the set stands (angles, framing, light) and what to add, when the face models measured the photos. */
-async function coverageLines(chat: Conversation, p: Person): Promise<string[]> {
-  const summary = await chat.services.photos.coverage(p.userId);
+async function coverageLines(chat: Conversation, p: Person, summary: CoverageSummary | undefined): Promise<string[]> {
   if (!summary) return [];
   const { minForTraining } = chat.config.photos;
   const { angles, framing } = summary;
@@ -127,7 +129,7 @@ export function trainNow(chat: Conversation, p: Person): Promise<Reply> {
     // A double tap found the first tap's job: that one has the status message already.
     if (!started.created) return { text: p.t('train.already') };
     await endPhotoSession(chat, p.userId);
-    return chat.queued(p, started.job, started.position);
+    return chat.queued(p, started.job, started.position, [], started.etaSeconds);
   });
 }
 

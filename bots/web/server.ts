@@ -234,8 +234,7 @@ export async function buildWebServer(app: App) {
    * line while it waits); a training also with its loss curve and the previews painted so far.
    */
   const jobView = async (request: FastifyRequest, job: Job, previews: TrainingPreview[]) => {
-    const position = await services.jobs.position(job);
-    const etaSeconds = await services.jobs.etaSeconds(job, position);
+    const { position, etaSeconds } = await services.jobs.place(job);
     return {
       ...job, error: reasonOf(request, job.errorCode) ?? null, position, etaSeconds,
       previews: previews.filter((p) => p.jobId === job.id).map((p) => ({ id: p.id, step: p.step, total: p.total, url: `/api/previews/${p.id}` })),
@@ -276,14 +275,14 @@ export async function buildWebServer(app: App) {
   web.get('/api/state', async (request) => {
     const userId = currentUser(request);
     if (!userId) return { consentedAt: null, photos: [], coverage: null, adapters: [], jobs: [], gallery: [] };
-    const [photos, coverage, adapters, jobs, gallery] = await Promise.all([
+    const [photos, adapters, jobs, gallery] = await Promise.all([
       services.photos.list(userId),
-      services.photos.coverage(userId),
       services.training.list(userId),
       services.jobs.list(userId, 10),
       services.generation.list(userId),
     ]);
     const previews = await services.jobs.previews(userId, jobs.filter((job) => job.kind === 'train').map((job) => job.id));
+    const coverage = services.photos.coverageOf(photos);
     return {
       // The stored confirmation (consent), so a reload shows it given rather than an empty checkbox.
       consentedAt: stateOf(request).user?.consentedAt ?? null,
@@ -325,12 +324,13 @@ export async function buildWebServer(app: App) {
         reply.status(422);
         return { error: { code: firstRefusal.code, message: firstRefusal.message, details: firstRefusal.details }, results: shown };
       }
+      const accepted = await services.photos.list(userId);
       return {
         results: shown,
-        total: await services.photos.count(userId),
+        total: accepted.length,
         needed: config.photos.minForTraining,
         // Angles, framing and light of the set, and what to add; absent without the face models.
-        coverage: await services.photos.coverage(userId),
+        coverage: services.photos.coverageOf(accepted),
       };
     } finally {
       await form.dispose();
@@ -340,8 +340,8 @@ export async function buildWebServer(app: App) {
   web.get('/api/photos', async (request) => {
     const userId = currentUser(request);
     if (!userId) return { photos: [] };
-    const [photos, coverage] = await Promise.all([services.photos.list(userId), services.photos.coverage(userId)]);
-    return { photos, coverage };
+    const photos = await services.photos.list(userId);
+    return { photos, coverage: services.photos.coverageOf(photos) };
   });
   web.delete<{ Params: { id: string } }>('/api/photos/:id', async (request) => {
     const userId = currentUser(request);

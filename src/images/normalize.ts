@@ -64,6 +64,11 @@ export interface NormalizedImage {
   bytes: number;
   /** Hex sha256 of `data` (the normalized bytes, not the upload). */
   sha256: string;
+  /**
+   * The pixels `data` was encoded from (upright sRGB, 3 channels): the upload checks read them instead of decoding
+   * `data` again. They differ from a decode of `data` only by its JPEG rounding (quality 95, no chroma subsampling).
+   */
+  pixels: DecodedPixels;
 }
 
 /** JPEG cannot store a side longer than 65535 pixels; we store everything as JPEG. */
@@ -228,21 +233,25 @@ export async function normalizeUpload(input: Buffer, limits?: Partial<ImageLimit
       { width, height, minShortSide: lim.minShortSide, trainingSize: TRAINING_SIZE }, format);
   }
 
-  let out: { data: Buffer; info: OutputInfo };
+  let out: { data: Buffer; info: OutputInfo; pixels: Buffer };
   try {
     out = await decodeSlots.run(async () => {
       let pipeline = sharp(input, { ...inputOptions, autoOrient: true });
       if (meta.hasAlpha) pipeline = pipeline.flatten({ background: '#ffffff' });
-      // No keepMetadata()/withMetadata()/keep*(): sharp writes no EXIF, XMP, IPTC or ICC, and converts to sRGB
-      // using the embedded ICC profile when there is one (Display P3 phone photos, CMYK scans).
-      const encoded = await pipeline
-        .toColourspace('srgb')
-        .jpeg({ quality: 95, mozjpeg: false, chromaSubsampling: '4:4:4', progressive: false })
-        .toBuffer({ resolveWithObject: true });
-      if (format === 'jpeg' && (await missingScanData(encoded.data, width, height, meta.orientation ?? 1))) {
+      // Decoded once: the cut-off check reads these pixels, and the JPEG is encoded from them (the same bytes as
+      // encoding straight from the decoder). No keepMetadata()/withMetadata()/keep*(): sharp writes no EXIF, XMP,
+      // IPTC or ICC, and converts to sRGB using the embedded ICC profile when there is one (Display P3, CMYK scans).
+      const decoded = await pipeline.toColourspace('srgb').raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+      if (decoded.info.width !== width || decoded.info.height !== height || decoded.info.channels !== 3) {
+        throw new Error(`normalizeUpload: expected ${width}×${height}×3 pixels, got ${decoded.info.width}×${decoded.info.height}×${decoded.info.channels}`);
+      }
+      if (format === 'jpeg' && missingScanData(decoded.data, width, height, meta.orientation ?? 1)) {
         throw new Error('premature end of data segment: the scan data ends before the frame');
       }
-      return encoded;
+      const encoded = await sharp(decoded.data, { raw: { width, height, channels: 3 } })
+        .jpeg({ quality: 95, mozjpeg: false, chromaSubsampling: '4:4:4', progressive: false })
+        .toBuffer({ resolveWithObject: true });
+      return { ...encoded, pixels: decoded.data };
     });
   } catch (err) {
     throw decodeFailure(err, format, lim);
@@ -259,6 +268,7 @@ export async function normalizeUpload(input: Buffer, limits?: Partial<ImageLimit
     sourceFormat: format,
     bytes: out.data.length,
     sha256: createHash('sha256').update(out.data).digest('hex'),
+    pixels: { width, height, data: new Uint8Array(out.pixels.buffer, out.pixels.byteOffset, out.pixels.length) },
   };
 }
 
@@ -267,29 +277,31 @@ export async function normalizeUpload(input: Buffer, limits?: Partial<ImageLimit
  * warns ("premature end of data segment") and fills the rest with zero coefficients, so every block after the break
  * repeats the last DC value — one exact colour to the end of the coded image. libvips' failOn: 'warning' catches
  * that warning, but not reliably: its messages are process-wide, and a decode running at the same time swallowed it
- * (measured: 4 rounds of 5). So the result is checked instead: the last quarter of the coded rows (at least 64, on
+ * (measured: 4 rounds of 5). So the decoded pixels are checked instead: the last quarter of the coded rows (at least 64, on
  * whichever side orientation put them) in one exact colour is refused as cut off. Pure black and pure white are
  * left alone (letterbox bars, a clipped studio background), and so is a picture of one colour throughout.
  */
-async function missingScanData(decoded: Buffer, width: number, height: number, orientation: number): Promise<boolean> {
+function missingScanData(pixels: Buffer, width: number, height: number, orientation: number): boolean {
   const side = [1, 2].includes(orientation) ? 'bottom' : [3, 4].includes(orientation) ? 'top' : [6, 7].includes(orientation) ? 'left' : 'right';
   const vertical = side === 'bottom' || side === 'top';
   const length = vertical ? height : width;
   const band = Math.max(64, Math.round(length / 4));
   if (band >= length) return false;
-  const bandAt = (far: boolean) => {
-    const start = far === (side === 'bottom' || side === 'right') ? length - band : 0;
-    return sharp(decoded).extract(vertical ? { left: 0, width, top: start, height: band } : { top: 0, height, left: start, width: band }).raw().toBuffer();
-  };
-  const flat = (pixels: Buffer, [r, g, b]: number[]) => {
-    for (let i = 0; i < pixels.length; i += 3) if (pixels[i] !== r || pixels[i + 1] !== g || pixels[i + 2] !== b) return false;
+  /** Whether every pixel of the band (rows or columns from `start`) is `colour`. */
+  const flat = (start: number, [r, g, b]: number[]) => {
+    const [x0, x1, y0, y1] = vertical ? [0, width, start, start + band] : [start, start + band, 0, height];
+    for (let y = y0; y < y1; y++) {
+      for (let x = x0, i = (y * width + x0) * 3; x < x1; x++, i += 3) if (pixels[i] !== r || pixels[i + 1] !== g || pixels[i + 2] !== b) return false;
+    }
     return true;
   };
-  const last = await bandAt(true);
-  const colour = [last[0]!, last[1]!, last[2]!];
-  if (colour.every((v) => v === 0) || colour.every((v) => v === 255) || !flat(last, colour)) return false;
+  const farStart = length - band;
+  const [lastStart, firstStart] = side === 'bottom' || side === 'right' ? [farStart, 0] : [0, farStart];
+  const at = vertical ? lastStart * width * 3 : lastStart * 3;
+  const colour = [pixels[at]!, pixels[at + 1]!, pixels[at + 2]!];
+  if (colour.every((v) => v === 0) || colour.every((v) => v === 255) || !flat(lastStart, colour)) return false;
   // A picture that is one colour throughout is flat, not cut off: the coded rows must start with something else.
-  return !flat(await bandAt(false), colour);
+  return !flat(firstStart, colour);
 }
 
 function animated(frames: number, format: AcceptedFormat): ImageRejectedError {
@@ -312,19 +324,27 @@ function apngFrameCount(png: Buffer): number {
   return 1;
 }
 
+/** Pixels the caller has decoded already: 8-bit RGB, row-major (the vision tier's RgbImage). */
+export interface DecodedPixels { width: number; height: number; data: Uint8Array }
+
 /**
  * The square training input for one normalized photo: the centred square of the short side, resized (Lanczos3) to
  * size×size, as PNG. The crop never extends past the image (no padding) and the output is always exactly size×size:
  * a short side below `size` is upscaled, never trained smaller.
  *
+ * `decoded`, the photo's pixels when the caller has them (normalizeUpload's `pixels`), spares a decode below twice
+ * the size; above it libvips shrinks the JPEG while loading it, which is cheaper than resizing the full pixels.
+ *
  * This is the seam the face-centred crop (vision) replaces: same input (normalizeUpload's JPEG), same output, so the
  * caller does not change when the crop learns where the face is.
  */
-export async function trainingCrop(normalized: Buffer, size = TRAINING_SIZE): Promise<Buffer> {
+export async function trainingCrop(normalized: Buffer, size = TRAINING_SIZE, decoded?: DecodedPixels): Promise<Buffer> {
   if (!Number.isInteger(size) || size < 1) throw new RangeError(`trainingCrop: size must be a positive integer, got ${size}`);
+  const fromPixels = decoded && Math.min(decoded.width, decoded.height) < 2 * size;
   return decodeSlots.run(() =>
-    sharp(normalized, { failOn: 'truncated', limitInputPixels: DEFAULT_IMAGE_LIMITS.maxPixels, autoOrient: true })
-      .flatten({ background: '#ffffff' })
+    (fromPixels
+      ? sharp(Buffer.from(decoded.data.buffer, decoded.data.byteOffset, decoded.data.length), { raw: { width: decoded.width, height: decoded.height, channels: 3 } })
+      : sharp(normalized, { failOn: 'truncated', limitInputPixels: DEFAULT_IMAGE_LIMITS.maxPixels, autoOrient: true }).flatten({ background: '#ffffff' }))
       .resize(size, size, { fit: 'cover', position: 'centre', kernel: 'lanczos3' })
       .toColourspace('srgb')
       .png()

@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { and, gt, inArray, lte, or, sql } from 'drizzle-orm';
-import type { AnyPgColumn } from 'drizzle-orm/pg-core';
+import { PgTransaction, type AnyPgColumn } from 'drizzle-orm/pg-core';
 import type { Db } from '../db/client.ts';
 import { adapters, blobLeases, generations, jobs, photos, trainingPreviews } from '../db/schema.ts';
 import { blobKey, type BlobStore, type PutResult } from '../storage/storage.ts';
@@ -38,11 +38,14 @@ async function sha256OfFile(path: string): Promise<string> {
 }
 
 async function takeLease(db: Executor, key: string): Promise<string> {
-  return db.transaction(async (tx) => {
+  const lease = async (tx: Tx) => {
     await lockKey(tx, key);
-    const [lease] = await tx.insert(blobLeases).values({ key, expiresAt: new Date(Date.now() + BLOB_LEASE_MS) }).returning({ id: blobLeases.id });
-    return lease!.id;
-  });
+    const [taken] = await tx.insert(blobLeases).values({ key, expiresAt: new Date(Date.now() + BLOB_LEASE_MS) }).returning({ id: blobLeases.id });
+    return taken!.id;
+  };
+  // In the caller's transaction no savepoint is needed (two round trips less): a failure aborts that transaction,
+  // which nothing here catches to carry on with.
+  return db instanceof PgTransaction ? lease(db) : db.transaction(lease);
 }
 
 /**

@@ -40,7 +40,7 @@ export type GenerationOptions = z.infer<typeof generationOptions>;
 /** Something the person should know about a queued request (e.g. words the model will ignore). */
 export interface GenerationNote { code: 'words_ignored'; message: string; details: Record<string, string | number> }
 
-export interface GenerationQueued { job: Job; generation: Generation; position: number; notes: GenerationNote[] }
+export interface GenerationQueued { job: Job; generation: Generation; position: number; etaSeconds: number | null; notes: GenerationNote[] }
 
 export class GenerationService {
   constructor(
@@ -229,8 +229,8 @@ export class GenerationService {
       return { job, generation: generation! };
     });
     await enqueueOrFail(this.state, created.job, () => this.queues.addGenerate({ jobId, generationId: created.generation.id }));
-    const position = await this.jobs.position(created.job);
-    await this.events.publish(userId, jobEvent(created.job, { position, etaSeconds: await this.jobs.etaSeconds(created.job, position), generationId: created.generation.id }));
-    return { ...created, position, notes };
+    const { position, etaSeconds } = await this.jobs.place(created.job);
+    await this.events.publish(userId, jobEvent(created.job, { position, etaSeconds, generationId: created.generation.id }));
+    return { ...created, position, etaSeconds, notes };
   }
 }

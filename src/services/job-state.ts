@@ -9,7 +9,7 @@
 //     └──requeue/handBack┘ └─cancel──────► cancelled
 import { and, eq, inArray, TransactionRollbackError } from 'drizzle-orm';
 import type { Db } from '../db/client.ts';
-import { adapters, jobs, trainingPreviews, type AdapterStatus, type Job, type JobStatus, type TrainingPreview } from '../db/schema.ts';
+import { adapters, jobs, trainingPreviews, type AdapterStatus, type Job, type JobKind, type JobStatus, type TrainingPreview } from '../db/schema.ts';
 
 export type Tx = Parameters<Parameters<Db['transaction']>[0]>[0];
 type Writer = Db | Tx;
@@ -49,11 +49,12 @@ export class JobState {
    * A worker takes the job: queued → active (or active → active when BullMQ hands a stalled job to a new worker).
    * Undefined when the job was cancelled, finished or forgotten meanwhile: the worker must not run it.
    */
-  async begin(jobId: string, attempt: number): Promise<Job | undefined> {
+  async begin(jobId: string, kind: JobKind, attempt: number): Promise<Job | undefined> {
+    const set = { status: 'active', startedAt: new Date(), attempts: attempt, error: null, errorCode: null } as const;
+    // Only a training moves a second row (its adapter) with it; any other job starts in one statement, no transaction.
+    if (kind !== 'train') return this.transition(this.db, jobId, OPEN_STATUSES, set);
     return this.db.transaction(async (tx) => {
-      const row = await this.transition(tx, jobId, OPEN_STATUSES, {
-        status: 'active', startedAt: new Date(), attempts: attempt, error: null, errorCode: null,
-      });
+      const row = await this.transition(tx, jobId, OPEN_STATUSES, set);
       if (row?.kind === 'train' && row.adapterId) await setAdapterStatus(tx, row.adapterId, ['queued', 'training'], 'training');
       return row;
     });

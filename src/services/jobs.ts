@@ -51,6 +51,11 @@ export class JobService {
 
   /** Mean seconds from start to finish of the recent completed jobs of a queue; null when none has finished yet. */
   async meanSeconds(queue: QueueName): Promise<number | null> {
+    const [row] = await this.recentMean(queue);
+    return row?.mean == null ? null : Number(row.mean);
+  }
+
+  private recentMean(queue: QueueName) {
     const recent = this.db
       .select({ seconds: sql<number>`extract(epoch from ${jobs.finishedAt} - ${jobs.startedAt})`.as('seconds') })
       .from(jobs)
@@ -58,8 +63,26 @@ export class JobService {
       .orderBy(desc(jobs.finishedAt))
       .limit(RECENT_JOBS)
       .as('recent');
-    const [row] = await this.db.select({ mean: sql<string | null>`avg(${recent.seconds})` }).from(recent);
-    return row?.mean == null ? null : Number(row.mean);
+    return this.db.select({ mean: sql<string | null>`avg(${recent.seconds})` }).from(recent);
+  }
+
+  /** The waiting jobs of the job's queue queued before it. */
+  private ahead(job: Job) {
+    return this.db
+      .select({ n: count() })
+      .from(jobs)
+      .where(and(inArray(jobs.kind, kindsOf(queueOf(job.kind))), eq(jobs.status, 'queued'), lt(jobs.createdAt, job.createdAt)));
+  }
+
+  /** position() and etaSeconds() together, in one round trip for a waiting job (none for any other). */
+  async place(job: Job): Promise<{ position: number; etaSeconds: number | null }> {
+    if (job.status !== 'queued') return { position: 0, etaSeconds: await this.etaSeconds(job, 0) };
+    const queue = queueOf(job.kind);
+    const [row] = await this.db
+      .select({ ahead: sql`(${this.ahead(job)})`.mapWith(Number), mean: sql<string | null>`(${this.recentMean(queue)})` })
+      .from(sql`(select 1) as one`);
+    const position = (row?.ahead ?? 0) + 1;
+    return { position, etaSeconds: waitingEtaSeconds(position, row?.mean == null ? null : Number(row.mean), this.concurrency[queue]) };
   }
 
   /** Seconds until the job is done: at its pace so far while it runs, from its place in line while it waits. */
@@ -86,11 +109,14 @@ export class JobService {
 
   async position(job: Job): Promise<number> {
     if (job.status !== 'queued') return 0;
-    const [row] = await this.db
-      .select({ n: count() })
-      .from(jobs)
-      .where(and(inArray(jobs.kind, kindsOf(queueOf(job.kind))), eq(jobs.status, 'queued'), lt(jobs.createdAt, job.createdAt)));
+    const [row] = await this.ahead(job);
     return (row?.n ?? 0) + 1;
+  }
+
+  /** A job's kind and status (undefined when it is gone or not the person's): what a follower re-reads. */
+  async kindAndStatus(userId: string, jobId: string): Promise<Pick<Job, 'kind' | 'status'> | undefined> {
+    const [row] = await this.db.select({ kind: jobs.kind, status: jobs.status }).from(jobs).where(and(eq(jobs.id, jobId), eq(jobs.userId, userId)));
+    return row;
   }
 
   async view(userId: string, jobId: string): Promise<JobView> {

@@ -2,7 +2,7 @@
 // Usage windows live in Redis sorted sets (member = job id, score = when it was queued); the database stays the truth
 // for what is open and what failed, so a failed job is refunded without anyone having to remember to do it.
 import { randomBytes } from 'node:crypto';
-import { and, count, eq, inArray } from 'drizzle-orm';
+import { and, count, eq, inArray, sql } from 'drizzle-orm';
 import type { Redis } from 'ioredis';
 import type { Db } from '../db/client.ts';
 import { jobs, users, type Job, type JobKind } from '../db/schema.ts';
@@ -46,14 +46,14 @@ export class LimitService {
 
   /** Throws the UserFacingError that explains which limit a new `kind` job would break. */
   async check(userId: string, kind: JobKind): Promise<void> {
-    const limits = await this.limitsOf(userId);
-    const [open] = await this.db.select({ n: count() }).from(jobs).where(and(eq(jobs.userId, userId), inArray(jobs.status, ['queued', 'active'])));
+    // One round trip: the person's overrides, their open jobs and the queue's waiting jobs.
+    const { overrides, open, waiting } = await this.standing(userId);
+    const limits = { ...this.limits, ...overrides };
     const max = limits.activeJobs;
-    if ((open?.n ?? 0) >= max) throw new UserFacingError('limit_active_jobs', `You already have ${max} jobs running or waiting. Wait for one to finish, or cancel it.`, { max }, 429);
+    if (open >= max) throw new UserFacingError('limit_active_jobs', `You already have ${max} jobs running or waiting. Wait for one to finish, or cancel it.`, { max }, 429);
 
-    const [waiting] = await this.db.select({ n: count() }).from(jobs).where(eq(jobs.status, 'queued'));
     const cap = this.limits.queueMaxWaiting;
-    if ((waiting?.n ?? 0) >= cap) throw new UserFacingError('queue_full', 'The queue is full right now.', { max: cap }, 503);
+    if (waiting >= cap) throw new UserFacingError('queue_full', 'The queue is full right now.', { max: cap }, 503);
 
     const window = this.windowOf(kind, limits);
     const oldest = await this.usage(window, userId);
@@ -85,6 +85,18 @@ export class LimitService {
     if (members.length / 2 < window.max) return undefined;
     // The window frees up when the job that is `max`-th from the newest ages out.
     return Number(members[(members.length / 2 - window.max) * 2 + 1]);
+  }
+
+  private async standing(userId: string): Promise<{ overrides: Partial<Config['limits']> | undefined; open: number; waiting: number }> {
+    const overrides = this.db.select({ overrides: users.limitOverrides }).from(users).where(eq(users.id, userId));
+    const open = this.db.select({ n: count() }).from(jobs).where(and(eq(jobs.userId, userId), inArray(jobs.status, ['queued', 'active'])));
+    const waiting = this.db.select({ n: count() }).from(jobs).where(eq(jobs.status, 'queued'));
+    const [row] = await this.db.select({
+      overrides: sql<Partial<Config['limits']> | null>`(${overrides})`,
+      open: sql`(${open})`.mapWith(Number),
+      waiting: sql`(${waiting})`.mapWith(Number),
+    }).from(sql`(select 1) as one`);
+    return { overrides: row?.overrides ?? undefined, open: row?.open ?? 0, waiting: row?.waiting ?? 0 };
   }
 
   /** The configured limits with the person's own overrides (set by an admin) over them. */

@@ -1,4 +1,4 @@
-import { and, asc, count, eq } from 'drizzle-orm';
+import { and, asc, count, eq, or } from 'drizzle-orm';
 import type { Db } from '../db/client.ts';
 import { photos, users, type Photo } from '../db/schema.ts';
 import type { BlobStore } from '../storage/storage.ts';
@@ -56,10 +56,12 @@ export class PhotoService {
     if (existing) return { ok: true, photo: existing, duplicate: true, total, faceChecked: existing.faceMeasures !== null };
 
     const known = earlier.flatMap((p, i) => (p.phash ? [{ index: i + 1, phash: p.phash, embedding: p.embedding ?? undefined }] : []));
-    const check = await this.vision.checkUpload(normalized.data, known);
+    // The pixels the stored JPEG was encoded from serve the checks (hash, faces) and the centred crop: no decode of it.
+    const image = normalized.pixels;
+    const check = await this.vision.checkUpload(normalized.data, known, image);
     if (!check.verdict.ok) return reject(check.verdict);
     // The face-centred crop when a face was found; a centred square when the face models are not installed.
-    const crop = check.crop ?? (await trainingCrop(normalized.data, this.config.training.resolution));
+    const crop = check.crop ?? (await trainingCrop(normalized.data, this.config.training.resolution, image));
     // Leased until the photo row has committed: content-addressed blobs may be shared with a photo being deleted.
     const stored: LeasedBlob[] = [];
     try {
@@ -67,10 +69,12 @@ export class PhotoService {
         // Serializes this user's uploads from here to the commit (the pattern TrainingService.start uses).
         const [owner] = await tx.select({ id: users.id }).from(users).where(eq(users.id, userId)).for('update');
         if (!owner) throw notFound('User');
-        const [counted] = await tx.select({ n: count() }).from(photos).where(and(eq(photos.userId, userId), eq(photos.status, 'accepted')));
-        const now = counted?.n ?? 0;
+        // One read for the limit and the same-file check: the accepted photos and any row of the same bytes.
+        const current = await tx.select().from(photos)
+          .where(and(eq(photos.userId, userId), or(eq(photos.status, 'accepted'), eq(photos.sha256, normalized.sha256))));
+        const now = current.filter((p) => p.status === 'accepted').length;
         if (now >= max) return full();
-        const [same] = await tx.select().from(photos).where(and(eq(photos.userId, userId), eq(photos.sha256, normalized.sha256)));
+        const same = current.find((p) => p.sha256 === normalized.sha256);
         if (same) return { ok: true, photo: same, duplicate: true, total: now, faceChecked: same.faceMeasures !== null };
         const original = await putLeased(tx, this.store, normalized.data, 'jpg');
         stored.push(original);
@@ -110,10 +114,11 @@ export class PhotoService {
 
   /**
    * What the set covers (angles, framing, light) and what to add before training, from the faces measured at
-   * upload. Undefined when no photo was measured (the face models are not installed).
+   * upload, for the accepted photos the caller has read (list(): one read serves the count and this). Undefined
+   * when no photo was measured (the face models are not installed).
    */
-  async coverage(userId: string): Promise<CoverageSummary | undefined> {
-    const measured = (await this.list(userId)).flatMap((p) =>
+  coverageOf(accepted: readonly Photo[]): CoverageSummary | undefined {
+    const measured = accepted.flatMap((p) =>
       p.faceMeasures ? [{ measures: p.faceMeasures as unknown as FaceMeasures, imageLongSide: Math.max(p.width, p.height) }] : []);
     if (measured.length === 0) return undefined;
     return this.vision.coverage(measured, this.config.photos.minForTraining);

@@ -13,7 +13,7 @@ import { UserFacingError } from './errors.ts';
 import type { JobState } from './job-state.ts';
 import type { VisionService } from '../vision/index.ts';
 
-export interface TrainingStarted { job: Job; adapter: Adapter; created: boolean; position: number }
+export interface TrainingStarted { job: Job; adapter: Adapter; created: boolean; position: number; etaSeconds?: number | null }
 
 export function baseModelName(config: Config): string {
   return config.engine.profile === 'tiny' ? 'tiny-sd15-v1' : basename(config.engine.baseModel ?? 'sd15');
@@ -93,9 +93,9 @@ export class TrainingService {
     });
     if (!created) return (await this.openTraining(userId))!;
     await enqueueOrFail(this.state, created.job, () => this.queues.addTrain({ jobId, adapterId: created.adapter.id }));
-    const position = await this.jobs.position(created.job);
-    await this.events.publish(userId, jobEvent(created.job, { position, etaSeconds: await this.jobs.etaSeconds(created.job, position) }));
-    return { ...created, created: true, position };
+    const { position, etaSeconds } = await this.jobs.place(created.job);
+    await this.events.publish(userId, jobEvent(created.job, { position, etaSeconds }));
+    return { ...created, created: true, position, etaSeconds };
   }
 
   async latestReady(userId: string): Promise<Adapter | undefined> {

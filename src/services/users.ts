@@ -6,7 +6,20 @@ import { isUniqueViolation, notFound } from './errors.ts';
 export interface AccountProfile { displayName?: string; locale?: string }
 
 export class UserService {
-  constructor(private readonly db: Db) {}
+  /**
+   * Every command looks its person up: built once and prepared (a named statement per connection), so neither
+   * drizzle nor Postgres builds or plans it again per command.
+   */
+  private readonly byAccount;
+
+  constructor(private readonly db: Db) {
+    this.byAccount = db
+      .select({ user: users })
+      .from(accounts)
+      .innerJoin(users, eq(users.id, accounts.userId))
+      .where(and(eq(accounts.platform, sql.placeholder('platform')), eq(accounts.externalId, sql.placeholder('externalId'))))
+      .prepare('user_by_account');
+  }
 
   /** Records that the person confirmed their photos are of themselves (the first confirmation's time is kept). */
   async consent(userId: string): Promise<Date> {
@@ -47,11 +60,7 @@ export class UserService {
 
   /** The user behind a platform account, or undefined: reads never create anyone. */
   async find(platform: Platform, externalId: string): Promise<User | undefined> {
-    const [row] = await this.db
-      .select({ user: users })
-      .from(accounts)
-      .innerJoin(users, eq(users.id, accounts.userId))
-      .where(and(eq(accounts.platform, platform), eq(accounts.externalId, externalId)));
+    const [row] = await this.byAccount.execute({ platform, externalId });
     return row?.user;
   }
 

@@ -94,9 +94,12 @@ export class VisionService {
     return embedFace(await loadSession(this.modelPath(this.config.embedder)), image, face, this.config.embedder);
   }
 
-  /** Checks one upload against the person's earlier photos (`known`, with their 1-based positions). */
-  async checkUpload(bytes: Buffer, known: readonly KnownPhoto[] = []): Promise<PhotoCheckResult> {
-    const image = await decodeRgb(bytes);
+  /**
+   * Checks one upload against the person's earlier photos (`known`, with their 1-based positions). `image` is the
+   * upload decoded, when the caller has it (decodeRgb(bytes)).
+   */
+  async checkUpload(bytes: Buffer, known: readonly KnownPhoto[] = [], image?: RgbImage): Promise<PhotoCheckResult> {
+    image ??= await decodeRgb(bytes);
     const phash = perceptualHash(image);
     const available = this.availability();
     if (!available.faceChecks) {
