@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import sharp, { type Metadata, type OutputInfo, type SharpOptions } from 'sharp';
 import { HEIF_SEQUENCE_BRANDS, sniffFormat, type AcceptedFormat, type Sniffed } from './sniff.ts';
 import { decodeSlots } from './decode-slots.ts';
+import type { RgbImage } from '../vision/raster.ts';
 
 /** The resolution the engine trains at. Never trained lower: a seed experiment at 64 px destroyed likeness. */
 export const TRAINING_SIZE = 512;
@@ -68,7 +69,7 @@ export interface NormalizedImage {
    * The pixels `data` was encoded from (upright sRGB, 3 channels): the upload checks read them instead of decoding
    * `data` again. They differ from a decode of `data` only by its JPEG rounding (quality 95, no chroma subsampling).
    */
-  pixels: DecodedPixels;
+  pixels: RgbImage;
 }
 
 /** JPEG cannot store a side longer than 65535 pixels; we store everything as JPEG. */
@@ -324,9 +325,6 @@ function apngFrameCount(png: Buffer): number {
   return 1;
 }
 
-/** Pixels the caller has decoded already: 8-bit RGB, row-major (the vision tier's RgbImage). */
-export interface DecodedPixels { width: number; height: number; data: Uint8Array }
-
 /**
  * The square training input for one normalized photo: the centred square of the short side, resized (Lanczos3) to
  * size×size, as PNG. The crop never extends past the image (no padding) and the output is always exactly size×size:
@@ -338,7 +336,7 @@ export interface DecodedPixels { width: number; height: number; data: Uint8Array
  * This is the seam the face-centred crop (vision) replaces: same input (normalizeUpload's JPEG), same output, so the
  * caller does not change when the crop learns where the face is.
  */
-export async function trainingCrop(normalized: Buffer, size = TRAINING_SIZE, decoded?: DecodedPixels): Promise<Buffer> {
+export async function trainingCrop(normalized: Buffer, size = TRAINING_SIZE, decoded?: RgbImage): Promise<Buffer> {
   if (!Number.isInteger(size) || size < 1) throw new RangeError(`trainingCrop: size must be a positive integer, got ${size}`);
   const fromPixels = decoded && Math.min(decoded.width, decoded.height) < 2 * size;
   return decodeSlots.run(() =>

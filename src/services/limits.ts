@@ -48,7 +48,7 @@ export class LimitService {
   async check(userId: string, kind: JobKind): Promise<void> {
     // One round trip: the person's overrides, their open jobs and the queue's waiting jobs.
     const { overrides, open, waiting } = await this.standing(userId);
-    const limits = { ...this.limits, ...overrides };
+    const limits = this.withOverrides(overrides);
     const max = limits.activeJobs;
     if (open >= max) throw new UserFacingError('limit_active_jobs', `You already have ${max} jobs running or waiting. Wait for one to finish, or cancel it.`, { max }, 429);
 
@@ -102,7 +102,11 @@ export class LimitService {
   /** The configured limits with the person's own overrides (set by an admin) over them. */
   async limitsOf(userId: string): Promise<Config['limits']> {
     const [row] = await this.db.select({ overrides: users.limitOverrides }).from(users).where(eq(users.id, userId));
-    return { ...this.limits, ...row?.overrides };
+    return this.withOverrides(row?.overrides);
+  }
+
+  private withOverrides(overrides: Partial<Config['limits']> | null | undefined): Config['limits'] {
+    return { ...this.limits, ...overrides };
   }
 
   /** Deletes every Redis key that names the user (for /forget). */

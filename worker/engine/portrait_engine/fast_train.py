@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .errors import EngineError
+from .multitrain import _forward
 from .protocol import TrainParams
 from .train import ADAM, MAX_GRAD_NORM, Training
 
@@ -146,6 +147,18 @@ class DeviceSide:
         return loss
 
 
+def device_side(training: Training) -> DeviceSide | None:
+    """The job's DeviceSide when it was prepared for graphed steps (it stands in as its scaler), else None."""
+    return training.scaler if isinstance(training.scaler, DeviceSide) else None
+
+
+def _stage(buffers: Sequence[torch.Tensor], batches: Sequence[Sequence[int]]) -> None:
+    """Copies each micro-batch's dataset positions into its graph input buffer: one host-to-device copy for all."""
+    staged = torch.tensor([i for batch in batches for i in batch], dtype=torch.long).to(buffers[0].device)
+    for buffer, part in zip(buffers, staged.split([len(batch) for batch in batches])):
+        buffer.copy_(part)
+
+
 def capture(sides: Sequence[DeviceSide], body: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """`body` (the jobs' whole step) captured in a CUDA graph after WARMUP_STEPS eager runs, which are undone. Each
     graph gets a private memory pool: its gradients live in its own memory."""
@@ -176,7 +189,7 @@ class GraphedStep:
 
     def __init__(self, training: Training):
         self.t = training
-        self.side = training.scaler if isinstance(training.scaler, DeviceSide) else DeviceSide(training)
+        self.side = device_side(training) or DeviceSide(training)
         self.graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, list[torch.Tensor], torch.Tensor]] = {}
         self.capture_seconds = 0.0
 
@@ -201,8 +214,7 @@ class GraphedStep:
             self.capture_seconds += time.monotonic() - started
             log.info("captured the training step for window %s in %.1f s", shape, time.monotonic() - started)
         graph, out, indices = self.graphs[shape]
-        for buffer, batch in zip(indices, window):
-            buffer.copy_(torch.tensor(batch), non_blocking=True)
+        _stage(indices, window)
         graph.replay()
         loss, skipped = out.tolist()  # the one sync per step: progress needs the loss
         return self.side.finish(loss, skipped)
@@ -226,8 +238,6 @@ class GraphedCohort:
             del self.graphs[key]
 
     def _body(self, trainings: Sequence, buffers: list[list[torch.Tensor]]) -> torch.Tensor:
-        from .multitrain import _forward
-
         for training in trainings:
             training.optimizer.zero_grad(set_to_none=True)
         totals = [torch.zeros((), device=t.device) for t in trainings]
@@ -262,23 +272,18 @@ class GraphedCohort:
                 started = time.monotonic()
                 try:
                     graph, out = capture([t.scaler for t in trainings], lambda: self._body(trainings, buffers))
+                    log.info("captured the shared training step of %d jobs in %.1f s", len(trainings),
+                             time.monotonic() - started)
                 except Exception:  # noqa: BLE001 (the jobs still train, eagerly)
                     log.exception("capturing the shared training step failed; it runs eagerly from now on")
                     self.eager = True
                 self.capture_seconds += time.monotonic() - started
-                log.info("captured the shared training step of %d jobs in %.1f s", len(trainings),
-                         time.monotonic() - started)
             entry = self.graphs[key] = (graph, out, buffers)
             while len(self.graphs) > COHORT_GRAPHS:
                 self.graphs.popitem(last=False)
         self.graphs.move_to_end(key)
         graph, out, buffers = entry
-        flat = [i for w in windows for batch in w for i in batch]
-        staged = torch.tensor(flat, dtype=torch.long).to(trainings[0].device, non_blocking=True)
-        views = iter(staged.split([len(batch) for w in windows for batch in w]))
-        for per_job in buffers:
-            for buffer in per_job:
-                buffer.copy_(next(views))
+        _stage([b for per_job in buffers for b in per_job], [batch for w in windows for batch in w])
         if graph is None:
             out = self._body(trainings, buffers)
         else:

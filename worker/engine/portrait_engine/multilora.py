@@ -326,8 +326,6 @@ class SlotLayer:
         index = self.lora.index[:n]
         if batch != n:
             index = index.repeat(batch // n)  # cat([x] * k) layout: CFG's uncond/cond halves
-        elif torch.is_grad_enabled():
-            index = index.clone()  # autograd keeps it for backward, which may run after the next set_slots
         return self.slot_A[index], self.slot_Bt[index], self.slot_scale[index]
 
 

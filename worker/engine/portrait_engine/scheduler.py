@@ -123,7 +123,6 @@ class Task:
         self.slot: int | None = None
         self.generation: Generation | None = None
         self.training: SlotTraining | None = None
-        self.graphed = False  # its steps run in the cohort's captured graphs
         self.checkpoints = None
         self.resumed_from: int | None = None
         self.previews: list[int] = []  # the optimizer steps after which to paint one
@@ -185,7 +184,6 @@ class Scheduler:
             why = fast_train.refusal(params, self.engine.models.device, class_photos is not None)
             if why is None:
                 fast_train.DeviceSide(task.training)  # before resume: the checkpoint loads into its optimizer
-                task.graphed = True
             else:
                 log.info("training %s in eager shared steps: %s", task.request.id, why)
         task.checkpoints = checkpoints
@@ -267,8 +265,9 @@ class Scheduler:
                 self._end(task, finish=lambda t=task: self._finish_generation(t))
 
     def _training_step(self, trainings: list[Task]) -> None:
-        graphed = [t.training for t in trainings if t.graphed]
-        eager = [t.training for t in trainings if not t.graphed]
+        # A job prepared for graphed steps (fast_train.DeviceSide) steps in the cohort; the others eagerly.
+        graphed = [t.training for t in trainings if fast_train.device_side(t.training)]
+        eager = [t.training for t in trainings if not fast_train.device_side(t.training)]
         outcome = shared_step(self.table.slots, eager, self.train_rows, self.train_buckets) if eager else {}
         if graphed:
             try:
