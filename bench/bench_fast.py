@@ -411,25 +411,47 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
     table = SlotTable(engine.models.slots)
     pose_image = Image.open(pose).convert("RGB")
 
-    def scheduled(reqs, control=None, save=True):
-        """Requests denoised together as the engine's scheduler does it (its tick, without the server around it)."""
-        started = time.monotonic()
+    def scheduled(reqs, control=None, save=True, phases=None):
+        """Requests denoised together as the engine's scheduler does it (its tick, without the server around it).
+        With `phases` (a dict), each phase's seconds are appended to it, a device sync closing each."""
+        started = mark = time.monotonic()
+
+        def phase(name):
+            nonlocal mark
+            if phases is not None:
+                sync()
+                now = time.monotonic()
+                phases.setdefault(name, []).append(now - mark)
+                mark = now
+
         generations = [Generation(engine.models, r, r.seed, control,
-                                  table.file(r.lora, r.lora_scale) if r.lora else -1) for r in reqs]
+                                  table.file(r.lora, r.lora_scale) if r.lora else -1, engine.fast) for r in reqs]
+        phase("admit")
         while not all(g.done for g in generations):
             denoise_step(engine.models, generations, engine.fast)
+        phase("denoise")
         images = [g.finish() for g in generations]
+        phase("decode")
         for g in generations:
             if g.slot >= 0:
                 table.unpin(g.slot)
         if save:
             for r, g, group in zip(reqs, generations, images):
                 finish_generation(r.model_copy(update={"output_dir": str(out / r.id)}), group, g.seed, started)
+        phase("png")
         return images
+
+    def phased(reqs, control=None, repeats=3) -> dict:
+        phases: dict = {}
+        for _ in range(repeats):
+            scheduled(reqs, control, phases=phases)
+        return {name: float(np.median(times)) * 1000 for name, times in phases.items()}
 
     res: dict = {}
     reset_peak()
     res["imagine_ours"] = timed(lambda: scheduled([request(loras[0])]), repeats)
+    # To the images in memory, the reference's endpoint (imagine_ours also writes the PNG, as the engine does).
+    res["imagine_ours_images"] = timed(lambda: scheduled([request(loras[0])], save=False), repeats)
     res["pose_ours"] = timed(lambda: scheduled([request(loras[0], pose)], pose_image), repeats)
     res["gen_peak_gib"] = peak_gib()
     import portrait_engine.multigen as multigen
@@ -447,6 +469,8 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
     fast = engine.fast
     requests = [request(lora, i=i, seed=100 + i) for i, lora in enumerate(loras[:8])]
     res["eight_ours"] = timed(lambda: scheduled(requests), max(3, repeats // 2))
+    res["imagine_phases_ms"] = phased([request(loras[0])])
+    res["eight_phases_ms"] = phased(requests)
     # Where /imagine's time goes: one replay of each captured call, the VAE decode, the prompt encoding, a PNG.
     res["graph_step_ms"] = {
         f"{'controlnet+unet' if cn else 'unet'}@{rows // 2}{' compiled' if g.compiled else ''}":
@@ -463,9 +487,14 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
     with torch.no_grad():
         res["vae_decode_b1_ms"] = timed(decode, 10)["median_s"] * 1000
         res["encode_prompt_ms"] = timed(lambda: pipe.encode_prompt(PROMPT, device, 1, True, ""), 10)["median_s"] * 1000
+        with engine.models.slots.use([-1]), fast.encoding():
+            res["encode_prompt_graph_ms"] = timed(lambda: pipe.encode_prompt(PROMPT, device, 1, True, ""),
+                                                  10)["median_s"] * 1000
     from portrait_engine.images import save_pngs
     image = decode()
     res["png_b1_ms"] = timed(lambda: save_pngs(image, out / "png"), 10)["median_s"] * 1000
+    res["png_pil_b1_ms"] = timed(lambda: image[0].save(out / "pil.png", format="PNG", compress_level=1),
+                                 10)["median_s"] * 1000  # what save_pngs did before its striped encoder
     # A user switch: a LoRA file loaded into a slot (users already in a slot switch by index alone: no copy).
     res["switch_ours_ms"] = timed(lambda: engine.models.slots.load_slot_file(7, loras[1], 1.0), 20)["median_s"] * 1000
     engine.models.slots.clear_slot(7)

@@ -12,7 +12,8 @@ compute (tests/test_fast.py, test_multigen.py). A batch no graph holds (another 
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -89,6 +90,10 @@ class FastGenerator:
             name for name in models.slots.layers
             if name.startswith("unet.") and any(name.endswith("." + t) for t in settings.lora_targets)
         )
+        # The text encoder's graph computes every text-encoder slot layer: twelve small layers, cheap to keep live.
+        self.text_served = frozenset(name for name in models.slots.layers if name.startswith("text_encoder."))
+        self.text: StepGraph | None = None
+        self._text_forward = self.pipe.text_encoder.forward  # the module's own, bound before `encoding` shadows it
 
     # --- warm-up ------------------------------------------------------------------------------------------------
 
@@ -111,13 +116,14 @@ class FastGenerator:
                     self.settings = replace(self.settings, compile_batches=tuple(
                         b for b in self.settings.compile_batches if b != batch))
                     self.graphs[(controlnet, 2 * batch)] = self._build(controlnet, batch)
+        self.text = self._build_text()
         self.info = {
             "fast": True,
             "warmup_s": round(time.monotonic() - started, 2),
             "batch_sizes": list(self.settings.batch_sizes),
             "compiled": sorted({f"{'controlnet' if c else 'unet'}@{r // 2}" for (c, r), g in self.graphs.items()
                                 if g.compiled}),
-            "graphs": len(self.graphs),
+            "graphs": len(self.graphs) + 1,
             "lora_layers": len(self.served),
             "size": [self.settings.width, self.settings.height],
         }
@@ -167,23 +173,60 @@ class FastGenerator:
             return unet(b["sample"], b["t"], encoder_hidden_states=b["embeds"], return_dict=False, **extra)[0]
 
         step = StepGraph(rows=rows, body=body, buffers=b, compiled=unet is not self.pipe.unet)
-        if self.use_graphs:
-            # The slot layers read index[:rows] of the table's preallocated index: captured once, set per call.
-            slots = self.models.slots
-            with torch.no_grad(), slots.forced_live(self.served), slots.use([NONE] * rows):
-                stream = torch.cuda.Stream(dev)
-                stream.wait_stream(torch.cuda.current_stream(dev))
-                with torch.cuda.stream(stream):
-                    for _ in range(3):  # compiles, autotunes cuDNN and warms the allocator before capture
-                        body()
-                torch.cuda.current_stream(dev).wait_stream(stream)
-                step.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(step.graph, pool=self._pool):
-                    step.out = body()
-                torch.cuda.synchronize(dev)
+        self._capture(step, self.served)
         step.seconds = time.monotonic() - started
         log.info("captured %s batch %d in %.1f s", "controlnet+unet" if controlnet else "unet", batch, step.seconds)
         return step
+
+    def _build_text(self) -> StepGraph:
+        """The text encoder over one prompt's token ids (what diffusers' encode_prompt passes it, once for the
+        prompt and once for the negative): eagerly it is ~150 small launches, 6 ms of host time per call."""
+        text = self.pipe.text_encoder.config
+        b = {"ids": torch.zeros(1, text.max_position_embeddings, dtype=torch.long, device=self.device)}
+        step = StepGraph(rows=1, body=lambda: self._text_forward(b["ids"])[0], buffers=b)
+        self._capture(step, self.text_served)
+        return step
+
+    def _capture(self, step: StepGraph, served: frozenset[str]) -> None:
+        """Captures step.body into step.graph (CUDA only), the slot layers in `served` computing from the slot index."""
+        if not self.use_graphs:
+            return
+        dev, slots = self.device, self.models.slots
+        # The slot layers read index[:rows] of the table's preallocated index: captured once, set per call.
+        with torch.no_grad(), slots.forced_live(served), slots.use([NONE] * step.rows):
+            stream = torch.cuda.Stream(dev)
+            stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(stream):
+                for _ in range(3):  # compiles, autotunes cuDNN and warms the allocator before capture
+                    step.body()
+            torch.cuda.current_stream(dev).wait_stream(stream)
+            step.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(step.graph, pool=self._pool):
+                step.out = step.body()
+            torch.cuda.synchronize(dev)
+
+    @contextmanager
+    def encoding(self) -> Iterator[None]:
+        """Inside, the text encoder's calls that its graph holds (one prompt's ids, no attention mask, no hidden
+        states) replay the graph, with the LoRA of the slot the caller set (slots.use); others run eagerly. Only
+        around the slot path's prompt encoding (multigen.Generation): a peft adapter in the text encoder would not
+        be in the graph."""
+        encoder = self.pipe.text_encoder
+        encoder.forward = self._encode  # an instance attribute: nn.Module.__call__ finds it before the class's
+        try:
+            yield
+        finally:
+            del encoder.forward
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        step, slots = self.text, self.models.slots
+        if (step is None or attention_mask is not None or any(kwargs.values())
+                or input_ids.shape != step.buffers["ids"].shape or slots.active != 1):
+            return self._text_forward(input_ids, attention_mask=attention_mask, **kwargs)
+        step.buffers["ids"].copy_(input_ids)
+        with torch.no_grad(), slots.forced_live(self.text_served):  # (the CPU's eager body: as the graph computes)
+            out = step.run()
+        return (out.clone(),)  # encode_prompt reads [0]; the buffer is the next replay's
 
     # --- calls ----------------------------------------------------------------------------------------------------
 

@@ -1,6 +1,9 @@
 """Reading request images and turning training photos into model input (no torchvision beside this torch)."""
 
+import io
 import os
+import struct
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +14,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import EngineError
 
-PNG_THREADS = 4
+# A PNG's pixels are deflated in this many stripes at once (see png_bytes); images of one batch share the pool.
+PNG_THREADS = min(8, os.cpu_count() or 1)
+_png_pool = ThreadPoolExecutor(max_workers=PNG_THREADS, thread_name_prefix="png")
 
 
 def open_rgb(path: str) -> Image.Image:
@@ -62,13 +67,49 @@ def save_pngs(images: Sequence[Image.Image], folder: Path) -> list[str]:
     finals = [folder / f"{i}.png" for i in range(len(images))]
     temps = [folder / f".{final.name}.tmp" for final in finals]
     try:
-        # zlib's fastest level: several times faster than PIL's default (6) for ~10% more bytes; PIL releases the
-        # GIL while compressing, so a batch's images encode in parallel.
-        with ThreadPoolExecutor(max_workers=min(len(images), PNG_THREADS) or 1) as pool:
-            list(pool.map(lambda pair: pair[0].save(pair[1], format="PNG", compress_level=1), zip(images, temps)))
+        for data, temp in zip([png_bytes(image) for image in images], temps):
+            temp.write_bytes(data)
         for temp, final in zip(temps, finals):
             os.replace(temp, final)
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
     return [str(final) for final in finals]
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """The image as a PNG file, its pixels deflated in PNG_THREADS stripes at once (zlib's fastest level; zlib
+    releases the GIL). An 8-bit RGB PNG like PIL's, but PIL deflates on one thread: 47 ms for a 512 px portrait on
+    the H200 machine's CPU, on the critical path of every /imagine. Each row is "Up"-filtered (its difference from
+    the row above, computed at once by numpy) instead of PIL's adaptive per-row choice: a few % larger on photos.
+    The stripes are raw deflate streams ended by a sync flush (a byte boundary), so their concatenation is one valid
+    stream, as pigz does it. Modes other than RGB go through PIL."""
+    if image.mode != "RGB":
+        out = io.BytesIO()
+        image.save(out, format="PNG", compress_level=1)
+        return out.getvalue()
+    pixels = np.asarray(image)
+    height, width = pixels.shape[:2]
+    rows = pixels.reshape(height, width * 3)
+    filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # PNG filter type Up
+    filtered[0, 1:] = rows[0]  # (the row above the first is zeros)
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as the filter is defined
+    raw = filtered.reshape(-1)
+    bounds = np.linspace(0, height, min(PNG_THREADS, height) + 1).astype(int) * filtered.shape[1]
+    stripes = [(raw[a:b], i == len(bounds) - 2) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+    deflated = b"".join(_png_pool.map(_deflate_stripe, stripes))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    # zlib's header for the fastest level (0x78 0x01), the raw stripes, then the Adler-32 of all the data.
+    idat = b"\x78\x01" + deflated + struct.pack(">I", zlib.adler32(raw))
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def _deflate_stripe(stripe: tuple[np.ndarray, bool]) -> bytes:
+    data, last = stripe
+    deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
+    return deflate.compress(data) + deflate.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))

@@ -14,7 +14,7 @@ the optional safety check (safety.py).
 """
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 import torch
@@ -58,7 +58,13 @@ class Generation:
     """One request in the batched loop; `slot` holds its LoRA (NONE for none)."""
 
     def __init__(
-        self, models: Models, request: GenerateRequest, seed: int, control_image: Image.Image | None, slot: int = NONE
+        self,
+        models: Models,
+        request: GenerateRequest,
+        seed: int,
+        control_image: Image.Image | None,
+        slot: int = NONE,
+        fast: "FastGenerator | None" = None,
     ):
         self.models, self.request, self.seed, self.slot = models, request, seed, slot
         self.pipe = pipe = _derive(models, request.scheduler, controlnet=control_image is not None)
@@ -66,7 +72,8 @@ class Generation:
         self.cfg = request.guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
         # One generator per image, seeded seed, seed+1, ...: image i of a request is image 0 of seed+i.
         self.generators = [torch.Generator("cpu").manual_seed(seed + i) for i in range(count)]
-        with torch.no_grad(), models.slots.use([slot]):
+        # The text encoder's calls through the fast path's graph where it holds them (fast.encoding).
+        with torch.no_grad(), models.slots.use([slot]), fast.encoding() if fast is not None else nullcontext():
             positive, negative = pipe.encode_prompt(
                 request.prompt, device, count, self.cfg, request.negative_prompt
             )

@@ -67,7 +67,7 @@ def paint_in_slot(
 ) -> str | None:
     """The scheduler path: the job's slot holds its LoRA; painted alone, between ticks. Returns the PNG's path."""
     try:
-        generation = Generation(models, _preview_request(request, params), params.seed, None, slot)
+        generation = Generation(models, _preview_request(request, params), params.seed, None, slot, fast)
         while not generation.done:
             failures = denoise_step(models, [generation], fast)
             if failures:

@@ -208,7 +208,7 @@ class Scheduler:
             if slot is None:
                 return "full"
             task.slot = slot
-        task.generation = Generation(self.engine.models, request, seed, control, slot)
+        task.generation = Generation(self.engine.models, request, seed, control, slot, self.engine.fast)
         self.active.append(task)
         return "joined"
 

@@ -61,7 +61,7 @@ def pixels(images: list[Image.Image]) -> np.ndarray:
 
 def run(engine: Engine, cases, fast: FastGenerator | None) -> list[np.ndarray]:
     """(request, slot, control image) cases denoised together as the scheduler does it; each one's images."""
-    generations = [Generation(engine.models, r, r.seed, control, slot) for r, slot, control in cases]
+    generations = [Generation(engine.models, r, r.seed, control, slot, fast) for r, slot, control in cases]
     while not all(g.done for g in generations):
         assert denoise_step(engine.models, generations, fast) == {}
     return [pixels(g.finish()) for g in generations]
@@ -181,6 +181,27 @@ def test_graphs_update_the_served_layers_and_send_other_loras_eagerly(engine, fa
     assert graph.calls == calls
     assert np.array_equal(ours, run(engine, [(request(), 1, None)], None)[0])
     assert not np.array_equal(ours, run(engine, [(request(), NONE, None)], None)[0])
+
+
+def test_prompts_encode_through_the_text_graph_with_the_slots_lora(engine, fast, slots, tmp_path):
+    from .test_multilora import random_lora
+
+    assert fast.text_served and all(name.startswith("text_encoder.") for name in fast.text_served)
+    # A LoRA on the text encoder's q and v projections too: its update is in the graph (every text layer is live).
+    both = random_lora(engine, tmp_path / "te.safetensors", 2, 2.0, 4, ["to_q", "to_v"], True)
+    slots.load_slot_file(0, both, 1.0)
+    calls = fast.text.calls
+    ours = run(engine, [(request(negative_prompt="blurry"), 0, None)], fast)[0]
+    assert fast.text.calls == calls + 2  # the prompt and the negative prompt
+    assert np.array_equal(ours, run(engine, [(request(negative_prompt="blurry"), 0, None)], None)[0])
+    generation = Generation(engine.models, request(), 1, None, 0, fast)
+    with engine.models.slots.use([0]), torch.no_grad():
+        eager = generation.pipe.encode_prompt("a photo of sks person", engine.models.device, 1, True, "")
+    assert torch.equal(generation.embeddings, torch.cat([eager[1], eager[0]]))  # the graph's numbers are the encoder's
+    with engine.models.slots.use([NONE]), torch.no_grad():
+        base = generation.pipe.encode_prompt("a photo of sks person", engine.models.device, 1, True, "")
+    assert not torch.equal(base[0], eager[0])  # the LoRA moved the text embeddings
+    assert "forward" not in vars(engine.models.pipe.text_encoder)  # the module's own forward outside encoding()
 
 
 def test_batches_no_graph_holds_run_eagerly(engine, fast):

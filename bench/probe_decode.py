@@ -1,0 +1,289 @@
+"""What the parts of an /imagine around the UNet cost on a CUDA card, and what the alternatives cost (issue 8):
+
+- UniPC's 2x2 corrector solve: host-to-device copies and syncs per call with torch's default linear-algebra backend,
+  with cuSOLVER preferred, and the whole 20-step scheduler loop's copies and syncs;
+- GroupNorm at the VAE decoder's shapes: torch's kernel against moments reduced in chunks (many blocks, not one per
+  group) and applied in one pass; their difference from float32;
+- the VAE decode at 512 px: as diffusers runs it, and with the chunked GroupNorm;
+- the text encoder (CFG, 2 x 77 tokens): eager and in a CUDA graph;
+- the slot layers' LoRA in an uncompiled UNet graph: live and not live.
+
+    python bench/probe_decode.py --work /tmp/work      # writes $OUT/probe_decode.json when OUT is set
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "worker" / "engine"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench_fast import log  # noqa: E402
+
+
+def cuda_ms(fn, repeats: int = 20, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def host_calls(fn) -> dict:
+    """How many host-to-device copies and stream/device syncs one call of fn makes (torch.profiler's runtime rows)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    wanted = ("cudaMemcpyAsync", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy", "Memcpy HtoD",
+              "Memcpy DtoH")
+    out = {}
+    for row in prof.key_averages():
+        if any(row.key.startswith(w) for w in wanted):
+            out[row.key[:40]] = row.count
+    return out
+
+
+def solve_probe() -> dict:
+    r = torch.tensor([[1.0, 1.0], [0.6, 1.0]], device="cuda", dtype=torch.float32)
+    b = torch.tensor([0.3, 0.2], device="cuda", dtype=torch.float32)
+    res = {}
+    for backend in ("default", "cusolver", "magma"):
+        torch.backends.cuda.preferred_linalg_library(backend)
+        try:
+            fn = lambda: torch.linalg.solve_ex(r, b)[0]  # noqa: E731
+            res[backend] = {"calls": host_calls(fn), "host_us": host_us(fn), "gpu_ms": cuda_ms(fn)}
+        except Exception as error:  # noqa: BLE001
+            res[backend] = repr(error)
+    torch.backends.cuda.preferred_linalg_library("default")
+    return res
+
+
+def host_us(fn, repeats: int = 50) -> float:
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    host = time.perf_counter() - started
+    torch.cuda.synchronize()
+    return host / repeats * 1e6
+
+
+def unipc_probe() -> dict:
+    from diffusers import UniPCMultistepScheduler
+
+    from portrait_engine import multigen
+    from portrait_engine.tiny import SD15_SCHEDULER
+
+    res = {}
+    latents = torch.randn(1, 4, 64, 64, device="cuda", dtype=torch.float16)
+    noise = torch.randn(1, 4, 64, 64, device="cuda", dtype=torch.float16)
+    for backend in ("default", "cusolver"):
+        def loop():
+            scheduler = UniPCMultistepScheduler.from_config(SD15_SCHEDULER)
+            scheduler.set_timesteps(20, device="cuda")
+            scheduler.sigmas = scheduler.sigmas.to("cuda")
+            x = latents
+            with multigen._solve_without_sync():
+                for t in scheduler.timesteps:
+                    x = scheduler.step(noise, t, x, return_dict=False)[0]
+            return x
+
+        torch.backends.cuda.preferred_linalg_library(backend)
+        res[backend] = {"calls_20_steps": host_calls(loop), "host_ms": host_us(loop, 5) / 1000}
+    torch.backends.cuda.preferred_linalg_library("default")
+    return res
+
+
+def chunked_group_norm(x: torch.Tensor, groups: int, weight, bias, eps: float, chunks: int = 64) -> torch.Tensor:
+    n, c = x.shape[:2]
+    per_group = x[0, : c // groups].numel()
+    k = chunks if per_group % chunks == 0 else 1
+    parts = x.reshape(n, groups, k, per_group // k).float()
+    var_k, mean_k = torch.var_mean(parts, dim=-1, correction=0)
+    mean = mean_k.mean(-1, keepdim=True)
+    var = (var_k + (mean_k - mean) ** 2).mean(-1, keepdim=True)
+    rstd = torch.rsqrt(var + eps)  # [n, g, 1]
+    scale = (weight.float().view(1, groups, -1) * rstd)  # [n, g, c/g]
+    shift = bias.float().view(1, groups, -1) - mean * scale
+    shape = (n, c) + (1,) * (x.dim() - 2)
+    return torch.addcmul(shift.reshape(shape), x, scale.reshape(shape)).to(x.dtype)
+
+
+def chunked_group_norm_half_reduce(x, groups, weight, bias, eps, chunks: int = 64):
+    """As chunked_group_norm, without the float32 copy of x: the chunk moments from the fp16 input (fp32 inside)."""
+    n, c = x.shape[:2]
+    per_group = x[0, : c // groups].numel()
+    k = chunks if per_group % chunks == 0 else 1
+    parts = x.reshape(n, groups, k, per_group // k)
+    var_k, mean_k = torch.var_mean(parts, dim=-1, correction=0)
+    var_k, mean_k = var_k.float(), mean_k.float()
+    mean = mean_k.mean(-1, keepdim=True)
+    var = (var_k + (mean_k - mean) ** 2).mean(-1, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    scale = (weight.float().view(1, groups, -1) * rstd)
+    shift = bias.float().view(1, groups, -1) - mean * scale
+    shape = (n, c) + (1,) * (x.dim() - 2)
+    return torch.addcmul(shift.reshape(shape), x, scale.reshape(shape)).to(x.dtype)
+
+
+def group_norm_probe() -> dict:
+    res = {}
+    shapes = [(1, 512, 64, 64), (1, 512, 128, 128), (1, 512, 256, 256), (1, 256, 256, 256), (1, 256, 512, 512),
+              (1, 128, 512, 512), (8, 128, 512, 512)]
+    for shape in shapes:
+        g = torch.Generator("cuda").manual_seed(0)
+        x = (torch.randn(shape, device="cuda", generator=g) * 3 + 1.5).half()
+        w = torch.randn(shape[1], device="cuda").half()
+        bias = torch.randn(shape[1], device="cuda").half()
+        exact = F.group_norm(x.float(), 32, w.float(), bias.float(), 1e-6)
+        row = {"torch_ms": cuda_ms(lambda: F.group_norm(x, 32, w, bias, 1e-6)),
+               "torch_err": float((F.group_norm(x, 32, w, bias, 1e-6).float() - exact).abs().max())}
+        for name, fn in (("chunked", chunked_group_norm), ("chunked_half", chunked_group_norm_half_reduce)):
+            row[f"{name}_ms"] = cuda_ms(lambda: fn(x, 32, w, bias, 1e-6))
+            row[f"{name}_err"] = float((fn(x, 32, w, bias, 1e-6).float() - exact).abs().max())
+        res["x".join(map(str, shape))] = row
+        log("groupnorm", shape, row)
+    return res
+
+
+def vae_probe(work: Path) -> dict:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        sample_size=512).to("cuda", torch.float16).eval()
+    res = {}
+    for batch in (1, 4):
+        latents = torch.randn(batch, 4, 64, 64, device="cuda", dtype=torch.float16)
+        with torch.no_grad():
+            base = lambda: vae.decode(latents, return_dict=False)[0]  # noqa: E731
+            res[f"b{batch}_torch_ms"] = cuda_ms(base, 10)
+            reference = base().float()
+            for name, fn in (("chunked", chunked_group_norm), ("chunked_half", chunked_group_norm_half_reduce)):
+                original = F.group_norm
+                F.group_norm = lambda x, g, w=None, b=None, eps=1e-5, f=fn: f(x, g, w, b, eps)
+                try:
+                    res[f"b{batch}_{name}_ms"] = cuda_ms(base, 10)
+                    out = base().float()
+                finally:
+                    F.group_norm = original
+                res[f"b{batch}_{name}_maxdiff_255"] = float(((out - reference).abs() * 127.5).max())
+                res[f"b{batch}_{name}_meandiff_255"] = float(((out - reference).abs() * 127.5).mean())
+        log("vae", batch, res)
+    torch.backends.cudnn.benchmark = True
+    latents = torch.randn(1, 4, 64, 64, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        res["b1_torch_cudnn_benchmark_ms"] = cuda_ms(lambda: vae.decode(latents, return_dict=False)[0], 10)
+    torch.backends.cudnn.benchmark = False
+    return res
+
+
+def text_encoder_probe() -> dict:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from portrait_engine.tiny import VOCAB_SIZE
+
+    torch.manual_seed(0)
+    te = CLIPTextModel(CLIPTextConfig(vocab_size=VOCAB_SIZE, hidden_size=768, intermediate_size=3072,
+                                      num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                      projection_dim=768, hidden_act="quick_gelu", bos_token_id=VOCAB_SIZE - 2,
+                                      eos_token_id=VOCAB_SIZE - 1, pad_token_id=1)).to("cuda", torch.float16).eval()
+    ids = torch.randint(0, VOCAB_SIZE - 2, (2, 77), device="cuda")
+    res = {}
+    with torch.no_grad():
+        eager = lambda: te(ids)[0]  # noqa: E731
+        res["eager_gpu_ms"] = cuda_ms(eager)
+        res["eager_host_us"] = host_us(eager, 20)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                eager()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = eager()
+        res["graph_gpu_ms"] = cuda_ms(graph.replay)
+        res["graph_host_us"] = host_us(graph.replay, 20)
+        graph.replay()
+        res["graph_maxdiff"] = float((out.float() - eager().float()).abs().max())
+    return res
+
+
+def slot_lora_probe(work: Path) -> dict:
+    """The slot layers' cost in the uncompiled UNet graph at batch 1 (2 rows): a slot live and none live."""
+    import bench_engine
+
+    from portrait_engine.config import EngineConfig
+    from portrait_engine.engine import Engine
+
+    os.environ["ENGINE_FAST_COMPILE"] = "off"
+    os.environ["ENGINE_FAST_BATCHES"] = "1"
+    base, controlnet = bench_engine.build_models(work)
+    engine = Engine(EngineConfig(profile="real", cache_dir=work / "cache", device=torch.device("cuda"),
+                                 base_model=base, controlnet=controlnet, fast="on", lora_slots=24))
+    graph = engine.fast.graphs[(False, 2)]
+    res = {"warmup": engine.warmup}
+    res["graph_lora_live_ms"] = cuda_ms(graph.run)
+    slots = engine.models.slots
+    with torch.no_grad(), slots.forced_live(frozenset()):
+        body = graph.body
+        with slots.use([-1, -1]):
+            res["eager_no_lora_ms"] = cuda_ms(body, 10)
+    with torch.no_grad(), slots.forced_live(engine.fast.served), slots.use([0, 0]):
+        res["eager_lora_live_ms"] = cuda_ms(graph.body, 10)
+    return res
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--only", default="")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    only = {s for s in args.only.split(",") if s}
+    report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "card": torch.cuda.get_device_name(),
+                    "torch": torch.__version__}
+
+    def save() -> None:
+        if os.environ.get("OUT"):
+            Path(os.environ["OUT"], "probe_decode.json").write_text(json.dumps(report, indent=2, default=str))
+
+    for name, fn in (("solve", solve_probe), ("unipc", unipc_probe), ("group_norm", group_norm_probe),
+                     ("vae", lambda: vae_probe(args.work)), ("text_encoder", text_encoder_probe),
+                     ("slot_lora", lambda: slot_lora_probe(args.work))):
+        if only and name not in only:
+            continue
+        started = time.monotonic()
+        try:
+            report[name] = fn()
+        except Exception as error:  # noqa: BLE001
+            import traceback
+
+            report[name] = {"error": traceback.format_exc()}
+        log(name, f"{time.monotonic() - started:.1f} s", report[name])
+        save()
+
+
+if __name__ == "__main__":
+    main()
