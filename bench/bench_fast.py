@@ -405,7 +405,7 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
                                output_dir=str(out))
 
     from portrait_engine.engine import finish_generation
-    from portrait_engine.multigen import Generation, denoise_step
+    from portrait_engine.multigen import Generation, decode_together, denoise_step
     from portrait_engine.scheduler import SlotTable
 
     table = SlotTable(engine.models.slots)
@@ -430,7 +430,8 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
         while not all(g.done for g in generations):
             denoise_step(engine.models, generations, engine.fast)
         phase("denoise")
-        images = [g.finish() for g in generations]
+        decoded = decode_together(generations)  # as the scheduler decodes the requests done on one step
+        images = [decoded[g] for g in generations]
         phase("decode")
         for g in generations:
             if g.slot >= 0:

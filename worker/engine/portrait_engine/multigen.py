@@ -8,9 +8,9 @@ step: requests of one latent size (and ControlNet or not) share one UNet call (a
 their rows, CFG's uncond/cond rows included, each row with its request's slot, timestep and ControlNet scale;
 guidance and the scheduler step are then per request, on its own rows, with its own generators. So a request's
 image does not depend on its batch mates (up to float rounding of the batched kernels; tests/test_multigen.py
-compares each request of a mixed batch with diffusers' pipelines: the equivalence tests' 1/255). `finish()` decodes
-(the pipelines' VAE decode and postprocessing) once the request's steps are done, and screens the images through
-the optional safety check (safety.py).
+compares each request of a mixed batch with diffusers' pipelines: the equivalence tests' 1/255). `finish()` and
+`decode_together()` decode (the pipelines' VAE decode and postprocessing; requests that finish on one step share a
+VAE call) once the requests' steps are done, and screen the images through the optional safety check (safety.py).
 """
 
 from collections.abc import Iterator, Sequence
@@ -125,13 +125,54 @@ class Generation:
             self.latents = self.pipe.scheduler.step(noise_pred, t, self.latents, **self.extra, return_dict=False)[0]
         self.step_index += 1
 
-    @torch.no_grad()
     def finish(self) -> Screened:
         """The request's images, decoded, through the safety check (None where it withheld one)."""
-        vae = self.pipe.vae
-        image = vae.decode(self.latents / vae.config.scaling_factor, return_dict=False, generator=self.generators)[0]
-        images = self.pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True] * len(image))
-        return screen(self.models.safety, images)
+        outcome = decode_together([self])[self]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+@torch.no_grad()
+def decode_together(generations: Sequence[Generation]) -> dict[Generation, Screened | Exception]:
+    """The images of finished requests, through the safety check: requests of one latent size share one VAE decode
+    (the pipelines decode a request's images as one batch too). As in denoise_step, a shared decode that raises is
+    retried request by request, so only the request at fault gets its exception."""
+    groups: dict[tuple, list[Generation]] = {}
+    for generation in generations:
+        groups.setdefault(tuple(generation.latents.shape[1:]), []).append(generation)
+    outcomes: dict[Generation, Screened | Exception] = {}
+    for members in groups.values():
+        try:
+            outcomes |= dict(zip(members, _decode(members)))
+        except Exception as error:  # noqa: BLE001
+            if len(members) == 1:
+                outcomes[members[0]] = error
+                continue
+            for generation in members:
+                try:
+                    outcomes[generation] = _decode([generation])[0]
+                except Exception as alone:  # noqa: BLE001
+                    outcomes[generation] = alone
+    return outcomes
+
+
+def _decode(members: list[Generation]) -> list[Screened]:
+    pipe = members[0].pipe
+    vae = pipe.vae
+    latents = torch.cat([g.latents for g in members])
+    image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+    image = pipe.image_processor.postprocess(image, output_type="pt", do_denormalize=[True] * len(image))
+    # diffusers' "pil" output rounds (x * 255) in float32 on the host; the same float32 arithmetic on the device
+    # gives the same bytes, and a quarter of the data crosses to the host.
+    pixels = (image.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    images = [Image.fromarray(p) for p in pixels]
+    out, start = [], 0
+    for generation in members:
+        count = len(generation.latents)
+        out.append(screen(generation.models.safety, images[start : start + count]))
+        start += count
+    return out
 
 
 @torch.no_grad()

@@ -29,11 +29,12 @@ from pydantic import BaseModel
 from . import fast_train
 from .engine import Engine, checkpoint, finish_generation, finish_training, resume
 from .errors import Cancelled, EngineError
-from .multigen import Generation, denoise_step
+from .multigen import Generation, decode_together, denoise_step
 from .multilora import NONE, SlotLoRA
 from .multitrain import SlotTraining, shared_step, slot_trainable
 from .previews import paint_in_slot, preview_steps
 from .protocol import ErrorEvent, GenerateRequest, TrainRequest
+from .safety import Screened
 from .train import free_memory
 
 log = logging.getLogger(__name__)
@@ -255,6 +256,7 @@ class Scheduler:
 
     def _generation_step(self, generations: list[Task]) -> None:
         failures = denoise_step(self.engine.models, [t.generation for t in generations], self.engine.fast)
+        finished = []
         for task in generations:
             generation = task.generation
             if generation in failures:
@@ -262,7 +264,11 @@ class Scheduler:
                 continue
             task.job.progress(generation.step_index, generation.total)
             if generation.done:
-                self._end(task, finish=lambda t=task: self._finish_generation(t))
+                finished.append(task)
+        # The requests done on this step are decoded together (one VAE call per latent size), then written.
+        decoded = decode_together([t.generation for t in finished]) if finished else {}
+        for task in finished:
+            self._end(task, finish=lambda t=task: self._finish_generation(t, decoded[t.generation]))
 
     def _training_step(self, trainings: list[Task]) -> None:
         # A job prepared for graphed steps (fast_train.DeviceSide) steps in the cohort; the others eagerly.
@@ -307,9 +313,10 @@ class Scheduler:
 
     # --- leaving --------------------------------------------------------------------------------------------------
 
-    def _finish_generation(self, task: Task):
-        generation = task.generation
-        return finish_generation(task.request, generation.finish(), generation.seed, task.started)
+    def _finish_generation(self, task: Task, images: Screened | Exception):
+        if isinstance(images, Exception):
+            raise images
+        return finish_generation(task.request, images, task.generation.seed, task.started)
 
     def _end(self, task: Task, finish: Callable[[], BaseModel] | None = None, error: BaseException | None = None):
         """Takes the task out; writes its outputs (`finish`) or reports `error`; gives its slot back."""

@@ -8,7 +8,7 @@ from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, Stable
 
 from portrait_engine.engine import Engine
 from portrait_engine.images import open_rgb
-from portrait_engine.multigen import Generation, denoise_step
+from portrait_engine.multigen import Generation, decode_together, denoise_step
 from portrait_engine.multilora import NONE
 from portrait_engine.protocol import GenerateRequest
 from portrait_engine.tiny import BASE_DIR, CONTROLNET_DIR
@@ -70,12 +70,21 @@ def test_a_mixed_batch_matches_the_pipelines_request_by_request(
                 denoise_step(models, generations)
         finally:
             del models.pipe.unet.forward
-        ours = [np.stack([np.asarray(i) for i in g.finish()]).astype(int) for g in generations]
+        decodes = []
+        vae = models.pipe.vae
+        original_decode = vae.decode
+        vae.decode = lambda z, **k: decodes.append(len(z)) or original_decode(z, **k)
+        try:
+            decoded = decode_together(generations)  # as the scheduler decodes the requests done on one step
+        finally:
+            del vae.decode
+        ours = [np.stack([np.asarray(i) for i in decoded[g]]).astype(int) for g in generations]
     finally:
         for slot in range(3):
             models.slots.clear_slot(slot)
     # One UNet call per step and group: 96x64 txt2img (2x2 + 1 + 2 rows), 64x64, ControlNet (2 + 2 rows).
     assert calls[:3] == [7, 2, 4]
+    assert sorted(decodes) == [1, 6]  # one VAE call per latent size: 2 + 1 + 1 + 1 + 1 images at 96x64, one at 64
 
     reference = StableDiffusionPipeline.from_pretrained(cache_dir / BASE_DIR, safety_checker=None,
                                                         requires_safety_checker=False)
@@ -94,3 +103,27 @@ def test_a_mixed_batch_matches_the_pipelines_request_by_request(
         assert np.abs(image - theirs).max() <= TOLERANCE, request
     # Not vacuous: LoRAs, prompts and seeds make different pictures.
     assert np.abs(ours[0][0] - ours[1][0]).max() > 10 and np.abs(ours[4][0] - ours[5][0]).max() > 10
+
+
+def test_a_shared_decode_that_fails_is_retried_request_by_request(engine: Engine, monkeypatch):
+    from portrait_engine import multigen
+
+    models = engine.models
+    generations = [Generation(models, _request(seed=s, steps=2), s, None) for s in (1, 2, 3)]
+    while not all(g.done for g in generations):
+        denoise_step(models, generations)
+    alone = {g: np.asarray(g.finish()[0]) for g in generations}
+    poisoned = generations[1]
+    decode = multigen._decode
+
+    def failing(members):
+        if poisoned in members:
+            raise RuntimeError("decode failed")
+        return decode(members)
+
+    monkeypatch.setattr(multigen, "_decode", failing)
+    outcome = decode_together(generations)
+    assert isinstance(outcome[poisoned], RuntimeError)
+    for g in (generations[0], generations[2]):
+        assert np.array_equal(np.asarray(outcome[g][0]), alone[g])
+
