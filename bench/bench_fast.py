@@ -485,8 +485,15 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
         image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
         return pipe.image_processor.postprocess(image, output_type="pil", do_denormalize=[True])
 
+    import portrait_engine.fast as fast_module
+
     with torch.no_grad():
         res["vae_decode_b1_ms"] = timed(decode, 10)["median_s"] * 1000
+        rows, fast_module.CHUNKED_GROUP_NORM_MAX_ROWS = fast_module.CHUNKED_GROUP_NORM_MAX_ROWS, 0
+        try:
+            res["vae_decode_b1_torch_group_norm_ms"] = timed(decode, 10)["median_s"] * 1000  # before chunking
+        finally:
+            fast_module.CHUNKED_GROUP_NORM_MAX_ROWS = rows
         res["encode_prompt_ms"] = timed(lambda: pipe.encode_prompt(PROMPT, device, 1, True, ""), 10)["median_s"] * 1000
         with engine.models.slots.use([-1]), fast.encoding():
             res["encode_prompt_graph_ms"] = timed(lambda: pipe.encode_prompt(PROMPT, device, 1, True, ""),

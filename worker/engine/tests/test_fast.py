@@ -15,7 +15,15 @@ from PIL import Image
 from portrait_engine import fast_train
 from portrait_engine.config import EngineConfig, parse_config
 from portrait_engine.engine import Engine
-from portrait_engine.fast import FastGenerator, FastSettings, bucket, settings_from_env
+from portrait_engine.fast import (
+    ChunkedGroupNorm,
+    FastGenerator,
+    FastSettings,
+    bucket,
+    chunk_group_norms,
+    chunked_group_norm,
+    settings_from_env,
+)
 from portrait_engine.multigen import Generation, denoise_step
 from portrait_engine.multilora import NONE
 from portrait_engine.protocol import GenerateRequest, TrainParams, TrainRequest
@@ -108,6 +116,34 @@ def test_graphed_training_refuses_what_it_does_not_compute():
     assert fast_train.refusal(TrainParams(snr_gamma=5.0), cuda, False) == "min-SNR weighting"
     # Checkpoints are taken and resumed around graphed steps (DeviceSide keeps GradScaler's state format).
     assert fast_train.refusal(TrainParams(checkpoint_steps=10), cuda, False) is None
+
+
+@pytest.mark.parametrize("shape", [(1, 64, 16, 16), (2, 32, 8, 24), (1, 96, 5, 7), (3, 64, 10)])
+def test_chunked_group_norm_is_group_norm(shape):
+    g = torch.Generator().manual_seed(len(shape))
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 40  # a mean far from 0: the combine must hold
+    weight, bias = torch.randn(shape[1], generator=g, dtype=torch.float64), torch.randn(shape[1], dtype=torch.float64)
+    exact = torch.nn.functional.group_norm(x, 32, weight, bias, 1e-6)
+    for chunks in (1, 4, 64):  # 64 does not divide every group: one chunk then
+        ours = chunked_group_norm(x.float(), 32, weight.float(), bias.float(), 1e-6, chunks)
+        assert ours.dtype == torch.float32 and (ours.double() - exact).abs().max() < 1e-4
+    plain = torch.nn.functional.group_norm(x, 32, eps=1e-6)  # no affine parameters (moments in float32 still)
+    assert (chunked_group_norm(x, 32, None, None, 1e-6) - plain).abs().max() < 1e-4
+
+
+def test_chunked_group_norm_layers_take_it_only_where_torch_is_slow(monkeypatch):
+    from portrait_engine import fast as fast_module
+
+    module = torch.nn.Sequential(torch.nn.GroupNorm(32, 64), torch.nn.Conv2d(64, 64, 1), torch.nn.GroupNorm(32, 64))
+    assert chunk_group_norms(module) == 2 and all(type(module[i]) is ChunkedGroupNorm for i in (0, 2))
+    calls = []
+    monkeypatch.setattr(fast_module, "chunked_group_norm", lambda *a: calls.append(a[0].shape) or a[0])
+    monkeypatch.setattr(fast_module, "CHUNKED_GROUP_NORM_MIN_PIXELS", 64)
+    layer = module[0]
+    layer(torch.zeros(1, 64, 8, 8))  # 32 rows, 64 pixels: chunked
+    layer(torch.zeros(1, 64, 4, 8))  # fewer pixels: torch
+    layer(torch.zeros(8, 64, 8, 8))  # 256 rows: torch
+    assert calls == [(1, 64, 8, 8)]
 
 
 def test_batch_buckets():
