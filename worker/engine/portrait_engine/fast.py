@@ -182,16 +182,27 @@ class FastGenerator:
 
     def _modules(self, controlnet: bool, batch: int) -> tuple[Callable, Callable | None]:
         unet, cn = self.pipe.unet, self.models.controlnet if controlnet else None
-        if batch in self.settings.compile_batches and self.device.type == "cuda" and (
-            cn is None or self.settings.compile_controlnet
-        ):
-            # One compiled function per (graph kind, batch), dynamic=False: no shape or signature (the ControlNet's
-            # residuals are extra UNet inputs) ever recompiles another's. Each costs ~100 s on a first start.
-            kind = "cn" if cn is not None else "txt"
-            unet = self._compiled.setdefault(f"unet-{kind}@{batch}", torch.compile(unet, mode="default", dynamic=False))
-            if cn is not None:
+        if batch in self.settings.compile_batches and self.device.type == "cuda":
+            # One compiled UNet per batch, dynamic=False, for both graph kinds (see _residuals); the ControlNet
+            # only when configured. Each costs ~80-100 s on a first start.
+            unet = self._compiled.setdefault(f"unet@{batch}", torch.compile(unet, mode="default", dynamic=False))
+            if cn is not None and self.settings.compile_controlnet:
                 cn = self._compiled.setdefault(f"cn@{batch}", torch.compile(cn, mode="default", dynamic=False))
         return unet, cn
+
+    def _residuals(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Zero ControlNet residuals for a txt2img graph at a compiled batch size: with them its UNet call has the
+        ControlNet graph's signature, so one compiled UNet serves both (a second compile would cost another
+        ~80 s of warm-up) and /pose gets the compiled UNet. Adding zeros leaves every value as it was."""
+        if self.models.controlnet is None or b["sample"].shape[0] // 2 not in self.settings.compile_batches:
+            return {}
+        cond = torch.zeros(len(b["sample"]), 3, self.settings.height, self.settings.width, device=self.device,
+                           dtype=self.dtype)
+        with torch.no_grad():
+            down, mid = self.models.controlnet(b["sample"], b["t"], encoder_hidden_states=b["embeds"],
+                                               controlnet_cond=cond, return_dict=False)
+        return dict(down_block_additional_residuals=[torch.zeros_like(d) for d in down],
+                    mid_block_additional_residual=torch.zeros_like(mid))
 
     def _build(self, controlnet: bool, batch: int) -> StepGraph:
         started = time.monotonic()
@@ -208,9 +219,10 @@ class FastGenerator:
             b["cond"] = torch.zeros(rows, 3, self.settings.height, self.settings.width, device=dev, dtype=dt)
             b["cond_scale"] = torch.ones(rows, 1, 1, 1, device=dev, dtype=dt)
         unet, cn = self._modules(controlnet, batch)
+        zeros = {} if controlnet else self._residuals(b)
 
         def body() -> torch.Tensor:
-            extra = {}
+            extra = zeros
             if cn is not None:
                 # multigen's products: conditioning_scale 1, then each row's own scale.
                 down, mid = cn(b["sample"], b["t"], encoder_hidden_states=b["embeds"], controlnet_cond=b["cond"],

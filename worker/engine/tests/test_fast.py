@@ -240,6 +240,24 @@ def test_prompts_encode_through_the_text_graph_with_the_slots_lora(engine, fast,
     assert "forward" not in vars(engine.models.pipe.text_encoder)  # the module's own forward outside encoding()
 
 
+def test_compiled_batches_share_one_unet_signature_with_the_controlnet_graphs(engine, fast):
+    """At a compiled batch size the txt2img graph passes zero ControlNet residuals, so one compiled UNet serves
+    both graph kinds (the equivalence tests above show the zeros change nothing)."""
+    assert fast.settings.compile_batches == (1,)
+    seen = []
+    unet = engine.models.pipe.unet
+    original = unet.forward
+    unet.forward = lambda *a, **k: seen.append(sorted(k)) or original(*a, **k)
+    try:
+        for controlnet, rows in ((False, 2), (True, 2), (False, 4)):
+            with engine.models.slots.use([NONE] * rows):
+                fast.graphs[(controlnet, rows)].run()
+    finally:
+        del unet.forward
+    assert seen[0] == seen[1] and "down_block_additional_residuals" in seen[0]
+    assert "down_block_additional_residuals" not in seen[2]  # an uncompiled batch adds no zeros
+
+
 def test_batches_no_graph_holds_run_eagerly(engine, fast):
     assert fast.graph_for(torch.zeros(2, 4, 12, 8), False) is None  # another latent size
     assert fast.graph_for(torch.zeros(10, 4, *fast.latent_hw), False) is None  # more rows than captured
