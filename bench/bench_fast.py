@@ -313,7 +313,8 @@ def scheduled_imagine(scheduler, ended: list, lora: str, work: Path, side: int, 
 
 def imagine_profile(engine: Engine, lora: str, work: Path, side: int, steps: int) -> dict:
     """Where an idle /imagine's time goes through the scheduler: phases timed with a device sync around each
-    (admission = prompt encoding and set-up, the denoising ticks, the finish = VAE decode, check and PNG), then a
+    (admission = prompt encoding and set-up, the finish = VAE decode and check, the rest = the denoising ticks and
+    the PNG), then a
     torch.profiler table of one more run."""
     from portrait_engine import scheduler as scheduler_module
     from portrait_engine.multigen import Generation
@@ -336,13 +337,13 @@ def imagine_profile(engine: Engine, lora: str, work: Path, side: int, steps: int
     imagine = scheduled_imagine(scheduler, ended, lora, work, side, steps)
     for i in range(3):
         imagine(i)
-    originals = (scheduler_module.Generation, Generation.finish)
+    originals = (scheduler_module.Generation, scheduler_module.decode_together)
     scheduler_module.Generation = timed_phase("admit", Generation)
-    Generation.finish = timed_phase("finish", Generation.finish)
+    scheduler_module.decode_together = timed_phase("finish", scheduler_module.decode_together)
     try:
         walls = [imagine(10 + i) for i in range(5)]
     finally:
-        scheduler_module.Generation, Generation.finish = originals
+        scheduler_module.Generation, scheduler_module.decode_together = originals
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
