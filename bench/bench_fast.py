@@ -97,13 +97,15 @@ def inputs(work: Path, side: int) -> tuple[list[str], str]:
     return photos, str(work / "pose.png")
 
 
-def train_request(photos, output: Path, steps: int, batch: int = 1, accum: int = 1, side: int = 512, seed: int = 0):
+def train_request(photos, output: Path, steps: int, batch: int = 1, accum: int = 1, side: int = 512, seed: int = 0,
+                  mode: str = "lora"):
     return TrainRequest(id=output.stem, op="train", photos=photos, output=str(output),
                         params=TrainParams(max_steps=steps, rank=4, alpha=4, grad_accum=accum, batch_size=batch,
-                                           resolution=side, seed=seed))
+                                           resolution=side, seed=seed, mode=mode))
 
 
-def engine_training(engine: Engine, photos, work: Path, steps: int, batch: int, accum: int, side: int) -> dict:
+def engine_training(engine: Engine, photos, work: Path, steps: int, batch: int, accum: int, side: int,
+                    mode: str = "lora") -> dict:
     stamps: list[float] = []
 
     def observe(_training) -> None:
@@ -111,8 +113,9 @@ def engine_training(engine: Engine, photos, work: Path, steps: int, batch: int, 
         stamps.append(time.perf_counter())
 
     reset_peak()
-    output = work / f"lora-b{batch}-a{accum}.safetensors"
-    result = engine.train(train_request(photos, output, steps, batch, accum, side), Quiet(), observer=observe)
+    output = work / f"{mode}-b{batch}-a{accum}.safetensors"
+    result = engine.train(train_request(photos, output, steps, batch, accum, side, mode=mode), Quiet(),
+                          observer=observe)
     steady = np.diff(stamps)[3:]  # the first steps capture the graph
     step = float(np.median(steady))
     return {"step_ms": step * 1000, "samples_per_s": batch * accum / step, "job_s": result.seconds, "steps": steps,
@@ -167,6 +170,56 @@ def reference_training(engine: Engine, photos, steps: int, side: int) -> dict:
     finally:
         pipe.unload_lora_weights()
         unet.requires_grad_(False).eval()
+    return {"step_ms": result["median_s"] * 1000, "peak_gib": peak_gib()}
+
+
+def reference_full_training(engine: Engine, photos, steps: int, side: int) -> dict:
+    """train_dreambooth.py's optimizer step (full UNet, fp16 mixed precision: float32 weights under autocast,
+    AdamW, gradient accumulation 2 as accelerate runs it), re-implemented in process on the engine's base modules."""
+    import torch.nn.functional as F
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+
+    from portrait_engine.images import load_photos
+
+    pipe, device = engine.models.pipe, engine.models.device
+    vae = pipe.vae
+    unet = UNet2DConditionModel.from_pretrained(engine.models.base_path, subfolder="unet", torch_dtype=torch.float32,
+                                                local_files_only=True).to(device)
+    unet.train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=5e-6, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    pixels = load_photos(photos[:2], side).to(device, dtype=vae.dtype)
+    tokens = pipe.tokenizer("a photo of sks person", padding="max_length", max_length=77, truncation=True,
+                            return_tensors="pt").input_ids.to(device)
+    with torch.no_grad():
+        embeds = pipe.text_encoder(tokens, return_dict=False)[0]  # --pre_compute_text_embeddings
+    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
+
+    def step():
+        for micro in range(2):
+            with torch.no_grad():
+                latents = vae.encode(pixels[micro : micro + 1]).latent_dist.sample() * vae.config.scaling_factor
+            noise = torch.randn_like(latents)
+            timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), device=device).long()
+            noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+            with autocast:
+                pred = unet(noisy, timesteps, embeds, return_dict=False)[0]
+            loss = F.mse_loss(pred.float(), noise.float(), reduction="mean") / 2
+            scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=False)  # the script's default (--set_grads_to_none off)
+        return loss.item()
+
+    reset_peak()
+    try:
+        result = timed(step, steps, warmup=2)
+    finally:
+        del unet, optimizer
+        torch.cuda.empty_cache()
     return {"step_ms": result["median_s"] * 1000, "peak_gib": peak_gib()}
 
 
@@ -703,6 +756,9 @@ def main() -> None:
         section("train_job_a2", lambda: engine_training(engine, photos, args.work, args.job_steps, 1, 2, side))
         section("train_b16", lambda: engine_training(engine, photos, args.work, max(12, args.train_steps // 3), 16, 1, side))
         section("train_ref", lambda: reference_training(engine, photos, max(10, args.train_steps // 2), side))
+        # Full-UNet DreamBooth (the engine's plain path: the script's own step), accumulation 2, beside the script's.
+        section("train_full_a2", lambda: engine_training(engine, photos, args.work, 12, 1, 2, side, mode="full"))
+        section("train_full_ref", lambda: reference_full_training(engine, photos, 10, side))
         # The scheduler's path (what the worker runs): slot trainings stepped together by shared_step.
         n = max(12, args.train_steps // 2)
         rows = engine.config.train_rows or None
