@@ -122,14 +122,31 @@ def engine_training(engine: Engine, photos, work: Path, steps: int, batch: int, 
             "peak_gib": peak_gib(), "losses": result.losses[:5], "path": str(output)}
 
 
+def _script_setup(engine: Engine, params: list, lr: float, photos, side: int) -> tuple:
+    """What the DreamBooth scripts set up around their loop: AdamW, the fp16 loss scaler, DDPM, the photos' pixels,
+    the prompt's embeddings (--pre_compute_text_embeddings) and fp16 autocast."""
+    from diffusers import DDPMScheduler
+
+    from portrait_engine.images import load_photos
+
+    pipe, device = engine.models.pipe, engine.models.device
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    pixels = load_photos(photos, side).to(device, dtype=pipe.vae.dtype)
+    tokens = pipe.tokenizer("a photo of sks person", padding="max_length", max_length=77, truncation=True,
+                            return_tensors="pt").input_ids.to(device)
+    with torch.no_grad():
+        embeds = pipe.text_encoder(tokens, return_dict=False)[0]
+    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
+    return optimizer, scaler, noise_scheduler, pixels, embeds, autocast
+
+
 def reference_training(engine: Engine, photos, steps: int, side: int) -> dict:
     """train_dreambooth_lora.py's step, re-implemented in process on the engine's base modules."""
     import torch.nn.functional as F
-    from diffusers import DDPMScheduler
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
-
-    from portrait_engine.images import load_photos
 
     pipe, device = engine.models.pipe, engine.models.device
     unet, vae = pipe.unet, pipe.vae
@@ -137,15 +154,7 @@ def reference_training(engine: Engine, photos, steps: int, side: int) -> dict:
                                 target_modules=["to_k", "to_q", "to_v", "to_out.0"]), adapter_name="reference")
     cast_training_params(unet, dtype=torch.float32)
     params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    pixels = load_photos(photos[:1], side).to(device, dtype=vae.dtype)
-    tokens = pipe.tokenizer("a photo of sks person", padding="max_length", max_length=77, truncation=True,
-                            return_tensors="pt").input_ids.to(device)
-    with torch.no_grad():
-        embeds = pipe.text_encoder(tokens, return_dict=False)[0]  # --pre_compute_text_embeddings
-    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
+    optimizer, scaler, noise_scheduler, pixels, embeds, autocast = _script_setup(engine, params, 1e-4, photos[:1], side)
 
     def step():
         latents = vae.encode(pixels).latent_dist.sample() * vae.config.scaling_factor
@@ -177,24 +186,15 @@ def reference_full_training(engine: Engine, photos, steps: int, side: int) -> di
     """train_dreambooth.py's optimizer step (full UNet, fp16 mixed precision: float32 weights under autocast,
     AdamW, gradient accumulation 2 as accelerate runs it), re-implemented in process on the engine's base modules."""
     import torch.nn.functional as F
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-
-    from portrait_engine.images import load_photos
+    from diffusers import UNet2DConditionModel
 
     pipe, device = engine.models.pipe, engine.models.device
     vae = pipe.vae
     unet = UNet2DConditionModel.from_pretrained(engine.models.base_path, subfolder="unet", torch_dtype=torch.float32,
                                                 local_files_only=True).to(device)
     unet.train()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=5e-6, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    pixels = load_photos(photos[:2], side).to(device, dtype=vae.dtype)
-    tokens = pipe.tokenizer("a photo of sks person", padding="max_length", max_length=77, truncation=True,
-                            return_tensors="pt").input_ids.to(device)
-    with torch.no_grad():
-        embeds = pipe.text_encoder(tokens, return_dict=False)[0]  # --pre_compute_text_embeddings
-    autocast = torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda")
+    optimizer, scaler, noise_scheduler, pixels, embeds, autocast = _script_setup(
+        engine, list(unet.parameters()), 5e-6, photos[:2], side)
 
     def step():
         for micro in range(2):
