@@ -39,6 +39,9 @@ SIGMAS_ON_DEVICE = True
 # launches while the GPU runs this one. The matrix, [[1, 1], [r, 1]] with r != 1 for distinct timesteps, is never
 # singular; solve_ex computes the same solution without the check.
 SOLVE_WITHOUT_SYNC = True
+# Images per shared VAE decode: its activations grow with the batch (a 512 px image's 128-channel layers are 64 MiB
+# each), so many requests finishing together are decoded in slices; past a few images a bigger batch saves little.
+DECODE_BATCH = 8
 
 
 @contextmanager
@@ -142,7 +145,7 @@ def decode_together(generations: Sequence[Generation]) -> dict[Generation, Scree
     for generation in generations:
         groups.setdefault(tuple(generation.latents.shape[1:]), []).append(generation)
     outcomes: dict[Generation, Screened | Exception] = {}
-    for members in groups.values():
+    for members in _batches(groups.values()):
         try:
             outcomes |= dict(zip(members, _decode(members)))
         except Exception as error:  # noqa: BLE001
@@ -155,6 +158,19 @@ def decode_together(generations: Sequence[Generation]) -> dict[Generation, Scree
                 except Exception as alone:  # noqa: BLE001
                     outcomes[generation] = alone
     return outcomes
+
+
+def _batches(groups) -> Iterator[list[Generation]]:
+    """Each group in runs of at most DECODE_BATCH images (a request's images stay together)."""
+    for members in groups:
+        run, images = [], 0
+        for generation in members:
+            if run and images + len(generation.latents) > DECODE_BATCH:
+                yield run
+                run, images = [], 0
+            run.append(generation)
+            images += len(generation.latents)
+        yield run
 
 
 def _decode(members: list[Generation]) -> list[Screened]:

@@ -127,3 +127,23 @@ def test_a_shared_decode_that_fails_is_retried_request_by_request(engine: Engine
     for g in (generations[0], generations[2]):
         assert np.array_equal(np.asarray(outcome[g][0]), alone[g])
 
+
+def test_shared_decodes_are_bounded_in_images(engine: Engine, monkeypatch):
+    from portrait_engine import multigen
+
+    models = engine.models
+    counts = [2, 1, 2, 1]  # images per request; at most 3 per decode: [2, 1], [2, 1]
+    generations = [Generation(models, _request(seed=s, steps=1, num_images=n), s, None) for s, n in enumerate(counts)]
+    while not all(g.done for g in generations):
+        denoise_step(models, generations)
+    monkeypatch.setattr(multigen, "DECODE_BATCH", 3)
+    decodes = []
+    vae = models.pipe.vae
+    original = vae.decode
+    vae.decode = lambda z, **k: decodes.append(len(z)) or original(z, **k)
+    try:
+        outcome = decode_together(generations)
+    finally:
+        del vae.decode
+    assert decodes == [3, 3] and [len(outcome[g]) for g in generations] == counts
+
