@@ -136,7 +136,7 @@ class FastGenerator:
             name for name in models.slots.layers
             if name.startswith("unet.") and any(name.endswith("." + t) for t in settings.lora_targets)
         )
-        # The text encoder's graph computes every text-encoder slot layer: twelve small layers, cheap to keep live.
+        # The text encoder's graph computes every text-encoder slot layer (small projections over 77 tokens: cheap).
         self.text_served = frozenset(name for name in models.slots.layers if name.startswith("text_encoder."))
         self.text: StepGraph | None = None
         self._text_forward = self.pipe.text_encoder.forward  # the module's own, bound before `encoding` shadows it
