@@ -273,14 +273,18 @@ export class JobNotifier<T extends TargetAddress> {
     const t = translator(locale);
     let part = '';
     try {
-      for (const next of await this.plan(row.userId, jobId, target, t, locale)) {
+      const parts = await this.plan(row.userId, jobId, target, t, locale);
+      // The last part's record also marks the delivery done; when it was recorded before (a retry), this does.
+      let done = false;
+      for (const [index, next] of parts.entries()) {
         part = next.name;
         if (row.parts[part]) continue;
         if (!(await chatTargets.renew(jobId, this.owner, this.leaseMs))) return this.lost(jobId, part);
         await next.send();
-        if (!(await chatTargets.recordPart(jobId, this.owner, part, this.leaseMs))) return this.lost(jobId, part);
+        done = index === parts.length - 1;
+        if (!(await chatTargets.recordPart(jobId, this.owner, part, this.leaseMs, done))) return this.lost(jobId, part);
       }
-      await chatTargets.delivered(jobId, this.owner);
+      if (!done) await chatTargets.delivered(jobId, this.owner);
       this.untrack(jobId);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
