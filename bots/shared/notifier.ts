@@ -320,7 +320,7 @@ export class JobNotifier<T extends TargetAddress> {
   /** The parts of a job's final message, in sending order; names are stable so a retry can skip what was sent. */
   private async plan(userId: string, jobId: string, target: T, t: Translate, locale: Locale): Promise<Part[]> {
     const { services, store } = this.app;
-    const { job, generationId, outputKeys } = await services.jobs.view(userId, jobId);
+    const { job, generation, outputKeys } = await services.jobs.view(userId, jobId);
     const what = t(whatKey(job.kind));
     const status = (text: string): Part => ({ name: 'status', send: () => this.surface.edit(target, text) });
     if (job.status === 'completed' && job.kind === 'train') {
@@ -342,7 +342,6 @@ export class JobNotifier<T extends TargetAddress> {
       return parts;
     }
     if (job.status === 'completed') {
-      const generation = generationId ? await services.generation.get(userId, generationId) : undefined;
       const caption = generation ? await this.caption(t, locale, generation) : '';
       const images = () => Promise.all(outputKeys.map(async (key, n) => ({ data: await store.get(key), name: `portrait-${n + 1}.png` })));
       const parts = this.albums('images', outputKeys.length, images, caption, target);
