@@ -273,14 +273,18 @@ export class JobNotifier<T extends TargetAddress> {
     const t = translator(locale);
     let part = '';
     try {
-      for (const next of await this.plan(row.userId, jobId, target, t, locale)) {
+      const parts = await this.plan(row.userId, jobId, target, t, locale);
+      // The last part's record also marks the delivery done; when it was recorded before (a retry), this does.
+      let done = false;
+      for (const [index, next] of parts.entries()) {
         part = next.name;
         if (row.parts[part]) continue;
         if (!(await chatTargets.renew(jobId, this.owner, this.leaseMs))) return this.lost(jobId, part);
         await next.send();
-        if (!(await chatTargets.recordPart(jobId, this.owner, part, this.leaseMs))) return this.lost(jobId, part);
+        done = index === parts.length - 1;
+        if (!(await chatTargets.recordPart(jobId, this.owner, part, this.leaseMs, done))) return this.lost(jobId, part);
       }
-      await chatTargets.delivered(jobId, this.owner);
+      if (!done) await chatTargets.delivered(jobId, this.owner);
       this.untrack(jobId);
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
@@ -316,7 +320,7 @@ export class JobNotifier<T extends TargetAddress> {
   /** The parts of a job's final message, in sending order; names are stable so a retry can skip what was sent. */
   private async plan(userId: string, jobId: string, target: T, t: Translate, locale: Locale): Promise<Part[]> {
     const { services, store } = this.app;
-    const { job, generationId, outputKeys } = await services.jobs.view(userId, jobId);
+    const { job, generation, outputKeys } = await services.jobs.view(userId, jobId);
     const what = t(whatKey(job.kind));
     const status = (text: string): Part => ({ name: 'status', send: () => this.surface.edit(target, text) });
     if (job.status === 'completed' && job.kind === 'train') {
@@ -338,7 +342,6 @@ export class JobNotifier<T extends TargetAddress> {
       return parts;
     }
     if (job.status === 'completed') {
-      const generation = generationId ? await services.generation.get(userId, generationId) : undefined;
       const caption = generation ? await this.caption(t, locale, generation) : '';
       const images = () => Promise.all(outputKeys.map(async (key, n) => ({ data: await store.get(key), name: `portrait-${n + 1}.png` })));
       const parts = this.albums('images', outputKeys.length, images, caption, target);

@@ -18,8 +18,12 @@ export async function endPhotoSession(chat: Conversation, userId: string): Promi
   await chat.redis.del(chat.key(SESSION, userId), chat.key(TIP, userId), chat.key(COVERAGE_NOTE, userId));
 }
 
-export async function collecting(chat: Conversation, userId: string): Promise<boolean> {
-  return (await chat.redis.exists(chat.key(SESSION, userId))) === 1;
+/**
+ * Renews the person's photo session, and says whether there is one: EXPIRE answers 0 for a missing key and creates
+ * nothing, so the check and the renewal are one round trip.
+ */
+async function renewSession(chat: Conversation, userId: string): Promise<boolean> {
+  return (await chat.redis.expire(chat.key(SESSION, userId), SESSION_TTL_S)) === 1;
 }
 
 /** `/train`: opens (or renews) the photo collection session. */
@@ -42,8 +46,7 @@ export function openTraining(chat: Conversation, p: Person): Promise<Reply> {
 export function addPhotos(chat: Conversation, p: Person, files: IncomingFile[], requireSession = true): Promise<Reply> {
   return chat.guard(p, async () => {
     const { redis, services, config } = chat;
-    if (requireSession && !(await collecting(chat, p.userId))) return { text: p.t('train.no_session') };
-    await redis.expire(chat.key(SESSION, p.userId), SESSION_TTL_S);
+    if (!(await renewSession(chat, p.userId)) && requireSession) return { text: p.t('train.no_session') };
     const lines: string[] = [];
     // Names of this batch's photos by stored id, so a repeat can say which photo it repeats.
     const named = new Map<string, string>();

@@ -442,7 +442,7 @@ export async function buildWebServer(app: App) {
     const userId = currentUser(request);
     if (!userId) throw notFound('Job');
     const view = await services.jobs.view(userId, checkId(request.params.id, 'Job'));
-    const generation = view.generationId ? await services.generation.get(userId, view.generationId) : undefined;
+    const { generation } = view;
     return {
       job: { ...view.job, error: reasonOf(request, view.job.errorCode) ?? null },
       position: view.position,

@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { and, gt, inArray, lte, or, sql } from 'drizzle-orm';
-import { PgTransaction, type AnyPgColumn } from 'drizzle-orm/pg-core';
+import type { AnyPgColumn } from 'drizzle-orm/pg-core';
 import type { Db } from '../db/client.ts';
 import { adapters, blobLeases, generations, jobs, photos, trainingPreviews } from '../db/schema.ts';
 import { blobKey, type BlobStore, type PutResult } from '../storage/storage.ts';
@@ -25,7 +25,8 @@ type Executor = Db | Tx;
 const hasAnyKey = (column: AnyPgColumn, keys: string[]) => sql`${column} ?| array[${sql.join(keys.map((key) => sql`${key}`), sql`, `)}]::text[]`;
 
 /** Serializes everything that decides a blob's fate (lease, delete) per key, until the transaction ends. */
-const lockKey = (tx: Tx, key: string) => tx.execute(sql`select pg_advisory_xact_lock(hashtextextended(${key}, 7))`);
+const lockSql = (key: string) => sql`select pg_advisory_xact_lock(hashtextextended(${key}, 7))`;
+const lockKey = (tx: Tx, key: string) => tx.execute(lockSql(key));
 
 export interface LeasedBlob extends PutResult {
   leaseId: string;
@@ -37,15 +38,16 @@ async function sha256OfFile(path: string): Promise<string> {
   return hash.digest('hex');
 }
 
+/**
+ * Takes the key's lock, then inserts the lease, in one statement: the insert's one row comes from the lock's select,
+ * so the lock is held first. In the caller's transaction the lock lasts until it commits; outside one, the
+ * statement is its own transaction, as the lock-and-insert transaction it replaces was (three round trips fewer).
+ */
 async function takeLease(db: Executor, key: string): Promise<string> {
-  const lease = async (tx: Tx) => {
-    await lockKey(tx, key);
-    const [taken] = await tx.insert(blobLeases).values({ key, expiresAt: new Date(Date.now() + BLOB_LEASE_MS) }).returning({ id: blobLeases.id });
-    return taken!.id;
-  };
-  // In the caller's transaction no savepoint is needed (two round trips less): a failure aborts that transaction,
-  // which nothing here catches to carry on with.
-  return db instanceof PgTransaction ? lease(db) : db.transaction(lease);
+  const expiresAt = new Date(Date.now() + BLOB_LEASE_MS);
+  const result = await db.execute<{ id: string }>(sql`with locked as (${lockSql(key)})
+    insert into ${blobLeases} (key, expires_at) select ${key}::text, ${expiresAt}::timestamptz from locked returning id`);
+  return result.rows[0]!.id;
 }
 
 /**

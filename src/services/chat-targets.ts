@@ -19,6 +19,9 @@ const free = and(
   or(isNull(chatTargets.leaseUntil), lt(chatTargets.leaseUntil, sql`now()`)),
 );
 
+/** A delivery whose every part was sent: done, its lease given back. */
+const done = () => ({ deliveredAt: sql`now()`, leaseOwner: null, leaseUntil: null, lastError: null });
+
 export class ChatTargetService {
   constructor(private readonly db: Db) {}
 
@@ -98,17 +101,19 @@ export class ChatTargetService {
     return this.held(jobId, owner, { leaseUntil: after(leaseMs) });
   }
 
-  /** Records that `part` was accepted by the chat API, and extends the lease; false when the lease was lost. */
-  async recordPart(jobId: string, owner: string, part: string, leaseMs: number): Promise<boolean> {
-    return this.held(jobId, owner, {
-      parts: sql`${chatTargets.parts} || jsonb_build_object(${part}::text, now()::text)`,
-      leaseUntil: after(leaseMs),
-    });
+  /**
+   * Records that `part` was accepted by the chat API, and extends the lease; false when the lease was lost. With
+   * `last`, the part was the delivery's last one: it is recorded and the delivery marked done in one statement
+   * (what `delivered` does), one round trip fewer per delivery.
+   */
+  async recordPart(jobId: string, owner: string, part: string, leaseMs: number, last = false): Promise<boolean> {
+    const recorded = sql`${chatTargets.parts} || jsonb_build_object(${part}::text, now()::text)`;
+    return this.held(jobId, owner, last ? { parts: recorded, ...done() } : { parts: recorded, leaseUntil: after(leaseMs) });
   }
 
   /** Every part was sent. */
   async delivered(jobId: string, owner: string): Promise<boolean> {
-    return this.held(jobId, owner, { deliveredAt: sql`now()`, leaseOwner: null, leaseUntil: null, lastError: null });
+    return this.held(jobId, owner, done());
   }
 
   /** Gives the lease back after a failure that may pass; the delivery is due again after `delayMs`. */

@@ -1,6 +1,6 @@
 import { and, asc, count, desc, eq, inArray, isNotNull, lt, sql } from 'drizzle-orm';
 import type { Db } from '../db/client.ts';
-import { generations, jobs, trainingPreviews, type Job, type JobKind, type TrainingPreview } from '../db/schema.ts';
+import { generations, jobs, trainingPreviews, type Generation, type Job, type JobKind, type TrainingPreview } from '../db/schema.ts';
 import type { JobQueues, QueueName } from '../queue/index.ts';
 import type { EventBus, JobEvent } from '../events/bus.ts';
 import { UserFacingError, notFound } from './errors.ts';
@@ -17,6 +17,8 @@ export interface JobView {
   job: Job;
   /** 1-based place among waiting jobs of its queue; 0 once it runs or has finished. */
   position: number;
+  /** The picture job's generation row (prompt, seed, withheld count), read with the job. */
+  generation?: Generation;
   generationId?: string;
   outputKeys: string[];
 }
@@ -120,13 +122,14 @@ export class JobService {
   }
 
   async view(userId: string, jobId: string): Promise<JobView> {
-    const [job] = await this.db.select().from(jobs).where(and(eq(jobs.id, jobId), eq(jobs.userId, userId)));
-    if (!job) throw notFound('Job');
-    const [generation] = await this.db
-      .select({ id: generations.id, keys: generations.outputKeys })
-      .from(generations)
-      .where(eq(generations.jobId, job.id));
-    return { job, position: await this.position(job), generationId: generation?.id, outputKeys: generation?.keys ?? [] };
+    // The job and its generation in one read (a training has none).
+    const [row] = await this.db.select({ job: jobs, generation: generations }).from(jobs)
+      .leftJoin(generations, eq(generations.jobId, jobs.id))
+      .where(and(eq(jobs.id, jobId), eq(jobs.userId, userId)));
+    if (!row) throw notFound('Job');
+    const { job } = row;
+    const generation = row.generation ?? undefined;
+    return { job, position: await this.position(job), generation, generationId: generation?.id, outputKeys: generation?.outputKeys ?? [] };
   }
 
   list(userId: string, limit = 20): Promise<Job[]> {

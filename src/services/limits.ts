@@ -3,7 +3,7 @@
 // for what is open and what failed, so a failed job is refunded without anyone having to remember to do it.
 import { randomBytes } from 'node:crypto';
 import { and, count, eq, inArray, sql } from 'drizzle-orm';
-import type { Redis } from 'ioredis';
+import type { ChainableCommander, Redis } from 'ioredis';
 import type { Db } from '../db/client.ts';
 import { jobs, users, type Job, type JobKind } from '../db/schema.ts';
 import type { Config } from '../config/index.ts';
@@ -71,20 +71,27 @@ export class LimitService {
    */
   private async usage(window: Window, userId: string): Promise<number | undefined> {
     const key = this.key(window, userId);
-    await this.redis.zremrangebyscore(key, 0, Date.now() - window.ms);
-    let members = await this.redis.zrange(key, 0, -1, 'WITHSCORES');
+    let members = await this.changeThenRead(key, (m) => m.zremrangebyscore(key, 0, Date.now() - window.ms));
     if (members.length / 2 < window.max) return undefined;
     const ids = members.filter((_, i) => i % 2 === 0);
     const rows = await this.db.select({ id: jobs.id, status: jobs.status, startedAt: jobs.startedAt }).from(jobs).where(inArray(jobs.id, ids));
     const counted = new Set(rows.filter((r) => r.status !== 'failed' && !(r.status === 'cancelled' && !r.startedAt)).map((r) => r.id));
     const refunded = ids.filter((id) => !counted.has(id));
     if (refunded.length > 0) {
-      await this.redis.zrem(key, ...refunded);
-      members = await this.redis.zrange(key, 0, -1, 'WITHSCORES');
+      members = await this.changeThenRead(key, (m) => m.zrem(key, ...refunded));
     }
     if (members.length / 2 < window.max) return undefined;
     // The window frees up when the job that is `max`-th from the newest ages out.
     return Number(members[(members.length / 2 - window.max) * 2 + 1]);
+  }
+
+  /** Runs `change` on a window's set, then reads it (members and scores) in the same MULTI: one round trip. */
+  private async changeThenRead(key: string, change: (multi: ChainableCommander) => ChainableCommander): Promise<string[]> {
+    const results = await change(this.redis.multi()).zrange(key, 0, -1, 'WITHSCORES').exec();
+    if (!results) throw new Error(`the Redis transaction on ${key} was discarded`);
+    const failed = results.find(([error]) => error);
+    if (failed) throw failed[0];
+    return results.at(-1)![1] as string[];
   }
 
   private async standing(userId: string): Promise<{ overrides: Partial<Config['limits']> | undefined; open: number; waiting: number }> {
