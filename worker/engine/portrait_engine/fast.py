@@ -170,7 +170,7 @@ class FastGenerator:
             "batch_sizes": list(self.settings.batch_sizes),
             "compiled": sorted({f"{'controlnet' if c else 'unet'}@{r // 2}" for (c, r), g in self.graphs.items()
                                 if g.compiled}),
-            "graphs": len(self.graphs) + 1,
+            "graphs": len(self.graphs) + (self.text is not None),
             "lora_layers": len(self.served),
             "size": [self.settings.width, self.settings.height],
         }

@@ -13,7 +13,7 @@ compares each request of a mixed batch with diffusers' pipelines: the equivalenc
 VAE call) once the requests' steps are done, and screen the images through the optional safety check (safety.py).
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
@@ -146,18 +146,25 @@ def decode_together(generations: Sequence[Generation]) -> dict[Generation, Scree
         groups.setdefault(tuple(generation.latents.shape[1:]), []).append(generation)
     outcomes: dict[Generation, Screened | Exception] = {}
     for members in _batches(groups.values()):
-        try:
-            outcomes |= dict(zip(members, _decode(members)))
-        except Exception as error:  # noqa: BLE001
-            if len(members) == 1:
-                outcomes[members[0]] = error
-                continue
-            for generation in members:
-                try:
-                    outcomes[generation] = _decode([generation])[0]
-                except Exception as alone:  # noqa: BLE001
-                    outcomes[generation] = alone
+        outcomes |= dict(zip(members, _together_or_alone(members, _decode)))
     return outcomes
+
+
+def _together_or_alone(members: list[Generation], call: Callable[[list[Generation]], list]) -> list:
+    """call(members)'s results, one per member; if the shared call raises, each member's own call's result or
+    exception, so only the member at fault gets one."""
+    try:
+        return call(members)
+    except Exception as error:  # noqa: BLE001
+        if len(members) == 1:
+            return [error]
+    results = []
+    for member in members:
+        try:
+            results.append(call([member])[0])
+        except Exception as alone:  # noqa: BLE001
+            results.append(alone)
+    return results
 
 
 def _batches(groups) -> Iterator[list[Generation]]:
@@ -204,24 +211,12 @@ def denoise_step(
             groups.setdefault(generation.key(), []).append(generation)
     failures: dict[Generation, Exception] = {}
     for members in groups.values():
-        try:
-            noise = _predict(models, members, fast)
-        except Exception as error:  # noqa: BLE001
-            if len(members) == 1:
-                failures[members[0]] = error
-                continue
-            noise = []
-            for generation in members:
-                try:
-                    noise.append(_predict(models, [generation], fast)[0])
-                except Exception as alone:  # noqa: BLE001
-                    failures[generation] = alone
-                    noise.append(None)
-        for generation, part in zip(members, noise):
-            if part is None:
+        for generation, noise in zip(members, _together_or_alone(members, lambda ms: _predict(models, ms, fast))):
+            if isinstance(noise, Exception):
+                failures[generation] = noise
                 continue
             try:
-                generation.advance(part)
+                generation.advance(noise)
             except Exception as error:  # noqa: BLE001
                 failures[generation] = error
     return failures

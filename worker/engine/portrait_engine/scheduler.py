@@ -34,7 +34,6 @@ from .multilora import NONE, SlotLoRA
 from .multitrain import SlotTraining, shared_step, slot_trainable
 from .previews import paint_in_slot, preview_steps
 from .protocol import ErrorEvent, GenerateRequest, TrainRequest
-from .safety import Screened
 from .train import free_memory
 
 log = logging.getLogger(__name__)
@@ -266,9 +265,14 @@ class Scheduler:
             if generation.done:
                 finished.append(task)
         # The requests done on this step are decoded together (one VAE call per latent size), then written.
-        decoded = decode_together([t.generation for t in finished]) if finished else {}
+        decoded = decode_together([t.generation for t in finished])
         for task in finished:
-            self._end(task, finish=lambda t=task: self._finish_generation(t, decoded[t.generation]))
+            images = decoded[task.generation]
+            if isinstance(images, Exception):
+                self._end(task, error=images)
+            else:
+                self._end(task, finish=lambda t=task, i=images: finish_generation(t.request, i, t.generation.seed,
+                                                                                   t.started))
 
     def _training_step(self, trainings: list[Task]) -> None:
         # A job prepared for graphed steps (fast_train.DeviceSide) steps in the cohort; the others eagerly.
@@ -312,11 +316,6 @@ class Scheduler:
             self._end(task, error=Cancelled())
 
     # --- leaving --------------------------------------------------------------------------------------------------
-
-    def _finish_generation(self, task: Task, images: Screened | Exception):
-        if isinstance(images, Exception):
-            raise images
-        return finish_generation(task.request, images, task.generation.seed, task.started)
 
     def _end(self, task: Task, finish: Callable[[], BaseModel] | None = None, error: BaseException | None = None):
         """Takes the task out; writes its outputs (`finish`) or reports `error`; gives its slot back."""
