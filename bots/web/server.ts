@@ -446,9 +446,9 @@ export async function buildWebServer(app: App) {
     return {
       job: { ...view.job, error: reasonOf(request, view.job.errorCode) ?? null },
       position: view.position,
-      generationId: view.generationId,
+      generationId: view.generation?.id,
       ...(generation ? await promptOf(generation) : {}),
-      images: view.outputKeys.map((_key, n) => `/api/generations/${view.generationId}/images/${n}`),
+      images: view.outputKeys.map((_key, n) => `/api/generations/${view.generation?.id}/images/${n}`),
       // Pictures the safety check withheld (never stored), and what to tell the person about them.
       withheld: generation?.withheld ?? 0,
       notice: withheldPicturesNotice(t(request), t(request)(whatKey(view.job.kind)), view.outputKeys.length, generation?.withheld ?? 0) ?? null,

@@ -333,8 +333,8 @@ function apngFrameCount(png: Buffer): number {
  * `decoded`, the photo's pixels when the caller has them (normalizeUpload's `pixels`), spares a decode below twice
  * the size; above it libvips shrinks the JPEG while loading it, which is cheaper than resizing the full pixels.
  *
- * This is the seam the face-centred crop (vision) replaces: same input (normalizeUpload's JPEG), same output, so the
- * caller does not change when the crop learns where the face is.
+ * This is the seam the face-centred crop (vision) replaces: same input (the normalized photo, as its JPEG or its
+ * pixels), same output, so the caller does not change when the crop learns where the face is.
  */
 export async function trainingCrop(normalized: Buffer, size = TRAINING_SIZE, decoded?: RgbImage): Promise<Buffer> {
   if (!Number.isInteger(size) || size < 1) throw new RangeError(`trainingCrop: size must be a positive integer, got ${size}`);

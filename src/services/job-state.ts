@@ -55,7 +55,7 @@ export class JobState {
     if (kind !== 'train') return this.transition(this.db, jobId, OPEN_STATUSES, set);
     return this.db.transaction(async (tx) => {
       const row = await this.transition(tx, jobId, OPEN_STATUSES, set);
-      if (row?.kind === 'train' && row.adapterId) await setAdapterStatus(tx, row.adapterId, ['queued', 'training'], 'training');
+      if (row?.adapterId) await setAdapterStatus(tx, row.adapterId, ['queued', 'training'], 'training');
       return row;
     });
   }

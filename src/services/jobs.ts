@@ -19,9 +19,11 @@ export interface JobView {
   position: number;
   /** The picture job's generation row (prompt, seed, withheld count), read with the job. */
   generation?: Generation;
-  generationId?: string;
   outputKeys: string[];
 }
+
+/** Postgres's avg() as a number (it comes back as a numeric string); null when there was nothing to average. */
+const toMean = (mean: string | null | undefined): number | null => (mean == null ? null : Number(mean));
 
 export function jobEvent(job: Job, extra: Partial<JobEvent> = {}): JobEvent {
   const etaSeconds = job.status === 'active' ? runningEtaSeconds(job.progress, job.startedAt) : null;
@@ -54,7 +56,7 @@ export class JobService {
   /** Mean seconds from start to finish of the recent completed jobs of a queue; null when none has finished yet. */
   async meanSeconds(queue: QueueName): Promise<number | null> {
     const [row] = await this.recentMean(queue);
-    return row?.mean == null ? null : Number(row.mean);
+    return toMean(row?.mean);
   }
 
   private recentMean(queue: QueueName) {
@@ -84,7 +86,7 @@ export class JobService {
       .select({ ahead: sql`(${this.ahead(job)})`.mapWith(Number), mean: sql<string | null>`(${this.recentMean(queue)})` })
       .from(sql`(select 1) as one`);
     const position = (row?.ahead ?? 0) + 1;
-    return { position, etaSeconds: waitingEtaSeconds(position, row?.mean == null ? null : Number(row.mean), this.concurrency[queue]) };
+    return { position, etaSeconds: waitingEtaSeconds(position, toMean(row?.mean), this.concurrency[queue]) };
   }
 
   /** Seconds until the job is done: at its pace so far while it runs, from its place in line while it waits. */
@@ -129,7 +131,7 @@ export class JobService {
     if (!row) throw notFound('Job');
     const { job } = row;
     const generation = row.generation ?? undefined;
-    return { job, position: await this.position(job), generation, generationId: generation?.id, outputKeys: generation?.outputKeys ?? [] };
+    return { job, position: await this.position(job), generation, outputKeys: generation?.outputKeys ?? [] };
   }
 
   list(userId: string, limit = 20): Promise<Job[]> {

@@ -95,7 +95,7 @@ export class LimitService {
   }
 
   private async standing(userId: string): Promise<{ overrides: Partial<Config['limits']> | undefined; open: number; waiting: number }> {
-    const overrides = this.db.select({ overrides: users.limitOverrides }).from(users).where(eq(users.id, userId));
+    const overrides = this.overridesOf(userId);
     const open = this.db.select({ n: count() }).from(jobs).where(and(eq(jobs.userId, userId), inArray(jobs.status, ['queued', 'active'])));
     const waiting = this.db.select({ n: count() }).from(jobs).where(eq(jobs.status, 'queued'));
     const [row] = await this.db.select({
@@ -108,8 +108,13 @@ export class LimitService {
 
   /** The configured limits with the person's own overrides (set by an admin) over them. */
   async limitsOf(userId: string): Promise<Config['limits']> {
-    const [row] = await this.db.select({ overrides: users.limitOverrides }).from(users).where(eq(users.id, userId));
+    const [row] = await this.overridesOf(userId);
     return this.withOverrides(row?.overrides);
+  }
+
+  /** The person's limit overrides row (awaited alone, or a subquery of standing()). */
+  private overridesOf(userId: string) {
+    return this.db.select({ overrides: users.limitOverrides }).from(users).where(eq(users.id, userId));
   }
 
   private withOverrides(overrides: Partial<Config['limits']> | null | undefined): Config['limits'] {
