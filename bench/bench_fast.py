@@ -532,6 +532,7 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
             timed(g.run, 20, warmup=3)["median_s"] * 1000
         for (cn, rows), g in fast.graphs.items()
     }
+    res["merge_ab_uncompiled_ms"] = merge_ab(engine, loras[0])
     pipe = __import__("portrait_engine.generate", fromlist=["_derive"])._derive(engine.models, "unipc", False)
     latents = torch.randn(1, 4, side // 8, side // 8, device=device, dtype=dtype)
 
@@ -614,6 +615,35 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
     res["eight_ref"] = timed(eight_ref, max(3, repeats // 2), warmup=1)
     res["diff_eight"] = image_diff([g[0] for g in ours_eight], eight_ref())
     del reference, control
+    return res
+
+
+def merge_ab(engine: Engine, lora: str) -> dict:
+    """One image's UNet call (CFG's 2 rows) with a user's LoRA, captured uncompiled twice in this process: the
+    slot layers computing their updates, and the LoRA merged into the weights around the plain UNet (SlotMerge);
+    then the merge's add and restore alone (eager launches)."""
+    from dataclasses import replace
+
+    from portrait_engine.fast import StepGraph
+
+    fast, slots = engine.fast, engine.models.slots
+    settings = fast.settings
+    slots.load_slot_file(7, lora, 1.0)
+    res = {}
+    try:
+        for name, merged in (("slot_layers", ()), ("merged", (1,))):
+            fast.settings = replace(settings, compile_batches=(), merged_batches=merged)
+            step = fast._build(False, 1)
+            with slots.forced_live(step.live), slots.use([7, 7]):
+                res[name] = timed(step.run, 20, warmup=3)["median_s"] * 1000
+        merge = StepGraph(rows=2, body=lambda: (fast.merge.add(), fast.merge.restore()), buffers={})
+        fast._capture(merge, frozenset())
+        with slots.use([7, 7]):
+            res["merge_add_restore_eager"] = timed(merge.body, 20)["median_s"] * 1000
+            res["merge_add_restore_graph"] = timed(merge.run, 20)["median_s"] * 1000
+    finally:
+        fast.settings = settings
+        slots.clear_slot(7)
     return res
 
 
@@ -838,6 +868,8 @@ def print_table(r: dict) -> None:
               f"{'' if peak is None else peak:>9}  {target}")
     for key in ("diff_imagine", "diff_pose", "diff_eight"):
         print(f"fast vs reference images, {key[5:]}: {g[key]}")
+    print("graph replays (ms):", {k: round(v, 2) for k, v in g["graph_step_ms"].items()})
+    print("one image's LoRA, uncompiled graphs (ms):", {k: round(v, 2) for k, v in g["merge_ab_uncompiled_ms"].items()})
     print("\nthe scheduler's path (slot trainings in shared_step; what the worker runs):")
     for key in ("sched_b1_full", "sched_b1_bucket", "sched_4_bucket", "sched_16_rows8", "sched_16_rows16",
                 "sched_1_graph", "sched_4_graph", "sched_16_graph"):

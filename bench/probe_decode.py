@@ -6,7 +6,8 @@
   group) and applied in one pass; their difference from float32;
 - the VAE decode at 512 px: as diffusers runs it, and with the chunked GroupNorm;
 - the text encoder (CFG, 2 x 77 tokens): eager and in a CUDA graph;
-- the slot layers' LoRA in an uncompiled UNet graph: live and not live.
+- the slot layers' LoRA in an uncompiled UNet graph: live and not live;
+- the plain UNet and the VAE decoder in torch's NCHW layout and in channels_last.
 
     python bench/probe_decode.py --work /tmp/work      # writes $OUT/probe_decode.json when OUT is set
 """
@@ -255,6 +256,49 @@ def slot_lora_probe(work: Path) -> dict:
     return res
 
 
+def layout_probe(work: Path) -> dict:
+    """The plain SD1.5 UNet (random weights, fp16) in an uncompiled CUDA graph at 2 and 16 rows, and the VAE decoder
+    at 1 and 8 images: in torch's default NCHW layout and in channels_last (NHWC, cuDNN's preferred half layout)."""
+    import bench_engine
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    base, _ = bench_engine.build_models(work)
+    unet = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch.float16).to("cuda").eval()
+    vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float16).to("cuda").eval()
+    res = {}
+
+    def graphed(fn):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn()
+        return graph, out
+
+    with torch.no_grad():
+        for layout in ("nchw", "channels_last"):
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            unet.to(memory_format=fmt)
+            vae.to(memory_format=fmt)
+            for rows in (2, 16):
+                x = torch.randn(rows, 4, 64, 64, device="cuda", dtype=torch.float16).to(memory_format=fmt)
+                t = torch.full((rows,), 500.0, device="cuda")
+                e = torch.randn(rows, 77, 768, device="cuda", dtype=torch.float16)
+                graph, out = graphed(lambda: unet(x, t, encoder_hidden_states=e, return_dict=False)[0])
+                res[f"unet_{rows}rows_{layout}_ms"] = cuda_ms(graph.replay)
+                res[f"unet_{rows}rows_{layout}_sum"] = float(out.float().abs().sum())
+                del graph
+            for batch in (1, 8):
+                z = torch.randn(batch, 4, 64, 64, device="cuda", dtype=torch.float16).to(memory_format=fmt)
+                res[f"vae_b{batch}_{layout}_ms"] = cuda_ms(lambda: vae.decode(z, return_dict=False)[0], 10)
+            log("layout", layout, res)
+    return res
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, required=True)
@@ -271,7 +315,7 @@ def main() -> None:
 
     for name, fn in (("solve", solve_probe), ("unipc", unipc_probe), ("group_norm", group_norm_probe),
                      ("vae", lambda: vae_probe(args.work)), ("text_encoder", text_encoder_probe),
-                     ("slot_lora", lambda: slot_lora_probe(args.work))):
+                     ("slot_lora", lambda: slot_lora_probe(args.work)), ("layout", lambda: layout_probe(args.work))):
         if only and name not in only:
             continue
         started = time.monotonic()

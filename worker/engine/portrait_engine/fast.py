@@ -23,7 +23,7 @@ from diffusers import StableDiffusionPipeline
 from torch import nn
 
 from .models import Models
-from .multilora import NONE
+from .multilora import NONE, SlotMerge
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,9 @@ class FastSettings:
     batch_sizes: tuple[int, ...] = BATCH_SIZES
     compile_batches: tuple[int, ...] = (1,)  # torch.compile (mode default) costs ~100 s per shape on first start
     compile_controlnet: bool = False
+    # Batch sizes whose graphs add the one slot's LoRA into the UNet's weights (SlotMerge) around the plain UNet
+    # instead of computing slot updates in every layer; a batch of one image has one user's rows only.
+    merged_batches: tuple[int, ...] = (1,)
     lora_targets: tuple[str, ...] = LORA_TARGETS
     width: int = 512
     height: int = 512
@@ -96,7 +99,8 @@ class FastSettings:
 class StepGraph:
     """One UNet call over `rows` rows of static buffers: `sample` (rows,4,h,w), `t` (rows,), `embeds` (rows,77,768),
     for ControlNet `cond` (rows,3,H,W) and `cond_scale` (rows,1,1,1); `run()` replays it (eagerly on the CPU) and
-    leaves the prediction in `out`. LoRA comes from the slot layers, whose index the caller sets for all rows."""
+    leaves the prediction in `out`. LoRA comes from the slot layers, whose index the caller sets for all rows: the
+    layers in `live` compute their updates, or, in a `merged` graph, row 0's slot is added into the weights."""
 
     rows: int
     body: Callable[[], torch.Tensor]
@@ -104,6 +108,8 @@ class StepGraph:
     graph: torch.cuda.CUDAGraph | None = None
     out: torch.Tensor | None = None
     compiled: bool = False
+    live: frozenset[str] = frozenset()
+    merged: bool = False
     seconds: float = 0.0
     calls: int = 0
 
@@ -139,6 +145,7 @@ class FastGenerator:
         # The text encoder's graph computes every text-encoder slot layer (small projections over 77 tokens: cheap).
         self.text_served = frozenset(name for name in models.slots.layers if name.startswith("text_encoder."))
         self.text: StepGraph | None = None
+        self.merge = SlotMerge(models.slots, self.served) if settings.merged_batches else None
         self._text_forward = self.pipe.text_encoder.forward  # the module's own, bound before `encoding` shadows it
 
     # --- warm-up ------------------------------------------------------------------------------------------------
@@ -171,6 +178,7 @@ class FastGenerator:
             "compiled": sorted({f"{'controlnet' if c else 'unet'}@{r // 2}" for (c, r), g in self.graphs.items()
                                 if g.compiled}),
             "graphs": len(self.graphs) + (self.text is not None),
+            "merged": sorted({r // 2 for (_, r), g in self.graphs.items() if g.merged}),
             "lora_layers": len(self.served),
             "size": [self.settings.width, self.settings.height],
         }
@@ -220,8 +228,9 @@ class FastGenerator:
             b["cond_scale"] = torch.ones(rows, 1, 1, 1, device=dev, dtype=dt)
         unet, cn = self._modules(controlnet, batch)
         zeros = {} if controlnet else self._residuals(b)
+        merge = self.merge if batch in self.settings.merged_batches else None
 
-        def body() -> torch.Tensor:
+        def call() -> torch.Tensor:
             extra = zeros
             if cn is not None:
                 # multigen's products: conditioning_scale 1, then each row's own scale.
@@ -231,8 +240,17 @@ class FastGenerator:
                              mid_block_additional_residual=mid * b["cond_scale"])
             return unet(b["sample"], b["t"], encoder_hidden_states=b["embeds"], return_dict=False, **extra)[0]
 
-        step = StepGraph(rows=rows, body=body, buffers=b, compiled=unet is not self.pipe.unet)
-        self._capture(step, self.served)
+        def merged() -> torch.Tensor:
+            merge.add()
+            try:
+                return call()
+            finally:
+                merge.restore()  # (eagerly, on the CPU, an exception must not leave the LoRA in the weights)
+
+        step = StepGraph(rows=rows, body=call if merge is None else merged, buffers=b,
+                         compiled=unet is not self.pipe.unet, live=frozenset() if merge else self.served,
+                         merged=merge is not None)
+        self._capture(step, step.live)
         step.seconds = time.monotonic() - started
         log.info("captured %s batch %d in %.1f s", "controlnet+unet" if controlnet else "unet", batch, step.seconds)
         return step
@@ -289,12 +307,16 @@ class FastGenerator:
 
     # --- calls ----------------------------------------------------------------------------------------------------
 
-    def graph_for(self, sample: torch.Tensor, controlnet: bool) -> StepGraph | None:
-        """The graph that holds this batch of rows, or None (another latent size, or more rows than captured)."""
-        rows = bucket(len(sample), self.rows)
-        if rows is None or tuple(sample.shape[2:]) != self.latent_hw:
+    def graph_for(self, sample: torch.Tensor, controlnet: bool, index: Sequence[int] = ()) -> StepGraph | None:
+        """The smallest graph that holds this batch of rows (with these slots: a merged graph serves one slot
+        only), or None (another latent size, or more rows than captured)."""
+        if tuple(sample.shape[2:]) != self.latent_hw:
             return None
-        return self.graphs.get((controlnet, rows))
+        for rows in sorted(r for r in self.rows if r >= len(sample)):
+            step = self.graphs.get((controlnet, rows))
+            if step is not None and not (step.merged and len(set(index)) > 1):
+                return step
+        return None
 
     @torch.no_grad()
     def predict(
@@ -308,7 +330,7 @@ class FastGenerator:
     ) -> torch.Tensor | None:
         """The UNet's prediction for these rows (slot `index` per row, NONE for none) through a graph, or None when
         none holds them. Rows past the batch are left as they were: every row is computed independently."""
-        step = self.graph_for(sample, control is not None)
+        step = self.graph_for(sample, control is not None, index.tolist())
         if step is None:
             return None
         slots = self.models.slots
@@ -323,7 +345,7 @@ class FastGenerator:
             b["cond_scale"][:n].copy_(cond_scale)
         padded = torch.full((step.rows,), NONE, dtype=torch.long)
         padded[:n] = index
-        with slots.forced_live(self.served), slots.use(padded):  # (the CPU's eager body: as the graph computes)
+        with slots.forced_live(step.live), slots.use(padded):  # (the CPU's eager body: as the graph computes)
             out = step.run()
         # The output buffer is the next replay's: the caller keeps its own copy.
         return out[:n].clone()
@@ -349,6 +371,7 @@ def settings_from_env(env=os.environ) -> FastSettings:
         batch_sizes=batch_sizes,
         compile_batches=sizes("ENGINE_FAST_COMPILE", (1,)),
         compile_controlnet=env.get("ENGINE_FAST_COMPILE_CONTROLNET", "0") in ("1", "true", "on"),
+        merged_batches=sizes("ENGINE_FAST_MERGE", (1,)),
         lora_targets=tuple(t.strip() for t in env.get("ENGINE_FAST_LORA_TARGETS", ",".join(LORA_TARGETS)).split(",")
                            if t.strip()),
     )

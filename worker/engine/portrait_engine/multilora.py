@@ -6,8 +6,8 @@ of the original class, sharing its weight and bias, same state_dict), plus preal
 
     slot_A[S + 1, R, in]    slot_Bt[S + 1, R, out]    slot_scale[S + 1]
 
-for S slots of max rank R (B is kept transposed, so that a slot's first r rows are one dense block for a fused
-optimizer). Slot S (index -1 from outside) is the zero slot: "no LoRA". A rank r < R fills `slot_A[s, :r]` and
+(columns of one `SlotGroup`'s stacked buffers per layer kind and shape) for S slots of max rank R (B is kept
+transposed, so that a slot's first r rows are one dense block for a fused optimizer). Slot S (index -1 from outside) is the zero slot: "no LoRA". A rank r < R fills `slot_A[s, :r]` and
 `slot_Bt[s, :r]` and leaves the rest zero, which is exact. `slot_scale[s]` is alpha / r times the user's LoRA scale.
 
 Per forward, `set_slots(index)` (a context manager too: `with lora.slots(index): ...`) gives every sample of the
@@ -21,6 +21,9 @@ to the base layer's output, in the slot dtype (float32 by default), cast back to
 does. With no slots set (`active == 0`) a layer is exactly its base layer, so the plain peft path (diffusers'
 `load_lora_weights`, peft's `inject_adapter_in_model`) keeps working on top of the same modules: peft sees an
 `nn.Linear` and wraps it as usual.
+
+A batch whose rows all have one slot can instead run the plain model with that slot added into its weights
+(`SlotMerge`: a gather and a batched matmul per group, around the call), at a fraction of the slot layers' launches.
 
 Loading a user is a copy: `load_slot(slot, state_dict, alpha=..., scale=...)` takes the diffusers/peft LoRA keys the
 engine writes (`unet.<path>.lora.down.weight`, `...lora_A.weight`, `text_encoder.<path>.lora_linear_layer.up.weight`,
@@ -70,6 +73,7 @@ class SlotLoRA:
         self.device = torch.device(device)
         self.zero_slot = slots
         self.layers: dict[str, "SlotLayer"] = {}  # "<prefix>.<path>" -> layer
+        self.groups: list["SlotGroup"] = []  # the layers' buffers, stacked by kind and shape
         # Preallocated so graphs captured over it see each new index; `active` is the batch's index length.
         self.index = torch.full((max_batch,), slots, dtype=torch.long, device=self.device)
         self._index_host = [slots] * max_batch  # what `index` holds: a host-to-device copy only when it changes
@@ -88,9 +92,10 @@ class SlotLoRA:
         """Makes every Linear / 1x1 Conv2d of `module` whose name ends with one of `targets` a slot layer; returns
         their names ("<prefix>.<path>"). Done once, before any graph capture."""
         targets = tuple(targets)
-        installed = []
+        found: list[tuple[str, nn.Module, type, tuple]] = []  # in module order: peft's, which `trainable` keeps
         for path, layer in list(module.named_modules()):
-            if not path or not any(path == t or path.endswith("." + t) for t in targets) or isinstance(layer, SlotLayer):
+            target = next((t for t in targets if path == t or path.endswith("." + t)), None) if path else None
+            if target is None or isinstance(layer, SlotLayer):
                 continue
             if type(layer) is nn.Linear:
                 cls = SlotLinear
@@ -99,13 +104,23 @@ class SlotLoRA:
                 cls = SlotConv2d
             else:
                 continue
-            slotted = cls.adopt(layer, self)
+            found.append((path, layer, cls, (cls, target, layer.weight.shape[1], layer.weight.shape[0])))
+        members: dict[tuple, list[str]] = {}
+        for path, _, _, key in found:
+            members.setdefault(key, []).append(f"{prefix}.{path}")
+        groups = {key: SlotGroup(self, names, key[2], key[3]) for key, names in members.items()}
+        self.groups.extend(groups.values())
+        installed = []
+        for path, layer, cls, key in found:
+            name, group = f"{prefix}.{path}", groups[key]
+            slotted = cls.adopt(layer, self, group, len(group.layers))
             slotted.slot_live = False
-            slotted.slot_name = f"{prefix}.{path}"
-            parent_path, _, name = path.rpartition(".")
-            setattr(module.get_submodule(parent_path) if parent_path else module, name, slotted)
-            self.layers[f"{prefix}.{path}"] = slotted
-            installed.append(f"{prefix}.{path}")
+            slotted.slot_name = name
+            group.layers.append(slotted)
+            parent_path, _, leaf = path.rpartition(".")
+            setattr(module.get_submodule(parent_path) if parent_path else module, leaf, slotted)
+            self.layers[name] = slotted
+            installed.append(name)
         return installed
 
     # --- the per-batch index -----------------------------------------------------------------------------------
@@ -202,10 +217,10 @@ class SlotLoRA:
     @torch.no_grad()
     def clear_slot(self, slot: int) -> None:
         self._check(slot)
-        for layer in self.layers.values():
-            layer.slot_A[slot].zero_()
-            layer.slot_Bt[slot].zero_()
-            layer.slot_scale[slot] = 0
+        for group in self.groups:
+            group.A[slot].zero_()
+            group.Bt[slot].zero_()
+            group.scale[slot].zero_()
         self.filled.pop(slot, None)
 
     @torch.no_grad()
@@ -265,8 +280,8 @@ class SlotLoRA:
     @torch.no_grad()
     def set_scale(self, slot: int, alpha: float, rank: int, scale: float = 1.0) -> None:
         self._check(slot)
-        for layer in self.layers.values():
-            layer.slot_scale[slot] = scale * alpha / rank
+        for group in self.groups:
+            group.scale[slot].fill_(scale * alpha / rank)
 
     # --- training ----------------------------------------------------------------------------------------------
 
@@ -297,7 +312,7 @@ class SlotLayer:
     lora: SlotLoRA | None = None
 
     @classmethod
-    def adopt(cls, layer: nn.Module, lora: SlotLoRA) -> "SlotLayer":
+    def adopt(cls, layer: nn.Module, lora: SlotLoRA, group: "SlotGroup", member: int) -> "SlotLayer":
         # Same parameters, hooks and attributes as `layer` (its weight and bias are the very same tensors).
         slotted = cls.__new__(cls)
         slotted.__dict__.update(layer.__dict__)
@@ -307,12 +322,10 @@ class SlotLayer:
         slotted._non_persistent_buffers_set = set(layer._non_persistent_buffers_set)
         # Not a submodule: the table is shared by every layer and must not enter state_dict or .to() walks.
         object.__setattr__(slotted, "lora", lora)
-        fan_in, fan_out = layer.weight.shape[1], layer.weight.shape[0]
-        kw = dict(device=lora.device, dtype=lora.dtype)
-        S, R = lora.slots + 1, lora.max_rank
-        slotted.register_buffer("slot_A", torch.zeros(S, R, fan_in, **kw), persistent=False)
-        slotted.register_buffer("slot_Bt", torch.zeros(S, R, fan_out, **kw), persistent=False)
-        slotted.register_buffer("slot_scale", torch.zeros(S, **kw), persistent=False)
+        # Views of the group's stacked buffers: slot_A[S + 1, R, in], slot_Bt[S + 1, R, out], slot_scale[S + 1].
+        slotted.register_buffer("slot_A", group.A[:, member], persistent=False)
+        slotted.register_buffer("slot_Bt", group.Bt[:, member], persistent=False)
+        slotted.register_buffer("slot_scale", group.scale[:, member], persistent=False)
         return slotted
 
     def _gathered(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -364,6 +377,58 @@ class SlotConv2d(SlotLayer, nn.Conv2d):
     def _delta(x: torch.Tensor, a: torch.Tensor, bt: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(x.shape[0], x.shape[1], -1)  # [B, in, HW]
         return torch.bmm(bt.transpose(1, 2), torch.bmm(a, flat))
+
+
+class SlotGroup:
+    """The slot buffers of the layers of one kind and shape (e.g. the UNet's 320 -> 320 `to_q` layers), stacked:
+    A[S + 1, L, R, in], Bt[S + 1, L, R, out], scale[S + 1, L]; each layer's buffers are its column of these. One
+    slot's LoRA over all L layers is then one gather (SlotMerge)."""
+
+    def __init__(self, lora: SlotLoRA, names: list[str], fan_in: int, fan_out: int):
+        kw = dict(device=lora.device, dtype=lora.dtype)
+        S, R, L = lora.slots + 1, lora.max_rank, len(names)
+        self.names = names
+        self.layers: list[SlotLayer] = []
+        self.A = torch.zeros(S, L, R, fan_in, **kw)
+        self.Bt = torch.zeros(S, L, R, fan_out, **kw)
+        self.scale = torch.zeros(S, L, **kw)
+
+
+class SlotMerge:
+    """One slot's LoRA added into the base weights of slot layers, and taken out again: a batch whose rows all have
+    one slot (one image with CFG) then runs the plain model. Its LoRA costs a gather and a batched matmul per layer
+    group and two multi-tensor passes per call, where the slot layers launch ~5 small kernels per layer (128 layers
+    in the UNet's attention). `add()` reads the slot from row 0 of the table's index buffer, so a CUDA graph
+    captured over add / forward / `restore()` serves every user. `restore()` copies the base weights back from a copy
+    kept here (subtracting would leave half-precision rounding behind).
+
+    It merges every layer of each group that holds one of `names`: others of such a group add their slot's update,
+    which is zero unless the slot fills them (a caller sends such LoRAs elsewhere, as FastGenerator.predict does)."""
+
+    def __init__(self, lora: SlotLoRA, names: Iterable[str]):
+        names = frozenset(names)
+        self.lora = lora
+        self.groups = [g for g in lora.groups if names.intersection(g.names)]
+        self.weights = [layer.weight for g in self.groups for layer in g.layers]
+        self.base = [w.detach().clone() for w in self.weights]
+
+    @torch.no_grad()
+    def add(self) -> None:
+        slot = self.lora.index[:1]
+        deltas = []
+        for group in self.groups:
+            # In the weights' dtype (fp32 accumulation): a half-precision delta is half the memory traffic of a
+            # float32 one, and it is rounded to the weights' dtype before the add either way.
+            dtype = group.layers[0].weight.dtype
+            a = group.A.index_select(0, slot)[0].to(dtype)  # [L, R, in]
+            bt = (group.Bt.index_select(0, slot)[0] * group.scale.index_select(0, slot)[0][:, None, None]).to(dtype)
+            delta = torch.bmm(bt.transpose(1, 2), a)  # [L, out, in]
+            deltas.extend(d.view(layer.weight.shape) for d, layer in zip(delta.unbind(0), group.layers))
+        torch._foreach_add_(self.weights, deltas)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        torch._foreach_copy_(self.weights, self.base)
 
 
 # --- peft's view of a slot: initialization and saving ---------------------------------------------------------

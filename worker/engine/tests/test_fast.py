@@ -204,9 +204,10 @@ def test_graphs_update_the_served_layers_and_send_other_loras_eagerly(engine, fa
     assert fast.served and all(name.startswith("unet.") and name.endswith(("to_q", "to_k", "to_v", "to_out.0"))
                                for name in fast.served)
     slots.load_slot_file(0, trained_lora, 1.0)  # attention only: served
-    graph = fast.graph_for(torch.zeros(2, 4, *fast.latent_hw), False)
+    graph = fast.graph_for(torch.zeros(4, 4, *fast.latent_hw), False)
+    assert not graph.merged
     calls = graph.calls
-    run(engine, [(request(), 0, None)], fast)
+    run(engine, [(request(num_images=2), 0, None)], fast)
     assert graph.calls == calls + request().steps
     assert {name for name, layer in slots.layers.items() if layer.slot_live} == fast.served  # as captured
     # A LoRA on a feed-forward layer too: the graphs would miss its update, so it runs eagerly, and correctly.
@@ -219,6 +220,38 @@ def test_graphs_update_the_served_layers_and_send_other_loras_eagerly(engine, fa
     assert not np.array_equal(ours, run(engine, [(request(), NONE, None)], None)[0])
 
 
+def test_one_image_graphs_merge_its_users_lora_into_the_weights_and_take_it_out(engine, fast, slots, trained_lora,
+                                                                                 other_lora):
+    assert fast.settings.merged_batches == (1,) and fast.info["merged"] == [1]
+    assert all(fast.graphs[(cn, 2)].merged and not fast.graphs[(cn, 2)].live for cn in (False, True))
+    slots.load_slot_file(0, trained_lora, 1.0)
+    slots.load_slot_file(1, other_lora, 0.7)
+    weights = [w.clone() for w in fast.merge.weights]
+    assert len(weights) == len(fast.served)  # the UNet's attention projections, nothing else
+    merged = fast.graphs[(False, 2)]
+    calls = merged.calls
+    one = run(engine, [(request(), 0, None)], fast)[0]
+    assert merged.calls == calls + request().steps
+    assert_same_images(one, run(engine, [(request(), 0, None)], None)[0])  # (W + BA)x vs Wx + B(Ax): float rounding
+    assert all(torch.equal(w, before) for w, before in zip(fast.merge.weights, weights))  # taken out after each call
+    # Two users' rows without CFG fit two rows, but not one merged graph: the slot layers' 4-row graph takes them.
+    pair = [(request(guidance_scale=1.0), 0, None), (request(guidance_scale=1.0, seed=3), 1, None)]
+    assert fast.graph_for(torch.zeros(2, 4, *fast.latent_hw), False, [0, 1]).rows == 4
+    sliced = fast.graphs[(False, 4)].calls
+    for a, b in zip(run(engine, pair, fast), run(engine, pair, None)):
+        assert_same_images(a, b)
+    assert fast.graphs[(False, 4)].calls == sliced + request().steps
+    # A failing call leaves the base weights (the CPU runs the body eagerly: the graph's order, with finally).
+    unet = engine.models.pipe.unet
+    unet.forward = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory"))
+    try:
+        with pytest.raises(RuntimeError), engine.models.slots.use([0, 0]):
+            merged.run()
+    finally:
+        del unet.forward
+    assert all(torch.equal(w, before) for w, before in zip(fast.merge.weights, weights))
+
+
 def test_prompts_encode_through_the_text_graph_with_the_slots_lora(engine, fast, slots, tmp_path):
     from .test_multilora import random_lora
 
@@ -229,7 +262,7 @@ def test_prompts_encode_through_the_text_graph_with_the_slots_lora(engine, fast,
     calls = fast.text.calls
     ours = run(engine, [(request(negative_prompt="blurry"), 0, None)], fast)[0]
     assert fast.text.calls == calls + 2  # the prompt and the negative prompt
-    assert np.array_equal(ours, run(engine, [(request(negative_prompt="blurry"), 0, None)], None)[0])
+    assert_same_images(ours, run(engine, [(request(negative_prompt="blurry"), 0, None)], None)[0])  # (merged UNet)
     generation = Generation(engine.models, request(), 1, None, 0, fast)
     with engine.models.slots.use([0]), torch.no_grad():
         eager = generation.pipe.encode_prompt("a photo of sks person", engine.models.device, 1, True, "")
