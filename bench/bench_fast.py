@@ -770,24 +770,27 @@ def main() -> None:
             section("train_b1_eager_fallback", train_b1)
             report["train_b1"] = report.get("train_b1_eager_fallback")
 
-        def versus_eager():
+        def versus_eager(graphed_key: str, steps: int, accum: int = 1, mode: str = "lora"):
             # The same job stepped eagerly (Training.step): how close the graphed step's losses are.
             engine.fast_training = False
             try:
-                eager = engine_training(engine, photos, args.work, 10, 1, 1, side)
+                eager = engine_training(engine, photos, args.work, steps, 1, accum, side, mode=mode)
             finally:
                 engine.fast_training = True
-            graphed = report["train_b1"]["losses"]
+            graphed = report[graphed_key]["losses"]
             return {"eager_step_ms": eager["step_ms"], "losses_graphed": graphed, "losses_eager": eager["losses"],
                     "max_rel_diff": max(abs(a - b) / abs(b) for a, b in zip(graphed, eager["losses"]))}
 
         if "train_b1" not in report["errors"]:
-            section("train_b1_vs_eager", versus_eager)
+            section("train_b1_vs_eager", lambda: versus_eager("train_b1", 10))
         section("train_job_a2", lambda: engine_training(engine, photos, args.work, args.job_steps, 1, 2, side))
         section("train_b16", lambda: engine_training(engine, photos, args.work, max(12, args.train_steps // 3), 16, 1, side))
         section("train_ref", lambda: reference_training(engine, photos, max(10, args.train_steps // 2), side))
-        # Full-UNet DreamBooth (the engine's plain path: the script's own step), accumulation 2, beside the script's.
+        # Full-UNet DreamBooth (the engine's graphed step; then its eager one, the script's own step), accumulation 2,
+        # beside the script's.
         section("train_full_a2", lambda: engine_training(engine, photos, args.work, 12, 1, 2, side, mode="full"))
+        if "train_full_a2" not in report["errors"]:
+            section("train_full_a2_vs_eager", lambda: versus_eager("train_full_a2", 12, 2, "full"))
         section("train_full_ref", lambda: reference_full_training(engine, photos, 10, side))
         # The scheduler's path (what the worker runs): slot trainings stepped together by shared_step.
         n = max(12, args.train_steps // 2)

@@ -7,7 +7,8 @@ loss scaling kept on the device, gradient clipping and a fused, capturable AdamW
   `_forward` over the slot layers, each job's gradient from its own rows) for a fixed set of jobs, one graph per set
   and window shapes, captured when the set first steps; a set's graphs are dropped once a job joins or leaves.
 
-Both take the jobs `refusal` accepts: LoRA without a trained text encoder, prior preservation, min-SNR or 8-bit Adam.
+`GraphedStep` takes the jobs `refusal` accepts: LoRA or full-UNet, without a trained text encoder, prior
+preservation, min-SNR or 8-bit Adam (the slot path, GraphedCohort, takes LoRA jobs only: scheduler.py).
 `DeviceSide(training)` moves a job's optimizer, LR schedule and loss scaler to the device before capture; checkpoints
 keep their format (the scaler's state reads as torch.amp.GradScaler's), so a job resumes on either path.
 Each distinct window shape (micro-batch sizes of one step: an epoch's last window may be short) gets its own graph.
@@ -38,7 +39,6 @@ def refusal(params: TrainParams, device: torch.device, has_class_photos: bool) -
     if device.type != "cuda":
         return "no CUDA"
     for reason, refused in (
-        ("full-UNet mode", params.mode != "lora"),
         ("text-encoder training", params.train_text_encoder),
         ("prior preservation", has_class_photos),
         ("min-SNR weighting", params.snr_gamma is not None),
