@@ -532,7 +532,7 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
             timed(g.run, 20, warmup=3)["median_s"] * 1000
         for (cn, rows), g in fast.graphs.items()
     }
-    res["merge_ab_uncompiled_ms"] = merge_ab(engine, loras[0])
+    res["lora_ab_uncompiled_ms"] = lora_ab(engine, loras)
     pipe = __import__("portrait_engine.generate", fromlist=["_derive"])._derive(engine.models, "unipc", False)
     latents = torch.randn(1, 4, side // 8, side // 8, device=device, dtype=dtype)
 
@@ -618,32 +618,39 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
     return res
 
 
-def merge_ab(engine: Engine, lora: str) -> dict:
-    """One image's UNet call (CFG's 2 rows) with a user's LoRA, captured uncompiled twice in this process: the
-    slot layers computing their updates, and the LoRA merged into the weights around the plain UNet (SlotMerge);
-    then the merge's add and restore alone (eager launches)."""
+def lora_ab(engine: Engine, loras: list[str]) -> dict:
+    """The slot LoRA's ways, each captured uncompiled in this process: one image (CFG's 2 rows) with the slot layers
+    (rows hoisted) and with the LoRA merged into the weights around the plain UNet (SlotMerge); 8 users' images
+    (16 rows) with rows hoisted once per layer group and gathered in every layer; the merge's add and restore
+    alone."""
     from dataclasses import replace
 
     from portrait_engine.fast import StepGraph
 
     fast, slots = engine.fast, engine.models.slots
-    settings = fast.settings
-    slots.load_slot_file(7, lora, 1.0)
+    settings, hoist = fast.settings, fast.hoist
+    for slot, lora in enumerate(loras[:8]):
+        slots.load_slot_file(16 + slot, lora, 1.0)
+    eight = [16 + i for i in range(len(loras[:8])) for _ in (0, 1)]
     res = {}
     try:
-        for name, merged in (("slot_layers", ()), ("merged", (1,))):
-            fast.settings = replace(settings, compile_batches=(), merged_batches=merged)
-            step = fast._build(False, 1)
-            with slots.forced_live(step.live), slots.use([7, 7]):
+        for name, batch, merged, groups, index in (
+            ("b1_slot_layers", 1, (), hoist, [16, 16]), ("b1_merged", 1, (1,), hoist, [16, 16]),
+            ("b8_hoisted", 8, (), hoist, eight), ("b8_per_layer", 8, (), [], eight),
+        ):
+            fast.settings, fast.hoist = replace(settings, compile_batches=(), merged_batches=merged), groups
+            step = fast._build(False, batch)
+            with slots.forced_live(step.live), slots.use(index):
                 res[name] = timed(step.run, 20, warmup=3)["median_s"] * 1000
         merge = StepGraph(rows=2, body=lambda: (fast.merge.add(), fast.merge.restore()), buffers={})
         fast._capture(merge, frozenset())
-        with slots.use([7, 7]):
+        with slots.use([16, 16]):
             res["merge_add_restore_eager"] = timed(merge.body, 20)["median_s"] * 1000
             res["merge_add_restore_graph"] = timed(merge.run, 20)["median_s"] * 1000
     finally:
-        fast.settings = settings
-        slots.clear_slot(7)
+        fast.settings, fast.hoist = settings, hoist
+        for slot in range(len(loras[:8])):
+            slots.clear_slot(16 + slot)
     return res
 
 
@@ -872,7 +879,7 @@ def print_table(r: dict) -> None:
     for key in ("diff_imagine", "diff_pose", "diff_eight"):
         print(f"fast vs reference images, {key[5:]}: {g[key]}")
     print("graph replays (ms):", {k: round(v, 2) for k, v in g["graph_step_ms"].items()})
-    print("one image's LoRA, uncompiled graphs (ms):", {k: round(v, 2) for k, v in g["merge_ab_uncompiled_ms"].items()})
+    print("the slot LoRA's ways, uncompiled graphs (ms):", {k: round(v, 2) for k, v in g["lora_ab_uncompiled_ms"].items()})
     print("\nthe scheduler's path (slot trainings in shared_step; what the worker runs):")
     for key in ("sched_b1_full", "sched_b1_bucket", "sched_4_bucket", "sched_16_rows8", "sched_16_rows16",
                 "sched_1_graph", "sched_4_graph", "sched_16_graph"):

@@ -146,6 +146,8 @@ class FastGenerator:
         self.text_served = frozenset(name for name in models.slots.layers if name.startswith("text_encoder."))
         self.text: StepGraph | None = None
         self.merge = SlotMerge(models.slots, self.served) if settings.merged_batches else None
+        # The slot graphs gather each row's slot once per layer group (SlotLoRA.hoisted), into buffers made now.
+        self.hoist = models.slots.reserve_rows(self.served, max(self.rows, default=0), self.dtype)
         self._text_forward = self.pipe.text_encoder.forward  # the module's own, bound before `encoding` shadows it
 
     # --- warm-up ------------------------------------------------------------------------------------------------
@@ -238,7 +240,8 @@ class FastGenerator:
                                conditioning_scale=1.0, guess_mode=False, return_dict=False)
                 extra = dict(down_block_additional_residuals=[d * b["cond_scale"] for d in down],
                              mid_block_additional_residual=mid * b["cond_scale"])
-            return unet(b["sample"], b["t"], encoder_hidden_states=b["embeds"], return_dict=False, **extra)[0]
+            with self.models.slots.hoisted(() if merge else self.hoist):
+                return unet(b["sample"], b["t"], encoder_hidden_states=b["embeds"], return_dict=False, **extra)[0]
 
         def merged() -> torch.Tensor:
             merge.add()

@@ -25,7 +25,7 @@ from portrait_engine.fast import (
     settings_from_env,
 )
 from portrait_engine.multigen import Generation, denoise_step
-from portrait_engine.multilora import NONE
+from portrait_engine.multilora import NONE, SlotLinear
 from portrait_engine.protocol import GenerateRequest, TrainParams, TrainRequest
 
 from .support import ENGINE_DIR, QUICK_TRAIN, RecordingJob, assert_same_images
@@ -100,6 +100,7 @@ def test_settings_from_the_environment():
     assert (default.batch_sizes, default.compile_batches, default.width, default.height) == ((1, 2, 4, 8), (1,), 512, 512)
     custom = settings_from_env({"ENGINE_FAST_BATCHES": "8,2", "ENGINE_FAST_COMPILE": "none", "ENGINE_FAST_SIZE": "768x512"})
     assert (custom.batch_sizes, custom.compile_batches, custom.width, custom.height) == ((2, 8), (), 768, 512)
+    assert default.merged_batches == (1,) and settings_from_env({"ENGINE_FAST_MERGE": "off"}).merged_batches == ()
 
 
 def test_without_cuda_the_engine_runs_the_plain_path(engine: Engine):
@@ -206,9 +207,16 @@ def test_graphs_update_the_served_layers_and_send_other_loras_eagerly(engine, fa
     slots.load_slot_file(0, trained_lora, 1.0)  # attention only: served
     graph = fast.graph_for(torch.zeros(4, 4, *fast.latent_hw), False)
     assert not graph.merged
-    calls = graph.calls
-    run(engine, [(request(num_images=2), 0, None)], fast)
+    assert sorted(name for g in fast.hoist for name in g.names) == sorted(fast.served)  # gathered once per group
+    hoisted, original = [], SlotLinear._add_update
+    SlotLinear._add_update = staticmethod(lambda *a: hoisted.append(1) or original(*a))
+    try:
+        calls = graph.calls
+        run(engine, [(request(num_images=2), 0, None)], fast)
+    finally:
+        SlotLinear._add_update = staticmethod(original)
     assert graph.calls == calls + request().steps
+    assert len(hoisted) == len(fast.served) * request().steps  # every served layer read the hoisted rows
     assert {name for name, layer in slots.layers.items() if layer.slot_live} == fast.served  # as captured
     # A LoRA on a feed-forward layer too: the graphs would miss its update, so it runs eagerly, and correctly.
     ff = random_lora(engine, tmp_path / "ff.safetensors", 2, 2.0, 3, ["to_q", "ff.net.2"], False)

@@ -175,6 +175,36 @@ def test_slot_layers_match_peft_on_linear_and_1x1_conv_with_padded_ranks():
         assert rel(linear[row], model[1](rows[row : row + 1])[0]) <= TOLERANCE
 
 
+@torch.no_grad()
+def test_rows_hoisted_once_per_group_compute_what_each_layer_gathers(engine: Engine, two_loras: list[Path], monkeypatch):
+    pipe, slots = engine.models.pipe, engine.models.slots
+    latents, t, embeddings = _unet_inputs(3)
+    names = [name for name in slots.layers if name.startswith("unet.")]
+    groups = slots.reserve_rows(names, 4, torch.float32)
+    assert {type(g.layers[0]) for g in groups} == {SlotLinear, SlotConv2d}
+    assert sum(len(g.layers) for g in groups) == len(names)
+    calls = []
+    for cls in (SlotLinear, SlotConv2d):
+        original = cls._add_update
+        monkeypatch.setattr(cls, "_add_update", staticmethod(lambda *a, f=original, c=cls: calls.append(c) or f(*a)))
+    slots.load_slot_file(3, two_loras[0], scale=0.7)
+    slots.load_slot_file(5, two_loras[1], scale=1.3)
+    try:
+        with slots.forced_live(names), slots.use([3, -1, 5]):  # every layer live: Linear and 1x1 conv paths
+            gathered = pipe.unet(latents, t, embeddings).sample
+            assert not calls
+            with slots.hoisted(groups):
+                hoisted = pipe.unet(latents, t, embeddings).sample
+            assert all(g.hoisted_rows == 0 for g in groups)  # outside the context the layers gather again
+            doubled = pipe.unet(torch.cat([latents] * 2), t, torch.cat([embeddings] * 2)).sample
+    finally:
+        slots.clear_slot(3)
+        slots.clear_slot(5)
+    assert len(calls) == len(names) and set(calls) == {SlotLinear, SlotConv2d}  # each layer once, hoisted
+    assert rel(hoisted, gathered) <= TOLERANCE
+    assert torch.allclose(doubled[:3], gathered, atol=1e-6)
+
+
 def test_only_layers_a_slot_of_the_batch_fills_compute_an_update(engine: Engine, two_loras: list[Path]):
     slots = engine.models.slots
     slots.load_slot_file(2, two_loras[1])  # to_q and to_v, and the text encoder's q_proj and v_proj
