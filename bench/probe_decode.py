@@ -45,6 +45,20 @@ def cuda_ms(fn, repeats: int = 20, warmup: int = 3) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def graphed(fn) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """fn captured in a CUDA graph after three warm-up calls on a side stream; the graph and its output buffer."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 def host_calls(fn) -> dict:
     """How many host-to-device copies and stream/device syncs one call of fn makes (torch.profiler's runtime rows)."""
     from torch.profiler import ProfilerActivity, profile
@@ -215,15 +229,7 @@ def text_encoder_probe() -> dict:
         eager = lambda: te(ids)[0]  # noqa: E731
         res["eager_gpu_ms"] = cuda_ms(eager)
         res["eager_host_us"] = host_us(eager, 20)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                eager()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = eager()
+        graph, out = graphed(eager)
         res["graph_gpu_ms"] = cuda_ms(graph.replay)
         res["graph_host_us"] = host_us(graph.replay, 20)
         graph.replay()
@@ -266,19 +272,6 @@ def layout_probe(work: Path) -> dict:
     unet = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch.float16).to("cuda").eval()
     vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float16).to("cuda").eval()
     res = {}
-
-    def graphed(fn):
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = fn()
-        return graph, out
-
     with torch.no_grad():
         for layout in ("nchw", "channels_last"):
             fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
