@@ -33,11 +33,6 @@ BATCH_SIZES = (1, 2, 4, 8)
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
-def bucket(count: int, sizes: Sequence[int] = BATCH_SIZES) -> int | None:
-    """The smallest captured batch size that holds `count` samples (None: more than the largest)."""
-    return next((size for size in sorted(sizes) if size >= count), None)
-
-
 # torch's GroupNorm kernel reduces each (sample, group) in one thread block: at the VAE decoder's 256 and 512 px
 # layers and batch 1 that is 32 blocks for up to 1 M values each, most of the card idle (0.98 ms for 128 channels at
 # 512 px on the H200; 0.46 ms in chunks, bench/probe_decode.py). Below these sizes torch's kernel is the faster one.

@@ -7,8 +7,9 @@ of the original class, sharing its weight and bias, same state_dict), plus preal
     slot_A[S + 1, R, in]    slot_Bt[S + 1, R, out]    slot_scale[S + 1]
 
 (columns of one `SlotGroup`'s stacked buffers per layer kind and shape) for S slots of max rank R (B is kept
-transposed, so that a slot's first r rows are one dense block for a fused optimizer). Slot S (index -1 from outside) is the zero slot: "no LoRA". A rank r < R fills `slot_A[s, :r]` and
-`slot_Bt[s, :r]` and leaves the rest zero, which is exact. `slot_scale[s]` is alpha / r times the user's LoRA scale.
+transposed, so that a slot's first r rows are one dense block for a fused optimizer). Slot S (index -1 from outside)
+is the zero slot: "no LoRA". A rank r < R fills `slot_A[s, :r]` and `slot_Bt[s, :r]` and leaves the rest zero, which
+is exact. `slot_scale[s]` is alpha / r times the user's LoRA scale.
 
 Per forward, `set_slots(index)` (a context manager too: `with lora.slots(index): ...`) gives every sample of the
 batch its slot (a [n] tensor or list of ints, -1 for none). The index is copied into a preallocated buffer, so a
@@ -116,7 +117,6 @@ class SlotLoRA:
             slotted = cls.adopt(layer, self, group, len(group.layers))
             slotted.slot_live = False
             slotted.slot_name = name
-            slotted.slot_group, slotted.slot_member = group, len(group.layers)
             group.layers.append(slotted)
             parent_path, _, leaf = path.rpartition(".")
             setattr(module.get_submodule(parent_path) if parent_path else module, leaf, slotted)
@@ -346,6 +346,7 @@ class SlotLayer:
         slotted._non_persistent_buffers_set = set(layer._non_persistent_buffers_set)
         # Not a submodule: the table is shared by every layer and must not enter state_dict or .to() walks.
         object.__setattr__(slotted, "lora", lora)
+        slotted.slot_group, slotted.slot_member = group, member
         # Views of the group's stacked buffers: slot_A[S + 1, R, in], slot_Bt[S + 1, R, out], slot_scale[S + 1].
         slotted.register_buffer("slot_A", group.A[:, member], persistent=False)
         slotted.register_buffer("slot_Bt", group.Bt[:, member], persistent=False)

@@ -19,7 +19,6 @@ from portrait_engine.fast import (
     ChunkedGroupNorm,
     FastGenerator,
     FastSettings,
-    bucket,
     chunk_group_norms,
     chunked_group_norm,
     settings_from_env,
@@ -147,9 +146,9 @@ def test_chunked_group_norm_layers_take_it_only_where_torch_is_slow(monkeypatch)
     assert calls == [(1, 64, 8, 8)]
 
 
-def test_batch_buckets():
-    assert [bucket(n) for n in (1, 2, 3, 4, 5, 8, 9)] == [1, 2, 4, 4, 8, 8, None]
-    assert bucket(3, (2, 6)) == 6 and bucket(1, ()) is None
+def test_a_batch_takes_the_smallest_graph_that_holds_its_rows(fast):
+    rows = [fast.graph_for(torch.zeros(n, 4, *fast.latent_hw), False) for n in range(1, 10)]
+    assert [g.rows if g else None for g in rows] == [2, 2, 4, 4, 8, 8, 8, 8, None]
 
 
 # --- the graphed call computes what multigen's eager call computes -------------------------------------------------
