@@ -158,6 +158,17 @@ describe('/pose and likeness', () => {
     assert.ok(Math.abs(skeletons[1]! - skeletons[0]!) <= 0.05 * skeletons[0]!, `bright pixels ${skeletons.join(' vs ')}`);
   });
 
+  test('given the upload\'s pixels, pose reads them and does not decode the bytes again', async () => {
+    const jpeg = await sceneJpeg({ width: 800, height: 600, persons: [{ x: 300, y: 60, w: 180, h: 500 }] });
+    const { data, info } = await sharp(jpeg).raw().toBuffer({ resolveWithObject: true });
+    const pixels = { width: info.width, height: info.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
+    const fromBytes = await vision.pose(jpeg);
+    const fromPixels = await vision.pose(Buffer.from('not an image'), {}, pixels); // would throw if it decoded these
+    assert.ok(fromBytes.ok && fromPixels.ok);
+    assert.deepEqual(fromPixels.pose, fromBytes.pose);
+    assert.ok(fromPixels.skeleton.equals(fromBytes.skeleton));
+  });
+
   test('image_resolution resizes the drawing (INTER_LINEAR) after it was drawn at detect resolution', async () => {
     const r = await vision.pose(await sceneJpeg({ width: 800, height: 600, persons: [{ x: 300, y: 60, w: 180, h: 500 }] }), { imageResolution: 768 });
     assert.ok(r.ok);

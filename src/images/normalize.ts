@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import sharp, { type Metadata, type OutputInfo, type SharpOptions } from 'sharp';
 import { HEIF_SEQUENCE_BRANDS, sniffFormat, type AcceptedFormat, type Sniffed } from './sniff.ts';
 import { decodeSlots } from './decode-slots.ts';
-import type { RgbImage } from '../vision/raster.ts';
+import { sharpFromRgb, type RgbImage } from '../vision/raster.ts';
 
 /** The resolution the engine trains at. Never trained lower: a seed experiment at 64 px destroyed likeness. */
 export const TRAINING_SIZE = 512;
@@ -341,7 +341,7 @@ export async function trainingCrop(normalized: Buffer, size = TRAINING_SIZE, dec
   const fromPixels = decoded && Math.min(decoded.width, decoded.height) < 2 * size;
   return decodeSlots.run(() =>
     (fromPixels
-      ? sharp(Buffer.from(decoded.data.buffer, decoded.data.byteOffset, decoded.data.length), { raw: { width: decoded.width, height: decoded.height, channels: 3 } })
+      ? sharpFromRgb(decoded)
       : sharp(normalized, { failOn: 'truncated', limitInputPixels: DEFAULT_IMAGE_LIMITS.maxPixels, autoOrient: true }).flatten({ background: '#ffffff' }))
       .resize(size, size, { fit: 'cover', position: 'centre', kernel: 'lanczos3' })
       .toColourspace('srgb')

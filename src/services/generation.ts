@@ -76,7 +76,7 @@ export class GenerationService {
       if (error instanceof ImageRejectedError) throw new UserFacingError(error.code, error.message, error.details);
       throw error;
     }
-    const pose = await this.vision.pose(normalized.data);
+    const pose = await this.vision.pose(normalized.data, {}, normalized.pixels); // the upload's pixels: no second decode
     if (!pose.ok && pose.code !== 'pose_unavailable') throw new UserFacingError(pose.code, pose.message, pose.details);
     // Leased until the generation row refers to it: an identical reference that another request is deleting right
     // now (content-addressed, so the same key) cannot vanish under this one.

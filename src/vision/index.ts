@@ -123,13 +123,14 @@ export class VisionService {
    * /pose: exactly one person, skeleton drawn as ControlNet openpose expects (PNG). As controlnet_aux's
    * DWposeDetector: the picture resized to `detectResolution` on its short side (sides rounded to 64), the pose
    * detected and drawn there, the drawing resized to `imageResolution`. Drawn at a 12 MP photo's own size and
-   * shrunk, the 4 px limbs would fall to under a pixel.
+   * shrunk, the 4 px limbs would fall to under a pixel. `image` is the picture decoded, when the caller has it
+   * (normalizeUpload's pixels): then `bytes` is not decoded again.
    */
-  async pose(bytes: Buffer, { detectResolution = 512, imageResolution = detectResolution }: { detectResolution?: number; imageResolution?: number } = {}): Promise<PoseOutcome> {
+  async pose(bytes: Buffer, { detectResolution = 512, imageResolution = detectResolution }: { detectResolution?: number; imageResolution?: number } = {}, decoded?: RgbImage): Promise<PoseOutcome> {
     if (!this.availability().pose) {
       return { ok: false, code: 'pose_unavailable', message: 'Pose extraction is not available: the DWPose models are not installed.', details: {} };
     }
-    const image = await decodeRgb(bytes);
+    const image = decoded ?? await decodeRgb(bytes);
     const at = controlNetAuxSize(image.width, image.height, detectResolution);
     // controlnet_aux: INTER_AREA down, Lanczos up (bilinear here: the detector letterboxes the picture again anyway).
     const input = at.width === image.width && at.height === image.height ? image

@@ -1,7 +1,7 @@
 // Plain RGB pixel buffers and the two resamplers the vision models need. Written here (not sharp) so that the
 // geometry matches OpenCV's INTER_LINEAR conventions the upstream pre-processing uses: pixel centres at +0.5,
 // no antialiasing, borders filled with a constant.
-import sharp from 'sharp';
+import sharp, { type Sharp } from 'sharp';
 
 /** 8-bit RGB, row-major, 3 bytes per pixel. */
 export interface RgbImage {
@@ -16,10 +16,15 @@ export async function decodeRgb(bytes: Buffer): Promise<RgbImage> {
   return { width: info.width, height: info.height, data: new Uint8Array(data.buffer, data.byteOffset, data.length) };
 }
 
-export async function encodePng(image: RgbImage): Promise<Buffer> {
+/** A sharp pipeline that reads these pixels (no copy). */
+export function sharpFromRgb(image: RgbImage): Sharp {
   return sharp(Buffer.from(image.data.buffer, image.data.byteOffset, image.data.length), {
     raw: { width: image.width, height: image.height, channels: 3 },
-  }).png().toBuffer();
+  });
+}
+
+export async function encodePng(image: RgbImage): Promise<Buffer> {
+  return sharpFromRgb(image).png().toBuffer();
 }
 
 export function blank(width: number, height: number, fill = 0): RgbImage {
