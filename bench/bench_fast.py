@@ -544,11 +544,24 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
 
     with torch.no_grad():
         res["vae_decode_b1_ms"] = timed(decode, 10)["median_s"] * 1000
-        rows, fast_module.CHUNKED_GROUP_NORM_MAX_ROWS = fast_module.CHUNKED_GROUP_NORM_MAX_ROWS, 0
+        decoder, compiled = pipe.vae.decoder, vars(pipe.vae.decoder).get("forward")
+        z = latents / pipe.vae.config.scaling_factor
+        if compiled is not None:  # ENGINE_FAST_COMPILE_VAE: the rows below are the decoder's own (eager) forward
+            quick = pipe.vae.decode(z, return_dict=False)[0].float()
+            del decoder.forward
         try:
-            res["vae_decode_b1_torch_group_norm_ms"] = timed(decode, 10)["median_s"] * 1000  # before chunking
+            if compiled is not None:
+                res["vae_decode_b1_eager_ms"] = timed(decode, 10)["median_s"] * 1000
+                slow = pipe.vae.decode(z, return_dict=False)[0].float()
+                res["vae_compiled_vs_eager_max_255"] = ((quick - slow).abs().max() * 127.5).item()  # [-1, 1]: bytes
+            rows, fast_module.CHUNKED_GROUP_NORM_MAX_ROWS = fast_module.CHUNKED_GROUP_NORM_MAX_ROWS, 0
+            try:
+                res["vae_decode_b1_torch_group_norm_ms"] = timed(decode, 10)["median_s"] * 1000  # before chunking
+            finally:
+                fast_module.CHUNKED_GROUP_NORM_MAX_ROWS = rows
         finally:
-            fast_module.CHUNKED_GROUP_NORM_MAX_ROWS = rows
+            if compiled is not None:
+                decoder.forward = compiled
         res["encode_prompt_ms"] = timed(lambda: pipe.encode_prompt(PROMPT, device, 1, True, ""), 10)["median_s"] * 1000
         with engine.models.slots.use([-1]), fast.encoding():
             res["encode_prompt_graph_ms"] = timed(lambda: pipe.encode_prompt(PROMPT, device, 1, True, ""),
@@ -620,9 +633,9 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
 
 def lora_ab(engine: Engine, loras: list[str]) -> dict:
     """The slot LoRA's ways, each captured uncompiled in this process: one image (CFG's 2 rows) with the slot layers
-    (rows hoisted) and with the LoRA merged into the weights around the plain UNet (SlotMerge); 8 users' images
-    (16 rows) with rows hoisted once per layer group and gathered in every layer; the merge's add and restore
-    alone."""
+    (rows hoisted) and the plain UNet that a merged graph runs (on weights holding the LoRA: SlotMerge); 8 users'
+    images (16 rows) with rows hoisted once per layer group and gathered in every layer; the merge's add and
+    restore alone (once per request, FastGenerator.settle)."""
     from dataclasses import replace
 
     from portrait_engine.fast import StepGraph

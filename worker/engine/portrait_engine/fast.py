@@ -63,6 +63,8 @@ class ChunkedGroupNorm(nn.GroupNorm):
     """nn.GroupNorm that takes chunked_group_norm where torch's kernel leaves the card idle."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)  # inductor splits it itself
         few_rows = x.shape[0] * self.num_groups <= CHUNKED_GROUP_NORM_MAX_ROWS
         if few_rows and x[0, 0].numel() >= CHUNKED_GROUP_NORM_MIN_PIXELS:
             return chunked_group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
@@ -82,6 +84,8 @@ class FastSettings:
     batch_sizes: tuple[int, ...] = BATCH_SIZES
     compile_batches: tuple[int, ...] = (1,)  # torch.compile (mode default) costs ~100 s per shape on first start
     compile_controlnet: bool = False
+    # torch.compile of the VAE decoder for one image at the fast size (other batches run it eagerly).
+    compile_vae: bool = False
     # Batch sizes whose graphs add the one slot's LoRA into the UNet's weights (SlotMerge) around the plain UNet
     # instead of computing slot updates in every layer; a batch of one image has one user's rows only.
     merged_batches: tuple[int, ...] = (1,)
@@ -95,7 +99,8 @@ class StepGraph:
     """One UNet call over `rows` rows of static buffers: `sample` (rows,4,h,w), `t` (rows,), `embeds` (rows,77,768),
     for ControlNet `cond` (rows,3,H,W) and `cond_scale` (rows,1,1,1); `run()` replays it (eagerly on the CPU) and
     leaves the prediction in `out`. LoRA comes from the slot layers, whose index the caller sets for all rows: the
-    layers in `live` compute their updates, or, in a `merged` graph, row 0's slot is added into the weights."""
+    layers in `live` compute their updates, or a `merged` graph runs the plain UNet on weights that hold row 0's
+    slot's LoRA (FastGenerator merges it in first and leaves it there: see `settle`)."""
 
     rows: int
     body: Callable[[], torch.Tensor]
@@ -141,9 +146,16 @@ class FastGenerator:
         self.text_served = frozenset(name for name in models.slots.layers if name.startswith("text_encoder."))
         self.text: StepGraph | None = None
         self.merge = SlotMerge(models.slots, self.served) if settings.merged_batches else None
+        # merge.add (reading row 0's slot from the index buffer) and merge.restore, each captured in a graph.
+        self.merging: StepGraph | None = None
+        self.unmerging: StepGraph | None = None
+        # The slot whose LoRA the UNet's weights hold now: a one-image request's 20 steps merge it once, not 20
+        # times (0.36 ms each way per step on the H200). None: the base weights.
+        self.resident: int | None = None
         # The slot graphs gather each row's slot once per layer group (SlotLoRA.hoisted), into buffers made now.
         self.hoist = models.slots.reserve_rows(self.served, max(self.rows, default=0), self.dtype)
         self._text_forward = self.pipe.text_encoder.forward  # the module's own, bound before `encoding` shadows it
+        self._decoder_forward: Callable | None = None  # the VAE decoder's own forward, once a compiled one shadows it
 
     # --- warm-up ------------------------------------------------------------------------------------------------
 
@@ -153,6 +165,8 @@ class FastGenerator:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             chunk_group_norms(self.pipe.vae.decoder)
+            if self.settings.compile_vae:
+                self._compile_decoder()
         kinds = [False] + ([True] if self.models.controlnet is not None else [])
         for controlnet in kinds:
             for batch in self.settings.batch_sizes:
@@ -168,6 +182,11 @@ class FastGenerator:
                         b for b in self.settings.compile_batches if b != batch))
                     self.graphs[(controlnet, 2 * batch)] = self._build(controlnet, batch)
         self.text = self._build_text()
+        if self.merge is not None:
+            self.merging = StepGraph(rows=1, body=self.merge.add, buffers={})
+            self.unmerging = StepGraph(rows=1, body=self.merge.restore, buffers={})
+            for step in (self.merging, self.unmerging):
+                self._capture(step, frozenset(), warm=1)  # (add reads the NONE slot here: zeros, and restore)
         self.info = {
             "fast": True,
             "warmup_s": round(time.monotonic() - started, 2),
@@ -175,6 +194,7 @@ class FastGenerator:
             "compiled": sorted({f"{'controlnet' if c else 'unet'}@{r // 2}" for (c, r), g in self.graphs.items()
                                 if g.compiled}),
             "graphs": len(self.graphs) + (self.text is not None),
+            "compiled_vae": self._decoder_forward is not None,
             "merged": sorted({r // 2 for (_, r), g in self.graphs.items() if g.merged}),
             "lora_layers": len(self.served),
             "size": [self.settings.width, self.settings.height],
@@ -238,20 +258,34 @@ class FastGenerator:
             with self.models.slots.hoisted(() if merge else self.hoist):
                 return unet(b["sample"], b["t"], encoder_hidden_states=b["embeds"], return_dict=False, **extra)[0]
 
-        def merged() -> torch.Tensor:
-            merge.add()
-            try:
-                return call()
-            finally:
-                merge.restore()  # (eagerly, on the CPU, an exception must not leave the LoRA in the weights)
-
-        step = StepGraph(rows=rows, body=call if merge is None else merged, buffers=b,
+        step = StepGraph(rows=rows, body=call, buffers=b,
                          compiled=unet is not self.pipe.unet, live=frozenset() if merge else self.served,
                          merged=merge is not None)
         self._capture(step, step.live)
         step.seconds = time.monotonic() - started
         log.info("captured %s batch %d in %.1f s", "controlnet+unet" if controlnet else "unet", batch, step.seconds)
         return step
+
+    def _compile_decoder(self) -> None:
+        """The VAE decoder compiled for one image's latents at the fast size; other shapes call its own forward. It
+        is compiled here, not on a request's first decode: torch.compile costs tens of seconds on a first start."""
+        decoder = self.pipe.vae.decoder
+        own = decoder.forward
+        compiled = torch.compile(own, mode="default", dynamic=False)
+        shape = (1, self.pipe.vae.config.latent_channels, *self.latent_hw)
+
+        def forward(z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            return (compiled if tuple(z.shape) == shape else own)(z, *args, **kwargs)
+
+        try:
+            with torch.no_grad():
+                for _ in range(2):
+                    forward(torch.zeros(shape, device=self.device, dtype=self.pipe.vae.dtype))
+        except Exception:  # noqa: BLE001 (a compiler failure costs speed, not service)
+            log.exception("torch.compile of the VAE decoder failed; decoding eagerly")
+            return
+        decoder.forward = forward  # an instance attribute: nn.Module.__call__ finds it before the class's
+        self._decoder_forward = own
 
     def _build_text(self) -> StepGraph:
         """The text encoder over one prompt's token ids (what diffusers' encode_prompt passes it, once for the
@@ -262,7 +296,7 @@ class FastGenerator:
         self._capture(step, self.text_served)
         return step
 
-    def _capture(self, step: StepGraph, served: frozenset[str]) -> None:
+    def _capture(self, step: StepGraph, served: frozenset[str], warm: int = 3) -> None:
         """Captures step.body into step.graph (CUDA only), the slot layers in `served` computing from the slot index."""
         if not self.use_graphs:
             return
@@ -272,7 +306,7 @@ class FastGenerator:
             stream = torch.cuda.Stream(dev)
             stream.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(stream):
-                for _ in range(3):  # compiles, autotunes cuDNN and warms the allocator before capture
+                for _ in range(warm):  # compiles, autotunes cuDNN and warms the allocator before capture
                     step.body()
             torch.cuda.current_stream(dev).wait_stream(stream)
             step.graph = torch.cuda.CUDAGraph()
@@ -328,12 +362,12 @@ class FastGenerator:
     ) -> torch.Tensor | None:
         """The UNet's prediction for these rows (slot `index` per row, NONE for none) through a graph, or None when
         none holds them. Rows past the batch are left as they were: every row is computed independently."""
-        step = self.graph_for(sample, control is not None, index.tolist())
-        if step is None:
-            return None
+        rows = index.tolist()
+        step = self.graph_for(sample, control is not None, rows)
         slots = self.models.slots
-        if not {n for n in slots.layers_of(index.tolist()) if n.startswith("unet.")} <= self.served:
-            return None  # a LoRA on layers the graphs do not update
+        if step is None or not {n for n in slots.layers_of(rows) if n.startswith("unet.")} <= self.served:
+            self.settle()  # the caller runs the UNet eagerly, on its own weights
+            return None  # (also for a LoRA on layers the graphs do not update)
         n, b = len(sample), step.buffers
         b["sample"][:n].copy_(sample)
         b["t"][:n].copy_(timesteps)  # device to device: no sync
@@ -344,9 +378,31 @@ class FastGenerator:
         padded = torch.full((step.rows,), NONE, dtype=torch.long)
         padded[:n] = index
         with slots.forced_live(step.live), slots.use(padded):  # (the CPU's eager body: as the graph computes)
+            if step.merged:
+                self._hold(rows[0])
+            else:
+                self.settle()
             out = step.run()
         # The output buffer is the next replay's: the caller keeps its own copy.
         return out[:n].clone()
+
+    def _hold(self, slot: int) -> None:
+        """The UNet's weights hold `slot`'s LoRA (their own for NONE); the caller has set the slot index."""
+        slot = None if slot == NONE else slot
+        if slot == self.resident:
+            return
+        self.settle()
+        if slot is not None:
+            self.resident = slot  # first: should the add fail half way, settle() still restores
+            self.merging.run()
+
+    def settle(self) -> None:
+        """Puts the UNet's own weights back if a slot's LoRA is merged into them. The merged graphs leave it there
+        from one call to the next; whatever else reads the UNet's weights (another graph, an eager call, a training
+        step) or may change that slot (its request ending) calls this first: predict and the scheduler do."""
+        if self.resident is not None:
+            self.unmerging.run()
+            self.resident = None  # after: a restore that raised is tried again
 
 
 def settings_from_env(env=os.environ) -> FastSettings:
@@ -369,6 +425,7 @@ def settings_from_env(env=os.environ) -> FastSettings:
         batch_sizes=batch_sizes,
         compile_batches=sizes("ENGINE_FAST_COMPILE", (1,)),
         compile_controlnet=env.get("ENGINE_FAST_COMPILE_CONTROLNET", "0") in ("1", "true", "on"),
+        compile_vae=env.get("ENGINE_FAST_COMPILE_VAE", "0") in ("1", "true", "on"),
         merged_batches=sizes("ENGINE_FAST_MERGE", (1,)),
         lora_targets=tuple(t.strip() for t in env.get("ENGINE_FAST_LORA_TARGETS", ",".join(LORA_TARGETS)).split(",")
                            if t.strip()),

@@ -217,6 +217,7 @@ class Scheduler:
         task = Task(job)
         try:
             job.check_cancel()
+            self._own_weights()
             if isinstance(task.request, TrainRequest):
                 outcome = self.engine.train(task.request, job)
             else:
@@ -275,6 +276,7 @@ class Scheduler:
                                                                                    t.started))
 
     def _training_step(self, trainings: list[Task]) -> None:
+        self._own_weights()
         # A job prepared for graphed steps (fast_train.DeviceSide) steps in the cohort; the others eagerly.
         graphed = [t.training for t in trainings if fast_train.device_side(t.training)]
         eager = [t.training for t in trainings if not fast_train.device_side(t.training)]
@@ -308,6 +310,7 @@ class Scheduler:
         training = task.training
         image = paint_in_slot(self.engine.models, self.engine.fast, task.request, training.params, task.slot,
                               training.step_count)
+        self._own_weights()  # (a training slot is never left merged: the next step changes it)
         if image is not None:
             task.job.preview(training.step_count, training.params.max_steps, image)
 
@@ -320,6 +323,7 @@ class Scheduler:
     def _end(self, task: Task, finish: Callable[[], BaseModel] | None = None, error: BaseException | None = None):
         """Takes the task out; writes its outputs (`finish`) or reports `error`; gives its slot back."""
         self.active.remove(task)
+        self._own_weights()  # before its slot may be given back or loaded again
         outcome = None
         if finish is not None:
             try:
@@ -331,6 +335,12 @@ class Scheduler:
             self._fail(task, error)
         else:
             self._done(task, outcome)
+
+    def _own_weights(self) -> None:
+        """The UNet's own weights, for what comes next: the fast path leaves a one-image request's LoRA merged into
+        them from one step to the next (FastGenerator.settle)."""
+        if self.engine.fast is not None:
+            self.engine.fast.settle()
 
     def _release(self, task: Task) -> None:
         if task.slot is None:

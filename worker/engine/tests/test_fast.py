@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from PIL import Image
 
@@ -59,18 +60,21 @@ def slots(engine: Engine):
 
 def request(**fields) -> GenerateRequest:
     defaults = dict(prompt="a photo of sks person", steps=3, width=SIZE, height=SIZE, seed=11, output_dir="/tmp/x")
-    return GenerateRequest(id="g", op="generate", **{**defaults, **fields})
+    return GenerateRequest(**{"id": "g", "op": "generate", **defaults, **fields})
 
 
 def pixels(images: list[Image.Image]) -> np.ndarray:
     return np.stack([np.asarray(image, dtype=np.int16) for image in images])
 
 
-def run(engine: Engine, cases, fast: FastGenerator | None) -> list[np.ndarray]:
-    """(request, slot, control image) cases denoised together as the scheduler does it; each one's images."""
+def run(engine: Engine, cases, fast: FastGenerator | None, settle: bool = True) -> list[np.ndarray]:
+    """(request, slot, control image) cases denoised together as the scheduler does it; each one's images. As the
+    scheduler does when a request ends, the UNet's own weights are put back (unless `settle` is False)."""
     generations = [Generation(engine.models, r, r.seed, control, slot, fast) for r, slot, control in cases]
     while not all(g.done for g in generations):
         assert denoise_step(engine.models, generations, fast) == {}
+    if fast is not None and settle:
+        fast.settle()
     return [pixels(g.finish()) for g in generations]
 
 
@@ -100,6 +104,7 @@ def test_settings_from_the_environment():
     custom = settings_from_env({"ENGINE_FAST_BATCHES": "8,2", "ENGINE_FAST_COMPILE": "none", "ENGINE_FAST_SIZE": "768x512"})
     assert (custom.batch_sizes, custom.compile_batches, custom.width, custom.height) == ((2, 8), (), 768, 512)
     assert default.merged_batches == (1,) and settings_from_env({"ENGINE_FAST_MERGE": "off"}).merged_batches == ()
+    assert not default.compile_vae and settings_from_env({"ENGINE_FAST_COMPILE_VAE": "1"}).compile_vae
 
 
 def test_without_cuda_the_engine_runs_the_plain_path(engine: Engine):
@@ -227,36 +232,124 @@ def test_graphs_update_the_served_layers_and_send_other_loras_eagerly(engine, fa
     assert not np.array_equal(ours, run(engine, [(request(), NONE, None)], None)[0])
 
 
-def test_one_image_graphs_merge_its_users_lora_into_the_weights_and_take_it_out(engine, fast, slots, trained_lora,
+def test_one_image_graphs_merge_its_users_lora_into_the_weights_once_per_request(engine, fast, slots, trained_lora,
                                                                                  other_lora):
     assert fast.settings.merged_batches == (1,) and fast.info["merged"] == [1]
     assert all(fast.graphs[(cn, 2)].merged and not fast.graphs[(cn, 2)].live for cn in (False, True))
     slots.load_slot_file(0, trained_lora, 1.0)
     slots.load_slot_file(1, other_lora, 0.7)
-    weights = [w.clone() for w in fast.merge.weights]
-    assert len(weights) == len(fast.served)  # the UNet's attention projections, nothing else
-    merged = fast.graphs[(False, 2)]
-    calls = merged.calls
-    one = run(engine, [(request(), 0, None)], fast)[0]
-    assert merged.calls == calls + request().steps
-    assert_same_images(one, run(engine, [(request(), 0, None)], None)[0])  # (W + BA)x vs Wx + B(Ax): float rounding
-    assert all(torch.equal(w, before) for w, before in zip(fast.merge.weights, weights))  # taken out after each call
-    # Two users' rows without CFG fit two rows, but not one merged graph: the slot layers' 4-row graph takes them.
+    base = [w.clone() for w in fast.merge.weights]
+    assert len(base) == len(fast.served)  # the UNet's attention projections, nothing else
+    own = lambda: all(torch.equal(w, b) for w, b in zip(fast.merge.weights, base))  # noqa: E731
+    merged, merging, unmerging = fast.graphs[(False, 2)], fast.merging, fast.unmerging
+    counts = lambda: (merged.calls, merging.calls, unmerging.calls)  # noqa: E731
+    # The eager path's pictures first: an eager UNet call outside predict would read merged weights (the scheduler
+    # settles before anything else reads them: the next test).
     pair = [(request(guidance_scale=1.0), 0, None), (request(guidance_scale=1.0, seed=3), 1, None)]
+    bigger = request(width=2 * SIZE, height=SIZE)
+    eager = {name: run(engine, cases, None) for name, cases in (
+        ("one", [(request(), 0, None)]), ("two", [(request(), 1, None)]), ("plain", [(request(), NONE, None)]),
+        ("pair", pair), ("bigger", [(bigger, 0, None)]))}
+    before = counts()
+    one = run(engine, [(request(), 0, None)], fast, settle=False)[0]
+    # Merged once for the request's 3 steps, and left in the weights for the next call.
+    assert counts() == (before[0] + request().steps, before[1] + 1, before[2])
+    assert fast.resident == 0 and not own()
+    assert_same_images(one, eager["one"][0])  # (W + BA)x vs Wx + B(Ax): float rounding
+    # The same user again: nothing to merge. Another user: the first taken out, the second merged.
+    assert np.array_equal(run(engine, [(request(), 0, None)], fast, settle=False)[0], one)
+    assert counts()[1:] == (before[1] + 1, before[2])
+    two = run(engine, [(request(), 1, None)], fast, settle=False)[0]
+    assert counts()[1:] == (before[1] + 2, before[2] + 1) and fast.resident == 1
+    assert_same_images(two, eager["two"][0])
+    # No LoRA: the UNet's own weights, nothing merged.
+    plain = run(engine, [(request(), NONE, None)], fast, settle=False)[0]
+    assert fast.resident is None and own() and counts()[1:] == (before[1] + 2, before[2] + 2)
+    assert np.array_equal(plain, eager["plain"][0])
+    # Two users' rows (without CFG they fit two rows, but not one merged graph: the slot layers' 4-row graph takes
+    # them) right after a merged request: the slot graph's UNet must not see the merged weights.
+    run(engine, [(request(), 0, None)], fast, settle=False)
+    assert fast.resident == 0
     assert fast.graph_for(torch.zeros(2, 4, *fast.latent_hw), False, [0, 1]).rows == 4
     sliced = fast.graphs[(False, 4)].calls
-    for a, b in zip(run(engine, pair, fast), run(engine, pair, None)):
+    for a, b in zip(run(engine, pair, fast, settle=False), eager["pair"]):
         assert_same_images(a, b)
-    assert fast.graphs[(False, 4)].calls == sliced + request().steps
-    # A failing call leaves the base weights (the CPU runs the body eagerly: the graph's order, with finally).
+    assert fast.graphs[(False, 4)].calls == sliced + request().steps and fast.resident is None and own()
+    # Nor an eager call (another latent size): predict takes the LoRA out before it declines.
+    run(engine, [(request(), 0, None)], fast, settle=False)
+    assert_same_images(run(engine, [(bigger, 0, None)], fast, settle=False)[0], eager["bigger"][0])
+    assert fast.resident is None and own()
+    # A UNet call that raises after the merge leaves it recorded: settle() still takes it out.
     unet = engine.models.pipe.unet
     unet.forward = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory"))
     try:
-        with pytest.raises(RuntimeError), engine.models.slots.use([0, 0]):
-            merged.run()
+        failing = Generation(engine.models, request(), 11, None, 1, fast)
+        assert isinstance(denoise_step(engine.models, [failing], fast)[failing], RuntimeError)
     finally:
         del unet.forward
-    assert all(torch.equal(w, before) for w, before in zip(fast.merge.weights, weights))
+    assert fast.resident == 1 and not own()
+    fast.settle()
+    assert fast.resident is None and own()
+    fast.settle()  # (nothing merged: nothing to do)
+    assert counts()[2] == before[2] + 5
+
+
+def test_the_scheduler_takes_a_merged_lora_out_before_trainings_and_when_its_request_ends(
+    engine, fast, slots, photos, trained_lora, tmp_path, monkeypatch
+):
+    """A portrait's LoRA stays merged in the UNet's weights across ticks; a training's step in the same tick, and
+    whatever comes after the portrait, gets the UNet's own weights: the training ends as it does alone."""
+    from portrait_engine.scheduler import Scheduler
+
+    class Handle(RecordingJob):
+        def __init__(self, request):
+            super().__init__()
+            self.request = request
+
+        def is_cancelled(self) -> bool:
+            return False
+
+    params = dict(max_steps=10, resolution=SIZE, learning_rate=1e-2, seed=4)  # outlasts both portraits
+
+    def train(name: str) -> TrainRequest:
+        return TrainRequest(id=name, op="train", photos=photos, output=str(tmp_path / f"{name}.safetensors"),
+                            params=TrainParams(**params))
+
+    def portrait(name: str) -> GenerateRequest:
+        return request(id=name, lora=str(trained_lora), output_dir=str(tmp_path / name), steps=4)
+
+    monkeypatch.setattr(engine, "fast", fast)
+    ended = []
+    scheduler = Scheduler(engine, ended.append, train_rows=8, train_share=1.0)
+    assert scheduler.admit(Handle(train("alone"))) == "joined"
+    while not scheduler.idle:
+        scheduler.tick()
+    # The same training beside two portraits, one after the other: each tick merges the portrait's LoRA for its
+    # step, and the training's step in the same tick must not see it.
+    merges = fast.merging.calls
+    assert scheduler.admit(Handle(train("beside"))) == "joined"
+    assert scheduler.admit(Handle(portrait("p1"))) == "joined"
+    scheduler.tick()
+    assert fast.resident is None  # taken out for the training's step
+    while len(scheduler.active) > 1:
+        scheduler.tick()
+    assert scheduler.admit(Handle(portrait("p2"))) == "joined"
+    while not scheduler.idle:
+        scheduler.tick()
+    assert [type(e).__name__ for e in ended] == ["TrainResult", "GenerateResult", "GenerateResult", "TrainResult"]
+    beside, alone = (safetensors.torch.load_file(tmp_path / f"{n}.safetensors") for n in ("beside", "alone"))
+    assert beside.keys() == alone.keys() and all(torch.equal(beside[k], alone[k]) for k in beside)
+    assert fast.merging.calls - merges == 2 * 4  # every tick: a training step came between two portrait steps
+    # Portraits alone: one merge per request, taken out when it ends (its slot may be loaded with another file).
+    merges, restores = fast.merging.calls, fast.unmerging.calls
+    assert scheduler.admit(Handle(portrait("p3"))) == "joined"
+    while not scheduler.idle:
+        scheduler.tick()
+        if not scheduler.idle:
+            assert fast.resident is not None
+    assert (fast.merging.calls - merges, fast.unmerging.calls - restores) == (1, 1) and fast.resident is None
+    assert all(torch.equal(w, b) for w, b in zip(fast.merge.weights, fast.merge.base))
+    assert np.array_equal(pixels([Image.open(tmp_path / "p3" / "0.png")]), pixels([Image.open(tmp_path / "p1" / "0.png")]))
 
 
 def test_prompts_encode_through_the_text_graph_with_the_slots_lora(engine, fast, slots, tmp_path):
