@@ -32,6 +32,17 @@ class RecordingJob:
         self.previews.append((step, total, image))
 
 
+class ScheduledJob(RecordingJob):
+    """A RecordingJob with its request, never cancelled: what Scheduler.admit takes (scheduler.JobHandle)."""
+
+    def __init__(self, request):
+        super().__init__()
+        self.request = request
+
+    def is_cancelled(self) -> bool:
+        return False
+
+
 def assert_same_images(a: np.ndarray, b: np.ndarray) -> None:
     """Equal, up to the last bit of float rounding: batched calls of other row counts (a graph computes 8 rows where
     the eager call computes 6, batch mates add rows) make some CPUs' kernels (measured on an AMD EPYC) round a few

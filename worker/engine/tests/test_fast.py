@@ -28,7 +28,7 @@ from portrait_engine.multigen import Generation, denoise_step
 from portrait_engine.multilora import NONE, SlotLinear
 from portrait_engine.protocol import GenerateRequest, TrainParams, TrainRequest
 
-from .support import ENGINE_DIR, QUICK_TRAIN, RecordingJob, assert_same_images
+from .support import ENGINE_DIR, QUICK_TRAIN, RecordingJob, ScheduledJob, assert_same_images
 
 SIZE = 64
 
@@ -301,14 +301,6 @@ def test_the_scheduler_takes_a_merged_lora_out_before_trainings_and_when_its_req
     whatever comes after the portrait, gets the UNet's own weights: the training ends as it does alone."""
     from portrait_engine.scheduler import Scheduler
 
-    class Handle(RecordingJob):
-        def __init__(self, request):
-            super().__init__()
-            self.request = request
-
-        def is_cancelled(self) -> bool:
-            return False
-
     params = dict(max_steps=10, resolution=SIZE, learning_rate=1e-2, seed=4)  # outlasts both portraits
 
     def train(name: str) -> TrainRequest:
@@ -321,19 +313,19 @@ def test_the_scheduler_takes_a_merged_lora_out_before_trainings_and_when_its_req
     monkeypatch.setattr(engine, "fast", fast)
     ended = []
     scheduler = Scheduler(engine, ended.append, train_rows=8, train_share=1.0)
-    assert scheduler.admit(Handle(train("alone"))) == "joined"
+    assert scheduler.admit(ScheduledJob(train("alone"))) == "joined"
     while not scheduler.idle:
         scheduler.tick()
     # The same training beside two portraits, one after the other: each tick merges the portrait's LoRA for its
     # step, and the training's step in the same tick must not see it.
     merges = fast.merging.calls
-    assert scheduler.admit(Handle(train("beside"))) == "joined"
-    assert scheduler.admit(Handle(portrait("p1"))) == "joined"
+    assert scheduler.admit(ScheduledJob(train("beside"))) == "joined"
+    assert scheduler.admit(ScheduledJob(portrait("p1"))) == "joined"
     scheduler.tick()
     assert fast.resident is None  # taken out for the training's step
     while len(scheduler.active) > 1:
         scheduler.tick()
-    assert scheduler.admit(Handle(portrait("p2"))) == "joined"
+    assert scheduler.admit(ScheduledJob(portrait("p2"))) == "joined"
     while not scheduler.idle:
         scheduler.tick()
     assert [type(e).__name__ for e in ended] == ["TrainResult", "GenerateResult", "GenerateResult", "TrainResult"]
@@ -342,7 +334,7 @@ def test_the_scheduler_takes_a_merged_lora_out_before_trainings_and_when_its_req
     assert fast.merging.calls - merges == 2 * 4  # every tick: a training step came between two portrait steps
     # Portraits alone: one merge per request, taken out when it ends (its slot may be loaded with another file).
     merges, restores = fast.merging.calls, fast.unmerging.calls
-    assert scheduler.admit(Handle(portrait("p3"))) == "joined"
+    assert scheduler.admit(ScheduledJob(portrait("p3"))) == "joined"
     while not scheduler.idle:
         scheduler.tick()
         if not scheduler.idle:

@@ -18,7 +18,7 @@ from portrait_engine.errors import Cancelled
 from portrait_engine.protocol import TrainRequest
 from portrait_engine.server import Emitter, Server
 
-from .support import RecordingJob, assert_same_images
+from .support import RecordingJob, ScheduledJob, assert_same_images
 
 TIMEOUT = 300
 ROWS = 8
@@ -306,24 +306,16 @@ def test_trainings_take_at_most_their_share_while_portraits_are_painted(engine: 
     from portrait_engine.protocol import GenerateRequest
     from portrait_engine.scheduler import Scheduler
 
-    class Handle(RecordingJob):
-        def __init__(self, request):
-            super().__init__()
-            self.request = request
-
-        def is_cancelled(self) -> bool:
-            return False
-
     for share, steps_while_painting in ((0.0, 0), (1.0, 6)):
         ended = []
         scheduler = Scheduler(engine, ended.append, train_rows=ROWS, train_share=share)
         training = TrainRequest.model_validate(_train("t", photos, tmp_path / f"t{share}.safetensors", max_steps=20))
-        assert scheduler.admit(Handle(training)) == "joined"
+        assert scheduler.admit(ScheduledJob(training)) == "joined"
         scheduler.tick()
         task = scheduler.active[0]
         before = task.training.step_count
         portrait = GenerateRequest.model_validate(_generate("g", tmp_path / f"g{share}", steps=6))
-        assert scheduler.admit(Handle(portrait)) == "joined"
+        assert scheduler.admit(ScheduledJob(portrait)) == "joined"
         while any(t.generation is not None for t in scheduler.active):
             scheduler.tick()
         assert task.training.step_count - before == steps_while_painting
