@@ -39,6 +39,8 @@ export interface Sample {
   sentAt: number;
   /** The first message (chat) or the HTTP answer (web). */
   firstAt?: number;
+  /** Every message it calls for arrived (chat; /imagine: the portrait), or the HTTP answer (web). */
+  doneAt?: number;
   /** Messages counted for this request (chat platforms). */
   messages: number;
   status?: number;
@@ -53,11 +55,23 @@ export interface LoadOptions {
   flooderRequests?: number;
   /** A request with no answer after this long counts as lost. */
   replyTimeoutMs?: number;
+  /**
+   * A closed loop (a capacity run): each of the `people` is a place that a new person takes as soon as the last one's
+   * script is done, until `durationMs` from the start. The figures (commands/s, first replies, CPU) count only the
+   * window from `warmupMs` to `durationMs`; lost and duplicated count every person.
+   */
+  closedLoop?: { durationMs: number; warmupMs: number };
+  /** Commands left out of every person's script (e.g. `['photo']`). */
+  skip?: Command[];
+  /** Called as the closed loop's measured window starts and ends (the caller's own readings, e.g. other processes' CPU). */
+  onWindow?: (edge: 'start' | 'end') => Promise<void>;
   log?: (line: string) => void;
 }
 
 export interface LoadFigures {
   people: number;
+  /** Closed loop: the people who took the places over the run, and every command they sent (in the window or not). */
+  closedLoop?: { durationMs: number; warmupMs: number; persons: number; commandsSent: number };
   byPlatform: Record<Platform, number>;
   commands: number;
   seconds: number;
@@ -88,14 +102,14 @@ export interface LoadFigures {
 }
 
 /** utime + stime of a process and its waited-for children, in seconds (Linux /proc). */
-async function processCpuSeconds(pid: number): Promise<number> {
+export async function processCpuSeconds(pid: number): Promise<number> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   // Fields 14-17 (utime, stime, cutime, cstime), counted from 1 with pid and comm before the state.
   return fields.length > 15 ? fields.slice(11, 15).reduce((sum, f) => sum + Number(f), 0) / 100 : 0;
 }
 /** The product's own CPU plus its running children's (the engine). */
-async function treeCpuSeconds(pid: number): Promise<number> {
+export async function treeCpuSeconds(pid: number): Promise<number> {
   const children = (await readFile(`/proc/${pid}/task/${pid}/children`, 'utf8').catch(() => '')).split(' ').filter(Boolean).map(Number);
   const own = await processCpuSeconds(pid);
   return own + (await Promise.all(children.map(processCpuSeconds))).reduce((a, b) => a + b, 0);
@@ -235,8 +249,9 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
 
   // ---- where replies arrive -----------------------------------------------------------------------------------
   const telegramReplies = new Map<number, Array<{ at: number; method: string }>>();
-  const wakeups = new Set<() => void>();
-  const wake = () => { for (const w of wakeups) w(); };
+  // Waiters by what they wait for (a Telegram chat, a Discord interaction token): a reply wakes only its own.
+  const wakeups = new Map<string, Set<() => void>>();
+  const wake = (key: string) => { for (const w of wakeups.get(key) ?? []) w(); };
   for (const method of ['sendMessage', 'sendPhoto', 'sendMediaGroup', 'sendDocument']) {
     telegram.onCall(method, (call) => {
       const chat = Number(call.params.chat_id);
@@ -245,7 +260,7 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
       const count = method === 'sendMediaGroup' ? (typeof call.params.media === 'string' ? JSON.parse(call.params.media) : call.params.media).length : 1;
       for (let i = 0; i < count; i++) list.push({ at: call.at, method });
       telegramReplies.set(chat, list);
-      wake();
+      wake(`t${chat}`);
     });
   }
   const discordReplies = new Map<string, Array<{ at: number; kind: 'ack' | 'reply' | 'followup'; files: number }>>();
@@ -258,25 +273,27 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
     const list = discordReplies.get(match[1]!) ?? [];
     list.push({ at: call.at, kind, files: call.files.length });
     discordReplies.set(match[1]!, list);
-    wake();
+    wake(match[1]!);
   };
   discord.callListeners.add(onDiscord);
 
-  const waitUntil = async (done: () => boolean, timeoutMs: number) => {
+  const waitUntil = async (key: string, done: () => boolean, timeoutMs: number) => {
     const deadline = Date.now() + timeoutMs;
     while (!done()) {
       if (Date.now() > deadline) return false;
       await new Promise<void>((r) => {
-        const w = () => { wakeups.delete(w); clearTimeout(t); r(); };
+        const waiting = wakeups.get(key) ?? new Set();
+        wakeups.set(key, waiting);
+        const w = () => { waiting.delete(w); if (waiting.size === 0) wakeups.delete(key); clearTimeout(t); r(); };
         const t = setTimeout(w, 50);
-        wakeups.add(w);
+        waiting.add(w);
       });
     }
     return true;
   };
 
   // ---- the people ---------------------------------------------------------------------------------------------
-  const people: Person[] = Array.from({ length: options.people }, (_, n) => {
+  const makePerson = (n: number): Person => {
     const platform: Platform = n % 10 < 4 ? 'telegram' : n % 10 < 7 ? 'discord' : 'web';
     const locale = n % 2 === 0 ? 'en' : 'ru';
     const rest: Command[] = ['help', 'status', 'photo', 'text'];
@@ -287,7 +304,8 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
     }
     // A photo comes after /train (the chats take photos in a training session).
     rest.splice(rest.indexOf('photo'), 0, 'train');
-    const person: Person = { n, platform, locale, script: ['start', ...rest] };
+    const script = (['start', ...rest] as Command[]).filter((c) => !options.skip?.includes(c));
+    const person: Person = { n, platform, locale, script };
     if (platform === 'telegram') person.telegram = { id: 5_000_000 + n, first_name: `Person${n}`, language_code: locale };
     if (platform === 'discord') person.discord = { id: String(800_000_000_000_000_000n + BigInt(n)), username: `person${n}`, locale: locale === 'ru' ? 'ru' : 'en-US' };
     if (platform === 'web') {
@@ -297,7 +315,9 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
       person.web = client;
     }
     return person;
-  });
+  };
+  // Closed loop: people are made as they take a place; otherwise all at once.
+  const people: Person[] = options.closedLoop ? [] : Array.from({ length: options.people }, (_, n) => makePerson(n));
 
   const giveModel = async (person: Person) => {
     const externalId = person.telegram ? String(person.telegram.id) : person.discord ? person.discord.id : /pb_session=([0-9a-f]+)/.exec(person.web!.cookie)?.[1];
@@ -327,16 +347,16 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
       if (command === 'photo') telegram.sendDocument(person.telegram, photo, `me${person.n}.jpg`, 'image/jpeg');
       else telegram.sendText(person.telegram, telegramText[command]);
       const list = () => telegramReplies.get(chat) ?? [];
-      const answered = await waitUntil(() => list().length >= before + EXPECTED.telegram[command], replyTimeoutMs);
+      const answered = await waitUntil(`t${chat}`, () => list().length >= before + EXPECTED.telegram[command], replyTimeoutMs);
       sample.firstAt = list()[before]?.at;
-      void answered;
+      if (answered) sample.doneAt = Date.now();
     } else if (person.discord) {
       const opts: Parameters<DiscordEmulator['command']>[2] = command === 'photo' ? { photo1: { file: photo, filename: `me${person.n}.jpg`, contentType: 'image/jpeg' } } : command === 'imagine' ? { prompt: 'a portrait in a garden' } : {};
       sample.sentAt = Date.now();
       const record = discord.command(person.discord, discordCommand[command], opts);
       const list = () => (discordReplies.get(record.token) ?? []).filter((r) => r.kind !== 'ack');
       const done = command === 'imagine' ? () => list().some((r) => r.files > 0) : () => list().length > 0;
-      await waitUntil(done, replyTimeoutMs);
+      if (await waitUntil(record.token, done, replyTimeoutMs)) sample.doneAt = Date.now();
       sample.firstAt = list()[0]?.at;
       (sample as Sample & { token?: string }).token = record.token;
     } else {
@@ -353,7 +373,7 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
           case 'imagine': return client.post('/api/imagine', { prompt: 'a portrait in a garden' });
         }
       })().catch((error: Error) => ({ status: 0, body: { error: error.message } }));
-      sample.firstAt = Date.now();
+      sample.firstAt = sample.doneAt = Date.now();
       sample.status = answer.status;
       const expected = command === 'imagine' ? 202 : 200;
       if (answer.status !== expected) problems.push(`web person ${person.n}: ${command} answered ${answer.status} ${JSON.stringify(answer.body).slice(0, 200)}`);
@@ -375,7 +395,7 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
   const runFlooder = async () => {
     const user: EmulatedUser = { id: 4_999_999, first_name: 'Flooder', language_code: 'en' };
     telegram.sendText(user, '/start');
-    await waitUntil(() => (telegramReplies.get(user.id)?.length ?? 0) >= 1, replyTimeoutMs);
+    await waitUntil(`t${user.id}`, () => (telegramReplies.get(user.id)?.length ?? 0) >= 1, replyTimeoutMs);
     const person: Person = { n: -1, platform: 'telegram', locale: 'en', script: [], telegram: user };
     await giveModel(person);
     // In the middle of the others' run, all at once.
@@ -385,17 +405,48 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
   };
 
   const productPid = stack.product.child.pid!;
-  const cpuAtStart = { product: await treeCpuSeconds(productPid), driver: process.cpuUsage() };
+  const readCpu = async () => ({ product: await treeCpuSeconds(productPid), driver: process.cpuUsage(), at: Date.now() });
+  const cpuSince = (start: Awaited<ReturnType<typeof readCpu>>, end: Awaited<ReturnType<typeof readCpu>>) => ({
+    product: Math.round((end.product - start.product) * 100) / 100,
+    driver: Math.round((end.driver.user + end.driver.system - start.driver.user - start.driver.system) / 1e4) / 100,
+  });
+  let cpuAtStart = await readCpu();
   const started = Date.now();
-  log(`# load: ${options.people} people, think ${options.thinkMs.join('–')} ms${options.flooderRequests ? `, a flooder with ${options.flooderRequests} requests` : ''}`);
-  await Promise.all([...people.map(runPerson), ...(options.flooderRequests ? [runFlooder()] : [])]);
-  const finished = Math.max(...samples.map((s) => s.firstAt ?? s.sentAt));
-  const seconds = (finished - started) / 1000;
-  const driverUsage = process.cpuUsage(cpuAtStart.driver);
-  const cpuSeconds = {
-    product: Math.round(((await treeCpuSeconds(productPid)) - cpuAtStart.product) * 100) / 100,
-    driver: Math.round((driverUsage.user + driverUsage.system) / 1e4) / 100,
-  };
+  log(`# load: ${options.people} ${options.closedLoop ? 'places (closed loop)' : 'people'}, think ${options.thinkMs.join('–')} ms${options.flooderRequests ? `, a flooder with ${options.flooderRequests} requests` : ''}`);
+  let seconds: number;
+  let cpuSeconds: { product: number; driver: number };
+  let inWindow: (s: Sample) => boolean = () => true;
+  if (options.closedLoop) {
+    const { durationMs, warmupMs } = options.closedLoop;
+    let next = 0;
+    const runPlace = async () => {
+      while (Date.now() < started + durationMs) {
+        const person = makePerson(next++);
+        people.push(person);
+        await runPerson(person);
+      }
+    };
+    const at = (ms: number) => sleep(started + ms - Date.now());
+    const window = (async () => {
+      await at(warmupMs);
+      await options.onWindow?.('start');
+      cpuAtStart = await readCpu();
+      await at(durationMs);
+      const end = await readCpu();
+      await options.onWindow?.('end');
+      return end;
+    })();
+    const [cpuAtEnd] = await Promise.all([window, ...Array.from({ length: options.people }, runPlace)]);
+    seconds = (cpuAtEnd.at - cpuAtStart.at) / 1000;
+    cpuSeconds = cpuSince(cpuAtStart, cpuAtEnd);
+    // Served in the window: every answer a command calls for came within it. First replies: commands sent in it.
+    inWindow = (s) => s.doneAt !== undefined && s.doneAt >= cpuAtStart.at && s.doneAt <= cpuAtEnd.at;
+  } else {
+    await Promise.all([...people.map(runPerson), ...(options.flooderRequests ? [runFlooder()] : [])]);
+    const finished = Math.max(...samples.map((s) => s.firstAt ?? s.sentAt));
+    seconds = (finished - started) / 1000;
+    cpuSeconds = cpuSince(cpuAtStart, await readCpu());
+  }
   const loadAverage = loadavg().map((l) => Math.round(l * 10) / 10);
 
   // ---- settle, then count ------------------------------------------------------------------------------------
@@ -478,7 +529,9 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
     if (replies.length > expectedMessages) { duplicated += replies.length - expectedMessages; problems.push(`the flooder got ${replies.length} messages, expected ${expectedMessages}`); }
   }
 
-  const measured = samples.filter((s) => s.firstAt !== undefined);
+  const counted = samples.filter(inWindow);
+  const measured = (options.closedLoop ? samples.filter((s) => s.sentAt >= started + options.closedLoop!.warmupMs && s.sentAt <= started + options.closedLoop!.durationMs) : samples)
+    .filter((s) => s.firstAt !== undefined);
   const latencies = measured.map((s) => s.firstAt! - s.sentAt);
   const by = <K extends string>(key: (s: Sample) => K) => {
     const groups = new Map<K, number[]>();
@@ -490,10 +543,11 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
   for (const p of people) byPlatform[p.platform]++;
   return {
     people: options.people,
+    closedLoop: options.closedLoop && { ...options.closedLoop, persons: people.length, commandsSent: samples.length },
     byPlatform,
-    commands: samples.length,
+    commands: counted.length,
     seconds,
-    commandsPerSecond: Math.round((samples.length / seconds) * 10) / 10,
+    commandsPerSecond: Math.round((counted.length / seconds) * 10) / 10,
     firstReplyMs: { p50: percentile(latencies, 50), p90: percentile(latencies, 90), p99: percentile(latencies, 99), max: Math.max(0, ...latencies) },
     firstReplyMsByPlatform: by((s) => s.platform),
     firstReplyMsByCommand: by((s) => `${s.platform} ${s.command}`),
@@ -504,7 +558,7 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
     imagine: { requested: imagineRequested, completedJobs: imagineJobs.filter((j) => j.status === 'completed').length, generationsWithImages },
     flooder: flooderFigures,
     cpuSeconds,
-    productCpuMsPerCommand: Math.round((cpuSeconds.product * 1000) / samples.length * 10) / 10,
+    productCpuMsPerCommand: Math.round((cpuSeconds.product * 1000) / counted.length * 10) / 10,
     loadAverage,
     problems,
   };
