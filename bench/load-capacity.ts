@@ -6,7 +6,7 @@
 // `postgres` process (and of it this step's database's backends), `redis-server`, and the machine's busy time.
 //
 //   npx tsx bench/load-capacity.ts [--people 10,25,50,100,200] [--warmup-s 10] [--measure-s 25] [--mix full,no-photos]
-//                                  [--out bench/results/load-capacity-<date>.json]
+//                                  [--env NAME=value,…] [--out bench/results/load-capacity-<date>.json]
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { cpus, hostname, loadavg } from 'node:os';
 import { resolve } from 'node:path';
@@ -22,6 +22,8 @@ const { values: args } = parseArgs({
     'warmup-s': { type: 'string', default: '10' },
     'measure-s': { type: 'string', default: '25' },
     mix: { type: 'string', default: 'full,no-photos' },
+    // The product's environment for every step, e.g. DATABASE_POOL_SIZE=40,WORKER_GENERATE_CONCURRENCY=32 (an experiment).
+    env: { type: 'string', default: '' },
     out: { type: 'string', default: `bench/results/load-capacity-${date}.json` },
   },
 });
@@ -30,13 +32,24 @@ const warmupMs = Number(args['warmup-s']) * 1000;
 const durationMs = warmupMs + Number(args['measure-s']) * 1000;
 const mixes: Record<string, Command[]> = { full: [], 'no-photos': ['photo'] };
 const chosen = args.mix.split(',');
+const env = Object.fromEntries(args.env.split(',').filter(Boolean).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
 for (const mix of chosen) if (!mixes[mix]) throw new Error(`--mix: ${mix} is not one of ${Object.keys(mixes).join(', ')}`);
 
 // ---- CPU readings (seconds, from /proc) ---------------------------------------------------------------------------
 /** The machine's CPU time by kind (/proc/stat's first line): busy = user + nice + system + irq + softirq. */
 async function machineSeconds() {
   const [user, nice, system, idle, iowait, irq, softirq, steal] = (await readFile('/proc/stat', 'utf8')).split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map((t) => Number(t) / 100) as number[];
-  return { busy: user! + nice! + system! + irq! + softirq!, user: user! + nice!, system: system!, irq: irq! + softirq!, idle: idle! + iowait!, steal: steal! };
+  return { busy: user! + nice! + system! + irq! + softirq!, user: user! + nice!, system: system!, irq: irq! + softirq!, idle: idle!, iowait: iowait!, steal: steal! };
+}
+/** Block devices (not loop, ram, zram): writes completed, flushes completed, ms the device was busy (/proc/diskstats). */
+async function diskCounters() {
+  let writes = 0, flushes = 0, busyMs = 0;
+  for (const line of (await readFile('/proc/diskstats', 'utf8')).split('\n')) {
+    const f = line.trim().split(/\s+/);
+    if (f.length < 14 || /^(loop|ram|zram)/.test(f[2]!) || /\d$/.test(f[2]!) && /^(vd|sd|nvme)/.test(f[2]!) && /p?\d+$/.test(f[2]!.replace(/^nvme\d+n\d+/, ''))) continue;
+    writes += Number(f[7]); busyMs += Number(f[12]); flushes += Number(f[18] ?? 0);
+  }
+  return { writes, flushes, busyMs };
 }
 /** Every process: its name and CPU (its own and its waited-for children's). */
 async function processes(): Promise<Map<number, { comm: string; cpu: number }>> {
@@ -49,11 +62,29 @@ async function processes(): Promise<Map<number, { comm: string; cpu: number }>> 
   }
   return found;
 }
+/** The threads of the product and its children: "<process> <thread name>" → CPU seconds (one thread's utime + stime). */
+async function productThreads(pids: number[]): Promise<Map<string, number>> {
+  const threads = new Map<string, number>();
+  for (const [i, pid] of pids.entries()) {
+    for (const tid of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
+      const name = (await readFile(`/proc/${pid}/task/${tid}/comm`, 'utf8').catch(() => '?')).trim();
+      const key = `${i === 0 ? 'product' : `child ${pid}`} ${Number(tid) === pid ? 'main' : name}`;
+      threads.set(key, (threads.get(key) ?? 0) + (await threadCpuSeconds(pid, Number(tid)).catch(() => 0)));
+    }
+  }
+  return threads;
+}
+/** One thread's utime + stime (its process's children are not its own). */
+async function threadCpuSeconds(pid: number, tid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
 const driverSeconds = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
 
 interface Reading {
-  at: number; machine: Awaited<ReturnType<typeof machineSeconds>>; product: number; driver: number;
-  processes: Map<number, { comm: string; cpu: number }>; ourBackends: Set<number>; productTree: Set<number>; loadAverage: number[];
+  at: number; machine: Awaited<ReturnType<typeof machineSeconds>>; disk: Awaited<ReturnType<typeof diskCounters>>; product: number; productMainThread: number; driver: number;
+  processes: Map<number, { comm: string; cpu: number }>; threads: Map<string, number>; ourBackends: Set<number>; productTree: Set<number>; loadAverage: number[];
 }
 
 async function read(productPid: number, databaseUrl: string): Promise<Reading> {
@@ -64,8 +95,10 @@ async function read(productPid: number, databaseUrl: string): Promise<Reading> {
   await client.end();
   const children = (await readFile(`/proc/${productPid}/task/${productPid}/children`, 'utf8').catch(() => '')).split(' ').filter(Boolean).map(Number);
   return {
-    at: Date.now(), machine: await machineSeconds(), product: await treeCpuSeconds(productPid), driver: driverSeconds(),
-    processes: await processes(), ourBackends: new Set(rows.map((r) => r.pid)), productTree: new Set([productPid, ...children]),
+    at: Date.now(), machine: await machineSeconds(), disk: await diskCounters(), product: await treeCpuSeconds(productPid),
+    // Its main thread (the event loop: JavaScript, and what runs on it); the rest is libuv's pool, libvips, V8's helpers, the engine.
+    productMainThread: await threadCpuSeconds(productPid, productPid), driver: driverSeconds(),
+    processes: await processes(), threads: await productThreads([productPid, ...children]), ourBackends: new Set(rows.map((r) => r.pid)), productTree: new Set([productPid, ...children]),
     loadAverage: loadavg().map((l) => Math.round(l * 100) / 100),
   };
 }
@@ -81,10 +114,13 @@ function delta(start: Reading, end: Reading) {
   }
   const machine = Object.fromEntries(Object.entries(end.machine).map(([k, v]) => [k, v - start.machine[k as keyof Reading['machine']]])) as Reading['machine'];
   return {
-    machine, product: end.product - start.product, driver: end.driver - start.driver,
+    machine, disk: { writes: end.disk.writes - start.disk.writes, flushes: end.disk.flushes - start.disk.flushes, busyMs: end.disk.busyMs - start.disk.busyMs },
+    product: end.product - start.product, productMainThread: end.productMainThread - start.productMainThread, driver: end.driver - start.driver,
     postgres: named('postgres'), redis: named('redis-server'),
     ourBackends: [...end.ourBackends].filter((pid) => end.processes.has(pid)).reduce((total, pid) => total + grew(pid), 0),
     otherProcesses: [...others].filter(([, s]) => s >= 0.05).sort((a, b) => b[1] - a[1]).slice(0, 8),
+    // Threads of one name are summed (a thread that ended in between is missing from the end's sum).
+    productThreads: [...end.threads].map(([k, v]) => [k, v - (start.threads.get(k) ?? 0)] as const).filter(([, v]) => v >= 0.05).sort((a, b) => b[1] - a[1]).slice(0, 10),
     processesExited: [...start.processes.keys()].filter((pid) => !end.processes.has(pid)).length,
   };
 }
@@ -97,7 +133,7 @@ const rows: string[] = [];
 console.log(`# ${hostname()}, ${cores} cores; closed loop, warm-up ${warmupMs / 1000} s, window ${(durationMs - warmupMs) / 1000} s; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 for (const mix of chosen) {
   for (const people of concurrencies) {
-    const stack = await startLoadStack();
+    const stack = await startLoadStack(env);
     let figures: LoadFigures;
     const readings: Reading[] = [];
     const loadAtStart = loadavg().map((l) => Math.round(l * 100) / 100);
@@ -110,6 +146,16 @@ for (const mix of chosen) {
       await stack.close();
     }
     const cpu = delta(readings[0]!, readings[1]!);
+    // Discord REST calls the product made in the window, by second: interaction callbacks (discord.js: no global
+    // limit) and the rest (edits, follow-ups: its client-side global limit of 50 per second).
+    const { start, end } = figures.closedLoop!.window;
+    const perSecond = (callbacks: boolean) => {
+      const buckets = new Map<number, number>();
+      for (const c of stack.discord.calls) if (c.at >= start && c.at < end && c.path.endsWith('/callback') === callbacks) buckets.set(Math.floor((c.at - start) / 1000), (buckets.get(Math.floor((c.at - start) / 1000)) ?? 0) + 1);
+      const counts = [...buckets.values()];
+      return { mean: round(counts.reduce((a, b) => a + b, 0) / ((end - start) / 1000), 1), max: Math.max(0, ...counts) };
+    };
+    const discordRestPerSecond = { callbacks: perSecond(true), others: perSecond(false) };
     const seconds = (readings[1]!.at - readings[0]!.at) / 1000;
     const served = figures.commands;
     const split = {
@@ -120,13 +166,18 @@ for (const mix of chosen) {
     const step = {
       mix, people, persons: figures.closedLoop!.persons, commandsSent: figures.closedLoop!.commandsSent,
       windowSeconds: round(seconds, 1), commandsServed: served, commandsPerSecond: figures.commandsPerSecond,
-      firstReplyMs: figures.firstReplyMs, firstReplyMsByPlatform: figures.firstReplyMsByPlatform, firstReplyMsByCommand: figures.firstReplyMsByCommand,
+      firstReplyMs: figures.firstReplyMs, firstReplyMsByPlatform: figures.firstReplyMsByPlatform, firstReplyMsByCommand: figures.firstReplyMsByCommand, completedMsByCommand: figures.completedMsByCommand,
+      servedByPlatform: figures.closedLoop!.servedByPlatform, discordRestPerSecond,
       lost: figures.lost, duplicated: figures.duplicated, late: figures.late, serverErrors: figures.serverErrors, imagine: figures.imagine,
-      cpuSeconds: { ...Object.fromEntries(Object.entries(split).map(([k, v]) => [k, round(v)])), postgresThisDatabase: round(cpu.ourBackends), machineBusy: round(cpu.machine.busy), machineAvailable: round(cores * seconds) },
+      cpuSeconds: { ...Object.fromEntries(Object.entries(split).map(([k, v]) => [k, round(v)])), productMainThread: round(cpu.productMainThread), postgresThisDatabase: round(cpu.ourBackends), machineBusy: round(cpu.machine.busy), machineAvailable: round(cores * seconds) },
+      disk: cpu.disk,
       machineCpuSeconds: Object.fromEntries(Object.entries(cpu.machine).map(([k, v]) => [k, round(v)])),
+      productThreadsCpuSeconds: Object.fromEntries(cpu.productThreads.map(([k, v]) => [k, round(v)])),
       otherProcessesCpuSeconds: Object.fromEntries(cpu.otherProcesses.map(([k, v]) => [k, round(v)])),
       cpuMsPerCommand: perCommandMs,
       machineBusyFraction: round(cpu.machine.busy / (cores * seconds), 3),
+      /** The product's main thread's CPU over the window's length: 1 = its event loop never idle. */
+      productMainThreadBusyFraction: round(cpu.productMainThread / seconds, 3),
       processesExited: cpu.processesExited,
       loadAverage: { stepStart: loadAtStart, windowStart: readings[0]!.loadAverage, windowEnd: readings[1]!.loadAverage },
       problems: figures.problems.slice(0, 30),
@@ -136,7 +187,9 @@ for (const mix of chosen) {
     const row = `| ${mix} | ${people} | ${figures.commandsPerSecond} | ${figures.firstReplyMs.p50} / ${figures.firstReplyMs.p99} | ${figures.lost} / ${figures.duplicated} | ${round(cpu.machine.busy / seconds)} of ${cores} (${Math.round(step.machineBusyFraction * 100)}%) | ${pct(split.product)} / ${pct(split.driver)} / ${pct(split.postgres)} / ${pct(split.redis)} / ${pct(split.other)} | ${perCommandMs.product} / ${perCommandMs.driver} / ${perCommandMs.postgres} / ${perCommandMs.redis} / ${perCommandMs.other} | ${readings[0]!.loadAverage[0]} → ${readings[1]!.loadAverage[0]} |`;
     rows.push(row);
     console.log(row);
-    console.log(`#   machine ${JSON.stringify(step.machineCpuSeconds)}; other processes ${JSON.stringify(step.otherProcessesCpuSeconds)}; Postgres of it this database ${step.cpuSeconds.postgresThisDatabase} s`);
+    console.log(`#   product threads ${JSON.stringify(step.productThreadsCpuSeconds)}`);
+    console.log(`#   served by platform ${JSON.stringify(step.servedByPlatform)}; Discord REST calls/s ${JSON.stringify(discordRestPerSecond)}`);
+    console.log(`#   product main thread ${Math.round(step.productMainThreadBusyFraction * 100)}% of the window; machine ${JSON.stringify(step.machineCpuSeconds)}; disk ${JSON.stringify(cpu.disk)}; other processes ${JSON.stringify(step.otherProcessesCpuSeconds)}; Postgres of it this database ${step.cpuSeconds.postgresThisDatabase} s`);
     if (figures.problems.length) console.log(`# problems (${figures.problems.length}): ${figures.problems.slice(0, 5).join('; ')}`);
   }
 }
@@ -147,6 +200,7 @@ const report = {
   engine: 'instant stand-in (test/load/instant-engine.ts); no face models (photos "not checked")',
   method: `closed loop: at each step N places, each taken by a new person (the load test's script: /start, then help, status, train, photo, text and for 2 in 3 imagine, shuffled) as soon as the last one's script is done, no pause between commands; a fresh stack per step; warm-up ${warmupMs / 1000} s, then a ${(durationMs - warmupMs) / 1000} s window. Served = commands whose every answer arrived in the window; first replies of commands sent in it. CPU from /proc over the window: product = bin/start.ts and its engine; driver = this process (emulators, clients); postgres = every postgres process on the machine (the server is shared), with this step's database's backends apart; redis = redis-server (shared); other = the machine's busy time (/proc/stat) less these.`,
   mixes: Object.fromEntries(chosen.map((m) => [m, mixes[m]!.length ? `without ${mixes[m]!.join(', ')}` : 'the load test mix'])),
+  env,
   target: { commandsPerSecond: 300 },
   steps,
 };

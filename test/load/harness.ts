@@ -71,7 +71,7 @@ export interface LoadOptions {
 export interface LoadFigures {
   people: number;
   /** Closed loop: the people who took the places over the run, and every command they sent (in the window or not). */
-  closedLoop?: { durationMs: number; warmupMs: number; persons: number; commandsSent: number };
+  closedLoop?: { durationMs: number; warmupMs: number; persons: number; commandsSent: number; servedByPlatform: Record<Platform, number>; window: { start: number; end: number } };
   byPlatform: Record<Platform, number>;
   commands: number;
   seconds: number;
@@ -79,6 +79,8 @@ export interface LoadFigures {
   firstReplyMs: { p50: number; p90: number; p99: number; max: number };
   firstReplyMsByPlatform: Record<Platform, { p50: number; p99: number }>;
   firstReplyMsByCommand: Record<string, { p50: number; p99: number }>;
+  /** Closed loop: from sending to the last answer it calls for (a chat /imagine: the portrait), by command. */
+  completedMsByCommand?: Record<string, { p50: number; p99: number; mean: number }>;
   /** Messages (chat) or answers (web) that never came, even after the run settled. */
   lost: number;
   duplicated: number;
@@ -416,6 +418,7 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
   let seconds: number;
   let cpuSeconds: { product: number; driver: number };
   let inWindow: (s: Sample) => boolean = () => true;
+  let window = { start: started, end: started };
   if (options.closedLoop) {
     const { durationMs, warmupMs } = options.closedLoop;
     let next = 0;
@@ -427,7 +430,7 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
       }
     };
     const at = (ms: number) => sleep(started + ms - Date.now());
-    const window = (async () => {
+    const measuring = (async () => {
       await at(warmupMs);
       await options.onWindow?.('start');
       cpuAtStart = await readCpu();
@@ -436,8 +439,9 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
       await options.onWindow?.('end');
       return end;
     })();
-    const [cpuAtEnd] = await Promise.all([window, ...Array.from({ length: options.people }, runPlace)]);
+    const [cpuAtEnd] = await Promise.all([measuring, ...Array.from({ length: options.people }, runPlace)]);
     seconds = (cpuAtEnd.at - cpuAtStart.at) / 1000;
+    window = { start: cpuAtStart.at, end: cpuAtEnd.at };
     cpuSeconds = cpuSince(cpuAtStart, cpuAtEnd);
     // Served in the window: every answer a command calls for came within it. First replies: commands sent in it.
     inWindow = (s) => s.doneAt !== undefined && s.doneAt >= cpuAtStart.at && s.doneAt <= cpuAtEnd.at;
@@ -533,17 +537,20 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
   const measured = (options.closedLoop ? samples.filter((s) => s.sentAt >= started + options.closedLoop!.warmupMs && s.sentAt <= started + options.closedLoop!.durationMs) : samples)
     .filter((s) => s.firstAt !== undefined);
   const latencies = measured.map((s) => s.firstAt! - s.sentAt);
-  const by = <K extends string>(key: (s: Sample) => K) => {
+  const by = <K extends string>(key: (s: Sample) => K, ms = (s: Sample) => s.firstAt! - s.sentAt, of = measured) => {
     const groups = new Map<K, number[]>();
-    for (const s of measured) groups.set(key(s), [...(groups.get(key(s)) ?? []), s.firstAt! - s.sentAt]);
-    return Object.fromEntries([...groups].map(([k, v]) => [k, { p50: percentile(v, 50), p99: percentile(v, 99) }])) as Record<K, { p50: number; p99: number }>;
+    for (const s of of) groups.set(key(s), [...(groups.get(key(s)) ?? []), ms(s)]);
+    return Object.fromEntries([...groups].map(([k, v]) => [k, { p50: percentile(v, 50), p99: percentile(v, 99), mean: Math.round(v.reduce((a, b) => a + b, 0) / v.length) }])) as Record<K, { p50: number; p99: number; mean: number }>;
   };
   const serverErrors = samples.filter((s) => (s.status ?? 0) >= 500).length;
   const byPlatform = { telegram: 0, discord: 0, web: 0 };
   for (const p of people) byPlatform[p.platform]++;
   return {
     people: options.people,
-    closedLoop: options.closedLoop && { ...options.closedLoop, persons: people.length, commandsSent: samples.length },
+    closedLoop: options.closedLoop && {
+      ...options.closedLoop, persons: people.length, commandsSent: samples.length, window,
+      servedByPlatform: Object.fromEntries((['telegram', 'discord', 'web'] as const).map((p) => [p, counted.filter((s) => s.platform === p).length])) as Record<Platform, number>,
+    },
     byPlatform,
     commands: counted.length,
     seconds,
@@ -551,6 +558,7 @@ export async function runLoad(stack: LoadStack, options: LoadOptions): Promise<L
     firstReplyMs: { p50: percentile(latencies, 50), p90: percentile(latencies, 90), p99: percentile(latencies, 99), max: Math.max(0, ...latencies) },
     firstReplyMsByPlatform: by((s) => s.platform),
     firstReplyMsByCommand: by((s) => `${s.platform} ${s.command}`),
+    completedMsByCommand: options.closedLoop && by((s) => `${s.platform} ${s.command}`, (s) => s.doneAt! - s.sentAt, measured.filter((s) => s.doneAt !== undefined)),
     lost,
     duplicated,
     late,
