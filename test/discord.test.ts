@@ -4,10 +4,10 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { eq } from 'drizzle-orm';
 import sharp from 'sharp';
+import { RESTEvents, type RateLimitData } from 'discord.js';
 import { accounts, adapters, jobs, photos } from '../src/db/schema.ts';
 import { createDiscordBot, type DiscordBot } from '../bots/discord/bot.ts';
 import { deployCommands } from '../bots/discord/deploy-commands.ts';
-import { DiscordSurface } from '../bots/discord/surface.ts';
 import { createTelegramBot, type TelegramBot } from '../bots/telegram/bot.ts';
 import { DiscordEmulator, type EmulatedDiscordUser, type InteractionRecord } from './emulators/discord.ts';
 import { TelegramEmulator, type EmulatedUser } from './emulators/telegram.ts';
@@ -198,7 +198,7 @@ describe('Discord', () => {
 
 describe('Discord after the interaction token expired', () => {
   test('progress and results go to a DM instead of the 15-minute-old reply', async () => {
-    const surface = new DiscordSurface(discordBot.client);
+    const surface = discordBot.surface;
     const target = { applicationId: discord.applicationId, token: 'itok_expired', channelId: '1', userId: egor.id, expiresAt: Date.now() - 1 };
     await surface.edit(target, 'still training');
     await surface.sendImages(target, [{ data: await makeSkeleton(64), name: 'portrait-1.png' }], 'caption');
@@ -206,5 +206,37 @@ describe('Discord after the interaction token expired', () => {
     assert.deepEqual(dm.map((m) => m.content), ['still training', 'caption']);
     assert.equal(dm[1]!.attachments[0]!.filename, 'portrait-1.png');
     assert.equal(discord.callsTo(/itok_expired/).length, 0, 'the dead token is not used');
+  });
+});
+
+describe('Discord under load', () => {
+  test('interaction replies are not held back by the 50 requests/s global limit; DMs still are', async () => {
+    // Discord binds interaction endpoints to no global limit (its rate-limit docs); discord.js's client-side limiter
+    // counted them all the same and held replies back under load (RELIABILITY.md, Capacity).
+    const held = { interactions: 0, bot: 0 };
+    const count = (key: keyof typeof held) => (info: RateLimitData) => { if (info.global) held[key]++; };
+    const onInteractions = count('interactions'), onBot = count('bot');
+    discordBot.client.rest.on(RESTEvents.RateLimited, onInteractions);
+    discordBot.botRest.on(RESTEvents.RateLimited, onBot);
+    try {
+      const people = Array.from({ length: 60 }, (_, i): EmulatedDiscordUser => ({ id: String(710000000000000000n + BigInt(i)), username: `busy${i}`, locale: 'en-US' }));
+      const records = people.map((user) => discord.command(user, 'help'));
+      await Promise.all(records.map((record) => replyOf(record, /\/imagine/)));
+      const target = (i: number, live: boolean) => ({
+        applicationId: discord.applicationId, token: records[i]!.token, channelId: '1', userId: people[i]!.id,
+        expiresAt: live ? Date.now() + 60_000 : Date.now() - 1,
+      });
+      // 60 edits of live replies at once: more than 50 in a second, none held.
+      await Promise.all(people.map((_, i) => discordBot.surface.edit(target(i, true), `burst ${i}`)));
+      assert.ok(records.every((record, i) => record.original?.content === `burst ${i}`));
+      assert.equal(held.interactions, 0, 'no interaction call waited for the global limit');
+      // 60 DMs at once (each a channel and a message): the limit holds the ones past 50 in the second.
+      await Promise.all(people.map((_, i) => discordBot.surface.edit(target(i, false), `dm ${i}`)));
+      assert.ok(people.every((user, i) => discord.shownTo(user).some((m) => m.content === `dm ${i}`)));
+      assert.ok(held.bot > 0, 'the DMs were held to 50 requests/s');
+    } finally {
+      discordBot.client.rest.off(RESTEvents.RateLimited, onInteractions);
+      discordBot.botRest.off(RESTEvents.RateLimited, onBot);
+    }
   });
 });

@@ -1,5 +1,5 @@
 // The Discord adapter: a gateway client whose only event is interactionCreate, over the shared chat features (bots/shared).
-import { Client, Events, GatewayIntentBits, RESTEvents, Routes } from 'discord.js';
+import { Client, Events, GatewayIntentBits, REST, RESTEvents, Routes } from 'discord.js';
 import type { App } from '../../src/app.ts';
 import { Conversation } from '../shared/conversation.ts';
 import { JobNotifier } from '../shared/notifier.ts';
@@ -10,7 +10,11 @@ import { keepConnecting } from '../shared/reconnect.ts';
 import { metrics } from '../../src/metrics.ts';
 
 export interface DiscordBot {
+  /** Its REST manager (`client.rest`) carries the interaction endpoints only (replies, edits, follow-ups). */
   client: Client;
+  /** Every other Discord call (DMs, the connection check), under Discord's global limit of 50 requests/s. */
+  botRest: REST;
+  surface: DiscordSurface;
   notifier: JobNotifier<DiscordTarget>;
   /** Resolves once logged in (start() returns earlier when Discord is unreachable). */
   connected: Promise<void>;
@@ -29,9 +33,16 @@ export function createDiscordBot(app: App, options: DiscordBotOptions = {}): Dis
   const config = app.config.discord;
   if (!config.token) throw new Error('DISCORD_TOKEN is not set');
   const logger = app.logger.child({ part: 'discord' });
-  // Slash commands and buttons need no privileged intents; Guilds keeps channel objects for replies.
-  const client = new Client({ intents: [GatewayIntentBits.Guilds], rest: config.apiRoot ? { api: config.apiRoot } : {} });
-  const notifier = new JobNotifier<DiscordTarget>(app, new DiscordSurface(client), {
+  const api = config.apiRoot ? { api: config.apiRoot } : {};
+  // Slash commands and buttons need no privileged intents; Guilds keeps channel objects for replies. Discord does not
+  // bind interaction endpoints to the bot's global limit, but discord.js's client-side limiter (50/s) counts every
+  // request, so under load it held every reply back (bench/load-capacity.ts: 45-48 requests/s, the loop's ceiling).
+  // The client's REST manager carries the interaction calls with that limiter off (per-route buckets and a 429's
+  // retry_after still apply); everything else goes through botRest with the limit.
+  const client = new Client({ intents: [GatewayIntentBits.Guilds], rest: { ...api, globalRequestsPerSecond: Number.POSITIVE_INFINITY } });
+  const botRest = new REST(api).setToken(config.token);
+  const surface = new DiscordSurface(client, botRest);
+  const notifier = new JobNotifier<DiscordTarget>(app, surface, {
     editIntervalMs: app.config.chat.editIntervalMs,
     sweepIntervalMs: options.sweepIntervalMs,
   });
@@ -40,13 +51,15 @@ export function createDiscordBot(app: App, options: DiscordBotOptions = {}): Dis
   client.on(Events.InteractionCreate, (interaction) => void dispatch(interaction));
   client.on(Events.Error, (error) => logger.error({ err: error }, 'discord client error'));
   // Every REST answer passes here, 429s included (discord.js waits them out itself).
-  client.rest.on(RESTEvents.Response, (_request, response) => { if (response.status >= 400) metrics.chatApiError('discord', response.status); });
+  for (const rest of [client.rest, botRest]) {
+    rest.on(RESTEvents.Response, (_request, response) => { if (response.status >= 400) metrics.chatApiError('discord', response.status); });
+  }
 
   // discord.js cannot destroy a client whose login failed (its gateway manager stays marked destroyed while a new
   // connection runs), so we log in only once Discord's REST answers; until then only that request is retried.
   const connect = async () => {
     client.rest.setToken(config.token!);
-    await client.rest.get(Routes.gatewayBot());
+    await botRest.get(Routes.gatewayBot());
     const ready = new Promise<void>((resolve) => client.once(Events.ClientReady, () => resolve()));
     await client.login(config.token);
     await ready;
@@ -56,6 +69,8 @@ export function createDiscordBot(app: App, options: DiscordBotOptions = {}): Dis
 
   return {
     client,
+    botRest,
+    surface,
     notifier,
     connected: connection.connected,
     async start() {

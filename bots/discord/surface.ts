@@ -1,13 +1,14 @@
 // The notifier's Discord side: while the interaction token lives, edit its reply and post results as a follow-up;
 // after that (15 minutes), post new messages in a DM instead.
 import { DiscordAPIError, Routes, type Client } from 'discord.js';
-import type { RawFile } from '@discordjs/rest';
+import type { RawFile, REST } from '@discordjs/rest';
 import type { ChatSurface, OutgoingImage } from '../shared/notifier.ts';
 import type { DiscordTarget } from './context.ts';
 
 export class DiscordSurface implements ChatSurface<DiscordTarget> {
   readonly platform = 'discord' as const;
-  constructor(private readonly client: Client) {}
+  /** `client.rest` for the interaction token's webhook routes; `botRest` (under the global limit) for DMs. */
+  constructor(private readonly client: Client, private readonly botRest: REST) {}
 
   async edit(target: DiscordTarget, text: string): Promise<void> {
     if (Date.now() < target.expiresAt) {
@@ -32,7 +33,7 @@ export class DiscordSurface implements ChatSurface<DiscordTarget> {
   }
 
   private async direct(target: DiscordTarget, body: Record<string, unknown>, files?: RawFile[]) {
-    const channel = (await this.client.rest.post(Routes.userChannels(), { body: { recipient_id: target.userId } })) as { id: string };
-    await this.client.rest.post(Routes.channelMessages(channel.id), { body, files });
+    const channel = (await this.botRest.post(Routes.userChannels(), { body: { recipient_id: target.userId } })) as { id: string };
+    await this.botRest.post(Routes.channelMessages(channel.id), { body, files });
   }
 }
