@@ -35,8 +35,8 @@ export function createDiscordBot(app: App, options: DiscordBotOptions = {}): Dis
   const logger = app.logger.child({ part: 'discord' });
   const api = config.apiRoot ? { api: config.apiRoot } : {};
   // Slash commands and buttons need no privileged intents; Guilds keeps channel objects for replies. Discord does not
-  // bind interaction endpoints to the bot's global limit, but discord.js's client-side limiter (50/s) counts every
-  // request, so under load it held every reply back (bench/load-capacity.ts: 45-48 requests/s, the loop's ceiling).
+  // bind interaction endpoints to the bot's global limit, but discord.js's client-side limiter (50/s) counts all but
+  // the first callback (edits, follow-ups), so under load it held replies back (bench/load-capacity.ts: 45-48/s).
   // The client's REST manager carries the interaction calls with that limiter off (per-route buckets and a 429's
   // retry_after still apply); everything else goes through botRest with the limit.
   const client = new Client({ intents: [GatewayIntentBits.Guilds], rest: { ...api, globalRequestsPerSecond: Number.POSITIVE_INFINITY } });
