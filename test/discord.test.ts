@@ -212,7 +212,7 @@ describe('Discord after the interaction token expired', () => {
 describe('Discord under load', () => {
   test('interaction replies are not held back by the 50 requests/s global limit; DMs still are', async () => {
     // Discord binds interaction endpoints to no global limit (its rate-limit docs); discord.js's client-side limiter
-    // counted them all the same and held replies back under load (RELIABILITY.md, Capacity).
+    // counted the edits and follow-ups and held replies back under load (RELIABILITY.md, Capacity).
     const held = { interactions: 0, bot: 0 };
     const count = (key: keyof typeof held) => (info: RateLimitData) => { if (info.global) held[key]++; };
     const onInteractions = count('interactions'), onBot = count('bot');
