@@ -433,13 +433,16 @@ describe('normalizeUpload: lying headers and decode memory', () => {
         });
         return JSON.parse(out) as { peakMb: number; ms: number; concurrent: number };
       };
+      const two = probe(2, 2);
       const bounded = probe(8, 2);
       const unbounded = probe(8, 8);
-      console.log(JSON.stringify({ bounded, unbounded }));
+      console.log(JSON.stringify({ two, bounded, unbounded }));
       assert.equal(bounded.concurrent, 2);
       assert.equal(unbounded.concurrent, 8);
-      // Measured 266–318 MB with two slots against 548–664 MB with eight decodes at once.
-      assert.ok(bounded.peakMb < 0.7 * unbounded.peakMb, `2 slots ${bounded.peakMb} MB vs 8 at once ${unbounded.peakMb} MB`);
+      // Eight through two slots hold about what two decodes at once hold (2026-12-03, quiet: two 258–261 MB, eight
+      // through two slots 285–315 MB, eight at once 489–579 MB). Eight at once overlap less on a busy machine, so
+      // that figure is printed, not compared: the bound is checked against two at once.
+      assert.ok(bounded.peakMb < 1.5 * two.peakMb, `8 decodes through 2 slots ${bounded.peakMb} MB vs 2 at once ${two.peakMb} MB`);
       assert.ok(bounded.ms < 30_000, `${bounded.ms} ms`);
     } finally {
       await rm(dir, { recursive: true, force: true });
