@@ -439,9 +439,9 @@ describe('normalizeUpload: lying headers and decode memory', () => {
       console.log(JSON.stringify({ two, bounded, unbounded }));
       assert.equal(bounded.concurrent, 2);
       assert.equal(unbounded.concurrent, 8);
-      // Eight through two slots hold about what two decodes at once hold (2026-12-03, quiet: two 258–261 MB, eight
-      // through two slots 285–315 MB, eight at once 489–579 MB). Eight at once overlap less on a busy machine, so
-      // that figure is printed, not compared: the bound is checked against two at once.
+      // Eight through two slots hold about what two decodes at once hold (2026-12-03, quiet and beside three busy
+      // loops: two 235–261 MB, eight through two slots 268–316 MB, eight at once 551–602 MB). How much eight at once
+      // overlap depends on how busy the machine is, so that figure is printed, not compared.
       assert.ok(bounded.peakMb < 1.5 * two.peakMb, `8 decodes through 2 slots ${bounded.peakMb} MB vs 2 at once ${two.peakMb} MB`);
       assert.ok(bounded.ms < 30_000, `${bounded.ms} ms`);
     } finally {
