@@ -155,7 +155,7 @@ class FastGenerator:
         # The slot graphs gather each row's slot once per layer group (SlotLoRA.hoisted), into buffers made now.
         self.hoist = models.slots.reserve_rows(self.served, max(self.rows, default=0), self.dtype)
         self._text_forward = self.pipe.text_encoder.forward  # the module's own, bound before `encoding` shadows it
-        self._decoder_forward: Callable | None = None  # the VAE decoder's own forward, once a compiled one shadows it
+        self.vae_compiled = False  # ENGINE_FAST_COMPILE_VAE, once the compiled decoder is in place
 
     # --- warm-up ------------------------------------------------------------------------------------------------
 
@@ -194,7 +194,7 @@ class FastGenerator:
             "compiled": sorted({f"{'controlnet' if c else 'unet'}@{r // 2}" for (c, r), g in self.graphs.items()
                                 if g.compiled}),
             "graphs": len(self.graphs) + (self.text is not None),
-            "compiled_vae": self._decoder_forward is not None,
+            "compiled_vae": self.vae_compiled,
             "merged": sorted({r // 2 for (_, r), g in self.graphs.items() if g.merged}),
             "lora_layers": len(self.served),
             "size": [self.settings.width, self.settings.height],
@@ -285,7 +285,7 @@ class FastGenerator:
             log.exception("torch.compile of the VAE decoder failed; decoding eagerly")
             return
         decoder.forward = forward  # an instance attribute: nn.Module.__call__ finds it before the class's
-        self._decoder_forward = own
+        self.vae_compiled = True
 
     def _build_text(self) -> StepGraph:
         """The text encoder over one prompt's token ids (what diffusers' encode_prompt passes it, once for the

@@ -310,7 +310,6 @@ class Scheduler:
         training = task.training
         image = paint_in_slot(self.engine.models, self.engine.fast, task.request, training.params, task.slot,
                               training.step_count)
-        self._own_weights()  # (a training slot is never left merged: the next step changes it)
         if image is not None:
             task.job.preview(training.step_count, training.params.max_steps, image)
 
