@@ -13,7 +13,7 @@ import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { repoRoot } from '../src/config/index.ts';
-import { processCpuSeconds, runLoad, startLoadStack, treeCpuSeconds, type Command, type LoadFigures } from '../test/load/harness.ts';
+import { processCpuSeconds, runLoad, startLoadStack, threadCpuSeconds, treeCpuSeconds, type Command, type LoadFigures } from '../test/load/harness.ts';
 
 const date = new Date().toISOString().slice(0, 10);
 const { values: args } = parseArgs({
@@ -69,16 +69,10 @@ async function productThreads(pids: number[]): Promise<Map<string, number>> {
     for (const tid of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
       const name = (await readFile(`/proc/${pid}/task/${tid}/comm`, 'utf8').catch(() => '?')).trim();
       const key = `${i === 0 ? 'product' : `child ${pid}`} ${Number(tid) === pid ? 'main' : name}`;
-      threads.set(key, (threads.get(key) ?? 0) + (await threadCpuSeconds(pid, Number(tid)).catch(() => 0)));
+      threads.set(key, (threads.get(key) ?? 0) + (await threadCpuSeconds(pid, Number(tid))));
     }
   }
   return threads;
-}
-/** One thread's utime + stime (its process's children are not its own). */
-async function threadCpuSeconds(pid: number, tid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 const driverSeconds = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
 
@@ -146,8 +140,9 @@ for (const mix of chosen) {
       await stack.close();
     }
     const cpu = delta(readings[0]!, readings[1]!);
-    // Discord REST calls the product made in the window, by second: interaction callbacks (discord.js: no global
-    // limit) and the rest (edits, follow-ups: its client-side global limit of 50 per second).
+    // Discord REST calls the product made in the window, by second: interaction callbacks (discord.js never held
+    // them to its global limit) and the rest (edits, follow-ups: held to its 50 per second until bots/discord/bot.ts
+    // took the limit off the interaction calls).
     const { start, end } = figures.closedLoop!.window;
     const perSecond = (callbacks: boolean) => {
       const buckets = new Map<number, number>();

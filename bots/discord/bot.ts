@@ -58,7 +58,6 @@ export function createDiscordBot(app: App, options: DiscordBotOptions = {}): Dis
   // discord.js cannot destroy a client whose login failed (its gateway manager stays marked destroyed while a new
   // connection runs), so we log in only once Discord's REST answers; until then only that request is retried.
   const connect = async () => {
-    client.rest.setToken(config.token!);
     await botRest.get(Routes.gatewayBot());
     const ready = new Promise<void>((resolve) => client.once(Events.ClientReady, () => resolve()));
     await client.login(config.token);

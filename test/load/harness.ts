@@ -103,12 +103,19 @@ export interface LoadFigures {
   problems: string[];
 }
 
-/** utime + stime of a process and its waited-for children, in seconds (Linux /proc). */
+/** utime + stime of a process and its waited-for children, in seconds (Linux /proc); 0 for one that is gone. */
 export async function processCpuSeconds(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  return statCpuSeconds(`/proc/${pid}/stat`, true);
+}
+/** One thread's utime + stime, in seconds; 0 for one that is gone. */
+export async function threadCpuSeconds(pid: number, tid: number): Promise<number> {
+  return statCpuSeconds(`/proc/${pid}/task/${tid}/stat`, false);
+}
+async function statCpuSeconds(path: string, withChildren: boolean): Promise<number> {
+  const stat = await readFile(path, 'utf8').catch(() => '');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   // Fields 14-17 (utime, stime, cutime, cstime), counted from 1 with pid and comm before the state.
-  return fields.length > 15 ? fields.slice(11, 15).reduce((sum, f) => sum + Number(f), 0) / 100 : 0;
+  return fields.length > 15 ? fields.slice(11, withChildren ? 15 : 13).reduce((sum, f) => sum + Number(f), 0) / 100 : 0;
 }
 /** The product's own CPU plus its running children's (the engine). */
 export async function treeCpuSeconds(pid: number): Promise<number> {
