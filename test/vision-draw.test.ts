@@ -127,6 +127,26 @@ function toBodies(keypoints: number[][][], scores: number[][]): BodyPose[] {
   return keypoints.map((person, p) => person.map(([x, y], j) => (scores[p]![j]! > 0.3 ? ([x!, y!] as [number, number]) : null)));
 }
 
+test('resizeArea: the same as summing pixel by pixel into the bin of each centre, at uneven ratios and upscales', () => {
+  let state = 11;
+  const next = (n: number) => (state = (state * 1103515245 + 12345) % 2147483648) % n;
+  for (let trial = 0; trial < 120; trial++) {
+    const src = blank(1 + next(200), 1 + next(200));
+    for (let i = 0; i < src.data.length; i++) src.data[i] = next(256);
+    const [width, height] = [1 + next(70), 1 + next(70)];
+    const sums = new Float64Array(width * height * 3), counts = new Float64Array(width * height);
+    for (let y = 0; y < src.height; y++) {
+      for (let x = 0; x < src.width; x++) {
+        const o = Math.min(height - 1, Math.floor(((y + 0.5) * height) / src.height)) * width + Math.min(width - 1, Math.floor(((x + 0.5) * width) / src.width));
+        counts[o]!++;
+        for (let k = 0; k < 3; k++) sums[o * 3 + k]! += src.data[(y * src.width + x) * 3 + k]!;
+      }
+    }
+    const expected = Uint8Array.from(sums, (sum, i) => Math.round(sum / (counts[Math.floor(i / 3)]! || 1)));
+    assert.deepEqual(resizeArea(src, width, height).data, expected, `${src.width}×${src.height} → ${width}×${height}`);
+  }
+});
+
 test('resizeArea: each output pixel is the rounded mean of the source pixels whose centres fall in it', () => {
   // 5 × 3 source pixels per output pixel (15 × 9 → 3 × 3), filled from a seeded generator.
   const src = blank(15, 9);

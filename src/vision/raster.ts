@@ -139,38 +139,43 @@ export function toPlanar(src: RgbImage, order: 'rgb' | 'bgr', mean: readonly num
   return out;
 }
 
+/** For each of `to` bins, the first of the `from` source lines whose centre falls in it (and one past the last). */
+function binStarts(from: number, to: number): Uint32Array {
+  const starts = new Uint32Array(to + 1);
+  // The bin of a line is monotone in it, so each bin's lines are contiguous: count them, then sum the counts.
+  for (let i = 0; i < from; i++) starts[Math.min(to - 1, Math.floor(((i + 0.5) * to) / from)) + 1]!++;
+  for (let b = 0; b < to; b++) starts[b + 1]! += starts[b]!;
+  return starts;
+}
+
 /**
  * Downscale by averaging every source pixel into the output pixel its centre falls in (no aliasing). Each photo's
- * perceptual hash runs this over the whole picture on the main thread, so each column's and row's bin is computed
- * once, not per pixel (sums of integers in float64 are exact: the same result as before).
+ * perceptual hash runs this over the whole picture on the main thread (about 5 ms a photo under load before), so
+ * the bins are contiguous ranges and each output pixel's run of source pixels is summed in locals, with no
+ * per-pixel index lookups or stores. The sums are exact integers: the result is the same as summing pixel by pixel.
  */
 export function resizeArea(src: RgbImage, width: number, height: number): RgbImage {
-  const sums = new Float64Array(width * height * 3);
-  const column = new Uint32Array(src.width);
-  const perColumn = new Uint32Array(width);
-  const perRow = new Uint32Array(height);
-  for (let x = 0; x < src.width; x++) {
-    const ox = Math.min(width - 1, Math.floor(((x + 0.5) * width) / src.width));
-    column[x] = ox * 3;
-    perColumn[ox]!++;
-  }
+  const columns = binStarts(src.width, width);
+  const rows = binStarts(src.height, height);
   const data = src.data;
-  for (let y = 0, s = 0; y < src.height; y++) {
-    const oy = Math.min(height - 1, Math.floor(((y + 0.5) * height) / src.height));
-    perRow[oy]!++;
-    const row = oy * width * 3;
-    for (let x = 0; x < src.width; x++, s += 3) {
-      const o = row + column[x]!;
-      sums[o]! += data[s]!;
-      sums[o + 1]! += data[s + 1]!;
-      sums[o + 2]! += data[s + 2]!;
-    }
-  }
+  const sums = new Uint32Array(width * 3);
   const out = blank(width, height);
-  for (let oy = 0, i = 0; oy < height; oy++) {
-    for (let ox = 0; ox < width; ox++, i += 3) {
-      const n = perRow[oy]! * perColumn[ox]! || 1;
-      for (let k = 0; k < 3; k++) out.data[i + k] = Math.round(sums[i + k]! / n);
+  for (let oy = 0; oy < height; oy++) {
+    sums.fill(0);
+    for (let y = rows[oy]!; y < rows[oy + 1]!; y++) {
+      let s = y * src.width * 3;
+      for (let ox = 0, o = 0; ox < width; ox++, o += 3) {
+        let r = 0, g = 0, b = 0;
+        for (let x = columns[ox]!; x < columns[ox + 1]!; x++, s += 3) { r += data[s]!; g += data[s + 1]!; b += data[s + 2]!; }
+        sums[o]! += r; sums[o + 1]! += g; sums[o + 2]! += b;
+      }
+    }
+    const rowCount = rows[oy + 1]! - rows[oy]!;
+    for (let ox = 0, i = oy * width * 3, o = 0; ox < width; ox++, o += 3, i += 3) {
+      const n = rowCount * (columns[ox + 1]! - columns[ox]!) || 1;
+      out.data[i] = Math.round(sums[o]! / n);
+      out.data[i + 1] = Math.round(sums[o + 1]! / n);
+      out.data[i + 2] = Math.round(sums[o + 2]! / n);
     }
   }
   return out;
