@@ -7,7 +7,9 @@
 - the VAE decode at 512 px: as diffusers runs it, and with the chunked GroupNorm;
 - the text encoder (CFG, 2 x 77 tokens): eager and in a CUDA graph;
 - the slot layers' LoRA in an uncompiled UNet graph: live and not live;
-- the plain UNet and the VAE decoder in torch's NCHW layout and in channels_last.
+- the plain UNet and the VAE decoder in torch's NCHW layout and in channels_last;
+- the compiled plain UNet at 2 rows (one image with CFG) under inductor's settings and with fused QKV projections,
+  SDPA's backends in an uncompiled graph, and the ControlNet compiled beside the UNet: compile seconds and replay ms.
 
     python bench/probe_decode.py --work /tmp/work      # writes $OUT/probe_decode.json when OUT is set
 """
@@ -292,6 +294,114 @@ def layout_probe(work: Path) -> dict:
     return res
 
 
+def _compile_timed(module, *args, **kwargs):
+    """module compiled (mode default, static shapes) and called once: (the compiled callable, first call's seconds)."""
+    compiled = torch.compile(module, mode="default", dynamic=False)
+    started = time.monotonic()
+    with torch.no_grad():
+        compiled(*args, **kwargs)
+    torch.cuda.synchronize()
+    return compiled, time.monotonic() - started
+
+
+def compile_probe(work: Path) -> dict:
+    """Replay ms of the plain UNet compiled at 2 rows under inductor settings the field uses for SD (diffusers'
+    "accelerate inference" guide: 1x1 convolutions as matmuls, coordinate-descent tuning, fused QKV projections), each
+    in a fresh inductor cache so its compile seconds are a first start's; SDPA's backends in an uncompiled graph; and
+    ControlNet + UNet with both compiled. Outputs are compared with the base variant's on the same inputs."""
+    import bench_engine
+    import torch._dynamo
+    import torch._inductor.config as inductor
+    from diffusers import ControlNetModel, UNet2DConditionModel
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    base, controlnet_dir = bench_engine.build_models(work)
+    unet = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch.float16).to("cuda").eval()
+    gen = torch.Generator("cuda").manual_seed(0)
+    x = torch.randn(2, 4, 64, 64, device="cuda", dtype=torch.float16, generator=gen)
+    t = torch.full((2,), 500.0, device="cuda")
+    e = torch.randn(2, 77, 768, device="cuda", dtype=torch.float16, generator=gen)
+    res: dict = {}
+    with torch.no_grad():
+        for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
+                              ("efficient", SDPBackend.EFFICIENT_ATTENTION)):
+            try:
+                with sdpa_kernel([backend]):
+                    graph, out = graphed(lambda: unet(x, t, encoder_hidden_states=e, return_dict=False)[0])
+                res[f"uncompiled_sdpa_{name}_ms"] = cuda_ms(graph.replay)
+                del graph
+            except Exception as error:  # noqa: BLE001
+                res[f"uncompiled_sdpa_{name}_error"] = repr(error)[:300]
+        log("sdpa", res)
+    defaults = {k: getattr(inductor, k) for k in ("conv_1x1_as_mm", "coordinate_descent_tuning", "epilogue_fusion")}
+    variants = (
+        ("base", {}, False),
+        ("conv1x1mm", {"conv_1x1_as_mm": True}, False),
+        ("fused_qkv", {"conv_1x1_as_mm": True}, True),
+        ("coordinate_descent", {"conv_1x1_as_mm": True, "coordinate_descent_tuning": True}, True),
+    )
+    reference = None
+    for name, flags, fuse in variants:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / f"inductor-{name}")
+        torch._dynamo.reset()
+        for k, v in {**defaults, **flags}.items():
+            setattr(inductor, k, v)
+        if fuse:
+            unet.fuse_qkv_projections()
+        try:
+            compiled, seconds = _compile_timed(unet, x, t, encoder_hidden_states=e, return_dict=False)
+            with torch.no_grad():
+                graph, out = graphed(lambda: compiled(x, t, encoder_hidden_states=e, return_dict=False)[0])
+            res[f"{name}_compile_s"] = round(seconds, 1)
+            res[f"{name}_ms"] = cuda_ms(graph.replay, 50)
+            out = out.float().clone()
+            if reference is None:
+                reference = out
+            res[f"{name}_maxdiff"] = float((out - reference).abs().max())
+            del graph, compiled
+        except Exception:  # noqa: BLE001
+            import traceback
+
+            res[f"{name}_error"] = traceback.format_exc()[-1500:]
+        finally:
+            if fuse:
+                unet.unfuse_qkv_projections()
+        log("compile", name, res)
+    for k, v in defaults.items():
+        setattr(inductor, k, v)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / "inductor-base")
+    torch._dynamo.reset()
+    cn = ControlNetModel.from_pretrained(controlnet_dir, torch_dtype=torch.float16).to("cuda").eval()
+    cond = torch.rand(2, 3, 512, 512, device="cuda", dtype=torch.float16, generator=gen)
+
+    def pose_step(net, u):
+        down, mid = net(x, t, encoder_hidden_states=e, controlnet_cond=cond, return_dict=False)
+        return u(x, t, encoder_hidden_states=e, down_block_additional_residuals=down,
+                 mid_block_additional_residual=mid, return_dict=False)[0]
+
+    with torch.no_grad():
+        graph, _ = graphed(lambda: pose_step(cn, unet))
+        res["pose_uncompiled_ms"] = cuda_ms(graph.replay)
+        del graph
+        unet_c = torch.compile(unet, mode="default", dynamic=False)
+        started = time.monotonic()
+        pose_step(cn, unet_c)
+        torch.cuda.synchronize()
+        res["pose_unet_compile_s"] = round(time.monotonic() - started, 1)
+        graph, _ = graphed(lambda: pose_step(cn, unet_c))
+        res["pose_unet_compiled_ms"] = cuda_ms(graph.replay)
+        del graph
+        cn_c = torch.compile(cn, mode="default", dynamic=False)
+        started = time.monotonic()
+        pose_step(cn_c, unet_c)
+        torch.cuda.synchronize()
+        res["pose_controlnet_compile_s"] = round(time.monotonic() - started, 1)
+        graph, _ = graphed(lambda: pose_step(cn_c, unet_c))
+        res["pose_both_compiled_ms"] = cuda_ms(graph.replay)
+    log("compile", "pose", res)
+    return res
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, required=True)
@@ -308,7 +418,8 @@ def main() -> None:
 
     for name, fn in (("solve", solve_probe), ("unipc", unipc_probe), ("group_norm", group_norm_probe),
                      ("vae", lambda: vae_probe(args.work)), ("text_encoder", text_encoder_probe),
-                     ("slot_lora", lambda: slot_lora_probe(args.work)), ("layout", lambda: layout_probe(args.work))):
+                     ("slot_lora", lambda: slot_lora_probe(args.work)), ("layout", lambda: layout_probe(args.work)),
+                     ("compile", lambda: compile_probe(args.work))):
         if only and name not in only:
             continue
         started = time.monotonic()
