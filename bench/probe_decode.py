@@ -9,7 +9,9 @@
 - the slot layers' LoRA in an uncompiled UNet graph: live and not live;
 - the plain UNet and the VAE decoder in torch's NCHW layout and in channels_last;
 - the compiled plain UNet at 2 rows (one image with CFG) under inductor's settings and with fused QKV projections,
-  SDPA's backends in an uncompiled graph, and the ControlNet compiled beside the UNet: compile seconds and replay ms.
+  SDPA's backends in an uncompiled graph, and the ControlNet compiled beside the UNet: compile seconds and replay ms;
+- a LoRA training step at batch 1 (forward, backward, fused AdamW): eager, in a CUDA graph, and with the UNet
+  compiled inside the graph.
 
     python bench/probe_decode.py --work /tmp/work      # writes $OUT/probe_decode.json when OUT is set
 """
@@ -402,6 +404,60 @@ def compile_probe(work: Path) -> dict:
     return res
 
 
+def train_step_probe(work: Path) -> dict:
+    """One LoRA training step at 512² batch 1: rank 4 on the four attention kinds (peft, gaussian init), fp16
+    autocast (cache off, as a capture needs) over an fp16 base, MSE against the noise, fused capturable AdamW, grads
+    kept allocated. Eager; the whole step captured in a CUDA graph; and the same with the UNet compiled (mode
+    default: forward and backward) inside the graph. No loss scaler: the three differ only in how the step runs."""
+    import bench_engine
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig, inject_adapter_in_model
+
+    base, _ = bench_engine.build_models(work)
+    unet = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch.float16).to("cuda")
+    unet.requires_grad_(False)
+    unet = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                              target_modules=["to_q", "to_k", "to_v", "to_out.0"]), unet)
+    params = [p for name, p in unet.named_parameters() if "lora_" in name]
+    for p in params:
+        p.data = p.data.float()
+        p.requires_grad_(True)
+    gen = torch.Generator("cuda").manual_seed(0)
+    x = torch.randn(1, 4, 64, 64, device="cuda", dtype=torch.float16, generator=gen)
+    noise = torch.randn(1, 4, 64, 64, device="cuda", generator=gen)
+    t = torch.tensor([500], device="cuda")
+    e = torch.randn(1, 77, 768, device="cuda", dtype=torch.float16, generator=gen)
+    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True, capturable=True)
+
+    def step(model):
+        with torch.autocast("cuda", dtype=torch.float16, cache_enabled=False):
+            pred = model(x, t, encoder_hidden_states=e, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), noise)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=False)
+        return loss
+
+    res: dict = {"lora_params": sum(p.numel() for p in params)}
+    res["eager_ms"] = cuda_ms(lambda: step(unet), 10)
+    log("train", res)
+    graph, _ = graphed(lambda: step(unet))
+    res["graph_ms"] = cuda_ms(graph.replay, 20)
+    del graph
+    log("train", res)
+    compiled = torch.compile(unet, mode="default", dynamic=False)
+    started = time.monotonic()
+    step(compiled)
+    torch.cuda.synchronize()
+    res["compile_s"] = round(time.monotonic() - started, 1)
+    log("train", res)
+    res["compiled_eager_ms"] = cuda_ms(lambda: step(compiled), 10)
+    graph, _ = graphed(lambda: step(compiled))
+    res["compiled_graph_ms"] = cuda_ms(graph.replay, 20)
+    log("train", res)
+    return res
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--work", type=Path, required=True)
@@ -419,7 +475,8 @@ def main() -> None:
     for name, fn in (("solve", solve_probe), ("unipc", unipc_probe), ("group_norm", group_norm_probe),
                      ("vae", lambda: vae_probe(args.work)), ("text_encoder", text_encoder_probe),
                      ("slot_lora", lambda: slot_lora_probe(args.work)), ("layout", lambda: layout_probe(args.work)),
-                     ("compile", lambda: compile_probe(args.work))):
+                     ("compile", lambda: compile_probe(args.work)),
+                     ("train_step", lambda: train_step_probe(args.work))):
         if only and name not in only:
             continue
         started = time.monotonic()
