@@ -6,6 +6,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { catalogues, knownKey, pickLocale, placeholders, plurals, translator } from '../bots/shared/i18n/index.ts';
 import { samplesCaption } from '../bots/shared/notifier.ts';
+import { errorMessage } from '../bots/shared/error-text.ts';
 
 const [first, ...others] = Object.entries(catalogues);
 
@@ -117,4 +118,14 @@ test('counted nouns take the right form: en 1 and 2; ru 1, 2, 5, 11, 21, 22, 25'
     ['1 фотография', '2 фотографии', '5 фотографий', '11 фотографий', '21 фотография', '22 фотографии', '25 фотографий']);
   // A number that is not an integer or not given: the "other" form, and a missing value stays visible.
   assert.equal(en('error.too_many_photos'), 'you already have {max, plural, one {# photo} other {# photos}}, the most a training uses.');
+});
+
+test('a file refused as not an image is named for what it looks like, where the catalogue has words for it', () => {
+  const config = { photos: { minForTraining: 3, maxPerUser: 20, maxUploadBytes: 20 << 20 }, policy: { rules: [] } } as unknown as Parameters<typeof errorMessage>[2];
+  const say = (locale: 'en' | 'ru', detected?: string) =>
+    errorMessage(translator(locale), locale, config, 'not_an_image', detected ? { detected } : {});
+  assert.equal(say('en', 'video'), 'this file is not a picture: it looks like a video. Please send a JPEG, PNG or WebP photo.');
+  assert.equal(say('ru', 'archive'), 'это не картинка: похоже, это архив (ZIP или подобный). Пришлите фото в JPEG, PNG или WebP.');
+  assert.equal(say('ru', 'unknown'), say('ru'));
+  assert.equal(say('en'), 'this file is not a picture. Please send a JPEG, PNG or WebP photo.');
 });

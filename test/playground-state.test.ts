@@ -48,6 +48,26 @@ test('the API and the page speak Russian to ru-RU; the switch holds before and a
   assert.equal((await client.post('/api/locale', { locale: 'de' })).status, 400);
 });
 
+test('a file that is not a picture is named for what it looks like, in Russian too', async () => {
+  const files: Array<[string, Buffer]> = [
+    ['notes.jpg', Buffer.from('Hello! This is not a photo.\n')],
+    ['page.jpg', Buffer.from('<!doctype html><html><body>hi</body></html>')],
+    ['doc.jpg', Buffer.from('%PDF-1.7\n1 0 obj <<>> endobj\n')],
+    ['noise.jpg', Buffer.from(Array.from({ length: 4096 }, (_, i) => (i * 7919) % 251))],
+  ];
+  const messages = async (client: PlaygroundClient) =>
+    ((await client.upload('/api/photos', files)).body.results as Array<{ message: string }>).map((r) => r.message);
+  assert.deepEqual(await messages(new RuClient(stack.baseUrl)), [
+    'Это не картинка: похоже, это текст. Пришлите фото в JPEG, PNG или WebP.',
+    'Это не картинка: похоже, это веб-страница. Пришлите фото в JPEG, PNG или WebP.',
+    'Это не картинка: похоже, это документ PDF. Пришлите фото в JPEG, PNG или WebP.',
+    'Это не картинка. Пришлите фото в JPEG, PNG или WebP.', // (sniffed as nothing in particular)
+  ]);
+  const english = await messages(new PlaygroundClient(stack.baseUrl));
+  assert.match(english[0]!, /it looks like text/);
+  assert.match(english[3]!, /not an image format we recognise/);
+});
+
 test('a reload finds photos, model versions, the running job and the gallery; a picture can be deleted', { timeout: 240_000 }, async () => {
   const client = new PlaygroundClient(stack.baseUrl);
   assert.deepEqual((await client.json('/api/state')).body, { consentedAt: null, photos: [], coverage: null, adapters: [], jobs: [], gallery: [] }, 'nobody yet: nothing, and no user made');

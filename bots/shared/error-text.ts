@@ -13,7 +13,9 @@ export const apologyFor = (error: unknown) => (isDatabaseUnavailable(error) ? 'e
 export function errorMessage(
   t: Translate, locale: Locale, config: Pick<Config, 'photos' | 'policy'>, code: string, details: Params = {}, surface?: 'web',
 ): string | undefined {
-  const key = (surface && knownKey(`${surface}.error.${code}`)) || knownKey(`error.${code}`);
+  // A file refused as not an image says what it looks like (text, a web page…) where the catalogue names it.
+  const kind = code === 'not_an_image' && details.detected ? knownKey(`error.${code}.${details.detected}`) : undefined;
+  const key = kind || (surface && knownKey(`${surface}.error.${code}`)) || knownKey(`error.${code}`);
   if (!key) return undefined;
   const { photos } = config;
   const params: Params = { min: photos.minForTraining, max: photos.maxPerUser, ...details };

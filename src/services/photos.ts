@@ -139,6 +139,9 @@ export class PhotoService {
   }
 }
 
-function reject(error: { code: string; message: string; details?: Record<string, string | number> }): PhotoUploadResult {
-  return { ok: false, code: error.code, message: error.message, details: error.details ?? {} };
+function reject(error: { code: string; message: string; details?: Record<string, string | number>; detected?: string }): PhotoUploadResult {
+  // What a refused file was sniffed as (text, a web page, HEIC…) lets every language say it, not only the English message.
+  const details: Record<string, string | number> = { ...error.details };
+  if (error.detected) details.detected = error.detected;
+  return { ok: false, code: error.code, message: error.message, details };
 }
