@@ -381,25 +381,20 @@ def compile_probe(work: Path) -> dict:
         return u(x, t, encoder_hidden_states=e, down_block_additional_residuals=down,
                  mid_block_additional_residual=mid, return_dict=False)[0]
 
+    def measure(name: str, net, u, compiled: str | None = None) -> None:
+        if compiled:  # the first call compiles
+            started = time.monotonic()
+            pose_step(net, u)
+            torch.cuda.synchronize()
+            res[f"pose_{compiled}_compile_s"] = round(time.monotonic() - started, 1)
+        graph, _ = graphed(lambda: pose_step(net, u))
+        res[f"pose_{name}_ms"] = cuda_ms(graph.replay)
+
     with torch.no_grad():
-        graph, _ = graphed(lambda: pose_step(cn, unet))
-        res["pose_uncompiled_ms"] = cuda_ms(graph.replay)
-        del graph
+        measure("uncompiled", cn, unet)
         unet_c = torch.compile(unet, mode="default", dynamic=False)
-        started = time.monotonic()
-        pose_step(cn, unet_c)
-        torch.cuda.synchronize()
-        res["pose_unet_compile_s"] = round(time.monotonic() - started, 1)
-        graph, _ = graphed(lambda: pose_step(cn, unet_c))
-        res["pose_unet_compiled_ms"] = cuda_ms(graph.replay)
-        del graph
-        cn_c = torch.compile(cn, mode="default", dynamic=False)
-        started = time.monotonic()
-        pose_step(cn_c, unet_c)
-        torch.cuda.synchronize()
-        res["pose_controlnet_compile_s"] = round(time.monotonic() - started, 1)
-        graph, _ = graphed(lambda: pose_step(cn_c, unet_c))
-        res["pose_both_compiled_ms"] = cuda_ms(graph.replay)
+        measure("unet_compiled", cn, unet_c, "unet")
+        measure("both_compiled", torch.compile(cn, mode="default", dynamic=False), unet_c, "controlnet")
     log("compile", "pose", res)
     return res
 
