@@ -81,7 +81,7 @@ describe('Telegram', () => {
     mark = lastMessageId();
     emulator.sendDocument(anna, (await badUploads()).textAsJpeg, 'notes.jpg', 'image/jpeg');
     const badReply = await botSays(anna, /notes\.jpg/, mark);
-    assert.match(badReply.text!, /❌ notes\.jpg: this file is not a picture/);
+    assert.match(badReply.text!, /❌ notes\.jpg: this file is not a picture: it looks like text\./, 'the chat names what the file looks like');
     assert.equal(badReply.reply_markup, undefined, 'no Train button below the minimum');
 
     mark = lastMessageId();
