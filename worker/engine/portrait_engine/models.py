@@ -4,7 +4,7 @@ import functools
 import hashlib
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_args
 
@@ -36,6 +36,8 @@ class Models:
     slots: SlotLoRA
     # The output check every generated image goes through (None: off).
     safety: SafetyCheck | None = None
+    # generate._derive's template pipeline per (scheduler, ControlNet or not): a request copies one.
+    pipelines: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def base_hash(self) -> str:

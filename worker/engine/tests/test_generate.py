@@ -1,8 +1,10 @@
+import copy
 import os
 import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -135,3 +137,30 @@ def test_cancel_stops_generation_before_any_image_is_written(gen: Generator):
         gen.engine.generate(request, job)
     assert len(job.steps) == 1
     assert not Path(request.output_dir).exists()
+
+
+def test_each_request_gets_its_own_scheduler_over_the_shared_modules(engine: Engine):
+    """_derive copies a template pipeline per (scheduler, ControlNet): the modules are the base's, the scheduler is
+    the request's own (stepping one leaves the others and the template as they were), and a base module replaced
+    since the template was built gets a new template."""
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    from portrait_engine.generate import _derive
+
+    models = engine.models
+    a, b = _derive(models, "unipc", False), _derive(models, "unipc", False)
+    template = models.pipelines[("unipc", False)]
+    assert a.unet is b.unet is models.pipe.unet and a.text_encoder is models.pipe.text_encoder
+    assert isinstance(a.scheduler, UniPCMultistepScheduler) and len({id(a.scheduler), id(b.scheduler), id(template.scheduler)}) == 3
+    a.scheduler.set_timesteps(7)
+    assert a.scheduler.num_inference_steps == 7 and b.scheduler.num_inference_steps is None
+    assert template.scheduler.num_inference_steps is None
+    assert dict(a.scheduler.config) == dict(UniPCMultistepScheduler.from_config(models.pipe.scheduler.config).config)
+    karras = _derive(models, "dpmpp_2m_karras", False).scheduler
+    assert isinstance(karras, DPMSolverMultistepScheduler) and karras.config.use_karras_sigmas
+    assert type(_derive(models, "unipc", True)).__name__ == "StableDiffusionControlNetPipeline"
+    stale = copy.copy(template)
+    object.__setattr__(stale, "unet", torch.nn.Identity())  # a template over another UNet than the base's
+    models.pipelines[("unipc", False)] = stale
+    assert _derive(models, "unipc", False).unet is models.pipe.unet  # built again
+    assert models.pipelines[("unipc", False)] is not stale
