@@ -49,6 +49,8 @@ test('every code a service, upload check or photo check refuses with has a messa
 });
 
 test('translate fills placeholders; pickLocale maps platform locales', () => {
+  assert.equal(translator('ru'), translator('ru'), 'one translator per locale, not one per call');
+  assert.notEqual(translator('ru'), translator('en'));
   assert.equal(translator('en')('photos.need_more', { more: 3 }), 'Send 3 more to start training.');
   assert.equal(translator('ru')('photos.need_more', { more: 3 }), 'Пришлите ещё 3, чтобы начать обучение.');
   assert.equal(translator('en')('photos.need_more'), 'Send {more} more to start training.', 'a missing value stays visible');
