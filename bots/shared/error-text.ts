@@ -13,12 +13,15 @@ export const apologyFor = (error: unknown) => (isDatabaseUnavailable(error) ? 'e
 export function errorMessage(
   t: Translate, locale: Locale, config: Pick<Config, 'photos' | 'policy'>, code: string, details: Params = {}, surface?: 'web',
 ): string | undefined {
-  // A file refused as not an image says what it looks like (text, a web page…) where the catalogue names it.
-  const kind = code === 'not_an_image' && details.detected ? knownKey(`error.${code}.${details.detected}`) : undefined;
-  const key = kind || (surface && knownKey(`${surface}.error.${code}`)) || knownKey(`error.${code}`);
+  // A refused file says what its bytes look like (text, a web page…) where the code has a message for it and the
+  // catalogue a name for that kind.
+  const kindName = details.detected ? knownKey(`file_kind.${details.detected}`) : undefined;
+  const withKind = kindName && knownKey(`error.${code}.kind`);
+  const key = withKind || (surface && knownKey(`${surface}.error.${code}`)) || knownKey(`error.${code}`);
   if (!key) return undefined;
   const { photos } = config;
   const params: Params = { min: photos.minForTraining, max: photos.maxPerUser, ...details };
+  if (withKind) params.kind = t(kindName!);
   if (code === 'too_large_bytes') params.maxMb = Math.floor(photos.maxUploadBytes / 1048576);
   if (code === 'not_enough_photos') params.more = Number(details.need ?? photos.minForTraining) - Number(details.have ?? 0);
   // The prompt rule as named in config, in the person's language.
