@@ -1,0 +1,239 @@
+"""The fast path's compiled modules built ahead of time (AOTInductor), in processes of their own, and loaded without
+tracing (issue 8).
+
+torch.compile traces in the engine's own process: ~50-80 s per module on a first start, 15-20 s again on every restart
+even from inductor's cache, and it cannot run beside serving (its tracer patches nn.Module.__call__ for the whole
+process: BENCHMARKS.md). Here a module (the UNet at one image with CFG, the ControlNet, the VAE decoder) is exported
+and compiled into a `.pt2` package by `python -m portrait_engine.aot SPEC OUT` in a child process, kept under the
+engine's cache folder by a key of everything it depends on, and loaded in a moment onto the live module's own tensors:
+the package holds no weights, and the loader is given the module's parameters themselves (user-managed constants,
+no copy), so whatever writes into them in place (the one-image LoRA merge, fast.SlotMerge) reaches the package.
+
+    spec = Spec.of("unet", unet, inputs)   # the live module and example inputs (shapes and dtypes only count)
+    builds = Builds(cache_dir); builds.start(spec)  ... builds.poll() -> [(spec, path or error)]
+    runner = load(path, UNetCall(unet))    # called like UNetCall(unet)
+"""
+
+import ctypes
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when the wrappers or the package settings change
+# The weights stay out of the package, and every one of them, however small, stays a constant the loader is given:
+# by default inductor writes tensors of up to 8 values into the kernels' code as numbers, and a package built on one
+# set of weights would compute with those on another (tests/test_aot.py).
+PACKAGE_CONFIG = {"aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
+
+
+class UNetCall(nn.Module):
+    """The fast path's UNet call: (sample, t, embeds[, mid, *down]) -> prediction. With a ControlNet configured the
+    UNet takes its residuals (zeros for txt2img), so one package serves both kinds of step."""
+
+    def __init__(self, unet: nn.Module):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, t, embeds, *residuals):
+        extra = {}
+        if residuals:
+            mid, *down = residuals
+            extra = dict(down_block_additional_residuals=list(down), mid_block_additional_residual=mid)
+        return self.unet(sample, t, encoder_hidden_states=embeds, return_dict=False, **extra)[0]
+
+
+class ControlNetCall(nn.Module):
+    """(sample, t, embeds, cond) -> (mid, *down), at conditioning scale 1 (the fast path scales each row after)."""
+
+    def __init__(self, controlnet: nn.Module):
+        super().__init__()
+        self.controlnet = controlnet
+
+    def forward(self, sample, t, embeds, cond):
+        down, mid = self.controlnet(sample, t, encoder_hidden_states=embeds, controlnet_cond=cond, return_dict=False)
+        return (mid, *down)
+
+
+class DecoderCall(nn.Module):
+    """The VAE decoder: latents (after post_quant_conv) -> image."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, z):
+        return self.decoder(z)
+
+
+WRAPPERS = {"unet": UNetCall, "controlnet": ControlNetCall, "vae": DecoderCall}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a package is built for: the module's kind and diffusers config, its dtype and device, the example inputs'
+    shapes and dtypes, and the versions and card that compiled code depends on."""
+
+    kind: str  # a WRAPPERS key
+    config: str  # the diffusers config as JSON (for the VAE: the whole AutoencoderKL's)
+    dtype: str
+    device: str  # "cuda" or "cpu"
+    inputs: tuple[tuple[tuple[int, ...], str], ...]
+    platform: str  # torch, diffusers and the card (or "cpu")
+
+    @staticmethod
+    def of(kind: str, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> "Spec":
+        """`model` is the diffusers model (for the VAE the AutoencoderKL: its decoder is what is compiled)."""
+        import diffusers
+
+        param = next(model.parameters())
+        device = param.device.type
+        card = torch.cuda.get_device_name(param.device) if device == "cuda" else "cpu"
+        config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+        return Spec(
+            kind=kind, config=json.dumps(config, sort_keys=True, default=list), dtype=str(param.dtype).split(".")[-1],
+            device=device, inputs=tuple((tuple(x.shape), str(x.dtype).split(".")[-1]) for x in inputs),
+            platform=f"torch {torch.__version__}; diffusers {diffusers.__version__}; {card}",
+        )
+
+    def key(self) -> str:
+        text = json.dumps({"format": FORMAT, "package": PACKAGE_CONFIG, **self.__dict__}, sort_keys=True)
+        return f"{self.kind}-{hashlib.sha256(text.encode()).hexdigest()[:20]}"
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @staticmethod
+    def from_json(text: str) -> "Spec":
+        raw = json.loads(text)
+        raw["inputs"] = tuple((tuple(shape), dtype) for shape, dtype in raw["inputs"])
+        return Spec(**raw)
+
+    def build_module(self) -> nn.Module:
+        """The wrapper over a module of this config (random weights: the package does not keep them)."""
+        from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+
+        cls = {"unet": UNet2DConditionModel, "controlnet": ControlNetModel, "vae": AutoencoderKL}[self.kind]
+        with torch.device(self.device):
+            model = cls.from_config(json.loads(self.config))
+        model = model.to(getattr(torch, self.dtype)).eval()
+        return WRAPPERS[self.kind](model.decoder if self.kind == "vae" else model)
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        gen = torch.Generator(self.device).manual_seed(0)
+        return tuple(torch.randn(shape, generator=gen, device=self.device).to(getattr(torch, dtype))
+                     for shape, dtype in self.inputs)
+
+
+def build(spec: Spec, out: Path) -> None:
+    """Exports and compiles spec's module into `out` (a .pt2 path), written under another name first and renamed, so
+    a reader never sees half a package."""
+    module, inputs = spec.build_module(), spec.example_inputs()
+    with torch.no_grad():
+        program = torch.export.export(module, inputs, strict=False)
+    partial = out.with_name(f"{out.stem}.{os.getpid()}.partial.pt2")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch._inductor.aoti_compile_and_package(program, package_path=str(partial), inductor_configs=PACKAGE_CONFIG)
+    os.replace(partial, out)
+
+
+def constants_of(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def load(path: Path, wrapper: nn.Module):
+    """The package at `path`, computing with `wrapper`'s own tensors (which must stay alive: they do, in the
+    engine's models). Run single-threaded: its calls are captured in CUDA graphs."""
+    import torch._inductor
+
+    runner = torch._inductor.aoti_load_package(str(path), run_single_threaded=True)
+    mine = constants_of(wrapper)
+    wanted = runner.get_constant_fqns()
+    missing = [name for name in wanted if name not in mine]
+    if missing:
+        raise ValueError(f"{path.name}: the module has no {missing[:3]} ({len(missing)} missing)")
+    runner.load_constants({name: mine[name] for name in wanted}, check_full_update=True, user_managed=True)
+    return runner
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the engine dies (prctl PR_SET_PDEATHSIG), and a lower priority than
+    the serving process's."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+    except OSError:
+        pass
+    os.nice(10)
+
+
+class Builds:
+    """Packages built by child processes, one per spec, under `folder`; the caller polls for finished ones."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.running: dict[str, tuple[Spec, subprocess.Popen, Path]] = {}
+
+    def path(self, spec: Spec) -> Path:
+        return self.folder / f"{spec.key()}.pt2"
+
+    def start(self, spec: Spec) -> None:
+        key = spec.key()
+        if key in self.running:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        spec_file, log_file = self.folder / f"{key}.spec.json", self.folder / f"{key}.log"
+        spec_file.write_text(spec.to_json())
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        with log_file.open("w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "portrait_engine.aot", str(spec_file), str(self.path(spec))],
+                                    env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    preexec_fn=_die_with_parent)
+        self.running[key] = (spec, proc, log_file)
+        log.info("building %s in process %d (log %s)", key, proc.pid, log_file)
+
+    def poll(self) -> list[tuple[Spec, Path | Exception]]:
+        """The builds that ended since the last call: each spec with its package's path, or the error."""
+        ended = []
+        for key, (spec, proc, log_file) in list(self.running.items()):
+            if proc.poll() is None:
+                continue
+            del self.running[key]
+            path = self.path(spec)
+            if proc.returncode == 0 and path.exists():
+                ended.append((spec, path))
+            else:
+                tail = log_file.read_text(errors="replace")[-1500:] if log_file.exists() else ""
+                ended.append((spec, RuntimeError(f"building {key} failed (exit {proc.returncode}): {tail}")))
+        return ended
+
+    def wait(self, timeout: float | None = None) -> None:
+        for _, proc, _ in list(self.running.values()):
+            proc.wait(timeout)
+
+    def close(self) -> None:
+        for _, proc, _ in self.running.values():
+            proc.kill()
+        self.running.clear()
+
+
+def main(argv: list[str]) -> int:
+    spec_file, out = argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    build(Spec.from_json(Path(spec_file).read_text()), Path(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

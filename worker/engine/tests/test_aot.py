@@ -1,0 +1,115 @@
+"""Ahead-of-time packages (aot.py) on the CPU: built by child processes, loaded onto the live modules' own tensors,
+and swapped into the fast path's graphs at a step boundary; a restart loads them without building."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from portrait_engine import aot
+from portrait_engine.engine import Engine
+from portrait_engine.fast import FastGenerator, FastSettings, settings_from_env
+from portrait_engine.multilora import NONE
+
+from .support import assert_same_images
+from .test_fast import SIZE, request, run
+
+COMPILED = ["controlnet@1", "unet@1"]
+
+
+def test_a_package_computes_with_the_weights_it_is_given_even_the_smallest(tmp_path):
+    """Built on one module's weights, loaded with another's: it computes the other's. A bias of 8 values would be
+    written into the kernel's code as numbers without always_keep_tensor_constants."""
+    torch.manual_seed(0)
+    built, other = nn.Linear(8, 8), nn.Linear(8, 8)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        program = torch.export.export(built, (x,), strict=False)
+    path = tmp_path / "linear.pt2"
+    torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=aot.PACKAGE_CONFIG)
+    runner = aot.load(path, other)
+    assert sorted(runner.get_constant_fqns()) == ["bias", "weight"]
+    with torch.no_grad():
+        assert torch.allclose(runner(x), other(x), atol=1e-6)
+        other.bias.add_(1.0)  # in place, as the LoRA merge writes: the package reads the module's own tensors
+        assert torch.allclose(runner(x), other(x), atol=1e-6)
+
+
+def test_a_spec_keys_everything_the_package_depends_on(engine: Engine):
+    unet = engine.models.pipe.unet
+    x, t, e = torch.zeros(2, 4, 8, 8), torch.zeros(2), torch.zeros(2, 77, unet.config.cross_attention_dim)
+    spec = aot.Spec.of("unet", unet, (x, t, e))
+    assert aot.Spec.from_json(spec.to_json()) == spec and aot.Spec.of("unet", unet, (x, t, e)).key() == spec.key()
+    others = [aot.Spec.of("unet", unet, (torch.zeros(2, 4, 16, 8), t, e)),  # another latent size
+              aot.Spec.of("unet", unet, (x, t, e.half())),  # another input dtype
+              aot.Spec.of("controlnet", engine.models.controlnet, (x, t, e))]
+    assert len({spec.key(), *(o.key() for o in others)}) == 4
+
+
+def test_a_failed_build_reports_its_error(tmp_path):
+    bad = aot.Spec(kind="unet", config='{"block_out_channels": "nonsense"}', dtype="float32", device="cpu",
+                   inputs=(((1, 4, 8, 8), "float32"),), platform="test")
+    builds = aot.Builds(tmp_path)
+    builds.start(bad)
+    builds.wait(120)
+    [(spec, error)] = builds.poll()
+    assert spec == bad and isinstance(error, RuntimeError) and "exit 1" in str(error)
+    assert not builds.path(bad).exists() and builds.poll() == []
+
+
+def test_settings_turn_packages_and_the_compiled_controlnet_and_decoder_on_together():
+    on = settings_from_env({})
+    assert on.aot and on.compile_vae and on.compile_controlnet
+    off = settings_from_env({"ENGINE_FAST_AOT": "0"})
+    assert not (off.aot or off.compile_vae or off.compile_controlnet)
+    assert not settings_from_env({"ENGINE_FAST_COMPILE_VAE": "off"}).compile_vae
+
+
+@pytest.fixture
+def restore_decoder(engine: Engine):
+    yield
+    engine.models.pipe.vae.decoder.__dict__.pop("forward", None)  # the session's models: decode as before
+
+
+def test_a_first_start_serves_while_its_packages_build_then_swaps_them_in_and_a_restart_loads_them(
+    engine: Engine, photos, trained_lora, tmp_path, restore_decoder
+):
+    settings = FastSettings(batch_sizes=(1,), width=SIZE, height=SIZE, aot=True, compile_on_cpu=True,
+                            compile_vae=True, compile_controlnet=True)
+    slots = engine.models.slots
+    slots.load_slot_file(0, trained_lora, 1.0)
+    control = Image.open(photos[0]).convert("RGB")
+    cases = {"plain": [(request(), NONE, None)], "lora": [(request(), 0, None)],  # a LoRA merged into the weights
+             "pose": [(request(controlnet_scale=0.7), 0, control)]}
+    try:
+        first = FastGenerator(engine.models, settings, cache_dir=tmp_path)
+        first.warm_up()
+        # Ready at once: nothing compiled yet, three builds running in other processes.
+        assert first.info["compiled"] == [] and not first.info["compiled_vae"]
+        assert first.info["aot"]["building"] == ["cn@1", "unet@1", "vae@1"] and first.building
+        uncompiled = {name: run(engine, c, first)[0] for name, c in cases.items()}
+        assert sorted(first.wait_for_builds(timeout=900)) == ["cn@1", "unet@1", "vae@1"]
+        assert first.info["compiled"] == COMPILED and first.info["compiled_vae"] and not first.building
+        assert first.info["aot"] == {"loaded": ["cn@1", "unet@1", "vae@1"], "building": [], "failed": {}}
+        assert all(first.graphs[(cn, 2)].compiled and first.graphs[(cn, 2)].merged for cn in (False, True))
+        calls = first.graphs[(False, 2)].calls
+        compiled = {name: run(engine, c, first)[0] for name, c in cases.items()}
+        assert first.graphs[(False, 2)].calls > calls  # the swapped-in graph served
+        for name in cases:
+            assert_same_images(compiled[name], uncompiled[name])
+        assert not np.array_equal(compiled["lora"], compiled["plain"])  # the merge reached the package
+        # A restart: the packages load at warm-up, nothing builds.
+        engine.models.pipe.vae.decoder.__dict__.pop("forward", None)
+        again = FastGenerator(engine.models, settings, cache_dir=tmp_path)
+        again.warm_up()
+        assert again.info["compiled"] == COMPILED and again.info["compiled_vae"] and not again.building
+        assert not again.builds.running
+        for name, c in cases.items():
+            assert np.array_equal(run(engine, c, again)[0], compiled[name])
+        assert sorted(p.name.split("-")[0] for p in Path(tmp_path, "aot").glob("*.pt2")) == ["controlnet", "unet",
+                                                                                         "vae"]
+    finally:
+        slots.clear_slot(0)
