@@ -55,7 +55,7 @@ class Engine:
         if config.use_fast:
             inductor_cache(config.cache_dir)
             try:
-                self.fast = FastGenerator(self.models, settings_from_env())
+                self.fast = FastGenerator(self.models, settings_from_env(), cache_dir=config.cache_dir)
                 self.warmup = self.fast.warm_up()
             except Exception as error:  # noqa: BLE001
                 # Without graphs the engine is slower, not broken: serve eagerly and say why in the ready event.
@@ -64,6 +64,16 @@ class Engine:
                 self.warmup = {"fast": False, "error": f"{type(error).__name__}: {error}"[:500]}
         # Jobs share one UNet (and its adapters): they must never overlap, whoever calls them.
         self._job_lock = threading.Lock()
+
+    @property
+    def upgrading(self) -> bool:
+        """Compiled modules are still being built in other processes (fast.FastGenerator.upgrade)."""
+        return self.fast is not None and self.fast.building
+
+    def upgrade(self) -> None:
+        """Swaps in the compiled modules whose builds have ended; between jobs' steps only (the server's loop)."""
+        if self.fast is not None and self.fast.upgrade():
+            self.warmup = self.fast.info
 
     def ping(self, request_id: str) -> PongResult:
         return PongResult(

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 from torch import nn
 
+from . import aot
 from .models import Models
 from .multilora import NONE, SlotMerge
 
@@ -82,10 +83,15 @@ def chunk_group_norms(module: nn.Module) -> int:
 @dataclass(frozen=True)
 class FastSettings:
     batch_sizes: tuple[int, ...] = BATCH_SIZES
-    compile_batches: tuple[int, ...] = (1,)  # torch.compile (mode default) costs ~100 s per shape on first start
+    compile_batches: tuple[int, ...] = (1,)  # compiling costs 50-100 s per module and shape on a first start
     compile_controlnet: bool = False
-    # torch.compile of the VAE decoder for one image at the fast size (other batches run it eagerly).
+    # The VAE decoder compiled for one image at the fast size (other batches run it eagerly).
     compile_vae: bool = False
+    # Compiled modules as AOTInductor packages (aot.py) built by child processes, not torch.compile in this one: a
+    # first start is ready on uncompiled graphs and swaps each compiled one in when its build ends (`upgrade`); a
+    # restart loads the packages in a moment.
+    aot: bool = False
+    compile_on_cpu: bool = False  # tests: compile for the CPU too (the graphs' bodies then run eagerly)
     # Batch sizes whose graphs add the one slot's LoRA into the UNet's weights (SlotMerge) around the plain UNet
     # instead of computing slot updates in every layer; a batch of one image has one user's rows only.
     merged_batches: tuple[int, ...] = (1,)
@@ -126,7 +132,7 @@ class FastGenerator:
     """Captured UNet calls for the scheduler's batched denoising (multigen.denoise_step); built once at engine
     start (`warm_up`). Batch sizes count images; with CFG each image is two rows, so the graphs hold 2, 4, 8, 16."""
 
-    def __init__(self, models: Models, settings: FastSettings = FastSettings()):
+    def __init__(self, models: Models, settings: FastSettings = FastSettings(), cache_dir: Path | None = None):
         self.models, self.settings = models, settings
         self.pipe: StableDiffusionPipeline = models.pipe
         self.device, self.dtype = models.device, models.dtype
@@ -137,6 +143,13 @@ class FastGenerator:
         self.use_graphs = self.device.type == "cuda"
         self._pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self._compiled: dict[str, Callable] = {}
+        self.compiling = self.device.type == "cuda" or settings.compile_on_cpu
+        # AOT packages: loaded ones by name ("unet@1", "cn@1", "vae@1"), and the names whose builds run.
+        self.builds = aot.Builds(Path(cache_dir or Path.home() / ".cache" / "portrait-engine") / "aot")
+        self._runners: dict[str, Callable] = {}
+        self._building: dict[str, str] = {}  # spec key -> name
+        self._aot_failed: dict[str, str] = {}
+        self._built: set[str] = set()  # names whose package this process's builds made
         self.info: dict = {}
         self.served = frozenset(
             name for name in models.slots.layers
@@ -155,6 +168,8 @@ class FastGenerator:
         # The slot graphs gather each row's slot once per layer group (SlotLoRA.hoisted), into buffers made now.
         self.hoist = models.slots.reserve_rows(self.served, max(self.rows, default=0), self.dtype)
         self._text_forward = self.pipe.text_encoder.forward  # the module's own, bound before `encoding` shadows it
+        decoder = self.pipe.vae.decoder
+        self._decoder_forward = type(decoder).forward.__get__(decoder)  # the class's: a compiled one may shadow it
         self.vae_compiled = False  # ENGINE_FAST_COMPILE_VAE, once the compiled decoder is in place
 
     # --- warm-up ------------------------------------------------------------------------------------------------
@@ -165,18 +180,21 @@ class FastGenerator:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
             chunk_group_norms(self.pipe.vae.decoder)
-            if self.settings.compile_vae:
-                self._compile_decoder()
+        if self.settings.compile_vae and self.compiling:
+            self._compile_decoder()
         kinds = [False] + ([True] if self.models.controlnet is not None else [])
         for controlnet in kinds:
             for batch in self.settings.batch_sizes:
                 try:
                     self.graphs[(controlnet, 2 * batch)] = self._build(controlnet, batch)
                 except Exception:
-                    if batch not in self.settings.compile_batches or self.device.type != "cuda":
+                    if batch not in self.settings.compile_batches or not self.compiling:
                         raise
                     # A compiler failure costs speed, not service: capture the eager modules instead.
-                    log.exception("torch.compile failed for batch %d; capturing it uncompiled", batch)
+                    log.exception("compiling failed for batch %d; capturing it uncompiled", batch)
+                    for name in (f"unet@{batch}", f"cn@{batch}"):
+                        if self._runners.pop(name, None) is not None:
+                            self._aot_failed[name] = "its graph could not be captured"
                     self._compiled = {k: v for k, v in self._compiled.items() if not k.endswith(f"@{batch}")}
                     self.settings = replace(self.settings, compile_batches=tuple(
                         b for b in self.settings.compile_batches if b != batch))
@@ -187,9 +205,19 @@ class FastGenerator:
             self.unmerging = StepGraph(rows=1, body=self.merge.restore, buffers={})
             for step in (self.merging, self.unmerging):
                 self._capture(step, frozenset(), warm=1)  # (add reads the NONE slot here: zeros, and restore)
+        self._describe(warmup_s=round(time.monotonic() - started, 2))
+        if self.device.type == "cuda":
+            self.info["peak_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
+            self.info["reserved_gib"] = round(torch.cuda.memory_reserved(self.device) / 2**30, 2)
+        log.info("fast path warm: %s", self.info)
+        return self.info
+
+    def _describe(self, **extra) -> None:
+        """self.info: what the ready event reports (and after an upgrade, the engine's next ping)."""
         self.info = {
+            **self.info,
+            **extra,
             "fast": True,
-            "warmup_s": round(time.monotonic() - started, 2),
             "batch_sizes": list(self.settings.batch_sizes),
             "compiled": sorted({f"{'controlnet' if c else 'unet'}@{r // 2}" for (c, r), g in self.graphs.items()
                                 if g.compiled}),
@@ -199,21 +227,101 @@ class FastGenerator:
             "lora_layers": len(self.served),
             "size": [self.settings.width, self.settings.height],
         }
-        if self.device.type == "cuda":
-            self.info["peak_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
-            self.info["reserved_gib"] = round(torch.cuda.memory_reserved(self.device) / 2**30, 2)
-        log.info("fast path warm: %s", self.info)
-        return self.info
+        if self.settings.aot:
+            self.info["aot"] = {"loaded": sorted(self._runners), "building": sorted(self._building.values()),
+                                "failed": dict(self._aot_failed)}
 
-    def _modules(self, controlnet: bool, batch: int) -> tuple[Callable, Callable | None]:
+    def _modules(self, controlnet: bool, batch: int, b: dict[str, torch.Tensor]) -> tuple[Callable, Callable | None]:
         unet, cn = self.pipe.unet, self.models.controlnet if controlnet else None
-        if batch in self.settings.compile_batches and self.device.type == "cuda":
+        if batch in self.settings.compile_batches and self.compiling and self.settings.aot:
+            # A package, or the module itself while its package builds (upgrade() swaps it in).
+            inputs = (b["sample"], b["t"], b["embeds"], *self._residual_inputs(b))
+            unet = self._package(f"unet@{batch}", "unet", self.pipe.unet, aot.UNetCall(self.pipe.unet), inputs,
+                                 AotUNet) or unet
+            if cn is not None and self.settings.compile_controlnet:
+                inputs = (b["sample"], b["t"], b["embeds"], b["cond"])
+                cn = self._package(f"cn@{batch}", "controlnet", cn, aot.ControlNetCall(cn), inputs,
+                                   AotControlNet) or cn
+        elif batch in self.settings.compile_batches and self.compiling:
             # One compiled UNet per batch, dynamic=False, for both graph kinds (see _residuals); the ControlNet
             # only when configured. Each costs ~80-100 s on a first start.
             unet = self._compiled.setdefault(f"unet@{batch}", torch.compile(unet, mode="default", dynamic=False))
             if cn is not None and self.settings.compile_controlnet:
                 cn = self._compiled.setdefault(f"cn@{batch}", torch.compile(cn, mode="default", dynamic=False))
         return unet, cn
+
+    def _residual_inputs(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """_residuals as the UNet package's trailing inputs: (mid, *down), or none without a ControlNet."""
+        zeros = self._residuals(b)
+        return (zeros["mid_block_additional_residual"], *zeros["down_block_additional_residuals"]) if zeros else ()
+
+    def _package(self, name: str, kind: str, model: nn.Module, wrapper: nn.Module, inputs: tuple, adapter):
+        """`adapter` over the loaded package for this module and these inputs; or None, after starting its build
+        (in a child process) if none runs."""
+        if name in self._runners or name in self._aot_failed:
+            return self._runners.get(name)
+        spec = aot.Spec.of(kind, model, inputs)
+        path = self.builds.path(spec)
+        if path.exists():
+            try:
+                started = time.monotonic()
+                self._runners[name] = adapter(aot.load(path, wrapper))
+                log.info("loaded %s from %s in %.2f s", name, path, time.monotonic() - started)
+                return self._runners[name]
+            except Exception as error:  # noqa: BLE001 (a bad package costs speed, not service: build it again)
+                log.exception("could not load %s; building it again", path)
+                path.unlink(missing_ok=True)
+                if name in self._built:  # this process's own build: do not loop
+                    self._aot_failed[name] = f"{type(error).__name__}: {error}"[:300]
+                    return None
+        if spec.key() not in self._building:
+            self._building[spec.key()] = name
+            self.builds.start(spec)
+        return None
+
+    @property
+    def building(self) -> bool:
+        return bool(self._building)
+
+    def upgrade(self) -> list[str]:
+        """Swaps in the packages whose builds have ended, capturing again the graphs that call them; returns their
+        names. Call it between steps (the scheduler's caller does): it replaces graphs."""
+        ended = self.builds.poll() if self._building else []
+        names = []
+        for spec, result in ended:
+            name = self._building.pop(spec.key(), None)
+            if name is None:
+                continue
+            if isinstance(result, Exception):
+                log.error("%s stays uncompiled: %s", name, result)
+                self._aot_failed[name] = str(result)[:300]
+            else:
+                names.append(name)
+                self._built.add(name)
+        for name in names:
+            started = time.monotonic()
+            try:
+                if name.startswith("vae@"):
+                    self._compile_decoder()
+                    continue
+                kind, batch = name.split("@")
+                kinds = [True] if kind == "cn" else [False] + ([True] if self.models.controlnet is not None else [])
+                for controlnet in kinds:
+                    self.graphs[(controlnet, 2 * int(batch))] = self._build(controlnet, int(batch))
+            except Exception as error:  # noqa: BLE001 (the graphs it would replace still serve)
+                log.exception("could not swap in %s", name)
+                self._aot_failed[name] = f"{type(error).__name__}: {error}"[:300]
+                self._runners.pop(name, None)
+            finally:
+                log.info("swapped in %s in %.2f s", name, time.monotonic() - started)
+        if ended:
+            self._describe()
+        return names
+
+    def wait_for_builds(self, timeout: float | None = None) -> list[str]:
+        """Blocks until the running builds end, then upgrade()s (benchmarks and tests: a first start's full speed)."""
+        self.builds.wait(timeout)
+        return self.upgrade()
 
     def _residuals(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Zero ControlNet residuals for a txt2img graph at a compiled batch size: with them its UNet call has the
@@ -243,7 +351,7 @@ class FastGenerator:
         if controlnet:
             b["cond"] = torch.zeros(rows, 3, self.settings.height, self.settings.width, device=dev, dtype=dt)
             b["cond_scale"] = torch.ones(rows, 1, 1, 1, device=dev, dtype=dt)
-        unet, cn = self._modules(controlnet, batch)
+        unet, cn = self._modules(controlnet, batch, b)
         zeros = {} if controlnet else self._residuals(b)
         merge = self.merge if batch in self.settings.merged_batches else None
 
@@ -268,14 +376,29 @@ class FastGenerator:
 
     def _compile_decoder(self) -> None:
         """The VAE decoder compiled for one image's latents at the fast size; other shapes call its own forward. It
-        is compiled here, not on a request's first decode: torch.compile costs tens of seconds on a first start."""
+        is compiled here, not on a request's first decode: compiling costs tens of seconds on a first start. With
+        `aot` its package is loaded (or its build started) and its call captured in a graph of its own."""
         decoder = self.pipe.vae.decoder
-        own = decoder.forward
-        compiled = torch.compile(own, mode="default", dynamic=False)
+        own = self._decoder_forward
         shape = (1, self.pipe.vae.config.latent_channels, *self.latent_hw)
+        if self.settings.aot:
+            z = torch.zeros(shape, device=self.device, dtype=self.pipe.vae.dtype)
+            runner = self._package("vae@1", "vae", self.pipe.vae, aot.DecoderCall(decoder), (z,), lambda r: r)
+            if runner is None:
+                return
+            step = StepGraph(rows=1, body=lambda: runner(z), buffers={"z": z}, compiled=True)
+            self._capture(step, frozenset())
+
+            def compiled(latents: torch.Tensor) -> torch.Tensor:
+                step.buffers["z"].copy_(latents)
+                return step.run().clone()  # the buffer is the next replay's
+        else:
+            compiled = torch.compile(own, mode="default", dynamic=False)
 
         def forward(z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-            return (compiled if tuple(z.shape) == shape else own)(z, *args, **kwargs)
+            if tuple(z.shape) == shape and not args and not kwargs:
+                return compiled(z)
+            return own(z, *args, **kwargs)
 
         try:
             with torch.no_grad():
@@ -405,6 +528,32 @@ class FastGenerator:
             self.resident = None  # after: a restore that raised is tried again
 
 
+class AotUNet:
+    """A UNet package called as _build's step calls the UNet."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def __call__(self, sample, t, encoder_hidden_states, return_dict=False, down_block_additional_residuals=(),
+                 mid_block_additional_residual=None):
+        residuals = () if mid_block_additional_residual is None else (
+            mid_block_additional_residual, *down_block_additional_residuals)
+        return (self.runner(sample, t, encoder_hidden_states, *residuals),)
+
+
+class AotControlNet:
+    """A ControlNet package (conditioning scale 1) called as _build's step calls the ControlNet."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def __call__(self, sample, t, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0, guess_mode=False,
+                 return_dict=False):
+        assert conditioning_scale == 1.0 and not guess_mode  # what the package was built for
+        mid, *down = self.runner(sample, t, encoder_hidden_states, controlnet_cond)
+        return list(down), mid
+
+
 def settings_from_env(env=os.environ) -> FastSettings:
     """ENGINE_FAST_* variables (see config.py) into FastSettings."""
 
@@ -417,15 +566,21 @@ def settings_from_env(env=os.environ) -> FastSettings:
             return ()
         return tuple(sorted({int(part) for part in raw.split(",")}))
 
+    def flag(name: str, default: bool) -> bool:
+        return env.get(name, "1" if default else "0").strip().lower() in ("1", "true", "on")
+
     batch_sizes = sizes("ENGINE_FAST_BATCHES", BATCH_SIZES)
+    # Packages make the compiled ControlNet and VAE decoder affordable (a restart loads them): on by default with them.
+    ahead = flag("ENGINE_FAST_AOT", True)
     width, _, height = env.get("ENGINE_FAST_SIZE", "512x512").lower().partition("x")
     return FastSettings(
         width=int(width),
         height=int(height or width),
         batch_sizes=batch_sizes,
         compile_batches=sizes("ENGINE_FAST_COMPILE", (1,)),
-        compile_controlnet=env.get("ENGINE_FAST_COMPILE_CONTROLNET", "0") in ("1", "true", "on"),
-        compile_vae=env.get("ENGINE_FAST_COMPILE_VAE", "0") in ("1", "true", "on"),
+        compile_controlnet=flag("ENGINE_FAST_COMPILE_CONTROLNET", ahead),
+        compile_vae=flag("ENGINE_FAST_COMPILE_VAE", ahead),
+        aot=ahead,
         merged_batches=sizes("ENGINE_FAST_MERGE", (1,)),
         lora_targets=tuple(t.strip() for t in env.get("ENGINE_FAST_LORA_TARGETS", ",".join(LORA_TARGETS)).split(",")
                            if t.strip()),

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_PENDING = 32  # queued jobs beyond this are refused with "busy"
 MAX_ACTIVE = 8  # jobs the scheduler runs at once (the rest wait in the queue)
+UPGRADE_POLL_S = 2.0  # how often an idle engine looks for finished builds of compiled modules
 TRAIN_PROGRESS_INTERVAL = 0.1  # seconds between training progress events (the last step is always reported)
 
 JobRequest = TrainRequest | GenerateRequest
@@ -197,9 +198,14 @@ class Server:
     def _work(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: self._pending or self._admitted or self._closing)
+                # While compiled modules build in other processes, an idle engine looks for them now and then.
+                self._changed.wait_for(lambda: self._pending or self._admitted or self._closing,
+                                       timeout=UPGRADE_POLL_S if self.engine.upgrading else None)
                 if not (self._pending or self._admitted):
-                    return
+                    if self._closing:
+                        return
+                    self.engine.upgrade()
+                    continue
                 joining = []
                 # A job waiting to run alone stops admissions, so the batched ones drain and it gets its turn.
                 while self._pending and len(self._admitted) < self.max_active and not self._exclusive:
@@ -216,6 +222,8 @@ class Server:
                             self._admitted.remove(later)
                             self._pending.appendleft(later)
                     break
+            if self.engine.upgrading:
+                self.engine.upgrade()  # at a step boundary
             if self.scheduler.idle and self._exclusive:
                 job = self._exclusive.popleft()
                 self.scheduler.run_exclusive(job)
