@@ -670,6 +670,8 @@ def lora_ab(engine: Engine, loras: list[str]) -> dict:
 def restart_warmup(args, base: Path, controlnet: Path) -> dict | None:
     """A second engine process on the same inductor cache: what a restart costs."""
     code = (
+        "import faulthandler; faulthandler.enable();"  # a crash's Python stack on stderr
+        "import logging; logging.basicConfig(level=logging.INFO, format='%%(asctime)s %%(name)s: %%(message)s');"
         "import sys, json, torch; sys.path.insert(0, %r);"
         "from portrait_engine.config import EngineConfig; from portrait_engine.engine import Engine;"
         "e = Engine(EngineConfig(profile='real', cache_dir=__import__('pathlib').Path(%r), device=torch.device('cuda'),"
@@ -684,9 +686,10 @@ def restart_warmup(args, base: Path, controlnet: Path) -> dict | None:
         return {"error": f"timed out after {args.restart_timeout} s"}
     line = next((l for l in done.stdout.splitlines() if l.startswith("WARMUP ")), None)
     if line is None:
-        return {"error": done.stderr[-2000:]}
+        return {"error": f"exit {done.returncode}: {done.stderr[-3000:]}"}
     info = json.loads(line[7:])
     info["process_s"] = round(time.monotonic() - started, 1)
+    info["log"] = [l for l in done.stderr.splitlines() if "portrait_engine" in l][-20:]
     return info
 
 
@@ -710,6 +713,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true",
                         help="generation only, against the scheduler's eager path (no references, no training rows)")
     parser.add_argument("--restart-timeout", type=int, default=240)
+    parser.add_argument("--build-timeout", type=int, default=420, help="ENGINE_FAST_AOT: the first start's builds")
     parser.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
     args = parser.parse_args()
     only = {name for name in args.only.split(",") if name}
@@ -743,6 +747,13 @@ def main() -> None:
         engine.models.pipe.unet.to(memory_format=torch.channels_last)
     warmup = dict(engine.warmup or {}, engine_start_s=round(time.monotonic() - t0, 1))
     log("warm-up", warmup)
+    if engine.fast is not None and engine.fast.building:  # ENGINE_FAST_AOT's first start: ready now, compiled later
+        log("waiting for the compiled modules' builds")
+        engine.fast.wait_for_builds(timeout=args.build_timeout)
+        engine.warmup = engine.fast.info
+        warmup["full_speed_s"] = round(time.monotonic() - t0, 1)  # from the engine's start to the last swap
+        warmup["after_builds"] = engine.fast.info
+        log("compiled modules in place", warmup)
 
     report: dict = {
         "date": datetime.date.today().isoformat(),
@@ -881,8 +892,10 @@ def print_table(r: dict) -> None:
          g["switch_ref_ms"] / g["switch_ours_ms"], None, "≤ 1 ms"),
         ("warm-up, first start", f"{r['warmup'].get('warmup_s')} s", "", None, r["warmup"].get("peak_gib"), "≤ 120 s"),
     ]
+    if "full_speed_s" in r["warmup"]:
+        rows.append(("first start to the compiled modules", f"{r['warmup']['full_speed_s']} s", "", None, None, ""))
     if isinstance(r.get("restart_warmup"), dict) and "warmup_s" in r["restart_warmup"]:
-        rows.append(("warm-up, restart (inductor cache)", f"{r['restart_warmup']['warmup_s']} s", "", None, None,
+        rows.append(("warm-up, restart (packages / inductor cache)", f"{r['restart_warmup']['warmup_s']} s", "", None, None,
                      "≤ 20 s"))
     print(f"\n{r['card']}, {r['date']}, torch {r['versions']['torch']}, diffusers {r['versions']['diffusers']}")
     print(f"{'workload':<40} {'ours':>12} {'reference':>12} {'ratio':>7} {'peak GiB':>9}  target")

@@ -113,11 +113,11 @@ def build(work: Path, name: str) -> None:
                       "package_mb": round(path.stat().st_size / 2**20, 1)}), flush=True)
 
 
-def build_all(work: Path, timeout: float) -> dict:
+def build_all(work: Path, timeout: float, names=NAMES) -> dict:
     """The three packages built at once, in three processes, each in an inductor cache of its own (a first start)."""
     started = time.monotonic()
     procs = {}
-    for name in NAMES:
+    for name in names:
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(work / f"inductor-aoti-{name}"))
         procs[name] = subprocess.Popen([sys.executable, __file__, "--work", str(work), "--build", name], env=env,
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -192,18 +192,36 @@ def check(work: Path, name: str) -> dict:
     return res
 
 
-def restart(work: Path) -> None:
-    """Child process: what a restart pays to have the three packages loaded on live modules and captured."""
+def restart(work: Path, names) -> None:
+    """Child process: what a restart pays to have the packages loaded on live modules and captured; the first load
+    under cProfile (where a process's first load spends its ~40 s)."""
+    import cProfile
+    import faulthandler
+    import io
+    import pstats
+
+    faulthandler.enable()
     marks = {"process_start": time.monotonic()}
     import torch._inductor  # noqa: F401
 
     marks["import_inductor"] = time.monotonic()
     res: dict = {}
-    for name in reversed(NAMES):  # the UNet last: is a first load's cost the process's or the package's?
+    for i, name in enumerate(names):
         module, inputs = modules(work, name)
         torch.cuda.synchronize()
         started = time.monotonic()
+        profile = cProfile.Profile() if i == 0 else None
+        if profile:
+            profile.enable()
         runner = torch._inductor.aoti_load_package(str(work / "aoti" / f"{name}.pt2"), run_single_threaded=True)
+        if profile:
+            profile.disable()
+            text = io.StringIO()
+            pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(40)
+            res["first_load_profile"] = text.getvalue()[-6000:]
+            text = io.StringIO()
+            pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(15)
+            res["first_load_tottime"] = text.getvalue()[-3000:]
         loaded = time.monotonic()
         mine = constants_of(module)
         runner.load_constants({k: mine[k] for k in runner.get_constant_fqns()}, check_full_update=True,
@@ -226,13 +244,16 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--build", choices=NAMES)
     parser.add_argument("--restart", action="store_true")
+    parser.add_argument("--names", default=",".join(NAMES))
+    parser.add_argument("--skip-checks", action="store_true")
     parser.add_argument("--timeout", type=float, default=360)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.build:
         return build(args.work, args.build)
+    names = [n for n in args.names.split(",") if n]
     if args.restart:
-        return restart(args.work)
+        return restart(args.work, names)
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "card": torch.cuda.get_device_name(),
                     "torch": torch.__version__}
 
@@ -243,19 +264,20 @@ def main() -> None:
     import bench_engine
 
     bench_engine.build_models(args.work)  # once, before the children read them
-    report["build"] = build_all(args.work, args.timeout)
+    report["build"] = build_all(args.work, args.timeout, names)
     log("build", report["build"])
     save()
     try:  # a fresh process first: the parent has not imported inductor or loaded a package yet
-        out = subprocess.run([sys.executable, __file__, "--work", str(args.work), "--restart"], capture_output=True,
-                             text=True, timeout=240)
+        out = subprocess.run([sys.executable, __file__, "--work", str(args.work), "--restart", "--names", args.names],
+                             capture_output=True, text=True, timeout=240)
         lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
-        report["restart"] = json.loads(lines[-1]) if lines else {"error": out.stderr[-3000:]}
+        report["restart"] = json.loads(lines[-1]) if lines else {
+            "error": f"exit {out.returncode}: {out.stderr[-3000:]}", "stdout": out.stdout[-2000:]}
     except subprocess.TimeoutExpired:
         report["restart"] = {"error": "timeout"}
     log("restart", report["restart"])
     save()
-    for name in NAMES:
+    for name in [] if args.skip_checks else names:
         if "error" in report["build"].get(name, {"error": 1}):
             continue
         try:
