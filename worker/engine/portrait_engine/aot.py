@@ -153,10 +153,14 @@ def constants_of(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def load(path: Path, wrapper: nn.Module):
     """The package at `path`, computing with `wrapper`'s own tensors (which must stay alive: they do, in the
-    engine's models). Run single-threaded: its calls are captured in CUDA graphs."""
-    import torch._inductor
+    engine's models). Run single-threaded: its calls are captured in CUDA graphs.
 
-    runner = torch._inductor.aoti_load_package(str(path), run_single_threaded=True)
+    The loader is made directly, as torch._inductor.aoti_load_package does for older packages: its usual path first
+    compares the package's CPU vector ISA with this machine's, which compiles a test program per ISA on a process's
+    first load (37.7 s of a 42.4 s restart on the H200 machine). The spec's key already holds the card and torch."""
+    from torch.export.pt2_archive._package import AOTICompiledModel
+
+    runner = AOTICompiledModel(torch._C._aoti.AOTIModelPackageLoader(str(path), "model", True, 1, -1))
     mine = constants_of(wrapper)
     wanted = runner.get_constant_fqns()
     missing = [name for name in wanted if name not in mine]
