@@ -234,10 +234,14 @@ class FastGenerator:
     def _modules(self, controlnet: bool, batch: int, b: dict[str, torch.Tensor]) -> tuple[Callable, Callable | None]:
         unet, cn = self.pipe.unet, self.models.controlnet if controlnet else None
         if batch in self.settings.compile_batches and self.compiling and self.settings.aot:
-            # A package, or the module itself while its package builds (upgrade() swaps it in).
-            inputs = (b["sample"], b["t"], b["embeds"], *self._residual_inputs(b))
-            unet = self._package(f"unet@{batch}", "unet", self.pipe.unet, aot.UNetCall(self.pipe.unet), inputs,
-                                 AotUNet) or unet
+            # A package, or the module itself while its package builds (upgrade() swaps it in). A package is the
+            # plain UNet: only a merged graph (its one user's LoRA in the weights) can run it, not the slot layers.
+            if batch in self.settings.merged_batches:
+                inputs = (b["sample"], b["t"], b["embeds"], *self._residual_inputs(b))
+                unet = self._package(f"unet@{batch}", "unet", self.pipe.unet, aot.UNetCall(self.pipe.unet), inputs,
+                                     AotUNet) or unet
+            else:
+                log.warning("batch %d computes the slot layers: its UNet stays uncompiled with ENGINE_FAST_AOT", batch)
             if cn is not None and self.settings.compile_controlnet:
                 inputs = (b["sample"], b["t"], b["embeds"], b["cond"])
                 cn = self._package(f"cn@{batch}", "controlnet", cn, aot.ControlNetCall(cn), inputs,

@@ -111,5 +111,13 @@ def test_a_first_start_serves_while_its_packages_build_then_swaps_them_in_and_a_
             assert np.array_equal(run(engine, c, again)[0], compiled[name])
         assert sorted(p.name.split("-")[0] for p in Path(tmp_path, "aot").glob("*.pt2")) == ["controlnet", "unet",
                                                                                          "vae"]
+        # A package is the plain UNet: a batch whose graph computes the slot layers (two users) stays uncompiled.
+        engine.models.pipe.vae.decoder.__dict__.pop("forward", None)
+        two = FastGenerator(engine.models, FastSettings(**{**settings.__dict__, "batch_sizes": (1, 2),
+                                                           "compile_batches": (1, 2), "compile_controlnet": False}),
+                            cache_dir=tmp_path)
+        two.warm_up()
+        assert two.info["compiled"] == COMPILED and not two.building
+        assert not two.graphs[(False, 4)].compiled and two.graphs[(False, 4)].live
     finally:
         slots.clear_slot(0)
