@@ -213,7 +213,7 @@ class FastGenerator:
         return self.info
 
     def _describe(self, **extra) -> None:
-        """self.info: what the ready event reports (and after an upgrade, the engine's next ping)."""
+        """self.info: what the ready event reports (after an upgrade, what Engine.warmup holds; the log says it)."""
         self.info = {
             **self.info,
             **extra,
