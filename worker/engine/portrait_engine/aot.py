@@ -170,13 +170,15 @@ def load(path: Path, wrapper: nn.Module):
     return runner
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the engine dies (prctl PR_SET_PDEATHSIG), and a lower priority than
-    the serving process's."""
+def _follow_parent(parent: int) -> None:
+    """In the build process: SIGTERM when the engine dies (prctl PR_SET_PDEATHSIG; set here, not in a preexec_fn,
+    which may deadlock in a process with threads), and a lower priority than the serving process's."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
     except OSError:
         pass
+    if os.getppid() != parent:  # the engine died before the signal was set
+        sys.exit(1)
     os.nice(10)
 
 
@@ -201,9 +203,9 @@ class Builds:
         package_root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         with log_file.open("w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "portrait_engine.aot", str(spec_file), str(self.path(spec))],
-                                    env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    preexec_fn=_die_with_parent)
+            proc = subprocess.Popen([sys.executable, "-m", "portrait_engine.aot", str(spec_file), str(self.path(spec)),
+                                     str(os.getpid())], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
         self.running[key] = (spec, proc, log_file)
         log.info("building %s in process %d (log %s)", key, proc.pid, log_file)
 
@@ -233,7 +235,8 @@ class Builds:
 
 
 def main(argv: list[str]) -> int:
-    spec_file, out = argv
+    spec_file, out, parent = argv
+    _follow_parent(int(parent))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     build(Spec.from_json(Path(spec_file).read_text()), Path(out))
     return 0

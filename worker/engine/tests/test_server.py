@@ -4,6 +4,10 @@ import io
 import json
 from pathlib import Path
 
+import threading
+import time
+
+from portrait_engine import server as server_module
 from portrait_engine.engine import Engine
 from portrait_engine.server import Emitter, Server
 
@@ -52,3 +56,27 @@ def test_validation_errors_name_the_field(engine: Engine):
         "params.rank: Input should be greater than or equal to 1; params.x: unknown field",
         "missing field 'op'",
     ]
+
+
+def test_an_idle_engine_swaps_in_finished_builds_without_waiting_for_a_request(engine: Engine, monkeypatch):
+    """While compiled modules build in other processes, the serving loop looks for them every UPGRADE_POLL_S even
+    with no job to run, and stops looking once none builds."""
+    calls = []
+    building = threading.Event()
+    building.set()
+    monkeypatch.setattr(server_module, "UPGRADE_POLL_S", 0.05)
+    monkeypatch.setattr(Engine, "upgrading", property(lambda self: building.is_set()))
+    monkeypatch.setattr(Engine, "upgrade", lambda self: calls.append(time.monotonic()) or (
+        len(calls) >= 3 and building.clear()))
+    server = Server(engine, Emitter(io.StringIO()))
+    reading = threading.Event()
+    serving = threading.Thread(target=server.serve, args=(iter(reading.wait, True),))  # no request lines yet
+    serving.start()
+    deadline = time.monotonic() + 10
+    while len(calls) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # builds done: the loop waits for work again, no more polling
+    assert len(calls) == 3
+    reading.set()  # the request lines end: the server closes
+    serving.join(10)
+    assert not serving.is_alive()
