@@ -30,44 +30,10 @@ sys.path.insert(0, str(ROOT / "worker" / "engine"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench_fast import log  # noqa: E402
+from portrait_engine.aot import PACKAGE_CONFIG, ControlNetCall, DecoderCall, UNetCall, constants_of  # noqa: E402
 from probe_decode import cuda_ms, graphed  # noqa: E402
 
 NAMES = ("unet", "controlnet", "vae")
-# Weights stay out of the package, and every one of them, however small, stays a constant the loader is given:
-# by default inductor writes tensors of up to 8 values into the kernels' code as numbers (a package built on one set
-# of weights would then compute with those on another).
-PACKAGE_CONFIG = {"aot_inductor.package_constants_in_so": False, "always_keep_tensor_constants": True}
-
-
-class UNetCall(nn.Module):
-    """The engine's compiled UNet call: residuals in (zeros for txt2img), the prediction out."""
-
-    def __init__(self, unet):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, sample, t, embeds, mid, *down):
-        return self.unet(sample, t, encoder_hidden_states=embeds, down_block_additional_residuals=list(down),
-                         mid_block_additional_residual=mid, return_dict=False)[0]
-
-
-class ControlNetCall(nn.Module):
-    def __init__(self, controlnet):
-        super().__init__()
-        self.controlnet = controlnet
-
-    def forward(self, sample, t, embeds, cond):
-        down, mid = self.controlnet(sample, t, encoder_hidden_states=embeds, controlnet_cond=cond, return_dict=False)
-        return (mid, *down)
-
-
-class DecoderCall(nn.Module):
-    def __init__(self, decoder):
-        super().__init__()
-        self.decoder = decoder
-
-    def forward(self, z):
-        return self.decoder(z)
 
 
 def modules(work: Path, name: str):
@@ -138,12 +104,9 @@ def build_all(work: Path, timeout: float, names=NAMES) -> dict:
     return res
 
 
-def constants_of(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
-
-
 def load(path: Path, module: nn.Module):
-    """The package, run single-threaded (CUDA-graph capture), on the module's own tensors (user-managed)."""
+    """The package, run single-threaded (CUDA-graph capture), on the module's own tensors (user-managed), through
+    aoti_load_package as measured on 2026-12-04 (its first call in a process pays an ISA check; aot.load does not)."""
     runner = torch._inductor.aoti_load_package(str(path), run_single_threaded=True)
     wanted = runner.get_constant_fqns()
     mine = constants_of(module)
