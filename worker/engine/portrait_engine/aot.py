@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,63 +183,160 @@ def _follow_parent(parent: int) -> None:
     os.nice(10)
 
 
+LOCK_STALE_S = 1800  # a build lock this old is taken over whoever holds it (a build takes minutes)
+
+
+def _lock_owner(lock: Path) -> int | None:
+    """The build process holding this lock, or None if none does (no lock, a dead owner, or stale)."""
+    try:
+        owner, age = int(lock.read_text() or 0), time.time() - lock.stat().st_mtime
+    except (OSError, ValueError):
+        return None
+    if owner <= 0 or age > LOCK_STALE_S:
+        return None
+    try:
+        os.kill(owner, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return owner
+
+
+def _write_lock(lock: Path, pid: int, replace: bool) -> bool:
+    """Writes `pid` into `lock` whole (a reader never sees half of it): over it (`replace`), or only if there is
+    none (False if there is)."""
+    staged = lock.with_name(f"{lock.name}.{os.getpid()}")
+    staged.write_text(str(pid))
+    try:
+        if replace:
+            os.replace(staged, lock)
+        else:
+            os.link(staged, lock)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _release(lock: Path, pid: int) -> None:
+    """Removes the lock if `pid` still holds it (after that process ended, another engine may have taken it)."""
+    try:
+        if int(lock.read_text() or 0) == pid:
+            lock.unlink(missing_ok=True)
+    except (OSError, ValueError):
+        pass
+
+
 class Builds:
-    """Packages built by child processes, one per spec, under `folder`; the caller polls for finished ones."""
+    """Packages built by child processes under `folder`, each spec once across every engine that shares the folder
+    (eight engines of an eight-GPU box would otherwise compile the same three modules eight times at once): a lock
+    file names the process that builds it, and the other engines wait for its package; the build process removes the
+    lock when it ends, and one that died is found by its pid. The caller polls."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.running: dict[str, tuple[Spec, subprocess.Popen, Path]] = {}
+        self.waiting: dict[str, Spec] = {}  # built by another engine's process
 
     def path(self, spec: Spec) -> Path:
         return self.folder / f"{spec.key()}.pt2"
 
+    def _lock(self, key: str) -> Path:
+        return self.folder / f"{key}.lock"
+
+    def _take_lock(self, key: str) -> bool:
+        lock = self._lock(key)
+        for _ in range(2):
+            if _write_lock(lock, os.getpid(), replace=False):  # this engine's, until its build process starts
+                return True
+            if _lock_owner(lock) is not None:
+                return False
+            lock.unlink(missing_ok=True)  # its build process died
+        return False
+
     def start(self, spec: Spec) -> None:
         key = spec.key()
-        if key in self.running:
+        if key in self.running or key in self.waiting:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
+        if not self._take_lock(key):
+            self.waiting[key] = spec
+            log.info("%s is being built by engine process %s; waiting for its package", key,
+                     _lock_owner(self._lock(key)))
+            return
         spec_file, log_file = self.folder / f"{key}.spec.json", self.folder / f"{key}.log"
         spec_file.write_text(spec.to_json())
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        with log_file.open("w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "portrait_engine.aot", str(spec_file), str(self.path(spec)),
-                                     str(os.getpid())], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+        try:
+            with log_file.open("w") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "portrait_engine.aot", str(spec_file), str(self.path(spec)),
+                     str(os.getpid())], env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        except BaseException:
+            self._lock(key).unlink(missing_ok=True)
+            raise
+        _write_lock(self._lock(key), proc.pid, replace=True)
         self.running[key] = (spec, proc, log_file)
         log.info("building %s in process %d (log %s)", key, proc.pid, log_file)
 
     def poll(self) -> list[tuple[Spec, Path | Exception]]:
-        """The builds that ended since the last call: each spec with its package's path, or the error."""
+        """The builds that ended since the last call: each spec with its package's path, or the error. A package
+        another engine was building counts when it appears; if that engine's build ended without one, or the engine
+        died, the build starts here."""
         ended = []
         for key, (spec, proc, log_file) in list(self.running.items()):
             if proc.poll() is None:
                 continue
             del self.running[key]
+            _release(self._lock(key), proc.pid)  # (a build process that was killed could not)
             path = self.path(spec)
             if proc.returncode == 0 and path.exists():
                 ended.append((spec, path))
             else:
                 tail = log_file.read_text(errors="replace")[-1500:] if log_file.exists() else ""
                 ended.append((spec, RuntimeError(f"building {key} failed (exit {proc.returncode}): {tail}")))
+        for key, spec in list(self.waiting.items()):
+            if self.path(spec).exists():
+                del self.waiting[key]
+                ended.append((spec, self.path(spec)))
+            elif _lock_owner(self._lock(key)) is None:
+                del self.waiting[key]
+                self.start(spec)
         return ended
 
     def wait(self, timeout: float | None = None) -> None:
+        """Until this engine's builds end and the packages it waits for appear (or their builders are gone)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        left = lambda: None if deadline is None else max(0.0, deadline - time.monotonic())  # noqa: E731
         for _, proc, _ in list(self.running.values()):
-            proc.wait(timeout)
+            proc.wait(left())
+        while any(not self.path(s).exists() and _lock_owner(self._lock(k)) is not None
+                  for k, s in self.waiting.items()):
+            if left() == 0.0:
+                raise subprocess.TimeoutExpired("another engine's build", timeout)
+            time.sleep(0.2)
 
     def close(self) -> None:
-        for _, proc, _ in self.running.values():
+        for key, (_, proc, _) in self.running.items():
             proc.kill()
+            proc.wait()
+            _release(self._lock(key), proc.pid)
         self.running.clear()
+        self.waiting.clear()
 
 
 def main(argv: list[str]) -> int:
     spec_file, out, parent = argv
     _follow_parent(int(parent))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    build(Spec.from_json(Path(spec_file).read_text()), Path(out))
+    try:
+        build(Spec.from_json(Path(spec_file).read_text()), Path(out))
+    finally:  # done or failed: engines waiting for this package look at it now
+        _release(Path(out).with_suffix(".lock"), os.getpid())
     return 0
 
 

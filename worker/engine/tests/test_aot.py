@@ -1,6 +1,9 @@
 """Ahead-of-time packages (aot.py) on the CPU: built by child processes, loaded onto the live modules' own tensors,
 and swapped into the fast path's graphs at a step boundary; a restart loads them without building."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +61,44 @@ def test_a_failed_build_reports_its_error(tmp_path):
     [(spec, error)] = builds.poll()
     assert spec == bad and isinstance(error, RuntimeError) and "exit 1" in str(error)
     assert not builds.path(bad).exists() and builds.poll() == []
+
+
+def test_engines_sharing_a_cache_folder_build_each_package_once(tmp_path):
+    """A second engine waits for the first's build; when that build ends without a package (here: a config that
+    fails) the waiting engine builds it itself; a package that appears ends the wait."""
+    bad = aot.Spec(kind="unet", config='{"block_out_channels": "nonsense"}', dtype="float32", device="cpu",
+                   inputs=(((1, 4, 8, 8), "float32"),), platform="test")
+    first, second = aot.Builds(tmp_path), aot.Builds(tmp_path)
+    first.start(bad)
+    second.start(bad)
+    assert list(first.running) == [bad.key()] and not second.running and list(second.waiting) == [bad.key()]
+    [(_, builder, _)] = first.running.values()
+    assert (tmp_path / f"{bad.key()}.lock").read_text() == str(builder.pid)  # the build process holds it
+    second.wait(120)  # the first's build ended (failed) and let go: nothing to wait for
+    first.wait(60)
+    [(_, error)] = first.poll()
+    assert isinstance(error, RuntimeError) and not (tmp_path / f"{bad.key()}.lock").exists()
+    assert second.poll() == [] and list(second.running) == [bad.key()] and not second.waiting  # built here now
+    third = aot.Builds(tmp_path)
+    third.start(bad)
+    assert list(third.waiting) == [bad.key()] and third.poll() == []
+    third.path(bad).write_bytes(b"a package")  # what the running build's rename does
+    assert third.poll() == [(bad, third.path(bad))] and not third.waiting
+    second.close()
+    assert not (tmp_path / f"{bad.key()}.lock").exists()
+
+
+def test_a_build_lock_left_by_a_dead_engine_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    bad = aot.Spec(kind="unet", config="{}", dtype="float32", device="cpu", inputs=(), platform="test")
+    (tmp_path / f"{bad.key()}.lock").write_text(str(dead.pid))
+    builds = aot.Builds(tmp_path)
+    builds.start(bad)
+    [(_, builder, _)] = builds.running.values()
+    assert (tmp_path / f"{bad.key()}.lock").read_text() == str(builder.pid)
+    builds.close()
+    assert not (tmp_path / f"{bad.key()}.lock").exists()
 
 
 def test_settings_turn_packages_and_the_compiled_controlnet_and_decoder_on_together():
