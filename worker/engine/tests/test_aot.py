@@ -162,3 +162,21 @@ def test_a_first_start_serves_while_its_packages_build_then_swaps_them_in_and_a_
         assert not two.graphs[(False, 4)].compiled and two.graphs[(False, 4)].live
     finally:
         slots.clear_slot(0)
+
+
+def test_a_build_that_fails_leaves_its_module_uncompiled_and_says_so(engine: Engine, tmp_path, monkeypatch,
+                                                                       restore_decoder):
+    """The build processes cannot write inductor's cache: each fails, the engine keeps serving on the uncompiled
+    graphs, and the ready info names what failed."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/dev/null/inductor")
+    settings = FastSettings(batch_sizes=(1,), width=SIZE, height=SIZE, aot=True, compile_on_cpu=True,
+                            compile_vae=True, compile_controlnet=True)
+    fast = FastGenerator(engine.models, settings, cache_dir=tmp_path)
+    fast.warm_up()
+    assert fast.wait_for_builds(timeout=300) == [] and not fast.building
+    assert fast.info["compiled"] == [] and not fast.info["compiled_vae"]
+    failed = fast.info["aot"]["failed"]
+    assert sorted(failed) == ["cn@1", "unet@1", "vae@1"] and all("failed (exit 1)" in why for why in failed.values())
+    assert fast.upgrade() == []  # nothing is built again
+    images = run(engine, [(request(), NONE, None)], fast)[0]
+    assert images.shape[-1] == 3 and not list(tmp_path.glob("aot/*.lock"))
