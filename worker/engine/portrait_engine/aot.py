@@ -144,8 +144,11 @@ def build(spec: Spec, out: Path) -> None:
         program = torch.export.export(module, inputs, strict=False)
     partial = out.with_name(f"{out.stem}.{os.getpid()}.partial.pt2")
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch._inductor.aoti_compile_and_package(program, package_path=str(partial), inductor_configs=PACKAGE_CONFIG)
-    os.replace(partial, out)
+    try:
+        torch._inductor.aoti_compile_and_package(program, package_path=str(partial), inductor_configs=PACKAGE_CONFIG)
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)  # a failed build leaves nothing behind
 
 
 def constants_of(module: nn.Module) -> dict[str, torch.Tensor]:
