@@ -182,8 +182,7 @@ class FastGenerator:
             chunk_group_norms(self.pipe.vae.decoder)
         if self.settings.compile_vae and self.compiling:
             self._compile_decoder()
-        kinds = [False] + ([True] if self.models.controlnet is not None else [])
-        for controlnet in kinds:
+        for controlnet in self._graph_kinds():
             for batch in self.settings.batch_sizes:
                 try:
                     self.graphs[(controlnet, 2 * batch)] = self._build(controlnet, batch)
@@ -231,13 +230,20 @@ class FastGenerator:
             self.info["aot"] = {"loaded": sorted(self._runners), "building": sorted(self._building.values()),
                                 "failed": dict(self._aot_failed)}
 
-    def _modules(self, controlnet: bool, batch: int, b: dict[str, torch.Tensor]) -> tuple[Callable, Callable | None]:
+    def _graph_kinds(self) -> list[bool]:
+        """The graph kinds captured at each batch size: txt2img, and ControlNet + UNet where one is loaded."""
+        return [False] + ([True] if self.models.controlnet is not None else [])
+
+    def _modules(self, controlnet: bool, batch: int, b: dict[str, torch.Tensor],
+                 zeros: dict) -> tuple[Callable, Callable | None]:
         unet, cn = self.pipe.unet, self.models.controlnet if controlnet else None
         if batch in self.settings.compile_batches and self.compiling and self.settings.aot:
             # A package, or the module itself while its package builds (upgrade() swaps it in). A package is the
             # plain UNet: only a merged graph (its one user's LoRA in the weights) can run it, not the slot layers.
             if batch in self.settings.merged_batches:
-                inputs = (b["sample"], b["t"], b["embeds"], *self._residual_inputs(b))
+                residuals = (zeros["mid_block_additional_residual"], *zeros["down_block_additional_residuals"]) \
+                    if zeros else ()  # the package's trailing inputs: (mid, *down), none without a ControlNet
+                inputs = (b["sample"], b["t"], b["embeds"], *residuals)
                 unet = self._package(f"unet@{batch}", "unet", self.pipe.unet, aot.UNetCall(self.pipe.unet), inputs,
                                      AotUNet) or unet
             else:
@@ -253,11 +259,6 @@ class FastGenerator:
             if cn is not None and self.settings.compile_controlnet:
                 cn = self._compiled.setdefault(f"cn@{batch}", torch.compile(cn, mode="default", dynamic=False))
         return unet, cn
-
-    def _residual_inputs(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """_residuals as the UNet package's trailing inputs: (mid, *down), or none without a ControlNet."""
-        zeros = self._residuals(b)
-        return (zeros["mid_block_additional_residual"], *zeros["down_block_additional_residuals"]) if zeros else ()
 
     def _package(self, name: str, kind: str, model: nn.Module, wrapper: nn.Module, inputs: tuple, adapter):
         """`adapter` over the loaded package for this module and these inputs; or None, after starting its build
@@ -309,8 +310,7 @@ class FastGenerator:
                     self._compile_decoder()
                     continue
                 kind, batch = name.split("@")
-                kinds = [True] if kind == "cn" else [False] + ([True] if self.models.controlnet is not None else [])
-                for controlnet in kinds:
+                for controlnet in [True] if kind == "cn" else self._graph_kinds():
                     self.graphs[(controlnet, 2 * int(batch))] = self._build(controlnet, int(batch))
             except Exception as error:  # noqa: BLE001 (the graphs it would replace still serve)
                 log.exception("could not swap in %s", name)
@@ -355,8 +355,9 @@ class FastGenerator:
         if controlnet:
             b["cond"] = torch.zeros(rows, 3, self.settings.height, self.settings.width, device=dev, dtype=dt)
             b["cond_scale"] = torch.ones(rows, 1, 1, 1, device=dev, dtype=dt)
-        unet, cn = self._modules(controlnet, batch, b)
-        zeros = {} if controlnet else self._residuals(b)
+        residuals = self._residuals(b)  # (the ControlNet's shapes, for a package's inputs too)
+        unet, cn = self._modules(controlnet, batch, b, residuals)
+        zeros = {} if controlnet else residuals
         merge = self.merge if batch in self.settings.merged_batches else None
 
         def call() -> torch.Tensor:
