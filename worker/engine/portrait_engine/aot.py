@@ -3,7 +3,8 @@ tracing (issue 8).
 
 torch.compile traces in the engine's own process: ~50-80 s per module on a first start, 15-20 s again on every restart
 even from inductor's cache, and it cannot run beside serving (its tracer patches nn.Module.__call__ for the whole
-process: BENCHMARKS.md). Here a module (the UNet at one image with CFG, the ControlNet, the VAE decoder) is exported
+process: BENCHMARKS.md). Here a module (the UNet at one image with CFG, the UNet over several users' slot layers, the
+ControlNet, the VAE decoder) is exported
 and compiled into a `.pt2` package by `python -m portrait_engine.aot SPEC OUT` in a child process, kept under the
 engine's cache folder by a key of everything it depends on, and loaded in a moment onto the live module's own tensors:
 the package holds no weights, and the loader is given the module's parameters themselves (user-managed constants,
@@ -31,7 +32,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when the wrappers or the package settings change
+FORMAT = 2  # bump when the wrappers or the package settings change
 # The weights stay out of the package, and every one of them, however small, stays a constant the loader is given:
 # by default inductor writes tensors of up to 8 values into the kernels' code as numbers, and a package built on one
 # set of weights would compute with those on another (tests/test_aot.py).
@@ -52,6 +53,45 @@ class UNetCall(nn.Module):
             mid, *down = residuals
             extra = dict(down_block_additional_residuals=list(down), mid_block_additional_residual=mid)
         return self.unet(sample, t, encoder_hidden_states=embeds, return_dict=False, **extra)[0]
+
+
+class SlotUNetCall(UNetCall):
+    """UNetCall for a batch of several users' rows: every served slot layer adds each row's own LoRA update, read
+    from the rows' gathered slots (multilora.SlotLoRA.hoisted), which come as the trailing inputs: each group's A
+    rows, then each group's scaled B rows. The serving graph gathers the rows into those buffers before each call,
+    so the package holds no slot at all and a user's LoRA reaches it as data."""
+
+    def __init__(self, unet: nn.Module, lora, groups: list, residuals: int):
+        super().__init__(unet)
+        object.__setattr__(self, "lora", lora)  # not a submodule: its buffers are not the package's constants
+        self.groups, self.residuals = groups, residuals
+        self.served = frozenset(name for group in groups for name in group.names)
+
+    def forward(self, sample, t, embeds, *rest):
+        from .multilora import NONE
+
+        k, g = self.residuals, len(self.groups)
+        residuals, rows_a, rows_bt = rest[:k], rest[k : k + g], rest[k + g :]
+        saved = [(group.row_A, group.row_Bt, group.hoisted_rows) for group in self.groups]
+        try:
+            for group, a, bt in zip(self.groups, rows_a, rows_bt, strict=True):
+                group.row_A, group.row_Bt, group.hoisted_rows = a, bt, len(sample)
+            with self.lora.forced_live(self.served), self.lora.use([NONE] * len(sample)):
+                return super().forward(sample, t, embeds, *residuals)
+        finally:
+            for group, (a, bt, rows) in zip(self.groups, saved):
+                group.row_A, group.row_Bt, group.hoisted_rows = a, bt, rows
+
+
+def slot_layout(lora, served: tuple[str, ...]) -> str:
+    """What a slot package depends on of the slot table: what makes its layers and groups, and which it serves."""
+    return json.dumps({"slots": lora.slots, "max_rank": lora.max_rank, "dtype": str(lora.dtype).split(".")[-1],
+                       "targets": list(lora.targets["unet"]), "served": list(served)})
+
+
+def served_layers(lora, served: tuple[str, ...]) -> list[str]:
+    """The UNet's slot layers whose LoRA the fast path's graphs compute (fast.LORA_TARGETS)."""
+    return [name for name in lora.layers if name.startswith("unet.") and any(name.endswith("." + t) for t in served)]
 
 
 class ControlNetCall(nn.Module):
@@ -91,9 +131,10 @@ class Spec:
     device: str  # "cuda" or "cpu"
     inputs: tuple[tuple[tuple[int, ...], str], ...]
     platform: str  # torch, diffusers and the card (or "cpu")
+    slots: str = ""  # unet-slots: slot_layout()
 
     @staticmethod
-    def of(kind: str, model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> "Spec":
+    def of(kind: str, model: nn.Module, inputs: tuple[torch.Tensor, ...], slots: str = "") -> "Spec":
         """`model` is the diffusers model (for the VAE the AutoencoderKL: its decoder is what is compiled)."""
         import diffusers
 
@@ -104,7 +145,7 @@ class Spec:
         return Spec(
             kind=kind, config=json.dumps(config, sort_keys=True, default=list), dtype=str(param.dtype).split(".")[-1],
             device=device, inputs=tuple((tuple(x.shape), str(x.dtype).split(".")[-1]) for x in inputs),
-            platform=f"torch {torch.__version__}; diffusers {diffusers.__version__}; {card}",
+            platform=f"torch {torch.__version__}; diffusers {diffusers.__version__}; {card}", slots=slots,
         )
 
     def key(self) -> str:
@@ -124,11 +165,29 @@ class Spec:
         """The wrapper over a module of this config (random weights: the package does not keep them)."""
         from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
-        cls = {"unet": UNet2DConditionModel, "controlnet": ControlNetModel, "vae": AutoencoderKL}[self.kind]
+        cls = {"unet": UNet2DConditionModel, "unet-slots": UNet2DConditionModel, "controlnet": ControlNetModel,
+               "vae": AutoencoderKL}[self.kind]
         with torch.device(self.device):
             model = cls.from_config(json.loads(self.config))
         model = model.to(getattr(torch, self.dtype)).eval()
+        if self.kind == "unet-slots":
+            return self._slot_wrapper(model)
         return WRAPPERS[self.kind](model.decoder if self.kind == "vae" else model)
+
+    def _slot_wrapper(self, unet: nn.Module) -> SlotUNetCall:
+        """The serving process's slot layers over `unet`: the same table layout, so the same layers in the same
+        groups, in the same order as the inputs; without the slot buffers, which the rows' path does not read."""
+        from .multilora import SlotLoRA
+
+        layout = json.loads(self.slots)
+        lora = SlotLoRA(layout["slots"], layout["max_rank"], device=self.device, dtype=getattr(torch, layout["dtype"]))
+        lora.install("unet", unet, layout["targets"])
+        for layer in lora.layers.values():
+            for name in ("slot_A", "slot_Bt", "slot_scale"):
+                layer._buffers.pop(name)
+        groups = lora.groups_of(served_layers(lora, tuple(layout["served"])))
+        residuals = len(self.inputs) - 3 - 2 * len(groups)
+        return SlotUNetCall(unet, lora, groups, residuals)
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         gen = torch.Generator(self.device).manual_seed(0)

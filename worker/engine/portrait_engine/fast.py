@@ -151,10 +151,7 @@ class FastGenerator:
         self._aot_failed: dict[str, str] = {}
         self._built: set[str] = set()  # names whose package this process's builds made
         self.info: dict = {}
-        self.served = frozenset(
-            name for name in models.slots.layers
-            if name.startswith("unet.") and any(name.endswith("." + t) for t in settings.lora_targets)
-        )
+        self.served = frozenset(aot.served_layers(models.slots, settings.lora_targets))
         # The text encoder's graph computes every text-encoder slot layer (small projections over 77 tokens: cheap).
         self.text_served = frozenset(name for name in models.slots.layers if name.startswith("text_encoder."))
         self.text: StepGraph | None = None
@@ -238,16 +235,21 @@ class FastGenerator:
                  zeros: dict) -> tuple[Callable, Callable | None]:
         unet, cn = self.pipe.unet, self.models.controlnet if controlnet else None
         if batch in self.settings.compile_batches and self.compiling and self.settings.aot:
-            # A package, or the module itself while its package builds (upgrade() swaps it in). A package is the
-            # plain UNet: only a merged graph (its one user's LoRA in the weights) can run it, not the slot layers.
+            # A package, or the module itself while its package builds (upgrade() swaps it in). A merged graph (its
+            # one user's LoRA in the weights) runs the plain UNet's; the others the slot layers', whose rows' slots
+            # the graph gathers (SlotLoRA.hoisted) into buffers the package reads as inputs.
+            residuals = (zeros["mid_block_additional_residual"], *zeros["down_block_additional_residuals"]) \
+                if zeros else ()  # the package's inputs after the embeddings: (mid, *down), none without a ControlNet
+            inputs = (b["sample"], b["t"], b["embeds"], *residuals)
             if batch in self.settings.merged_batches:
-                residuals = (zeros["mid_block_additional_residual"], *zeros["down_block_additional_residuals"]) \
-                    if zeros else ()  # the package's trailing inputs: (mid, *down), none without a ControlNet
-                inputs = (b["sample"], b["t"], b["embeds"], *residuals)
                 unet = self._package(f"unet@{batch}", "unet", self.pipe.unet, aot.UNetCall(self.pipe.unet), inputs,
                                      AotUNet) or unet
             else:
-                log.warning("batch %d computes the slot layers: its UNet stays uncompiled with ENGINE_FAST_AOT", batch)
+                rows = (*(g.row_A for g in self.hoist), *(g.row_Bt for g in self.hoist))
+                wrapper = aot.SlotUNetCall(self.pipe.unet, self.models.slots, self.hoist, len(residuals))
+                layout = aot.slot_layout(self.models.slots, self.settings.lora_targets)
+                unet = self._package(f"unet@{batch}", "unet-slots", self.pipe.unet, wrapper, (*inputs, *rows),
+                                     lambda runner: AotUNet(runner, rows), layout) or unet
             if cn is not None and self.settings.compile_controlnet:
                 inputs = (b["sample"], b["t"], b["embeds"], b["cond"])
                 cn = self._package(f"cn@{batch}", "controlnet", cn, aot.ControlNetCall(cn), inputs,
@@ -260,12 +262,13 @@ class FastGenerator:
                 cn = self._compiled.setdefault(f"cn@{batch}", torch.compile(cn, mode="default", dynamic=False))
         return unet, cn
 
-    def _package(self, name: str, kind: str, model: nn.Module, wrapper: nn.Module, inputs: tuple, adapter):
+    def _package(self, name: str, kind: str, model: nn.Module, wrapper: nn.Module, inputs: tuple, adapter,
+                 slots: str = ""):
         """`adapter` over the loaded package for this module and these inputs; or None, after starting its build
         (in a child process) if none runs."""
         if name in self._runners or name in self._aot_failed:
             return self._runners.get(name)
-        spec = aot.Spec.of(kind, model, inputs)
+        spec = aot.Spec.of(kind, model, inputs, slots)
         path = self.builds.path(spec)
         if path.exists():
             try:
@@ -534,16 +537,17 @@ class FastGenerator:
 
 
 class AotUNet:
-    """A UNet package called as _build's step calls the UNet."""
+    """A UNet package called as _build's step calls the UNet; a slot package's `rows` (the hoisted rows' buffers)
+    follow the residuals."""
 
-    def __init__(self, runner):
-        self.runner = runner
+    def __init__(self, runner, rows: tuple[torch.Tensor, ...] = ()):
+        self.runner, self.rows = runner, rows
 
     def __call__(self, sample, t, encoder_hidden_states, return_dict=False, down_block_additional_residuals=(),
                  mid_block_additional_residual=None):
         residuals = () if mid_block_additional_residual is None else (
             mid_block_additional_residual, *down_block_additional_residuals)
-        return (self.runner(sample, t, encoder_hidden_states, *residuals),)
+        return (self.runner(sample, t, encoder_hidden_states, *residuals, *self.rows),)
 
 
 class AotControlNet:

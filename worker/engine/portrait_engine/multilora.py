@@ -75,6 +75,7 @@ class SlotLoRA:
         self.zero_slot = slots
         self.layers: dict[str, "SlotLayer"] = {}  # "<prefix>.<path>" -> layer
         self.groups: list["SlotGroup"] = []  # the layers' buffers, stacked by kind and shape
+        self.targets: dict[str, tuple[str, ...]] = {}  # prefix -> the targets installed under it
         # Preallocated so graphs captured over it see each new index; `active` is the batch's index length.
         self.index = torch.full((max_batch,), slots, dtype=torch.long, device=self.device)
         self._index_host = [slots] * max_batch  # what `index` holds: a host-to-device copy only when it changes
@@ -93,6 +94,7 @@ class SlotLoRA:
         """Makes every Linear / 1x1 Conv2d of `module` whose name ends with one of `targets` a slot layer; returns
         their names ("<prefix>.<path>"). Done once, before any graph capture."""
         targets = tuple(targets)
+        self.targets[prefix] = targets
         found: list[tuple[str, nn.Module, type, tuple]] = []  # in module order: peft's, which `trainable` keeps
         for path, layer in list(module.named_modules()):
             target = next((t for t in targets if path == t or path.endswith("." + t)), None) if path else None
@@ -206,11 +208,15 @@ class SlotLoRA:
     def reserve_rows(self, names: Iterable[str], rows: int, dtype: torch.dtype) -> list["SlotGroup"]:
         """Preallocates, for the groups holding these layers, buffers of `rows` rows' gathered slots (`hoisted`);
         before any capture, so a graph's gathers write to fixed addresses. Returns the groups."""
-        names = frozenset(names)
-        groups = [g for g in self.groups if names.intersection(g.names)]
+        groups = self.groups_of(names)
         for group in groups:
             group.reserve(rows, dtype)
         return groups
+
+    def groups_of(self, names: Iterable[str]) -> list["SlotGroup"]:
+        """The groups holding these layers, in installation order."""
+        names = frozenset(names)
+        return [g for g in self.groups if names.intersection(g.names)]
 
     @contextmanager
     def hoisted(self, groups: Sequence["SlotGroup"]) -> Iterator[None]:

@@ -18,7 +18,7 @@ from portrait_engine.fast import FastGenerator, FastSettings, settings_from_env
 from portrait_engine.multilora import NONE
 
 from .support import assert_same_images
-from .test_fast import SIZE, request, run
+from .test_fast import SIZE, other_lora, request, run  # noqa: F401 (other_lora: a fixture)
 
 COMPILED = ["controlnet@1", "unet@1"]
 
@@ -152,16 +152,50 @@ def test_a_first_start_serves_while_its_packages_build_then_swaps_them_in_and_a_
             assert np.array_equal(run(engine, c, again)[0], compiled[name])
         assert sorted(p.name.split("-")[0] for p in Path(tmp_path, "aot").glob("*.pt2")) == ["controlnet", "unet",
                                                                                          "vae"]
-        # A package is the plain UNet: a batch whose graph computes the slot layers (two users) stays uncompiled.
-        engine.models.pipe.vae.decoder.__dict__.pop("forward", None)
-        two = FastGenerator(engine.models, FastSettings(**{**settings.__dict__, "batch_sizes": (1, 2),
-                                                           "compile_batches": (1, 2), "compile_controlnet": False}),
-                            cache_dir=tmp_path)
-        two.warm_up()
-        assert two.info["compiled"] == COMPILED and not two.building
-        assert not two.graphs[(False, 4)].compiled and two.graphs[(False, 4)].live
     finally:
         slots.clear_slot(0)
+
+
+def test_a_batch_of_several_users_runs_a_package_of_the_slot_layers(engine: Engine, photos, trained_lora,
+                                                                     other_lora, tmp_path, restore_decoder):
+    """Two users' rows in one graph: its package computes each row's own LoRA from the rows the graph gathers
+    (a user's LoRA is data to it), as the uncompiled slot layers do; with a ControlNet too, and a restart loads it."""
+    settings = FastSettings(batch_sizes=(2,), compile_batches=(2,), merged_batches=(), width=SIZE, height=SIZE,
+                            aot=True, compile_on_cpu=True)
+    slots = engine.models.slots
+    slots.load_slot_file(0, trained_lora, 1.0)
+    slots.load_slot_file(1, other_lora, 0.6)
+    control = Image.open(photos[0]).convert("RGB")
+    cases = {"two": [(request(), 0, None), (request(prompt="two", seed=3), 1, None)],
+             "swapped": [(request(), 1, None), (request(prompt="two", seed=3), 0, None)],
+             "pose": [(request(controlnet_scale=0.7), 1, control), (request(seed=4), NONE, control)]}
+    try:
+        first = FastGenerator(engine.models, settings, cache_dir=tmp_path)
+        first.warm_up()
+        assert first.info["aot"]["building"] == ["unet@2"] and not first.graphs[(False, 4)].compiled
+        uncompiled = {name: run(engine, c, first) for name, c in cases.items()}
+        assert first.wait_for_builds(timeout=600) == ["unet@2"] and first.info["compiled"] == ["controlnet@2",
+                                                                                             "unet@2"]
+        step = first.graphs[(False, 4)]
+        assert step.compiled and step.live == first.served and not step.merged
+        calls = step.calls
+        compiled = {name: run(engine, c, first) for name, c in cases.items()}
+        assert step.calls == calls + 2 * request().steps  # "two" and "swapped" through the package's graph
+        for name in cases:
+            for ours, theirs in zip(compiled[name], uncompiled[name]):
+                assert_same_images(ours, theirs)
+        # Each row its own user's LoRA: the same prompts with the users swapped give other pictures.
+        assert not np.array_equal(compiled["two"][0], compiled["swapped"][0])
+        assert [p.name.split("-")[0] for p in Path(tmp_path, "aot").glob("*.pt2")] == ["unet"]
+        again = FastGenerator(engine.models, settings, cache_dir=tmp_path)
+        again.warm_up()
+        assert again.info["compiled"] == ["controlnet@2", "unet@2"] and not again.building
+        for name, c in cases.items():
+            for ours, before in zip(run(engine, c, again), compiled[name]):
+                assert np.array_equal(ours, before)
+    finally:
+        slots.clear_slot(0)
+        slots.clear_slot(1)
 
 
 def test_a_build_that_fails_leaves_its_module_uncompiled_and_says_so(engine: Engine, tmp_path, monkeypatch,
