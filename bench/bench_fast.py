@@ -447,6 +447,15 @@ def image_diff(ours: list[Image.Image], theirs: list[Image.Image]) -> dict:
             "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse))}
 
 
+def graph_replays_ms(fast) -> dict[str, float]:
+    """One replay of each captured UNet call (median of 20), named by kind, batch and whether it is compiled."""
+    return {
+        f"{'controlnet+unet' if cn else 'unet'}@{rows // 2}{' compiled' if g.compiled else ''}":
+            timed(g.run, 20, warmup=3)["median_s"] * 1000
+        for (cn, rows), g in fast.graphs.items()
+    }
+
+
 def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[str], pose: str, work: Path,
                repeats: int, side: int, steps: int, smoke: bool = False) -> dict:
     out = work / "out"
@@ -527,11 +536,7 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
     res["imagine_phases_ms"] = phased([request(loras[0])])
     res["eight_phases_ms"] = phased(requests)
     # Where /imagine's time goes: one replay of each captured call, the VAE decode, the prompt encoding, a PNG.
-    res["graph_step_ms"] = {
-        f"{'controlnet+unet' if cn else 'unet'}@{rows // 2}{' compiled' if g.compiled else ''}":
-            timed(g.run, 20, warmup=3)["median_s"] * 1000
-        for (cn, rows), g in fast.graphs.items()
-    }
+    res["graph_step_ms"] = graph_replays_ms(fast)
     res["lora_ab_uncompiled_ms"] = lora_ab(engine, loras)
     pipe = __import__("portrait_engine.generate", fromlist=["_derive"])._derive(engine.models, "unipc", False)
     latents = torch.randn(1, 4, side // 8, side // 8, device=device, dtype=dtype)
@@ -748,7 +753,8 @@ def main() -> None:
     warmup = dict(engine.warmup or {}, engine_start_s=round(time.monotonic() - t0, 1))
     log("warm-up", warmup)
     if engine.fast is not None and engine.fast.building:  # ENGINE_FAST_AOT's first start: ready now, compiled later
-        log("waiting for the compiled modules' builds")
+        warmup["graph_step_ms_before_builds"] = graph_replays_ms(engine.fast)  # beside the compiled ones, same run
+        log("waiting for the compiled modules' builds", warmup["graph_step_ms_before_builds"])
         engine.fast.wait_for_builds(timeout=args.build_timeout)
         engine.warmup = engine.fast.info
         warmup["full_speed_s"] = round(time.monotonic() - t0, 1)  # from the engine's start to the last swap

@@ -24,11 +24,14 @@ from torch import nn
 
 from . import aot
 from .models import Models
+from .multigen import DECODE_BATCH
 from .multilora import NONE, SlotMerge
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZES = (1, 2, 4, 8)
+# The VAE decoder's packages: one image, and the most images a shared decode takes (requests ending on one step).
+VAE_BATCHES = (1, DECODE_BATCH)
 # The UNet layers whose LoRA updates the graphs compute: the kinds the engine trains by default (protocol.py). A batch
 # whose LoRAs fill other layers too runs eagerly; computing all eight kinds in every graph doubled a UNet call.
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -168,6 +171,8 @@ class FastGenerator:
         decoder = self.pipe.vae.decoder
         self._decoder_forward = type(decoder).forward.__get__(decoder)  # the class's: a compiled one may shadow it
         self.vae_compiled = False  # ENGINE_FAST_COMPILE_VAE, once the compiled decoder is in place
+        self.vae_batches: list[int] = []  # the image counts it is compiled for
+        self.vae_graphs: dict[int, StepGraph] = {}  # with `aot`: its packages' graphs by image count
 
     # --- warm-up ------------------------------------------------------------------------------------------------
 
@@ -219,6 +224,7 @@ class FastGenerator:
                                 if g.compiled}),
             "graphs": len(self.graphs) + (self.text is not None),
             "compiled_vae": self.vae_compiled,
+            "compiled_vae_batches": self.vae_batches,
             "merged": sorted({r // 2 for (_, r), g in self.graphs.items() if g.merged}),
             "lora_layers": len(self.served),
             "size": [self.settings.width, self.settings.height],
@@ -385,38 +391,52 @@ class FastGenerator:
     def _compile_decoder(self) -> None:
         """The VAE decoder compiled for one image's latents at the fast size; other shapes call its own forward. It
         is compiled here, not on a request's first decode: compiling costs tens of seconds on a first start. With
-        `aot` its package is loaded (or its build started) and its call captured in a graph of its own."""
+        `aot` there is a package for one image and one for a shared decode's most (multigen.DECODE_BATCH: requests
+        that end on one step), each loaded (or its build started) and captured in a graph of its own; a decode of
+        more than half the larger batch is padded to it (each image is decoded on its own)."""
         decoder = self.pipe.vae.decoder
         own = self._decoder_forward
-        shape = (1, self.pipe.vae.config.latent_channels, *self.latent_hw)
+        image = (self.pipe.vae.config.latent_channels, *self.latent_hw)
         if self.settings.aot:
-            z = torch.zeros(shape, device=self.device, dtype=self.pipe.vae.dtype)
-            runner = self._package("vae@1", "vae", self.pipe.vae, aot.DecoderCall(decoder), (z,), lambda r: r)
-            if runner is None:
+            steps: dict[int, StepGraph] = {}
+            for batch in VAE_BATCHES:
+                z = torch.zeros((batch, *image), device=self.device, dtype=self.pipe.vae.dtype)
+                runner = self._package(f"vae@{batch}", "vae", self.pipe.vae, aot.DecoderCall(decoder), (z,),
+                                       lambda r: r)
+                if runner is not None:
+                    steps[batch] = StepGraph(rows=batch, body=lambda r=runner, z=z: r(z), buffers={"z": z},
+                                             compiled=True)
+                    self._capture(steps[batch], frozenset())
+            if not steps:
                 return
-            step = StepGraph(rows=1, body=lambda: runner(z), buffers={"z": z}, compiled=True)
-            self._capture(step, frozenset())
+            sizes = {n: next(b for b in sorted(steps) if b >= n) for n in range(1, max(steps) + 1)
+                     if n in steps or any(b >= n > b // 2 for b in steps)}
 
             def compiled(latents: torch.Tensor) -> torch.Tensor:
-                step.buffers["z"].copy_(latents)
-                return step.run().clone()  # the buffer is the next replay's
+                step = steps[sizes[len(latents)]]
+                step.buffers["z"][: len(latents)].copy_(latents)
+                return step.run()[: len(latents)].clone()  # the buffer is the next replay's
         else:
+            sizes = {1: 1}
             compiled = torch.compile(own, mode="default", dynamic=False)
 
         def forward(z: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-            if tuple(z.shape) == shape and not args and not kwargs:
+            if tuple(z.shape[1:]) == image and len(z) in sizes and not args and not kwargs:
                 return compiled(z)
             return own(z, *args, **kwargs)
 
         try:
             with torch.no_grad():
-                for _ in range(2):
-                    forward(torch.zeros(shape, device=self.device, dtype=self.pipe.vae.dtype))
+                for batch in sorted(set(sizes.values())):
+                    for _ in range(2):
+                        forward(torch.zeros((batch, *image), device=self.device, dtype=self.pipe.vae.dtype))
         except Exception:  # noqa: BLE001 (a compiler failure costs speed, not service)
             log.exception("torch.compile of the VAE decoder failed; decoding eagerly")
             return
         decoder.forward = forward  # an instance attribute: nn.Module.__call__ finds it before the class's
         self.vae_compiled = True
+        self.vae_batches = sorted(set(sizes.values()))
+        self.vae_graphs = steps if self.settings.aot else {}
 
     def _build_text(self) -> StepGraph:
         """The text encoder over one prompt's token ids (what diffusers' encode_prompt passes it, once for the

@@ -15,10 +15,11 @@ from torch import nn
 from portrait_engine import aot
 from portrait_engine.engine import Engine
 from portrait_engine.fast import FastGenerator, FastSettings, settings_from_env
+from portrait_engine.multigen import Generation, decode_together, denoise_step
 from portrait_engine.multilora import NONE
 
 from .support import assert_same_images
-from .test_fast import SIZE, other_lora, request, run  # noqa: F401 (other_lora: a fixture)
+from .test_fast import SIZE, other_lora, pixels, request, run  # noqa: F401 (other_lora: a fixture)
 
 COMPILED = ["controlnet@1", "unet@1"]
 
@@ -109,6 +110,16 @@ def test_settings_turn_packages_and_the_compiled_controlnet_and_decoder_on_toget
     assert not settings_from_env({"ENGINE_FAST_COMPILE_VAE": "off"}).compile_vae
 
 
+def decode_six(engine: Engine, fast: FastGenerator) -> np.ndarray:
+    """Two requests of three images each, ending on one step: one shared decode of six images."""
+    generations = [Generation(engine.models, request(num_images=3, steps=2, seed=seed), seed, None, NONE, fast)
+                   for seed in (1, 2)]
+    while not all(g.done for g in generations):
+        assert denoise_step(engine.models, generations, fast) == {}
+    decoded = decode_together(generations)
+    return np.concatenate([pixels(decoded[g]) for g in generations])
+
+
 @pytest.fixture
 def restore_decoder(engine: Engine):
     yield
@@ -130,16 +141,21 @@ def test_a_first_start_serves_while_its_packages_build_then_swaps_them_in_and_a_
         first.warm_up()
         # Ready at once: nothing compiled yet, three builds running in other processes.
         assert first.info["compiled"] == [] and not first.info["compiled_vae"]
-        assert first.info["aot"]["building"] == ["cn@1", "unet@1", "vae@1"] and first.building
+        assert first.info["aot"]["building"] == ["cn@1", "unet@1", "vae@1", "vae@8"] and first.building
         uncompiled = {name: run(engine, c, first)[0] for name, c in cases.items()}
-        assert sorted(first.wait_for_builds(timeout=900)) == ["cn@1", "unet@1", "vae@1"]
+        uncompiled["six"] = decode_six(engine, first)
+        assert sorted(first.wait_for_builds(timeout=900)) == ["cn@1", "unet@1", "vae@1", "vae@8"]
         assert first.info["compiled"] == COMPILED and first.info["compiled_vae"] and not first.building
-        assert first.info["aot"] == {"loaded": ["cn@1", "unet@1", "vae@1"], "building": [], "failed": {}}
+        assert first.info["compiled_vae_batches"] == [1, 8]
+        assert first.info["aot"] == {"loaded": ["cn@1", "unet@1", "vae@1", "vae@8"], "building": [], "failed": {}}
         assert all(first.graphs[(cn, 2)].compiled and first.graphs[(cn, 2)].merged for cn in (False, True))
-        calls = first.graphs[(False, 2)].calls
+        calls, decodes = first.graphs[(False, 2)].calls, first.vae_graphs[8].calls
         compiled = {name: run(engine, c, first)[0] for name, c in cases.items()}
         assert first.graphs[(False, 2)].calls > calls  # the swapped-in graph served
-        for name in cases:
+        assert first.vae_graphs[8].calls == decodes
+        compiled["six"] = decode_six(engine, first)
+        assert first.vae_graphs[8].calls == decodes + 1  # the six images' shared decode, padded to 8
+        for name in uncompiled:
             assert_same_images(compiled[name], uncompiled[name])
         assert not np.array_equal(compiled["lora"], compiled["plain"])  # the merge reached the package
         # A restart: the packages load at warm-up, nothing builds.
@@ -151,7 +167,7 @@ def test_a_first_start_serves_while_its_packages_build_then_swaps_them_in_and_a_
         for name, c in cases.items():
             assert np.array_equal(run(engine, c, again)[0], compiled[name])
         assert sorted(p.name.split("-")[0] for p in Path(tmp_path, "aot").glob("*.pt2")) == ["controlnet", "unet",
-                                                                                         "vae"]
+                                                                                         "vae", "vae"]
     finally:
         slots.clear_slot(0)
 
@@ -210,7 +226,7 @@ def test_a_build_that_fails_leaves_its_module_uncompiled_and_says_so(engine: Eng
     assert fast.wait_for_builds(timeout=300) == [] and not fast.building
     assert fast.info["compiled"] == [] and not fast.info["compiled_vae"]
     failed = fast.info["aot"]["failed"]
-    assert sorted(failed) == ["cn@1", "unet@1", "vae@1"] and all("failed (exit 1)" in why for why in failed.values())
+    assert sorted(failed) == ["cn@1", "unet@1", "vae@1", "vae@8"] and all("failed (exit 1)" in why for why in failed.values())
     assert fast.upgrade() == []  # nothing is built again
     images = run(engine, [(request(), NONE, None)], fast)[0]
     assert images.shape[-1] == 3 and not list(tmp_path.glob("aot/*.lock")) and not list(tmp_path.glob("aot/*.pt2"))
