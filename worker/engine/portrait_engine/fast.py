@@ -151,6 +151,7 @@ class FastGenerator:
         self.builds = aot.Builds(Path(cache_dir or Path.home() / ".cache" / "portrait-engine") / "aot")
         self._runners: dict[str, Callable] = {}
         self._building: dict[str, str] = {}  # spec key -> name
+        self._pending: list[tuple[int, int, aot.Spec]] = []  # (batch, order, spec) for _start_builds
         self._aot_failed: dict[str, str] = {}
         self._built: set[str] = set()  # names whose package this process's builds made
         self.info: dict = {}
@@ -206,6 +207,7 @@ class FastGenerator:
             self.unmerging = StepGraph(rows=1, body=self.merge.restore, buffers={})
             for step in (self.merging, self.unmerging):
                 self._capture(step, frozenset(), warm=1)  # (add reads the NONE slot here: zeros, and restore)
+        self._start_builds()
         self._describe(warmup_s=round(time.monotonic() - started, 2))
         if self.device.type == "cuda":
             self.info["peak_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 2)
@@ -290,8 +292,15 @@ class FastGenerator:
                     return None
         if spec.key() not in self._building:
             self._building[spec.key()] = name
-            self.builds.start(spec)
+            self._pending.append((int(name.split("@")[1]), len(self._pending), spec))
         return None
+
+    def _start_builds(self) -> None:
+        """The builds asked for since the last call, one image's first (they serve the most requests), as the
+        build processes come free (aot.MAX_RUNNING at once)."""
+        for *_, spec in sorted(self._pending, key=lambda p: p[:2]):
+            self.builds.start(spec)
+        self._pending.clear()
 
     @property
     def building(self) -> bool:
@@ -327,6 +336,7 @@ class FastGenerator:
                 self._runners.pop(name, None)
             finally:
                 log.info("swapped in %s in %.2f s", name, time.monotonic() - started)
+        self._start_builds()  # (a package that would not load is built again)
         if ended:
             self._describe()
         return names

@@ -89,6 +89,19 @@ def test_engines_sharing_a_cache_folder_build_each_package_once(tmp_path):
     assert not (tmp_path / f"{bad.key()}.lock").exists()
 
 
+def test_builds_past_the_limit_wait_their_turn_in_order(tmp_path):
+    specs = [aot.Spec(kind="unet", config=f'{{"block_out_channels": "nonsense {i}"}}', dtype="float32", device="cpu",
+                      inputs=(), platform="test") for i in range(3)]
+    builds = aot.Builds(tmp_path, max_running=1)
+    for spec in specs:
+        builds.start(spec)
+    assert list(builds.running) == [specs[0].key()] and list(builds.queued) == [s.key() for s in specs[1:]]
+    builds.wait(300)
+    ended = builds.poll()
+    assert [spec for spec, _ in ended] == specs and all(isinstance(error, RuntimeError) for _, error in ended)
+    assert not builds.running and not builds.queued and not list(tmp_path.glob("*.lock"))
+
+
 def test_a_build_lock_left_by_a_dead_engine_is_taken_over(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
