@@ -467,7 +467,7 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
                                steps=steps, seed=seed, width=side, height=side, scheduler="unipc",
                                output_dir=str(out))
 
-    from portrait_engine.engine import finish_generation
+    from portrait_engine.engine import encode_together, finish_generation
     from portrait_engine.multigen import Generation, decode_together, denoise_step
     from portrait_engine.scheduler import SlotTable
 
@@ -500,8 +500,8 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
             if g.slot >= 0:
                 table.unpin(g.slot)
         if save:
-            for r, g, group in zip(reqs, generations, images):
-                finish_generation(r.model_copy(update={"output_dir": str(out / r.id)}), group, g.seed, started)
+            for r, g, group, files in zip(reqs, generations, images, encode_together(images)):
+                finish_generation(r.model_copy(update={"output_dir": str(out / r.id)}), group, g.seed, started, files)
         phase("png")
         return images
 

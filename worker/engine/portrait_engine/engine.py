@@ -5,7 +5,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import diffusers
@@ -19,7 +19,7 @@ from .config import EngineConfig
 from . import fast_train
 from .fast import FastGenerator, inductor_cache, settings_from_env
 from .generate import LoraCache, generate
-from .images import load_photos, open_rgb, save_pngs
+from .images import load_photos, open_rgb, png_many, save_pngs
 from .models import load_models
 from .previews import paint_with_peft, preview_steps
 from .safety import Screened
@@ -193,8 +193,18 @@ def finish_training(
     )
 
 
-def finish_generation(request: GenerateRequest, images: Screened, seed: int, started: float) -> GenerateResult:
-    """Writes the images the safety check let through (a withheld one is never written) and names the others."""
-    paths = save_pngs([image for image in images if image is not None], Path(request.output_dir))
+def encode_together(outputs: Sequence[Screened]) -> list[list[bytes]]:
+    """The PNG files of several requests' images (those the safety check let through), made at once
+    (images.png_many): for finish_generation, when requests end on one step."""
+    kept = [[image for image in images if image is not None] for images in outputs]
+    files = iter(png_many([image for images in kept for image in images]))
+    return [[next(files) for _ in images] for images in kept]
+
+
+def finish_generation(request: GenerateRequest, images: Screened, seed: int, started: float,
+                      encoded: Sequence[bytes] | None = None) -> GenerateResult:
+    """Writes the images the safety check let through (a withheld one is never written) and names the others;
+    `encoded`: their PNG files, from encode_together."""
+    paths = save_pngs([image for image in images if image is not None], Path(request.output_dir), encoded)
     flagged = [index for index, image in enumerate(images) if image is None]
     return GenerateResult(id=request.id, images=paths, flagged=flagged, seed=seed, seconds=time.monotonic() - started)

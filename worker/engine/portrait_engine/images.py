@@ -61,13 +61,14 @@ def load_photos(paths: Sequence[str], size: int) -> torch.Tensor:
     return torch.stack(tensors)
 
 
-def save_pngs(images: Sequence[Image.Image], folder: Path) -> list[str]:
-    """Writes 0.png, 1.png, … into folder; each file appears complete or not at all."""
+def save_pngs(images: Sequence[Image.Image], folder: Path, encoded: Sequence[bytes] | None = None) -> list[str]:
+    """Writes 0.png, 1.png, … into folder (`encoded`: the images' PNG files, made already); each file appears
+    complete or not at all."""
     folder.mkdir(parents=True, exist_ok=True)
     finals = [folder / f"{i}.png" for i in range(len(images))]
     temps = [folder / f".{final.name}.tmp" for final in finals]
     try:
-        for data, temp in zip([png_bytes(image) for image in images], temps):
+        for data, temp in zip(png_many(images) if encoded is None else encoded, temps, strict=True):
             temp.write_bytes(data)
         for temp, final in zip(temps, finals):
             os.replace(temp, final)
@@ -84,10 +85,36 @@ def png_bytes(image: Image.Image) -> bytes:
     the row above, computed at once by numpy) instead of PIL's adaptive per-row choice: a few % larger on photos.
     The stripes are raw deflate streams ended by a sync flush (a byte boundary), so their concatenation is one valid
     stream, as pigz does it. Modes other than RGB go through PIL."""
-    if image.mode != "RGB":
-        out = io.BytesIO()
-        image.save(out, format="PNG", compress_level=1)
-        return out.getvalue()
+    return png_many([image])[0]
+
+
+def png_many(images: Sequence[Image.Image]) -> list[bytes]:
+    """png_bytes of each image, every image's filtering and then every stripe of all of them through the pool at
+    once: the requests that end on one step are written together (one image at a time left most threads idle)."""
+    rgb = [image for image in images if image.mode == "RGB"]
+    filtered = dict(zip(map(id, rgb), _png_pool.map(_filtered, rgb)))
+    stripes = [stripe for image in rgb for stripe in filtered[id(image)][1]]
+    deflated = iter(_png_pool.map(_deflate_stripe, stripes))
+    out = []
+    for image in images:
+        if image.mode != "RGB":
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", compress_level=1)
+            out.append(buffer.getvalue())
+            continue
+        adler, parts = filtered[id(image)]
+        width, height = image.size
+        data = b"".join(next(deflated) for _ in parts)
+        header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        # zlib's header for the fastest level (0x78 0x01), the raw stripes, then the Adler-32 of all the data.
+        idat = b"\x78\x01" + data + struct.pack(">I", adler)
+        out.append(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat)
+                   + _png_chunk(b"IEND", b""))
+    return out
+
+
+def _filtered(image: Image.Image) -> tuple[int, list[tuple[np.ndarray, bool]]]:
+    """An RGB image's Up-filtered scanlines: their Adler-32 and their stripes (the last one flagged)."""
     pixels = np.asarray(image)
     height, width = pixels.shape[:2]
     rows = pixels.reshape(height, width * 3)
@@ -97,12 +124,7 @@ def png_bytes(image: Image.Image) -> bytes:
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # modulo 256, as the filter is defined
     raw = filtered.reshape(-1)
     bounds = np.linspace(0, height, min(PNG_THREADS, height) + 1).astype(int) * filtered.shape[1]
-    stripes = [(raw[a:b], i == len(bounds) - 2) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
-    deflated = b"".join(_png_pool.map(_deflate_stripe, stripes))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    # zlib's header for the fastest level (0x78 0x01), the raw stripes, then the Adler-32 of all the data.
-    idat = b"\x78\x01" + deflated + struct.pack(">I", zlib.adler32(raw))
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return zlib.adler32(raw), [(raw[a:b], i == len(bounds) - 2) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
 
 
 def _deflate_stripe(stripe: tuple[np.ndarray, bool]) -> bytes:

@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel
 
 from . import fast_train
-from .engine import Engine, checkpoint, finish_generation, finish_training, resume
+from .engine import Engine, checkpoint, encode_together, finish_generation, finish_training, resume
 from .errors import Cancelled, EngineError
 from .multigen import Generation, decode_together, denoise_step
 from .multilora import NONE, SlotLoRA
@@ -265,15 +265,22 @@ class Scheduler:
             task.job.progress(generation.step_index, generation.total)
             if generation.done:
                 finished.append(task)
-        # The requests done on this step are decoded together (one VAE call per latent size), then written.
+        # The requests done on this step are decoded together (one VAE call per latent size), their PNG files made
+        # together, then written.
         decoded = decode_together([t.generation for t in finished])
+        done = [t for t in finished if not isinstance(decoded[t.generation], Exception)]
+        try:
+            encoded = dict(zip(map(id, done), encode_together([decoded[t.generation] for t in done])))
+        except Exception:  # noqa: BLE001 (each request then encodes its own, and only a failing one fails)
+            log.exception("encoding the finished requests' images together failed")
+            encoded = {}
         for task in finished:
             images = decoded[task.generation]
             if isinstance(images, Exception):
                 self._end(task, error=images)
             else:
                 self._end(task, finish=lambda t=task, i=images: finish_generation(t.request, i, t.generation.seed,
-                                                                                   t.started))
+                                                                                   t.started, encoded.get(id(t))))
 
     def _training_step(self, trainings: list[Task]) -> None:
         self._own_weights()

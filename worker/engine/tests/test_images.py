@@ -38,3 +38,20 @@ def test_other_modes_and_files(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png", "1.png"]  # no temporary left
     with Image.open(paths[0]) as back:
         assert back.mode == "L" and np.array_equal(np.asarray(back), np.asarray(grey))
+
+
+def test_several_images_are_encoded_at_once_each_as_alone(monkeypatch):
+    """png_many: every image's filtering in one pass over the pool and every stripe of all of them in another (the
+    requests that end on one step), each file the same as png_bytes makes alone; other modes through PIL."""
+    rng = np.random.default_rng(3)
+    pictures = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in ((64, 48), (7, 5), (96, 96))]
+    pictures.insert(1, Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8), mode="L"))
+    alone = [png_bytes(picture) for picture in pictures]
+    maps = []
+    pool_map = images._png_pool.map
+    monkeypatch.setattr(images._png_pool, "map", lambda fn, items: maps.append(fn) or pool_map(fn, items))
+    assert images.png_many(pictures) == alone
+    assert maps == [images._filtered, images._deflate_stripe]
+    for data, picture in zip(alone, pictures):
+        with Image.open(io.BytesIO(data)) as back:
+            assert back.mode == picture.mode and np.array_equal(np.asarray(back), np.asarray(picture))
