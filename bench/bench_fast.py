@@ -574,6 +574,11 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
     from portrait_engine.images import save_pngs
     image = decode()
     res["png_b1_ms"] = timed(lambda: save_pngs(image, out / "png"), 10)["median_s"] * 1000
+    # Eight requests' images ending on one step: made one after the other, and at once (encode_together).
+    from portrait_engine.images import png_many, png_bytes
+    eight = [image[0].rotate(90 * (i % 4)) for i in range(8)]
+    res["png_8_one_by_one_ms"] = timed(lambda: [png_bytes(x) for x in eight], 10)["median_s"] * 1000
+    res["png_8_together_ms"] = timed(lambda: png_many(eight), 10)["median_s"] * 1000
     res["png_pil_b1_ms"] = timed(lambda: image[0].save(out / "pil.png", format="PNG", compress_level=1),
                                  10)["median_s"] * 1000  # what save_pngs did before its striped encoder
     # A user switch: a LoRA file loaded into a slot (users already in a slot switch by index alone: no copy).
