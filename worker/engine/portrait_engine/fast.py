@@ -616,7 +616,9 @@ def settings_from_env(env=os.environ) -> FastSettings:
         width=int(width),
         height=int(height or width),
         batch_sizes=batch_sizes,
-        compile_batches=sizes("ENGINE_FAST_COMPILE", (1,)),
+        # Packages build in other processes: the 8-image slot-layer UNet too (with torch.compile it would cost ~80 s
+        # more of every first start's warm-up).
+        compile_batches=sizes("ENGINE_FAST_COMPILE", (1, 8) if ahead else (1,)),
         compile_controlnet=flag("ENGINE_FAST_COMPILE_CONTROLNET", ahead),
         compile_vae=flag("ENGINE_FAST_COMPILE_VAE", ahead),
         aot=ahead,

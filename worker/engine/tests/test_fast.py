@@ -100,12 +100,12 @@ def test_bad_engine_fast_is_a_usage_error(capsys):
 
 def test_settings_from_the_environment():
     default = settings_from_env({})
-    assert (default.batch_sizes, default.compile_batches, default.width, default.height) == ((1, 2, 4, 8), (1,), 512, 512)
+    assert (default.batch_sizes, default.compile_batches, default.width, default.height) == ((1, 2, 4, 8), (1, 8), 512, 512)
     custom = settings_from_env({"ENGINE_FAST_BATCHES": "8,2", "ENGINE_FAST_COMPILE": "none", "ENGINE_FAST_SIZE": "768x512"})
     assert (custom.batch_sizes, custom.compile_batches, custom.width, custom.height) == ((2, 8), (), 768, 512)
     assert default.merged_batches == (1,) and settings_from_env({"ENGINE_FAST_MERGE": "off"}).merged_batches == ()
     jit = settings_from_env({"ENGINE_FAST_AOT": "0"})  # torch.compile in the engine's process, as before packages
-    assert not jit.compile_vae and settings_from_env({"ENGINE_FAST_AOT": "0", "ENGINE_FAST_COMPILE_VAE": "1"}).compile_vae
+    assert jit.compile_batches == (1,) and not jit.compile_vae and settings_from_env({"ENGINE_FAST_AOT": "0", "ENGINE_FAST_COMPILE_VAE": "1"}).compile_vae
 
 
 def test_without_cuda_the_engine_runs_the_plain_path(engine: Engine):
