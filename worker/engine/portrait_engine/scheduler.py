@@ -5,7 +5,9 @@ multigen.denoise_step batches them across users), then one optimizer step over e
 (multitrain.shared_step). While generations are active, trainings get at most `train_share` of the time (their
 shared step is skipped on a tick that would take them past it), so a portrait beside several trainings takes about
 1 / (1 - train_share) of its time on an idle engine; trainings never stop for longer than the generations last. Jobs join (`admit`) and leave between ticks, so a cancel takes effect within one step and
-an `/imagine` never waits for anyone's whole training. A job that fails (a bad photo or LoRA at admission, a loss
+an `/imagine` never waits for anyone's whole training. A portrait decoded on one tick has its PNG files written on
+the next, after the other portraits' step is launched, so the card computes that step while the host makes the
+files (the last one is written at once); a cancel that comes before they are written wins. A job that fails (a bad photo or LoRA at admission, a loss
 that is not finite, an exception in its own part of a step or in writing its output) ends with its own error; the
 others go on.
 
@@ -145,6 +147,9 @@ class Scheduler:
         self._generating = self._training = 0.0
         self.table = SlotTable(engine.models.slots)
         self.active: list[Task] = []
+        # Generations decoded on the last tick whose files are not written yet: written on this tick once the other
+        # generations' step is launched, so the card computes it while the host makes the PNG files.
+        self.finishing: list[tuple[Task, Callable[[], BaseModel]]] = []
         # On CUDA with the fast path, the trainings fast_train accepts step together in captured graphs (at their
         # natural batch size, so a job's numbers move with its mates' by float rounding); the rest eagerly.
         cuda = engine.models.device.type == "cuda"
@@ -152,7 +157,11 @@ class Scheduler:
 
     @property
     def idle(self) -> bool:
-        return not self.active
+        return not self.active and not self.finishing
+
+    def jobs(self) -> list[JobHandle]:
+        """Every job the scheduler holds: active, or decoded with its files still to write."""
+        return [t.job for t in self.active] + [t.job for t, _ in self.finishing]
 
     # --- joining --------------------------------------------------------------------------------------------------
 
@@ -236,6 +245,7 @@ class Scheduler:
         generations = [t for t in self.active if t.generation is not None]
         if not generations:
             self._generating = self._training = 0.0
+            self._write_finished()
         else:
             started = time.monotonic()
             self._generation_step(generations)
@@ -256,6 +266,7 @@ class Scheduler:
 
     def _generation_step(self, generations: list[Task]) -> None:
         failures = denoise_step(self.engine.models, [t.generation for t in generations], self.engine.fast)
+        self._write_finished()  # the last tick's, while the card computes this step (nothing here waits for it)
         finished = []
         for task in generations:
             generation = task.generation
@@ -279,8 +290,19 @@ class Scheduler:
             if isinstance(images, Exception):
                 self._end(task, error=images)
             else:
-                self._end(task, finish=lambda t=task, i=images: finish_generation(t.request, i, t.generation.seed,
-                                                                                   t.started, encoded.get(id(t))))
+                self.active.remove(task)
+                self.finishing.append((task, lambda t=task, i=images: finish_generation(
+                    t.request, i, t.generation.seed, t.started, encoded.get(id(t)))))
+        if not any(t.generation is not None for t in self.active):
+            self._write_finished()  # no step to overlap with: now
+
+    def _write_finished(self) -> None:
+        finishing, self.finishing = self.finishing, []
+        for task, finish in finishing:
+            if task.job.is_cancelled():  # a cancel wins until its files are written
+                self._end(task, error=Cancelled())
+            else:
+                self._end(task, finish=finish)
 
     def _training_step(self, trainings: list[Task]) -> None:
         self._own_weights()
@@ -321,6 +343,7 @@ class Scheduler:
             task.job.preview(training.step_count, training.params.max_steps, image)
 
     def cancel_all(self) -> None:
+        self._write_finished()  # decoded already: their results stand
         for task in list(self.active):
             self._end(task, error=Cancelled())
 
@@ -328,7 +351,8 @@ class Scheduler:
 
     def _end(self, task: Task, finish: Callable[[], BaseModel] | None = None, error: BaseException | None = None):
         """Takes the task out; writes its outputs (`finish`) or reports `error`; gives its slot back."""
-        self.active.remove(task)
+        if task in self.active:  # (a finishing one has left already)
+            self.active.remove(task)
         self._own_weights()  # before its slot may be given back or loaded again
         outcome = None
         if finish is not None:

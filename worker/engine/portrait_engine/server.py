@@ -229,7 +229,7 @@ class Server:
             else:
                 self.scheduler.tick()
             with self._changed:
-                running = {id(task.job) for task in self.scheduler.active} | {id(job) for job in self._exclusive}
+                running = {id(job) for job in self.scheduler.jobs()} | {id(job) for job in self._exclusive}
                 self._admitted = [job for job in self._admitted if id(job) in running]
 
     def _close(self, cancel: bool) -> None:

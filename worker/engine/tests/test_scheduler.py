@@ -322,3 +322,50 @@ def test_trainings_take_at_most_their_share_while_portraits_are_painted(engine: 
         while not scheduler.idle:
             scheduler.tick()
         assert [type(e).__name__ for e in ended] == ["GenerateResult", "TrainResult"], ended
+
+
+class CancellableJob(ScheduledJob):
+    def __init__(self, request):
+        super().__init__(request)
+        self.cancelled = False
+
+    def is_cancelled(self) -> bool:
+        return self.cancelled
+
+
+def test_a_finished_portrait_is_written_once_the_others_next_step_is_launched(engine: Engine, tmp_path: Path,
+                                                                             monkeypatch):
+    """A portrait decoded on one tick has its PNG files made on the next, after the other portraits' step is launched
+    (on CUDA the card computes that step meanwhile: nothing between waits for it); the last one is written at once;
+    a cancel that comes before the files are written wins, and none are."""
+    from portrait_engine import scheduler as module
+    from portrait_engine.protocol import GenerateRequest
+
+    order = []
+    step, finish = module.denoise_step, module.finish_generation
+    monkeypatch.setattr(module, "denoise_step", lambda models, generations, fast=None: order.append(
+        ("step", sorted(g.request.id for g in generations))) or step(models, generations, fast))
+    monkeypatch.setattr(module, "finish_generation", lambda request, *rest: order.append(("write", request.id))
+                        or finish(request, *rest))
+    for cancel in (False, True):
+        order.clear()
+        ended = []
+        scheduler = module.Scheduler(engine, ended.append, train_rows=ROWS)
+        jobs = {name: CancellableJob(GenerateRequest.model_validate(_generate(name, tmp_path / f"{name}{cancel}",
+                                                                              steps=steps)))
+                for name, steps in (("a", 2), ("b", 4))}
+        for job in jobs.values():
+            assert scheduler.admit(job) == "joined"
+        scheduler.tick()
+        scheduler.tick()  # a's last step: decoded, its files not written yet
+        assert [job.request.id for job in scheduler.jobs()] == ["b", "a"] and not scheduler.idle
+        jobs["a"].cancelled = cancel
+        while not scheduler.idle:
+            scheduler.tick()
+        written = [] if cancel else [("write", "a")]
+        assert order == [("step", ["a", "b"]), ("step", ["a", "b"]), ("step", ["b"]), *written, ("step", ["b"]),
+                         ("write", "b")]
+        assert [(e.id, type(e).__name__) for e in ended] == [("a", "ErrorEvent" if cancel else "GenerateResult"),
+                                                            ("b", "GenerateResult")]
+        assert (ended[0].code == "cancelled") if cancel else Path(ended[0].images[0]).is_file()
+        assert not (tmp_path / "aTrue").exists() or not any((tmp_path / "aTrue").iterdir())
