@@ -571,11 +571,10 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
         with engine.models.slots.use([-1]), fast.encoding():
             res["encode_prompt_graph_ms"] = timed(lambda: pipe.encode_prompt(PROMPT, device, 1, True, ""),
                                                   10)["median_s"] * 1000
-    from portrait_engine.images import save_pngs
+    from portrait_engine.images import png_bytes, png_many, save_pngs
     image = decode()
     res["png_b1_ms"] = timed(lambda: save_pngs(image, out / "png"), 10)["median_s"] * 1000
     # Eight requests' images ending on one step: made one after the other, and at once (encode_together).
-    from portrait_engine.images import png_many, png_bytes
     eight = [image[0].rotate(90 * (i % 4)) for i in range(8)]
     res["png_8_one_by_one_ms"] = timed(lambda: [png_bytes(x) for x in eight], 10)["median_s"] * 1000
     res["png_8_together_ms"] = timed(lambda: png_many(eight), 10)["median_s"] * 1000

@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .multilora import NONE, SlotLoRA
+
 log = logging.getLogger(__name__)
 
 FORMAT = 2  # bump when the wrappers or the package settings change
@@ -61,15 +63,13 @@ class SlotUNetCall(UNetCall):
     rows, then each group's scaled B rows. The serving graph gathers the rows into those buffers before each call,
     so the package holds no slot at all and a user's LoRA reaches it as data."""
 
-    def __init__(self, unet: nn.Module, lora, groups: list, residuals: int):
+    def __init__(self, unet: nn.Module, lora: SlotLoRA, groups: list, residuals: int):
         super().__init__(unet)
         object.__setattr__(self, "lora", lora)  # not a submodule: its buffers are not the package's constants
         self.groups, self.residuals = groups, residuals
         self.served = frozenset(name for group in groups for name in group.names)
 
     def forward(self, sample, t, embeds, *rest):
-        from .multilora import NONE
-
         k, g = self.residuals, len(self.groups)
         residuals, rows_a, rows_bt = rest[:k], rest[k : k + g], rest[k + g :]
         saved = [(group.row_A, group.row_Bt, group.hoisted_rows) for group in self.groups]
@@ -83,13 +83,13 @@ class SlotUNetCall(UNetCall):
                 group.row_A, group.row_Bt, group.hoisted_rows = a, bt, rows
 
 
-def slot_layout(lora, served: tuple[str, ...]) -> str:
+def slot_layout(lora: SlotLoRA, served: tuple[str, ...]) -> str:
     """What a slot package depends on of the slot table: what makes its layers and groups, and which it serves."""
     return json.dumps({"slots": lora.slots, "max_rank": lora.max_rank, "dtype": str(lora.dtype).split(".")[-1],
                        "targets": list(lora.targets["unet"]), "served": list(served)})
 
 
-def served_layers(lora, served: tuple[str, ...]) -> list[str]:
+def served_layers(lora: SlotLoRA, served: tuple[str, ...]) -> list[str]:
     """The UNet's slot layers whose LoRA the fast path's graphs compute (fast.LORA_TARGETS)."""
     return [name for name in lora.layers if name.startswith("unet.") and any(name.endswith("." + t) for t in served)]
 
@@ -177,8 +177,6 @@ class Spec:
     def _slot_wrapper(self, unet: nn.Module) -> SlotUNetCall:
         """The serving process's slot layers over `unet`: the same table layout, so the same layers in the same
         groups, in the same order as the inputs; without the slot buffers, which the rows' path does not read."""
-        from .multilora import SlotLoRA
-
         layout = json.loads(self.slots)
         lora = SlotLoRA(layout["slots"], layout["max_rank"], device=self.device, dtype=getattr(torch, layout["dtype"]))
         lora.install("unet", unet, layout["targets"])

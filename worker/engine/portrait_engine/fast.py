@@ -151,7 +151,7 @@ class FastGenerator:
         self.builds = aot.Builds(Path(cache_dir or Path.home() / ".cache" / "portrait-engine") / "aot")
         self._runners: dict[str, Callable] = {}
         self._building: dict[str, str] = {}  # spec key -> name
-        self._pending: list[tuple[int, int, aot.Spec]] = []  # (batch, order, spec) for _start_builds
+        self._pending: list[tuple[int, aot.Spec]] = []  # (batch, spec) for _start_builds
         self._aot_failed: dict[str, str] = {}
         self._built: set[str] = set()  # names whose package this process's builds made
         self.info: dict = {}
@@ -171,9 +171,13 @@ class FastGenerator:
         self._text_forward = self.pipe.text_encoder.forward  # the module's own, bound before `encoding` shadows it
         decoder = self.pipe.vae.decoder
         self._decoder_forward = type(decoder).forward.__get__(decoder)  # the class's: a compiled one may shadow it
-        self.vae_compiled = False  # ENGINE_FAST_COMPILE_VAE, once the compiled decoder is in place
-        self.vae_batches: list[int] = []  # the image counts it is compiled for
+        self.vae_batches: list[int] = []  # ENGINE_FAST_COMPILE_VAE: the image counts the decoder is compiled for
         self.vae_graphs: dict[int, StepGraph] = {}  # with `aot`: its packages' graphs by image count
+
+    @property
+    def vae_compiled(self) -> bool:
+        """The compiled decoder is in place (for the batches in vae_batches)."""
+        return bool(self.vae_batches)
 
     # --- warm-up ------------------------------------------------------------------------------------------------
 
@@ -292,13 +296,13 @@ class FastGenerator:
                     return None
         if spec.key() not in self._building:
             self._building[spec.key()] = name
-            self._pending.append((int(name.split("@")[1]), len(self._pending), spec))
+            self._pending.append((int(name.split("@")[1]), spec))
         return None
 
     def _start_builds(self) -> None:
         """The builds asked for since the last call, one image's first (they serve the most requests), as the
         build processes come free (aot.MAX_RUNNING at once)."""
-        for *_, spec in sorted(self._pending, key=lambda p: p[:2]):
+        for _, spec in sorted(self._pending, key=lambda pending: pending[0]):  # (stable: in order asked, per batch)
             self.builds.start(spec)
         self._pending.clear()
 
@@ -410,6 +414,9 @@ class FastGenerator:
         if self.settings.aot:
             steps: dict[int, StepGraph] = {}
             for batch in VAE_BATCHES:
+                if batch in self.vae_graphs:  # captured when an earlier package came
+                    steps[batch] = self.vae_graphs[batch]
+                    continue
                 z = torch.zeros((batch, *image), device=self.device, dtype=self.pipe.vae.dtype)
                 runner = self._package(f"vae@{batch}", "vae", self.pipe.vae, aot.DecoderCall(decoder), (z,),
                                        lambda r: r)
@@ -444,7 +451,6 @@ class FastGenerator:
             log.exception("torch.compile of the VAE decoder failed; decoding eagerly")
             return
         decoder.forward = forward  # an instance attribute: nn.Module.__call__ finds it before the class's
-        self.vae_compiled = True
         self.vae_batches = sorted(set(sizes.values()))
         self.vae_graphs = steps if self.settings.aot else {}
 

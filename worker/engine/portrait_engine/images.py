@@ -91,10 +91,9 @@ def png_bytes(image: Image.Image) -> bytes:
 def png_many(images: Sequence[Image.Image]) -> list[bytes]:
     """png_bytes of each image, every image's filtering and then every stripe of all of them through the pool at
     once: the requests that end on one step are written together (one image at a time left most threads idle)."""
-    rgb = [image for image in images if image.mode == "RGB"]
-    filtered = dict(zip(map(id, rgb), _png_pool.map(_filtered, rgb)))
-    stripes = [stripe for image in rgb for stripe in filtered[id(image)][1]]
-    deflated = iter(_png_pool.map(_deflate_stripe, stripes))
+    filtered = list(_png_pool.map(_filtered, [image for image in images if image.mode == "RGB"]))
+    deflated = iter(_png_pool.map(_deflate_stripe, [stripe for _, parts in filtered for stripe in parts]))
+    rgb = iter(filtered)
     out = []
     for image in images:
         if image.mode != "RGB":
@@ -102,7 +101,7 @@ def png_many(images: Sequence[Image.Image]) -> list[bytes]:
             image.save(buffer, format="PNG", compress_level=1)
             out.append(buffer.getvalue())
             continue
-        adler, parts = filtered[id(image)]
+        adler, parts = next(rgb)
         width, height = image.size
         data = b"".join(next(deflated) for _ in parts)
         header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
