@@ -533,6 +533,11 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
     fast = engine.fast
     requests = [request(lora, i=i, seed=100 + i) for i, lora in enumerate(loras[:8])]
     res["eight_ours"] = timed(lambda: scheduled(requests), max(3, repeats // 2))
+    multigen.GROUP_UNIPC_STEPS = False  # each request's UniPC step on its own rows, as before 2026-12-07
+    try:
+        res["eight_ours_steps_alone"] = timed(lambda: scheduled(requests), max(3, repeats // 2))
+    finally:
+        multigen.GROUP_UNIPC_STEPS = True
     res["imagine_phases_ms"] = phased([request(loras[0])])
     res["eight_phases_ms"] = phased(requests)
     # Where /imagine's time goes: one replay of each captured call, the VAE decode, the prompt encoding, a PNG.
@@ -720,7 +725,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--skip-restart", action="store_true")
     parser.add_argument("--smoke", action="store_true",
-                        help="generation only, against the scheduler's eager path (no references, no training rows)")
+                        help="generation only, against the scheduler's eager path (no references, no training rows; "
+                             "no restart unless --only names it)")
     parser.add_argument("--restart-timeout", type=int, default=240)
     parser.add_argument("--build-timeout", type=int, default=420, help="ENGINE_FAST_AOT: the first start's builds")
     parser.add_argument("--only", default="", help="comma-separated sections to run (default: all)")
@@ -863,7 +869,7 @@ def main() -> None:
     for trainings, share in ((4, None), (4, 1.0)):
         section(f"imagine_beside_{trainings}_share{share or 'default'}", lambda t=trainings, s=share: imagine_beside_trainings(
             engine, photos, args.work, loras[0], side, steps, max(5, args.repeats), t, s, True))
-    if not args.tiny and not args.skip_restart and not args.smoke and (not only or "restart" in only):
+    if not args.tiny and not args.skip_restart and ("restart" in only or not (only or args.smoke)):
         log("restart warm-up")
         del engine
         torch.cuda.empty_cache()
@@ -930,6 +936,8 @@ def print_table(r: dict) -> None:
     print(f"  /imagine with UniPC's sigmas on the CPU (diffusers' placement): "
           f"{g['imagine_ours_sigmas_on_cpu']['median_s'] * 1000:.1f} ms; with its syncing solve: "
           f"{g['imagine_ours_solve_syncs']['median_s'] * 1000:.1f} ms")
+    print(f"  8 users with each request's UniPC step alone: {g['eight_ours_steps_alone']['median_s'] * 1000:.1f} ms "
+          f"(shared steps: {g['eight_ours']['median_s'] * 1000:.1f} ms)")
     for key in [k for k in r if k.startswith("imagine_beside_")]:
         b = r[key]
         print(f"  {key}: idle p95 {b['idle_p95_s'] * 1000:.0f} ms, busy p50 {b['busy_p50_s'] * 1000:.0f} / p95 "

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
 from portrait_engine.engine import Engine
@@ -147,3 +148,67 @@ def test_shared_decodes_are_bounded_in_images(engine: Engine, monkeypatch):
         del vae.decode
     assert decodes == [3, 3] and [len(outcome[g]) for g in generations] == counts
 
+
+
+def _run(models, cases, join_later=()):
+    """Each case's final latents, the requests in `join_later` admitted one step after the others."""
+    generations = [Generation(models, request, request.seed, control, slot) for request, control, slot in cases]
+    waiting = [g for i, g in enumerate(generations) if i in join_later]
+    active = [g for g in generations if g not in waiting]
+    while not all(g.done for g in generations):
+        denoise_step(models, active)
+        active += waiting
+        waiting = []
+    return [g.latents for g in generations]
+
+
+def test_requests_at_one_unipc_step_share_it_and_each_gets_its_own_result(
+    engine: Engine, trained_lora: Path, photos, monkeypatch
+):
+    from diffusers import UniPCMultistepScheduler
+
+    from portrait_engine import multigen
+
+    models = engine.models
+    pose = open_rgb(photos[1])
+    cases = [  # request, control image, slot
+        (_request(lora=str(trained_lora), guidance_scale=6.0, num_images=2, seed=11), None, 0),
+        (_request(prompt="a portrait", guidance_scale=1.0, seed=4), None, NONE),  # no CFG: one row
+        (_request(control_image=photos[1], controlnet_scale=0.8, seed=7), pose, NONE),  # another UNet call
+        (_request(seed=5, steps=4), None, NONE),  # another schedule
+        (_request(seed=6), None, NONE),  # joins a step later: another position
+        (_request(scheduler="euler_a", seed=8), None, NONE),  # draws noise: always alone
+    ]
+    models.slots.load_slot_file(0, trained_lora, 1.0)
+    steps = []
+    original = UniPCMultistepScheduler.step
+    monkeypatch.setattr(UniPCMultistepScheduler, "step",
+                        lambda self, out, t, sample, **k: steps.append(len(sample)) or original(self, out, t, sample, **k))
+    try:
+        shared = _run(models, cases, join_later={4})
+        shared_steps, steps[:] = list(steps), []
+        monkeypatch.setattr(multigen, "GROUP_UNIPC_STEPS", False)
+        alone = _run(models, cases, join_later={4})
+    finally:
+        models.slots.clear_slot(0)
+    # Per tick, cases 0-2 in one step (2 + 1 + 1 rows, ControlNet's included); case 3 (4 steps) and case 4 (a step
+    # behind) alone.
+    assert shared_steps == [4, 1] + [4, 1, 1] * 2 + [1, 1]
+    assert len(steps) == 3 + 3 + 3 + 4 + 3 and set(steps) == {1, 2}
+    for ours, theirs in zip(shared, alone):
+        assert torch.equal(ours, theirs)  # the same arithmetic on each element: bit for bit on the CPU
+    assert not torch.equal(shared[0][0], shared[1][0])
+
+
+def test_a_shared_scheduler_step_that_fails_is_retried_request_by_request(engine: Engine, monkeypatch):
+    from portrait_engine import multigen
+
+    cases = [(_request(seed=s), None, NONE) for s in (1, 2, 3)]
+    alone = _run(engine.models, cases)
+
+    def failing(members, noises):
+        raise RuntimeError("shared step failed")
+
+    monkeypatch.setattr(multigen, "_advance_together", failing)
+    for ours, theirs in zip(_run(engine.models, cases), alone):
+        assert torch.equal(ours, theirs)
