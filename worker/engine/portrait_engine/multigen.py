@@ -6,15 +6,14 @@ A `Generation` is one request's state, set up exactly as `StableDiffusionPipelin
 its prompt encoded under its own slot. `denoise_step(models, generations)` advances every given request by one
 step: requests of one latent size (and ControlNet or not) share one UNet call (and one ControlNet call) over all
 their rows, CFG's uncond/cond rows included, each row with its request's slot, timestep and ControlNet scale;
-guidance is then per request, on its own rows, and so is the scheduler step, with the request's own generators
-(requests at one point of one UniPC schedule, which draws no noise, share one: GROUP_UNIPC_STEPS). So a request's
+guidance and the scheduler step are then per request, on its own rows, with its own generators (UniPC's steps, which
+draw no noise, as one batched product over all its requests: unipc_plan.py, PLANNED_UNIPC). So a request's
 image does not depend on its batch mates (up to float rounding of the batched kernels; tests/test_multigen.py
 compares each request of a mixed batch with diffusers' pipelines: the equivalence tests' 1/255). `finish()` and
 `decode_together()` decode (the pipelines' VAE decode and postprocessing; requests that finish on one step share a
 VAE call) once the requests' steps are done, and screen the images through the optional safety check (safety.py).
 """
 
-import copy
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -27,6 +26,7 @@ from PIL import Image
 
 from .generate import _derive
 from .models import Models
+from . import unipc_plan
 from .multilora import NONE
 from .protocol import GenerateRequest
 from .safety import Screened, screen
@@ -44,10 +44,10 @@ SIGMAS_ON_DEVICE = True
 # launches while the GPU runs this one. The matrix, [[1, 1], [r, 1]] with r != 1 for distinct timesteps, is never
 # singular; solve_ex computes the same solution without the check.
 SOLVE_WITHOUT_SYNC = True
-# Requests at the same point of one UniPC schedule take one scheduler step over all their rows (their histories
-# concatenated, then split back): diffusers' own arithmetic, ~150 small kernels per step for the group instead of
-# per request, which on the card cost 3-4 ms of an 8-user step (bench_fast.py measures both).
-GROUP_UNIPC_STEPS = True
+# UniPC requests are stepped by the linear maps unipc_plan.py reads from diffusers' scheduler: every such request of
+# one latent shape in one batched product per step, ~10 kernels, where diffusers' step is ~150 per request (3-4 ms of
+# an 8-user step on the card; bench_fast.py measures both).
+PLANNED_UNIPC = True
 # Images per shared VAE decode: its activations grow with the batch (a 512 px image's 128-channel layers are 64 MiB
 # each), so many requests finishing together are decoded in slices; past a few images a bigger batch saves little.
 DECODE_BATCH = 8
@@ -91,9 +91,8 @@ class Generation:
             )
         self.embeddings = torch.cat([negative, positive]) if self.cfg else positive
         self.timesteps, _ = retrieve_timesteps(pipe.scheduler, request.steps, device)
-        # What fixes the schedule: the scheduler's kind, its config (ControlNet's pipelines hold an equal one) and
-        # the step count.
-        self.schedule = (type(pipe.scheduler).__name__, repr(sorted(pipe.scheduler.config.items())), request.steps)
+        maps = unipc_plan.request_maps(pipe.scheduler, request.guidance_scale if self.cfg else None, device)
+        self.planned = unipc_plan.PlannedSteps(maps) if PLANNED_UNIPC and maps is not None else None
         if SIGMAS_ON_DEVICE and device.type == "cuda" and isinstance(pipe.scheduler, UniPCMultistepScheduler):
             pipe.scheduler.sigmas = pipe.scheduler.sigmas.to(device)
         height, width = request.height, request.width
@@ -131,30 +130,18 @@ class Generation:
         latents = torch.cat([self.latents] * 2) if self.cfg else self.latents
         return self.pipe.scheduler.scale_model_input(latents, t)
 
-    def guided(self, noise_pred: torch.Tensor) -> torch.Tensor:
-        """The UNet's prediction for this request's rows, classifier-free guidance applied."""
-        if not self.cfg:
-            return noise_pred
-        uncond, text = noise_pred.chunk(2)
-        return uncond + self.request.guidance_scale * (text - uncond)
-
     def advance(self, noise_pred: torch.Tensor) -> None:
         """One scheduler step with the UNet's prediction for this request's rows."""
+        if self.planned is not None:
+            _step_planned([self], [noise_pred])
+            return
+        if self.cfg:
+            uncond, text = noise_pred.chunk(2)
+            noise_pred = uncond + self.request.guidance_scale * (text - uncond)
         t = self.timesteps[self.step_index]
         with _solve_without_sync():
-            self.latents = self.pipe.scheduler.step(
-                self.guided(noise_pred), t, self.latents, **self.extra, return_dict=False
-            )[0]
+            self.latents = self.pipe.scheduler.step(noise_pred, t, self.latents, **self.extra, return_dict=False)[0]
         self.step_index += 1
-
-    def position(self) -> tuple | None:
-        """Requests with equal positions are at the same step of the same UniPC schedule, latents alike; None where
-        the step is not shared (another scheduler: some draw noise from the request's own generators)."""
-        scheduler = self.pipe.scheduler
-        if type(scheduler) is not UniPCMultistepScheduler or scheduler.solver_p is not None:
-            return None
-        latents = self.latents
-        return (self.schedule, self.step_index, tuple(latents.shape[1:]), latents.dtype, latents.device)
 
     def finish(self) -> Screened:
         """The request's images, decoded, through the safety check (None where it withheld one)."""
@@ -249,24 +236,22 @@ def denoise_step(
 
 
 def _advance_all(predicted: dict[Generation, torch.Tensor]) -> dict[Generation, Exception]:
-    """Each request's scheduler step; requests at one UniPC position share one (see GROUP_UNIPC_STEPS). A shared
-    step that raises leaves every member as it was and is retried request by request."""
+    """Each request's scheduler step; the planned ones of one latent shape in one (unipc_plan.step_together). A
+    shared step that raises has written nothing and is retried request by request."""
     shared: dict[tuple, list[Generation]] = {}
     alone = []
     for generation in predicted:
-        position = generation.position() if GROUP_UNIPC_STEPS else None
-        if position is None:
+        if generation.planned is None:
             alone.append(generation)
         else:
-            shared.setdefault(position, []).append(generation)
+            latents = generation.latents
+            shared.setdefault((tuple(latents.shape[1:]), latents.dtype, latents.device), []).append(generation)
     for members in shared.values():
-        if len(members) == 1:
-            alone += members
-            continue
         try:
-            _advance_together(members, [predicted[g] for g in members])
+            _step_planned(members, [predicted[g] for g in members])
         except Exception:  # noqa: BLE001 (each then steps alone, so only the request at fault fails)
-            log.exception("a shared scheduler step failed; its requests step alone")
+            if len(members) > 1:
+                log.exception("a shared scheduler step failed; its requests step alone")
             alone += members
     failures = {}
     for generation in alone:
@@ -277,37 +262,13 @@ def _advance_all(predicted: dict[Generation, torch.Tensor]) -> dict[Generation, 
     return failures
 
 
-# The UniPC scheduler's per-request state that step() reads and writes besides its schedule.
-_UNIPC_STATE = ("timestep_list", "lower_order_nums", "this_order", "_step_index")
-
-
-def _advance_together(members: list[Generation], noises: list[torch.Tensor]) -> None:
-    """One UniPC step for requests at one position: a copy of the first one's scheduler steps over all their rows
-    (their multistep histories concatenated), and each request takes back its rows of the result and of the new
-    history. Nothing is written to the members until the shared step has returned."""
-    schedulers = [g.pipe.scheduler for g in members]
-    shared = copy.copy(schedulers[0])
-    shared.model_outputs = [
-        None if output is None else torch.cat([s.model_outputs[i] for s in schedulers])
-        for i, output in enumerate(shared.model_outputs)
-    ]
-    shared.timestep_list = list(shared.timestep_list)
-    if shared.last_sample is not None:
-        shared.last_sample = torch.cat([s.last_sample for s in schedulers])
-    sizes = [len(g.latents) for g in members]
-    guided = torch.cat([g.guided(noise) for g, noise in zip(members, noises)])
-    t = members[0].timesteps[members[0].step_index]
-    with _solve_without_sync():
-        latents = shared.step(guided, t, torch.cat([g.latents for g in members]), return_dict=False)[0]
-    outputs = [None if o is None else o.split(sizes) for o in shared.model_outputs]
-    last, latents = shared.last_sample.split(sizes), latents.split(sizes)
-    for i, (generation, scheduler) in enumerate(zip(members, schedulers)):
-        scheduler.model_outputs = [None if o is None else o[i] for o in outputs]
-        scheduler.last_sample = last[i]
-        for name in _UNIPC_STATE:
-            value = getattr(shared, name)
-            setattr(scheduler, name, list(value) if isinstance(value, list) else value)
-        generation.latents = latents[i]
+def _step_planned(members: list[Generation], noises: list[torch.Tensor]) -> None:
+    following = unipc_plan.step_together(
+        [g.planned for g in members], [g.step_index for g in members], [g.latents for g in members], noises,
+        [g.cfg for g in members],
+    )
+    for generation, latents in zip(members, following):
+        generation.latents = latents
         generation.step_index += 1
 
 

@@ -162,12 +162,12 @@ def _run(models, cases, join_later=()):
     return [g.latents for g in generations]
 
 
-def test_requests_at_one_unipc_step_share_it_and_each_gets_its_own_result(
+def test_unipc_requests_step_in_one_product_and_each_matches_diffusers_step(
     engine: Engine, trained_lora: Path, photos, monkeypatch
 ):
     from diffusers import UniPCMultistepScheduler
 
-    from portrait_engine import multigen
+    from portrait_engine import multigen, unipc_plan
 
     models = engine.models
     pose = open_rgb(photos[1])
@@ -176,39 +176,48 @@ def test_requests_at_one_unipc_step_share_it_and_each_gets_its_own_result(
         (_request(prompt="a portrait", guidance_scale=1.0, seed=4), None, NONE),  # no CFG: one row
         (_request(control_image=photos[1], controlnet_scale=0.8, seed=7), pose, NONE),  # another UNet call
         (_request(seed=5, steps=4), None, NONE),  # another schedule
-        (_request(seed=6), None, NONE),  # joins a step later: another position
-        (_request(scheduler="euler_a", seed=8), None, NONE),  # draws noise: always alone
+        (_request(seed=6), None, NONE),  # joins a step later
+        (_request(scheduler="euler_a", seed=8), None, NONE),  # not UniPC: diffusers' step
     ]
     models.slots.load_slot_file(0, trained_lora, 1.0)
-    steps = []
-    original = UniPCMultistepScheduler.step
-    monkeypatch.setattr(UniPCMultistepScheduler, "step",
-                        lambda self, out, t, sample, **k: steps.append(len(sample)) or original(self, out, t, sample, **k))
+    products, steps = [], []
+    step_together, step = unipc_plan.step_together, UniPCMultistepScheduler.step
+    monkeypatch.setattr(unipc_plan, "step_together",
+                        lambda states, *a: products.append(sum(len(x) for x in a[1])) or step_together(states, *a))
+
+    def counted(self, out, t, sample, **k):  # requests' steps (not the maps' reading, over rows of one value)
+        steps.extend([len(sample)] if sample.dim() == 4 else [])
+        return step(self, out, t, sample, **k)
+
+    monkeypatch.setattr(UniPCMultistepScheduler, "step", counted)
     try:
-        shared = _run(models, cases, join_later={4})
-        shared_steps, steps[:] = list(steps), []
-        monkeypatch.setattr(multigen, "GROUP_UNIPC_STEPS", False)
-        alone = _run(models, cases, join_later={4})
+        planned = _run(models, cases, join_later={4})
+        assert steps == []
+        monkeypatch.setattr(multigen, "PLANNED_UNIPC", False)
+        theirs = _run(models, cases, join_later={4})
     finally:
         models.slots.clear_slot(0)
-    # Per tick, cases 0-2 in one step (2 + 1 + 1 rows, ControlNet's included); case 3 (4 steps) and case 4 (a step
-    # behind) alone.
-    assert shared_steps == [4, 1] + [4, 1, 1] * 2 + [1, 1]
+    # Per tick one product over every UniPC row (2 + 1 + 1 + 1, then case 4's too; then cases 3 and 4's last), and
+    # no diffusers UniPC step; stepped by diffusers, one per request and step.
+    assert products == [5, 6, 6, 2]
     assert len(steps) == 3 + 3 + 3 + 4 + 3 and set(steps) == {1, 2}
-    for ours, theirs in zip(shared, alone):
-        assert torch.equal(ours, theirs)  # the same arithmetic on each element: bit for bit on the CPU
-    assert not torch.equal(shared[0][0], shared[1][0])
+    for ours, reference in zip(planned, theirs):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5 * float(reference.abs().max()))
+    assert not torch.equal(planned[0][0], planned[1][0])
 
 
 def test_a_shared_scheduler_step_that_fails_is_retried_request_by_request(engine: Engine, monkeypatch):
-    from portrait_engine import multigen
+    from portrait_engine import unipc_plan
 
     cases = [(_request(seed=s), None, NONE) for s in (1, 2, 3)]
     alone = _run(engine.models, cases)
+    step_together = unipc_plan.step_together
 
-    def failing(members, noises):
-        raise RuntimeError("shared step failed")
+    def failing(states, *rest):
+        if len(states) > 1:
+            raise RuntimeError("shared step failed")
+        return step_together(states, *rest)
 
-    monkeypatch.setattr(multigen, "_advance_together", failing)
+    monkeypatch.setattr(unipc_plan, "step_together", failing)
     for ours, theirs in zip(_run(engine.models, cases), alone):
         assert torch.equal(ours, theirs)
