@@ -520,23 +520,29 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
     res["gen_peak_gib"] = peak_gib()
     import portrait_engine.multigen as multigen
 
-    multigen.SIGMAS_ON_DEVICE = False  # diffusers' own placement: UniPC's sigmas on the CPU
-    try:
-        res["imagine_ours_sigmas_on_cpu"] = timed(lambda: scheduled([request(loras[0])]), repeats)
-    finally:
-        multigen.SIGMAS_ON_DEVICE = True
-    multigen.SOLVE_WITHOUT_SYNC = False  # diffusers' torch.linalg.solve: a device sync every UniPC step
-    try:
-        res["imagine_ours_solve_syncs"] = timed(lambda: scheduled([request(loras[0])]), repeats)
-    finally:
-        multigen.SOLVE_WITHOUT_SYNC = True
     fast = engine.fast
     requests = [request(lora, i=i, seed=100 + i) for i, lora in enumerate(loras[:8])]
     res["eight_ours"] = timed(lambda: scheduled(requests), max(3, repeats // 2))
-    multigen.PLANNED_UNIPC = False  # diffusers' UniPC step, request by request (as before 2026-12-07)
+    # diffusers' UniPC step request by request (the path before 2026-12-07's unipc_plan), and two of its variants.
+    multigen.PLANNED_UNIPC = False
     try:
         res["eight_ours_diffusers_steps"] = timed(lambda: scheduled(requests), max(3, repeats // 2))
+        stepped_by_diffusers = [g[0] for g in scheduled(requests, save=False)]
+        multigen.PLANNED_UNIPC = True
+        res["diff_eight_planned_vs_diffusers_steps"] = image_diff(
+            [g[0] for g in scheduled(requests, save=False)], stepped_by_diffusers)
+        multigen.PLANNED_UNIPC = False
         res["imagine_ours_diffusers_steps"] = timed(lambda: scheduled([request(loras[0])]), repeats)
+        multigen.SIGMAS_ON_DEVICE = False  # diffusers' own placement: UniPC's sigmas on the CPU
+        try:
+            res["imagine_ours_sigmas_on_cpu"] = timed(lambda: scheduled([request(loras[0])]), repeats)
+        finally:
+            multigen.SIGMAS_ON_DEVICE = True
+        multigen.SOLVE_WITHOUT_SYNC = False  # diffusers' torch.linalg.solve: a device sync every UniPC step
+        try:
+            res["imagine_ours_solve_syncs"] = timed(lambda: scheduled([request(loras[0])]), repeats)
+        finally:
+            multigen.SOLVE_WITHOUT_SYNC = True
     finally:
         multigen.PLANNED_UNIPC = True
     res["imagine_phases_ms"] = phased([request(loras[0])])
@@ -934,7 +940,7 @@ def print_table(r: dict) -> None:
             print(f"  losses {key}: max relative difference {r[key]['max_rel_diff']:.2e}")
     if "sched_job_a2" in r:
         print(f"  job {r['sched_job_a2']['steps']} steps x accum 2: {r['sched_job_a2']['job_s']:.1f} s wall")
-    print(f"  /imagine with UniPC's sigmas on the CPU (diffusers' placement): "
+    print(f"  /imagine, diffusers' UniPC step with its sigmas on the CPU (diffusers' placement): "
           f"{g['imagine_ours_sigmas_on_cpu']['median_s'] * 1000:.1f} ms; with its syncing solve: "
           f"{g['imagine_ours_solve_syncs']['median_s'] * 1000:.1f} ms")
     print(f"  diffusers' UniPC step request by request: 8 users {g['eight_ours_diffusers_steps']['median_s'] * 1000:.1f}"

@@ -93,7 +93,8 @@ class Generation:
         self.timesteps, _ = retrieve_timesteps(pipe.scheduler, request.steps, device)
         maps = unipc_plan.request_maps(pipe.scheduler, request.guidance_scale if self.cfg else None, device)
         self.planned = unipc_plan.PlannedSteps(maps) if PLANNED_UNIPC and maps is not None else None
-        if SIGMAS_ON_DEVICE and device.type == "cuda" and isinstance(pipe.scheduler, UniPCMultistepScheduler):
+        stepped_by_diffusers = self.planned is None and isinstance(pipe.scheduler, UniPCMultistepScheduler)
+        if SIGMAS_ON_DEVICE and device.type == "cuda" and stepped_by_diffusers:  # (a host sync: only where read)
             pipe.scheduler.sigmas = pipe.scheduler.sigmas.to(device)
         height, width = request.height, request.width
         self.control = None

@@ -259,7 +259,8 @@ def test_what_the_slots_cannot_hold_runs_alone_on_the_peft_path(running, photos,
     assert peft.events.outcome("p")["event"] == peft.events.outcome("pg")["event"] == "result"
     peft.close()
     assert peft.events.progress("pg")[0]["_at"] > peft.events.outcome("p")["_at"]
-    assert (tmp_path / "pg" / "0.png").read_bytes() == (tmp_path / "after" / "0.png").read_bytes()
+    # (The slot path steps UniPC by its maps read from diffusers: the same picture up to float rounding.)
+    assert_same_images(_pixels(tmp_path / "pg" / "0.png"), _pixels(tmp_path / "after" / "0.png"))
 
 
 def test_a_cancelled_training_resumes_from_its_checkpoint_with_the_uninterrupted_result(
