@@ -36,6 +36,7 @@ from .multilora import NONE, SlotLoRA
 from .multitrain import SlotTraining, shared_step, slot_trainable
 from .previews import paint_in_slot, preview_steps
 from .protocol import ErrorEvent, GenerateRequest, TrainRequest
+from .safety import Screened
 from .train import free_memory
 
 log = logging.getLogger(__name__)
@@ -147,9 +148,9 @@ class Scheduler:
         self._generating = self._training = 0.0
         self.table = SlotTable(engine.models.slots)
         self.active: list[Task] = []
-        # Generations decoded on the last tick whose files are not written yet: written on this tick once the other
-        # generations' step is launched, so the card computes it while the host makes the PNG files.
-        self.finishing: list[tuple[Task, Callable[[], BaseModel]]] = []
+        # Generations decoded on the last tick (with their images) whose files are not made yet: made and written on
+        # this tick once the other generations' step is launched, so the card computes it meanwhile.
+        self.finishing: list[tuple[Task, Screened]] = []
         # On CUDA with the fast path, the trainings fast_train accepts step together in captured graphs (at their
         # natural batch size, so a job's numbers move with its mates' by float rounding); the rest eagerly.
         cuda = engine.models.device.type == "cuda"
@@ -276,33 +277,38 @@ class Scheduler:
             task.job.progress(generation.step_index, generation.total)
             if generation.done:
                 finished.append(task)
-        # The requests done on this step are decoded together (one VAE call per latent size), their PNG files made
-        # together, then written.
+        # The requests done on this step are decoded together (one VAE call per latent size); their PNG files are
+        # made and written on the next tick (_write_finished).
         decoded = decode_together([t.generation for t in finished])
-        done = [t for t in finished if not isinstance(decoded[t.generation], Exception)]
-        try:
-            encoded = dict(zip(map(id, done), encode_together([decoded[t.generation] for t in done])))
-        except Exception:  # noqa: BLE001 (each request then encodes its own, and only a failing one fails)
-            log.exception("encoding the finished requests' images together failed")
-            encoded = {}
         for task in finished:
             images = decoded[task.generation]
             if isinstance(images, Exception):
                 self._end(task, error=images)
             else:
                 self.active.remove(task)
-                self.finishing.append((task, lambda t=task, i=images: finish_generation(
-                    t.request, i, t.generation.seed, t.started, encoded.get(id(t)))))
+                self.finishing.append((task, images))
         if not any(t.generation is not None for t in self.active):
             self._write_finished()  # no step to overlap with: now
 
     def _write_finished(self) -> None:
+        """The PNG files of the generations decoded on the last tick, made together, then written."""
         finishing, self.finishing = self.finishing, []
-        for task, finish in finishing:
-            if task.job.is_cancelled():  # a cancel wins until its files are written
+        kept = []
+        for task, images in finishing:
+            if task.job.is_cancelled():  # a cancel wins until its files are made
                 self._end(task, error=Cancelled())
             else:
-                self._end(task, finish=finish)
+                kept.append((task, images))
+        if not kept:
+            return
+        try:
+            encoded = encode_together([images for _, images in kept])
+        except Exception:  # noqa: BLE001 (each request then encodes its own, and only a failing one fails)
+            log.exception("encoding the finished requests' images together failed")
+            encoded = [None] * len(kept)
+        for (task, images), files in zip(kept, encoded):
+            self._end(task, finish=lambda t=task, i=images, f=files: finish_generation(
+                t.request, i, t.generation.seed, t.started, f))
 
     def _training_step(self, trainings: list[Task]) -> None:
         self._own_weights()

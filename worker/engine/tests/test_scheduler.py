@@ -348,6 +348,9 @@ def test_a_finished_portrait_is_written_once_the_others_next_step_is_launched(en
         ("step", sorted(g.request.id for g in generations))) or step(models, generations, fast))
     monkeypatch.setattr(module, "finish_generation", lambda request, *rest: order.append(("write", request.id))
                         or finish(request, *rest))
+    encode = module.encode_together
+    monkeypatch.setattr(module, "encode_together", lambda outputs: order.append(("encode", len(outputs)))
+                        or encode(outputs))
     for cancel in (False, True):
         order.clear()
         ended = []
@@ -363,9 +366,9 @@ def test_a_finished_portrait_is_written_once_the_others_next_step_is_launched(en
         jobs["a"].cancelled = cancel
         while not scheduler.idle:
             scheduler.tick()
-        written = [] if cancel else [("write", "a")]
+        written = [] if cancel else [("encode", 1), ("write", "a")]
         assert order == [("step", ["a", "b"]), ("step", ["a", "b"]), ("step", ["b"]), *written, ("step", ["b"]),
-                         ("write", "b")]
+                         ("encode", 1), ("write", "b")]
         assert [(e.id, type(e).__name__) for e in ended] == [("a", "ErrorEvent" if cancel else "GenerateResult"),
                                                             ("b", "GenerateResult")]
         assert (ended[0].code == "cancelled") if cancel else Path(ended[0].images[0]).is_file()
