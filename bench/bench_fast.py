@@ -364,6 +364,38 @@ def scheduled_imagine(scheduler, ended: list, lora: str, work: Path, side: int, 
     return imagine
 
 
+def imagine_stream(engine: Engine, loras: list[str], work: Path, side: int, steps: int, total: int = 32,
+                   width: int = 8) -> dict:
+    """A stream of /imagine requests through the scheduler, the users' LoRAs in turn: one admitted per tick while
+    fewer than `width` are held, so requests join and leave at different steps (continuous batching; the PNG files
+    of one tick's finished requests made while the next step runs). Images/s over the whole stream, and each
+    request's admit-to-result seconds."""
+    from portrait_engine.scheduler import Scheduler
+
+    ended: list = []
+    scheduler = Scheduler(engine, ended.append, train_rows=engine.config.train_rows or None)
+    pending = [GenerateRequest(id=f"stream{i}", op="generate", prompt=f"{PROMPT} {i}", lora=loras[i % len(loras)],
+                               steps=steps, seed=300 + i, width=side, height=side, scheduler="unipc",
+                               output_dir=str(work / "stream" / str(i))) for i in range(total)]
+    admitted, latencies = {}, []
+    sync()
+    started = time.perf_counter()
+    while pending or not scheduler.idle:
+        if pending and len(scheduler.jobs()) < width:
+            request = pending.pop(0)
+            admitted[request.id] = time.perf_counter()
+            assert scheduler.admit(Handle(request)) == "joined"
+        scheduler.tick()
+        while len(latencies) < len(ended):
+            event = ended[len(latencies)]
+            assert type(event).__name__ == "GenerateResult", event
+            latencies.append(time.perf_counter() - admitted[event.id])
+    sync()
+    seconds = time.perf_counter() - started
+    return {"requests": total, "width": width, "seconds": seconds, "images_per_s": total / seconds,
+            "latency_p50_s": float(np.percentile(latencies, 50)), "latency_p95_s": float(np.percentile(latencies, 95))}
+
+
 def imagine_profile(engine: Engine, lora: str, work: Path, side: int, steps: int) -> dict:
     """Where an idle /imagine's time goes through the scheduler: phases timed with a device sync around each
     (admission = prompt encoding and set-up, the finish = VAE decode and check, the rest = the denoising ticks and
@@ -873,6 +905,7 @@ def main() -> None:
     section("imagine_profile", lambda: imagine_profile(engine, loras[0], args.work, side, steps))
     section("generation", lambda: generation(engine, base, controlnet, loras, pose, args.work, args.repeats, side, steps,
                                                 args.smoke))
+    section("imagine_stream", lambda: imagine_stream(engine, loras, args.work, side, steps))
     for trainings, share in ((4, None), (4, 1.0)):
         section(f"imagine_beside_{trainings}_share{share or 'default'}", lambda t=trainings, s=share: imagine_beside_trainings(
             engine, photos, args.work, loras[0], side, steps, max(5, args.repeats), t, s, True))
@@ -943,6 +976,10 @@ def print_table(r: dict) -> None:
     print(f"  /imagine, diffusers' UniPC step with its sigmas on the CPU (diffusers' placement): "
           f"{g['imagine_ours_sigmas_on_cpu']['median_s'] * 1000:.1f} ms; with its syncing solve: "
           f"{g['imagine_ours_solve_syncs']['median_s'] * 1000:.1f} ms")
+    if "imagine_stream" in r:
+        st = r["imagine_stream"]
+        print(f"  a stream of {st['requests']} /imagine, at most {st['width']} at once: {st['images_per_s']:.2f} img/s, "
+              f"latency p50 {st['latency_p50_s'] * 1000:.0f} / p95 {st['latency_p95_s'] * 1000:.0f} ms")
     print(f"  diffusers' UniPC step request by request: 8 users {g['eight_ours_diffusers_steps']['median_s'] * 1000:.1f}"
           f" ms, /imagine {g['imagine_ours_diffusers_steps']['median_s'] * 1000:.1f} ms (planned: "
           f"{g['eight_ours']['median_s'] * 1000:.1f}, {g['imagine_ours']['median_s'] * 1000:.1f} ms)")
