@@ -24,9 +24,9 @@ from diffusers import UniPCMultistepScheduler
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from PIL import Image
 
+from . import unipc_plan
 from .generate import _derive
 from .models import Models
-from . import unipc_plan
 from .multilora import NONE
 from .protocol import GenerateRequest
 from .safety import Screened, screen
@@ -45,8 +45,8 @@ SIGMAS_ON_DEVICE = True
 # singular; solve_ex computes the same solution without the check.
 SOLVE_WITHOUT_SYNC = True
 # UniPC requests are stepped by the linear maps unipc_plan.py reads from diffusers' scheduler: every such request of
-# one latent shape in one batched product per step, ~10 kernels, where diffusers' step is ~150 per request (3-4 ms of
-# an 8-user step on the card; bench_fast.py measures both).
+# one latent shape in one batched product per step, ~10 kernels, where diffusers' step is ~150 per request (5.4 ms of
+# each step of 8 users on an H100; bench_fast.py measures both).
 PLANNED_UNIPC = True
 # Images per shared VAE decode: its activations grow with the batch (a 512 px image's 128-channel layers are 64 MiB
 # each), so many requests finishing together are decoded in slices; past a few images a bigger batch saves little.
@@ -237,16 +237,16 @@ def denoise_step(
 
 
 def _advance_all(predicted: dict[Generation, torch.Tensor]) -> dict[Generation, Exception]:
-    """Each request's scheduler step; the planned ones of one latent shape in one (unipc_plan.step_together). A
-    shared step that raises has written nothing and is retried request by request."""
+    """Each request's scheduler step; the planned ones of one latent shape (and solver order) in one
+    (unipc_plan.step_together). A shared step that raises has written nothing and is retried request by request."""
     shared: dict[tuple, list[Generation]] = {}
     alone = []
     for generation in predicted:
         if generation.planned is None:
             alone.append(generation)
         else:
-            latents = generation.latents
-            shared.setdefault((tuple(latents.shape[1:]), latents.dtype, latents.device), []).append(generation)
+            latents, inputs = generation.latents, generation.planned.maps.shape[2]
+            shared.setdefault((tuple(latents.shape[1:]), latents.dtype, latents.device, inputs), []).append(generation)
     for members in shared.values():
         try:
             _step_planned(members, [predicted[g] for g in members])

@@ -16,7 +16,9 @@ step's "last"), the converted model output (the newest of the next step's histor
 latents' dtype after each step, as diffusers' step rounds them.
 """
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
 import torch
 from diffusers import UniPCMultistepScheduler
 
@@ -24,10 +26,21 @@ OUTPUTS = 3  # next sample, corrected sample, converted model output
 CHECK_TOLERANCE = 1e-9  # relative, float64 against diffusers' float64 steps
 
 
-# Read maps per schedule (config, step count; a few configs, at most 100 steps: a small table), and each request's
-# float32 maps on its device per schedule, guidance and device.
-_schedules: dict[tuple, torch.Tensor | None] = {}
-_requests: dict[tuple, torch.Tensor | None] = {}
+# Maps read per schedule (config, step count), and a request's float32 maps per schedule, guidance and device; the
+# least recently used dropped past CACHED (guidance scales are the users' own floats).
+CACHED = 256
+_schedules: OrderedDict[tuple, torch.Tensor | None] = OrderedDict()
+_requests: OrderedDict[tuple, torch.Tensor | None] = OrderedDict()
+
+
+def _cached(table: OrderedDict, key: tuple, make: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
+    if key in table:
+        table.move_to_end(key)
+    else:
+        table[key] = make()
+        while len(table) > CACHED:
+            table.popitem(last=False)
+    return table[key]
 
 
 def _schedule_key(scheduler) -> tuple | None:
@@ -46,24 +59,26 @@ def schedule_maps(scheduler) -> torch.Tensor | None:
     key = _schedule_key(scheduler)
     if key is None:
         return None
-    if key not in _schedules:
-        _schedules[key] = _read_maps(scheduler.config, scheduler.num_inference_steps)
-    return _schedules[key]
+    return _cached(_schedules, key, lambda: _read_maps(scheduler.config, scheduler.num_inference_steps))
 
 
 def request_maps(scheduler, guidance: float | None, device: torch.device) -> torch.Tensor | None:
     """A request's float32 maps on its device, (steps, OUTPUTS, 4 + solver_order): the model output's column split
     into the unconditional and the text-conditioned outputs' (guidance None: no classifier-free guidance)."""
-    key = (_schedule_key(scheduler), guidance, device)
-    if key not in _requests:
+    key = _schedule_key(scheduler)
+    if key is None:
+        return None
+
+    def make() -> torch.Tensor | None:
         maps = schedule_maps(scheduler)
-        if maps is not None:
-            noise = maps[:, :, 1:2]
-            # uncond + g (text - uncond); with no guidance the text-conditioned column weighs a placeholder.
-            split = [noise, torch.zeros_like(noise)] if guidance is None else [(1 - guidance) * noise, guidance * noise]
-            maps = torch.cat([maps[:, :, :1], *split, maps[:, :, 2:]], dim=2).to(device, torch.float32)
-        _requests[key] = maps
-    return _requests[key]
+        if maps is None:
+            return None
+        noise = maps[:, :, 1:2]
+        # uncond + g (text - uncond); with no guidance the text-conditioned column weighs a placeholder.
+        split = [noise, torch.zeros_like(noise)] if guidance is None else [(1 - guidance) * noise, guidance * noise]
+        return torch.cat([maps[:, :, :1], *split, maps[:, :, 2:]], dim=2).to(device, torch.float32)
+
+    return _cached(_requests, (key, guidance, device), make)
 
 
 def _read_maps(config, steps: int) -> torch.Tensor | None:

@@ -81,3 +81,13 @@ def test_maps_that_do_not_reproduce_diffusers_are_refused():
     bent = maps.clone()
     bent[3, 0, 0] *= 1 + 1e-6
     assert not unipc_plan._reproduces(bent, scheduler.config, 5)
+
+
+def test_the_maps_kept_are_bounded(monkeypatch):
+    monkeypatch.setattr(unipc_plan, "CACHED", 3)
+    first = unipc_plan.request_maps(_scheduler(4), 1.5, torch.device("cpu"))
+    for guidance in (2.0, 2.5, 3.0):  # the users' own guidance scales: each another entry
+        unipc_plan.request_maps(_scheduler(4), guidance, torch.device("cpu"))
+    assert len(unipc_plan._requests) <= 3
+    again = unipc_plan.request_maps(_scheduler(4), 1.5, torch.device("cpu"))  # read again, the same maps
+    assert again is not first and torch.equal(again, first)
