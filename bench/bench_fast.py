@@ -923,17 +923,6 @@ def main() -> None:
             multigen.PLANNED_UNIPC = True
 
     section("imagine_stream_diffusers_steps", stream_diffusers_steps)
-
-    def stream_syncing_index():
-        import portrait_engine.multilora as multilora
-
-        multilora.ASYNC_INDEX_COPY = False  # each change of the batch's slot index a pageable copy (a host sync)
-        try:
-            return imagine_stream(engine, loras, args.work, side, steps)
-        finally:
-            multilora.ASYNC_INDEX_COPY = True
-
-    section("imagine_stream_syncing_index", stream_syncing_index)
     for trainings, share in ((4, None), (4, 1.0)):
         section(f"imagine_beside_{trainings}_share{share or 'default'}", lambda t=trainings, s=share: imagine_beside_trainings(
             engine, photos, args.work, loras[0], side, steps, max(5, args.repeats), t, s, True))
@@ -1004,9 +993,9 @@ def print_table(r: dict) -> None:
     print(f"  /imagine, diffusers' UniPC step with its sigmas on the CPU (diffusers' placement): "
           f"{g['imagine_ours_sigmas_on_cpu']['median_s'] * 1000:.1f} ms; with its syncing solve: "
           f"{g['imagine_ours_solve_syncs']['median_s'] * 1000:.1f} ms")
-    for key in [k for k in r if k.startswith("imagine_stream")]:
-        st = r[key]
-        print(f"  {key}: {st['requests']} /imagine, at most {st['width']} at once: {st['images_per_s']:.2f} img/s, "
+    if "imagine_stream" in r:
+        st = r["imagine_stream"]
+        print(f"  a stream of {st['requests']} /imagine, at most {st['width']} at once: {st['images_per_s']:.2f} img/s, "
               f"latency p50 {st['latency_p50_s'] * 1000:.0f} / p95 {st['latency_p95_s'] * 1000:.0f} ms")
     print(f"  diffusers' UniPC step request by request: 8 users {g['eight_ours_diffusers_steps']['median_s'] * 1000:.1f}"
           f" ms, /imagine {g['imagine_ours_diffusers_steps']['median_s'] * 1000:.1f} ms (planned: "

@@ -52,7 +52,6 @@ from torch import nn
 
 NONE = -1  # the slot index meaning "no LoRA"
 HALF_AT_INFERENCE = True  # a half-precision model's updates in its dtype when no gradient is taken (bench A/B)
-ASYNC_INDEX_COPY = True  # a changed slot index reaches the card without a host sync (see set_slots; bench A/B)
 # diffusers/peft key spellings of one LoRA matrix: (component).(module path).(down|up).weight
 _KEY = re.compile(
     r"(unet|text_encoder)\.(.+?)\.(?:lora\.(down|up)|lora_linear_layer\.(down|up)|lora_(A|B)(?:\.[^.]+)?)\.weight"
@@ -143,12 +142,7 @@ class SlotLoRA:
             raise ValueError(f"slot index out of range: {values}")
         values = [self.zero_slot if v == NONE else v for v in values]
         if values != self._index_host[: len(values)]:
-            # On CUDA from pinned memory without a host sync: a pageable copy waits for the card to drain, so the
-            # host could not queue the step's launches while the card runs the last one. The copy stays in stream
-            # order (after every kernel that reads the old index), and torch keeps the pinned buffer until it ran.
-            pinned = ASYNC_INDEX_COPY and self.index.is_cuda
-            host = torch.tensor(values, dtype=torch.long, pin_memory=pinned)
-            self.index[: len(values)].copy_(host, non_blocking=pinned)
+            self.index[: len(values)].copy_(torch.tensor(values, dtype=torch.long))
             self._index_host[: len(values)] = values
         self.active = len(values)
         self._apply_live(self.forced if self.forced is not None else self.layers_of(values))
