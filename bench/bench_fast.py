@@ -993,9 +993,9 @@ def print_table(r: dict) -> None:
     print(f"  /imagine, diffusers' UniPC step with its sigmas on the CPU (diffusers' placement): "
           f"{g['imagine_ours_sigmas_on_cpu']['median_s'] * 1000:.1f} ms; with its syncing solve: "
           f"{g['imagine_ours_solve_syncs']['median_s'] * 1000:.1f} ms")
-    if "imagine_stream" in r:
-        st = r["imagine_stream"]
-        print(f"  a stream of {st['requests']} /imagine, at most {st['width']} at once: {st['images_per_s']:.2f} img/s, "
+    for key in [k for k in r if k.startswith("imagine_stream")]:
+        st = r[key]
+        print(f"  {key}: {st['requests']} /imagine, at most {st['width']} at once: {st['images_per_s']:.2f} img/s, "
               f"latency p50 {st['latency_p50_s'] * 1000:.0f} / p95 {st['latency_p95_s'] * 1000:.0f} ms")
     print(f"  diffusers' UniPC step request by request: 8 users {g['eight_ours_diffusers_steps']['median_s'] * 1000:.1f}"
           f" ms, /imagine {g['imagine_ours_diffusers_steps']['median_s'] * 1000:.1f} ms (planned: "
