@@ -13,6 +13,7 @@ Prints one table and writes JSON to bench/results/<card>-<date>.json (and $OUT w
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -60,6 +61,17 @@ class Quiet:
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def switched(module, name: str, value):
+    """A module's switch set to `value` inside (an A/B row against the product's default), put back after."""
+    previous = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, previous)
 
 
 def timed(fn, repeats: int, warmup: int = 2) -> dict:
@@ -562,27 +574,16 @@ def generation(engine: Engine, base: Path, controlnet_path: Path, loras: list[st
     requests = [request(lora, i=i, seed=100 + i) for i, lora in enumerate(loras[:8])]
     res["eight_ours"] = timed(lambda: scheduled(requests), max(3, repeats // 2))
     # diffusers' UniPC step request by request (the path before 2026-12-07's unipc_plan), and two of its variants.
-    multigen.PLANNED_UNIPC = False
-    try:
+    with switched(multigen, "PLANNED_UNIPC", False):
         res["eight_ours_diffusers_steps"] = timed(lambda: scheduled(requests), max(3, repeats // 2))
         stepped_by_diffusers = [g[0] for g in scheduled(requests, save=False)]
-        multigen.PLANNED_UNIPC = True
-        res["diff_eight_planned_vs_diffusers_steps"] = image_diff(
-            [g[0] for g in scheduled(requests, save=False)], stepped_by_diffusers)
-        multigen.PLANNED_UNIPC = False
         res["imagine_ours_diffusers_steps"] = timed(lambda: scheduled([request(loras[0])]), repeats)
-        multigen.SIGMAS_ON_DEVICE = False  # diffusers' own placement: UniPC's sigmas on the CPU
-        try:
+        with switched(multigen, "SIGMAS_ON_DEVICE", False):  # diffusers' own placement: UniPC's sigmas on the CPU
             res["imagine_ours_sigmas_on_cpu"] = timed(lambda: scheduled([request(loras[0])]), repeats)
-        finally:
-            multigen.SIGMAS_ON_DEVICE = True
-        multigen.SOLVE_WITHOUT_SYNC = False  # diffusers' torch.linalg.solve: a device sync every UniPC step
-        try:
+        with switched(multigen, "SOLVE_WITHOUT_SYNC", False):  # diffusers' solve: a device sync every UniPC step
             res["imagine_ours_solve_syncs"] = timed(lambda: scheduled([request(loras[0])]), repeats)
-        finally:
-            multigen.SOLVE_WITHOUT_SYNC = True
-    finally:
-        multigen.PLANNED_UNIPC = True
+    res["diff_eight_planned_vs_diffusers_steps"] = image_diff(
+        [g[0] for g in scheduled(requests, save=False)], stepped_by_diffusers)
     res["imagine_phases_ms"] = phased([request(loras[0])])
     res["eight_phases_ms"] = phased(requests)
     # Where /imagine's time goes: one replay of each captured call, the VAE decode, the prompt encoding, a PNG.
@@ -916,11 +917,8 @@ def main() -> None:
     def stream_diffusers_steps():
         import portrait_engine.multigen as multigen
 
-        multigen.PLANNED_UNIPC = False  # diffusers' UniPC step request by request
-        try:
+        with switched(multigen, "PLANNED_UNIPC", False):  # diffusers' UniPC step request by request
             return imagine_stream(engine, loras, args.work, side, steps)
-        finally:
-            multigen.PLANNED_UNIPC = True
 
     section("imagine_stream_diffusers_steps", stream_diffusers_steps)
     for trainings, share in ((4, None), (4, 1.0)):

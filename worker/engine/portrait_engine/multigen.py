@@ -14,7 +14,6 @@ compares each request of a mixed batch with diffusers' pipelines: the equivalenc
 VAE call) once the requests' steps are done, and screen the images through the optional safety check (safety.py).
 """
 
-import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
@@ -33,8 +32,6 @@ from .safety import Screened, screen
 
 if TYPE_CHECKING:
     from .fast import FastGenerator
-
-log = logging.getLogger(__name__)
 
 # diffusers keeps UniPC's sigmas on the CPU and copies several to the GPU each step; each such copy waits for the GPU
 # to drain, so the host can never queue a step ahead. On the device they cost nothing (bench_fast.py measures both).
@@ -91,8 +88,9 @@ class Generation:
             )
         self.embeddings = torch.cat([negative, positive]) if self.cfg else positive
         self.timesteps, _ = retrieve_timesteps(pipe.scheduler, request.steps, device)
-        maps = unipc_plan.request_maps(pipe.scheduler, request.guidance_scale if self.cfg else None, device)
-        self.planned = unipc_plan.PlannedSteps(maps) if PLANNED_UNIPC and maps is not None else None
+        guidance = request.guidance_scale if self.cfg else None
+        maps = unipc_plan.request_maps(pipe.scheduler, guidance, device) if PLANNED_UNIPC else None
+        self.planned = None if maps is None else unipc_plan.PlannedSteps(maps, self.cfg)
         stepped_by_diffusers = self.planned is None and isinstance(pipe.scheduler, UniPCMultistepScheduler)
         if SIGMAS_ON_DEVICE and device.type == "cuda" and stepped_by_diffusers:  # (a host sync: only where read)
             pipe.scheduler.sigmas = pipe.scheduler.sigmas.to(device)
@@ -238,39 +236,32 @@ def denoise_step(
 
 def _advance_all(predicted: dict[Generation, torch.Tensor]) -> dict[Generation, Exception]:
     """Each request's scheduler step; the planned ones of one latent shape (and solver order) in one
-    (unipc_plan.step_together). A shared step that raises has written nothing and is retried request by request."""
+    (unipc_plan.step_together), retried request by request if it raises (it has written nothing then)."""
     shared: dict[tuple, list[Generation]] = {}
-    alone = []
-    for generation in predicted:
-        if generation.planned is None:
-            alone.append(generation)
-        else:
+    failures = {}
+    for generation, noise in predicted.items():
+        if generation.planned is not None:
             latents, inputs = generation.latents, generation.planned.maps.shape[2]
             shared.setdefault((tuple(latents.shape[1:]), latents.dtype, latents.device, inputs), []).append(generation)
-    for members in shared.values():
+            continue
         try:
-            _step_planned(members, [predicted[g] for g in members])
-        except Exception:  # noqa: BLE001 (each then steps alone, so only the request at fault fails)
-            if len(members) > 1:
-                log.exception("a shared scheduler step failed; its requests step alone")
-            alone += members
-    failures = {}
-    for generation in alone:
-        try:
-            generation.advance(predicted[generation])
+            generation.advance(noise)
         except Exception as error:  # noqa: BLE001
             failures[generation] = error
+    for members in shared.values():
+        outcomes = _together_or_alone(members, lambda ms: _step_planned(ms, [predicted[g] for g in ms]))
+        failures |= {g: outcome for g, outcome in zip(members, outcomes) if isinstance(outcome, Exception)}
     return failures
 
 
-def _step_planned(members: list[Generation], noises: list[torch.Tensor]) -> None:
+def _step_planned(members: list[Generation], noises: list[torch.Tensor]) -> list[torch.Tensor]:
     following = unipc_plan.step_together(
-        [g.planned for g in members], [g.step_index for g in members], [g.latents for g in members], noises,
-        [g.cfg for g in members],
+        [g.planned for g in members], [g.step_index for g in members], [g.latents for g in members], noises
     )
     for generation, latents in zip(members, following):
         generation.latents = latents
         generation.step_index += 1
+    return following
 
 
 def _predict(models: Models, members: list[Generation], fast: "FastGenerator | None" = None) -> list[torch.Tensor]:

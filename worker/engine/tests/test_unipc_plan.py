@@ -40,7 +40,7 @@ def test_several_requests_in_one_product_step_as_diffusers_steps_each(config):
         theirs.append(dict(scheduler=_scheduler(steps, **config), latents=latents, noises=noises, guidance=guidance))
         maps = unipc_plan.request_maps(_scheduler(steps, **config), guidance, torch.device("cpu"))
         assert maps is not None and maps.shape == (steps, 3, 4 + {**SD15, **config}.get("solver_order", 2))
-        ours.append(dict(state=unipc_plan.PlannedSteps(maps), latents=latents, step=0))
+        ours.append(dict(state=unipc_plan.PlannedSteps(maps, guidance is not None), latents=latents, step=0))
     for tick in range(12):
         active = [i for i, (steps, _, _, joins) in enumerate(requests) if joins <= tick and ours[i]["step"] < steps]
         if not active:
@@ -56,7 +56,6 @@ def test_several_requests_in_one_product_step_as_diffusers_steps_each(config):
         following = unipc_plan.step_together(  # ours, all at once
             [ours[i]["state"] for i in active], [ours[i]["step"] for i in active],
             [ours[i]["latents"] for i in active], [theirs[i]["noises"][ours[i]["step"]] for i in active],
-            [requests[i][2] is not None for i in active],
         )
         for i, latents in zip(active, following):
             ours[i]["latents"], ours[i]["step"] = latents, ours[i]["step"] + 1
