@@ -53,6 +53,28 @@ const userId = async (user: EmulatedUser) => {
 };
 
 describe('Telegram', () => {
+  test('update_ids count per bot: another token on the same Redis is not taken for repeats', async () => {
+    // Fresh emulators number their updates from the same id as the one above, whose bot has claimed those ids here.
+    const first = new TelegramEmulator();
+    const second = new TelegramEmulator();
+    await first.start();
+    await second.start();
+    const bots = [first, second].map((e) => createTelegramBot(stack.app, { telegram: { token: e.token, apiRoot: e.url } }));
+    try {
+      for (const bot of bots) await bot.start();
+      const cleo: EmulatedUser = { id: 5099, first_name: 'Cleo', language_code: 'en' };
+      const updates = [first.sendText(cleo, '/start'), second.sendText(cleo, '/start')];
+      assert.equal(updates[0].update_id, updates[1].update_id);
+      for (const e of [first, second]) {
+        await e.waitFor(() => e.botMessages(cleo.id).find((m) => /send me 3–20 photos/.test(m.text ?? '')), 'the help text');
+      }
+    } finally {
+      for (const bot of bots) await bot.stop();
+      await first.stop();
+      await second.stop();
+    }
+  });
+
   test('/start answers with the help text in the person’s language', async () => {
     const mark = lastMessageId();
     emulator.sendText(anna, '/start');

@@ -50,12 +50,13 @@ export const commandList = ['start', 'help', 'train', 'imagine', 'styles', 'pose
 
 /**
  * Telegram delivers at least once (a webhook that answered late, a poller that restarted): the first process to see
- * an update_id claims it in Redis, and repeats are dropped.
+ * an update_id claims it in Redis, and repeats are dropped. update_ids count per bot, so the claim names the bot:
+ * another token on the same Redis (a new bot, a second one) starts again from low ids that are not repeats.
  */
 function dedupeUpdates(app: App): MiddlewareFn<Context> {
   const redis = app.queues.connection;
   return async (ctx, next) => {
-    const key = `${app.config.queuePrefix}:telegram:update:${ctx.update.update_id}`;
+    const key = `${app.config.queuePrefix}:telegram:update:${ctx.botInfo.id}:${ctx.update.update_id}`;
     if ((await redis.set(key, '1', 'EX', 24 * 3600, 'NX')) !== 'OK') return;
     await next();
   };
