@@ -10,6 +10,8 @@
 - the plain UNet and the VAE decoder in torch's NCHW layout and in channels_last;
 - the compiled plain UNet at 2 rows (one image with CFG) under inductor's settings and with fused QKV projections,
   SDPA's backends in an uncompiled graph, and the ControlNet compiled beside the UNet: compile seconds and replay ms;
+- the convolutions' weights in channels_last where nothing is compiled: the UNet at 2, 8, 16 rows, a training step;
+- the compiled plain UNet's kernels by kind at 2 and 16 rows, with inductor's freezing and cuDNN's benchmark mode;
 - a LoRA training step at batch 1 (forward, backward, fused AdamW): eager, in a CUDA graph, and with the UNet
   compiled inside the graph.
 
@@ -399,17 +401,106 @@ def compile_probe(work: Path) -> dict:
     return res
 
 
-def train_step_probe(work: Path) -> dict:
-    """One LoRA training step at 512² batch 1: rank 4 on the four attention kinds (peft, gaussian init), fp16
-    autocast (cache off, as a capture needs) over an fp16 base, MSE against the noise, fused capturable AdamW, grads
-    kept allocated. Eager; the whole step captured in a CUDA graph; and the same with the UNet compiled (mode
-    default: forward and backward) inside the graph. No loss scaler: the three differ only in how the step runs."""
+def _kernel_table(fn, calls: int = 5) -> dict:
+    """torch.profiler's CUDA kernels over `calls` calls of fn: ms per call for each kernel name (top 30) and summed
+    into coarse kinds by name (convolution, matmul, attention, inductor's own Triton kernels, copies, the rest)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    kinds = (("attention", ("fmha", "flash", "attn", "sdpa", "attention")),
+             ("convolution", ("conv", "fprop", "dgrad", "implicit", "cudnn", "xmma_fprop")),
+             ("copy", ("copy", "memcpy", "memset", "transpose", "nchw", "nhwc")),
+             ("matmul", ("gemm", "cutlass", "nvjet", "matmul", "xmma")),
+             ("triton", ("triton",)))
+    by_kind: dict = {}
+    names: dict = {}
+    for event in prof.events():
+        if event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        ms = event.device_time / 1000 / calls
+        names[event.name] = names.get(event.name, 0.0) + ms
+        lowered = event.name.lower()
+        kind = next((k for k, words in kinds if any(w in lowered for w in words)), "other")
+        by_kind[kind] = by_kind.get(kind, 0.0) + ms
+    top = sorted(names.items(), key=lambda kv: -kv[1])[:30]
+    return {"by_kind_ms": {k: round(v, 3) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+            "total_ms": round(sum(by_kind.values()), 3), "kernels": len(names),
+            "top_ms": [[name[:160], round(ms, 3)] for name, ms in top]}
+
+
+def kernels_probe(work: Path) -> dict:
+    """Where the compiled plain UNet's step goes (mode default, static shapes, as the engine's packages build it) at
+    2 rows (one image with CFG) and 16 rows (8 images): the CUDA graph's replay ms and the kernels by kind; and the
+    same under inductor's `freezing` (the weights taken as constants, so their layout is settled at compile time),
+    with the convolutions' weights kept in channels_last (`channels_last_weights`: the layout inductor's convolutions
+    ask for, so no call converts them) and with cuDNN's benchmark mode on (the graph captured again; no new
+    compile). PROBE_KERNELS_VARIANTS picks variants (default,frozen,channels_last_weights)."""
     import bench_engine
+    import torch._dynamo
+    import torch._inductor.config as inductor
     from diffusers import UNet2DConditionModel
-    from peft import LoraConfig, inject_adapter_in_model
 
     base, _ = bench_engine.build_models(work)
-    unet = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch.float16).to("cuda")
+    unet = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch.float16).to("cuda").eval()
+    budget = time.monotonic() + float(os.environ.get("PROBE_KERNELS_BUDGET_S", "420"))
+    wanted = os.environ.get("PROBE_KERNELS_VARIANTS", "default,frozen").split(",")
+    res: dict = {}
+    for rows in (2, 16):
+        for variant in wanted:
+            freezing, weights_nhwc = variant == "frozen", variant == "channels_last_weights"
+            unet.to(memory_format=torch.channels_last if weights_nhwc else torch.contiguous_format)
+            if time.monotonic() > budget:
+                res["skipped_after"] = f"{variant} rows={rows}"
+                return res
+            name = f"{variant}_{rows}rows"
+            gen = torch.Generator("cuda").manual_seed(0)
+            x = torch.randn(rows, 4, 64, 64, device="cuda", dtype=torch.float16, generator=gen)
+            t = torch.full((rows,), 500.0, device="cuda")
+            e = torch.randn(rows, 77, 768, device="cuda", dtype=torch.float16, generator=gen)
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(work / f"inductor-kernels-{variant}")
+            torch._dynamo.reset()
+            inductor.freezing = freezing
+            try:
+                compiled, seconds = _compile_timed(unet, x, t, encoder_hidden_states=e, return_dict=False)
+                with torch.no_grad():
+                    call = lambda: compiled(x, t, encoder_hidden_states=e, return_dict=False)[0]  # noqa: E731
+                    graph, out = graphed(call)
+                    entry = {"compile_s": round(seconds, 1), "replay_ms": cuda_ms(graph.replay, 50),
+                             "sum": float(out.float().abs().sum()), "kernels": _kernel_table(call)}
+                    del graph
+                    if variant == "default":
+                        torch.backends.cudnn.benchmark = True
+                        graph, out = graphed(call)
+                        entry["cudnn_benchmark_replay_ms"] = cuda_ms(graph.replay, 50)
+                        entry["cudnn_benchmark_sum"] = float(out.float().abs().sum())
+                        torch.backends.cudnn.benchmark = False
+                        del graph
+                res[name] = entry
+                del compiled
+            except Exception:  # noqa: BLE001
+                import traceback
+
+                res[f"{name}_error"] = traceback.format_exc()[-1500:]
+            finally:
+                inductor.freezing = False
+                torch.backends.cudnn.benchmark = False
+            log("kernels", name, {k: v for k, v in res.get(name, {}).items() if k != "kernels"})
+            if os.environ.get("OUT"):  # a command that runs out of time still leaves what was measured
+                Path(os.environ["OUT"], "probe_kernels_partial.json").write_text(json.dumps(res, indent=2))
+    unet.to(memory_format=torch.contiguous_format)
+    return res
+
+
+def lora_training_step(unet):
+    """train_step_probe's LoRA step over `unet` (fp16, frozen): (the UNet with peft's layers, their parameters,
+    step(model) -> loss), the model being that UNet or a compiled one of it."""
+    from peft import LoraConfig, inject_adapter_in_model
+
     unet.requires_grad_(False)
     unet = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
                                               target_modules=["to_q", "to_k", "to_v", "to_out.0"]), unet)
@@ -433,6 +524,57 @@ def train_step_probe(work: Path) -> dict:
         optimizer.zero_grad(set_to_none=False)
         return loss
 
+    return unet, params, step
+
+
+def nhwc_eager_probe(work: Path) -> dict:
+    """What the convolutions' weights in channels_last (fast.FastSettings.channels_last) do where nothing is compiled:
+    the plain UNet in an uncompiled CUDA graph at 2, 8 and 16 rows (inputs in torch's default layout, as the engine
+    gives them), and a LoRA training step at batch 1 (train_step_probe's, in a CUDA graph), each with the weights in
+    the default layout and in channels_last, same inputs."""
+    import bench_engine
+    from diffusers import UNet2DConditionModel
+
+    base, _ = bench_engine.build_models(work)
+    unet = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch.float16).to("cuda").eval()
+    res: dict = {}
+    with torch.no_grad():
+        for rows in (2, 8, 16):
+            x = torch.randn(rows, 4, 64, 64, device="cuda", dtype=torch.float16)
+            t = torch.full((rows,), 500.0, device="cuda")
+            e = torch.randn(rows, 77, 768, device="cuda", dtype=torch.float16)
+            for layout, fmt in (("default", torch.contiguous_format), ("channels_last", torch.channels_last)):
+                unet.to(memory_format=fmt)
+                graph, out = graphed(lambda: unet(x, t, encoder_hidden_states=e, return_dict=False)[0])
+                res[f"unet_{rows}rows_{layout}_ms"] = cuda_ms(graph.replay)
+                res[f"unet_{rows}rows_{layout}_sum"] = float(out.float().abs().sum())
+                del graph
+    log("nhwc", res)
+    unet.to(memory_format=torch.contiguous_format)
+    unet, _, step = lora_training_step(unet)
+
+    for layout, fmt in (("default", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        for module in unet.modules():  # the base's convolutions only: the LoRA layers stay as they are
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.data = module.weight.data.contiguous(memory_format=fmt)
+        graph, _ = graphed(lambda: step(unet))
+        res[f"train_step_graph_{layout}_ms"] = cuda_ms(graph.replay, 20)
+        del graph
+    log("nhwc", res)
+    return res
+
+
+def train_step_probe(work: Path) -> dict:
+    """One LoRA training step at 512² batch 1: rank 4 on the four attention kinds (peft, gaussian init), fp16
+    autocast (cache off, as a capture needs) over an fp16 base, MSE against the noise, fused capturable AdamW, grads
+    kept allocated. Eager; the whole step captured in a CUDA graph; and the same with the UNet compiled (mode
+    default: forward and backward) inside the graph. No loss scaler: the three differ only in how the step runs."""
+    import bench_engine
+    from diffusers import UNet2DConditionModel
+
+    base, _ = bench_engine.build_models(work)
+    unet = UNet2DConditionModel.from_pretrained(base / "unet", torch_dtype=torch.float16).to("cuda")
+    unet, params, step = lora_training_step(unet)
     res: dict = {"lora_params": sum(p.numel() for p in params)}
     res["eager_ms"] = cuda_ms(lambda: step(unet), 10)
     log("train", res)
@@ -471,6 +613,8 @@ def main() -> None:
                      ("vae", lambda: vae_probe(args.work)), ("text_encoder", text_encoder_probe),
                      ("slot_lora", lambda: slot_lora_probe(args.work)), ("layout", lambda: layout_probe(args.work)),
                      ("compile", lambda: compile_probe(args.work)),
+                     ("nhwc_eager", lambda: nhwc_eager_probe(args.work)),
+                     ("kernels", lambda: kernels_probe(args.work)),
                      ("train_step", lambda: train_step_probe(args.work))):
         if only and name not in only:
             continue

@@ -34,7 +34,7 @@ from .multilora import NONE, SlotLoRA
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when the wrappers or the package settings change
+FORMAT = 3  # bump when the wrappers or the package settings change
 # The weights stay out of the package, and every one of them, however small, stays a constant the loader is given:
 # by default inductor writes tensors of up to 8 values into the kernels' code as numbers, and a package built on one
 # set of weights would compute with those on another (tests/test_aot.py).
@@ -132,6 +132,8 @@ class Spec:
     inputs: tuple[tuple[tuple[int, ...], str], ...]
     platform: str  # torch, diffusers and the card (or "cpu")
     slots: str = ""  # unet-slots: slot_layout()
+    layout: str = ""  # the module's 4-D weights: "" (torch's default) or "channels_last" (weights_layout)
+    formats: tuple[str, ...] = ()  # each input's memory format, the same words (memory_format_of)
 
     @staticmethod
     def of(kind: str, model: nn.Module, inputs: tuple[torch.Tensor, ...], slots: str = "") -> "Spec":
@@ -146,6 +148,7 @@ class Spec:
             kind=kind, config=json.dumps(config, sort_keys=True, default=list), dtype=str(param.dtype).split(".")[-1],
             device=device, inputs=tuple((tuple(x.shape), str(x.dtype).split(".")[-1]) for x in inputs),
             platform=f"torch {torch.__version__}; diffusers {diffusers.__version__}; {card}", slots=slots,
+            layout=weights_layout(model), formats=tuple(memory_format_of(x) for x in inputs),
         )
 
     def key(self) -> str:
@@ -159,6 +162,7 @@ class Spec:
     def from_json(text: str) -> "Spec":
         raw = json.loads(text)
         raw["inputs"] = tuple((tuple(shape), dtype) for shape, dtype in raw["inputs"])
+        raw["formats"] = tuple(raw.get("formats", ()))
         return Spec(**raw)
 
     def build_module(self) -> nn.Module:
@@ -170,6 +174,8 @@ class Spec:
         with torch.device(self.device):
             model = cls.from_config(json.loads(self.config))
         model = model.to(getattr(torch, self.dtype)).eval()
+        if self.layout:
+            model = model.to(memory_format=getattr(torch, self.layout))
         if self.kind == "unet-slots":
             return self._slot_wrapper(model)
         return WRAPPERS[self.kind](model.decoder if self.kind == "vae" else model)
@@ -189,8 +195,49 @@ class Spec:
 
     def example_inputs(self) -> tuple[torch.Tensor, ...]:
         gen = torch.Generator(self.device).manual_seed(0)
-        return tuple(torch.randn(shape, generator=gen, device=self.device).to(getattr(torch, dtype))
-                     for shape, dtype in self.inputs)
+        inputs = tuple(torch.randn(shape, generator=gen, device=self.device).to(getattr(torch, dtype))
+                       for shape, dtype in self.inputs)
+        return tuple(conform(x, f) for x, f in zip(inputs, self.formats)) + inputs[len(self.formats):]
+
+
+def memory_format_of(x: torch.Tensor) -> str:
+    """"channels_last" for a 4-D tensor laid out so (and not also in torch's default layout), else ""."""
+    return "channels_last" if x.dim() == 4 and not x.is_contiguous() and \
+        x.is_contiguous(memory_format=torch.channels_last) else ""
+
+
+def conform(x: torch.Tensor, memory_format: str) -> torch.Tensor:
+    """x in that memory format (a copy only where it lies otherwise)."""
+    return x.contiguous(memory_format=getattr(torch, memory_format) if memory_format else torch.contiguous_format)
+
+
+class Conformed:
+    """A package called with each input in the memory format it was built for: AOTInductor reads an input with the
+    strides it saw at build time and does not check them (a channels_last input to a package built on a contiguous
+    one computes garbage: tests/test_aot.py). Where they already match, nothing is copied; in a CUDA graph the check
+    runs at capture only."""
+
+    def __init__(self, runner, formats: tuple[str, ...]):
+        self.runner, self.formats = runner, formats
+
+    def __call__(self, *inputs):
+        conformed = tuple(conform(x, f) for x, f in zip(inputs, self.formats))
+        return self.runner(*conformed, *inputs[len(self.formats):])
+
+    def __getattr__(self, name: str):
+        return getattr(self.runner, name)
+
+
+def weights_layout(model: nn.Module) -> str:
+    """How the module's 4-D weights (its convolutions') lie in memory: "" in torch's default layout, "channels_last"
+    in that one (fast.FastSettings.channels_last). A package is compiled for one layout and reads the tensors it is
+    given with that layout's strides, so the spec keys it and `load` checks it."""
+    four = [p for p in model.parameters() if p.dim() == 4]
+    if all(p.is_contiguous() for p in four):
+        return ""
+    if all(p.is_contiguous(memory_format=torch.channels_last) for p in four):
+        return "channels_last"
+    raise ValueError("the module's convolution weights lie in mixed layouts")
 
 
 def build(spec: Spec, out: Path) -> None:
@@ -212,14 +259,21 @@ def constants_of(module: nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(module.named_parameters()), **dict(module.named_buffers())}
 
 
-def load(path: Path, wrapper: nn.Module):
+def load(path: Path, wrapper: nn.Module, spec: Spec | None = None):
     """The package at `path`, computing with `wrapper`'s own tensors (which must stay alive: they do, in the
     engine's models). Run single-threaded: its calls are captured in CUDA graphs.
 
     The loader is made directly, as torch._inductor.aoti_load_package does for older packages: its usual path first
     compares the package's CPU vector ISA with this machine's, which compiles a test program per ISA on a process's
-    first load (37.7 s of a 42.4 s restart on the H200 machine). The spec's key already holds the card and torch."""
+    first load (37.7 s of a 42.4 s restart on the H200 machine). The spec's key already holds the card and torch.
+    With the spec it was built from, the wrapper's weights must lie as the package's did (weights_layout), and the
+    runner takes its inputs in the formats it was built for (Conformed)."""
     from torch.export.pt2_archive._package import AOTICompiledModel
+
+    layout = spec.layout if spec is not None else ""
+    if weights_layout(wrapper) != layout:
+        raise ValueError(f"{path.name} is built for weights in layout {layout or 'default'!r}, "
+                         f"these are in {weights_layout(wrapper) or 'default'!r}")
 
     runner = AOTICompiledModel(torch._C._aoti.AOTIModelPackageLoader(str(path), "model", True, 1, -1))
     mine = constants_of(wrapper)
@@ -228,7 +282,7 @@ def load(path: Path, wrapper: nn.Module):
     if missing:
         raise ValueError(f"{path.name}: the module has no {missing[:3]} ({len(missing)} missing)")
     runner.load_constants({name: mine[name] for name in wanted}, check_full_update=True, user_managed=True)
-    return runner
+    return Conformed(runner, spec.formats) if spec is not None else runner
 
 
 def _follow_parent(parent: int) -> None:

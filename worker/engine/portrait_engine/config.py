@@ -100,7 +100,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]
         default=env.get("ENGINE_FAST", "auto"),
         help="auto|on|off: generate through CUDA graphs captured at start (auto: when the device is CUDA); "
         "tuned by ENGINE_FAST_BATCHES, ENGINE_FAST_COMPILE, ENGINE_FAST_AOT, ENGINE_FAST_COMPILE_CONTROLNET, "
-        "ENGINE_FAST_COMPILE_VAE, ENGINE_FAST_MERGE, "
+        "ENGINE_FAST_COMPILE_VAE, ENGINE_FAST_CHANNELS_LAST, ENGINE_FAST_MERGE, "
         "ENGINE_FAST_SIZE, ENGINE_FAST_LORA_TARGETS [ENGINE_FAST]",
     )
     parser.add_argument(

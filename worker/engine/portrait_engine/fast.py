@@ -95,6 +95,10 @@ class FastSettings:
     # restart loads the packages in a moment.
     aot: bool = False
     compile_on_cpu: bool = False  # tests: compile for the CPU too (the graphs' bodies then run eagerly)
+    # The UNet's and the ControlNet's convolution weights kept in channels_last, the layout their compiled
+    # convolutions read: otherwise every compiled call converts them first (~1 ms of a compiled UNet call on an
+    # H100, BENCHMARKS.md). It changes the shared models, so the engine's eager paths and trainings see it too.
+    channels_last: bool = False
     # Batch sizes whose graphs add the one slot's LoRA into the UNet's weights (SlotMerge) around the plain UNet
     # instead of computing slot updates in every layer; a batch of one image has one user's rows only.
     merged_batches: tuple[int, ...] = (1,)
@@ -138,6 +142,10 @@ class FastGenerator:
     def __init__(self, models: Models, settings: FastSettings = FastSettings(), cache_dir: Path | None = None):
         self.models, self.settings = models, settings
         self.pipe: StableDiffusionPipeline = models.pipe
+        if settings.channels_last:  # before any graph or package reads the weights
+            for model in (self.pipe.unet, models.controlnet):
+                if model is not None:
+                    model.to(memory_format=torch.channels_last)
         self.device, self.dtype = models.device, models.dtype
         self.latent_hw = (settings.height // self.pipe.vae_scale_factor, settings.width // self.pipe.vae_scale_factor)
         self.rows = tuple(2 * b for b in settings.batch_sizes)
@@ -285,7 +293,7 @@ class FastGenerator:
         if path.exists():
             try:
                 started = time.monotonic()
-                self._runners[name] = adapter(aot.load(path, wrapper))
+                self._runners[name] = adapter(aot.load(path, wrapper, spec))
                 log.info("loaded %s from %s in %.2f s", name, path, time.monotonic() - started)
                 return self._runners[name]
             except Exception as error:  # noqa: BLE001 (a bad package costs speed, not service: build it again)
@@ -628,6 +636,7 @@ def settings_from_env(env=os.environ) -> FastSettings:
         compile_controlnet=flag("ENGINE_FAST_COMPILE_CONTROLNET", ahead),
         compile_vae=flag("ENGINE_FAST_COMPILE_VAE", ahead),
         aot=ahead,
+        channels_last=flag("ENGINE_FAST_CHANNELS_LAST", ahead),
         merged_batches=sizes("ENGINE_FAST_MERGE", (1,)),
         lora_targets=tuple(t.strip() for t in env.get("ENGINE_FAST_LORA_TARGETS", ",".join(LORA_TARGETS)).split(",")
                            if t.strip()),

@@ -1,9 +1,11 @@
 """Ahead-of-time packages (aot.py) on the CPU: built by child processes, loaded onto the live modules' own tensors,
 and swapped into the fast path's graphs at a step boundary; a restart loads them without building."""
 
+import copy
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,38 @@ def test_a_package_computes_with_the_weights_it_is_given_even_the_smallest(tmp_p
         assert torch.allclose(runner(x), other(x), atol=1e-6)
 
 
+def test_a_package_reads_weights_and_inputs_in_the_layout_it_was_built_for(tmp_path):
+    """Convolution weights kept in channels_last (FastSettings.channels_last): a package built on such weights
+    computes with another module's in that layout, in-place writes reach it, and weights that lie otherwise are
+    refused at load. An input in another memory format than the package was built for is copied into that one first:
+    the package itself reads it with the build's strides and computes garbage."""
+    torch.manual_seed(0)
+    built, other = (nn.Conv2d(4, 8, 3, padding=1).to(memory_format=torch.channels_last) for _ in range(2))
+    assert aot.weights_layout(built) == "channels_last" and aot.weights_layout(nn.Conv2d(4, 8, 3)) == ""
+    mixed = nn.Sequential(nn.Conv2d(4, 8, 3), nn.Conv2d(8, 8, 3).to(memory_format=torch.channels_last))
+    with pytest.raises(ValueError, match="mixed"):
+        aot.weights_layout(mixed)
+    x = torch.randn(2, 4, 8, 8)
+    nhwc = x.to(memory_format=torch.channels_last)
+    assert (aot.memory_format_of(x), aot.memory_format_of(nhwc)) == ("", "channels_last")
+    with torch.no_grad():
+        program = torch.export.export(built, (x,), strict=False)
+    path = tmp_path / "conv.pt2"
+    torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=aot.PACKAGE_CONFIG)
+    spec = aot.Spec(kind="unet", config="{}", dtype="float32", device="cpu", inputs=(((2, 4, 8, 8), "float32"),),
+                    platform="test", layout="channels_last", formats=("",))
+    assert aot.Spec.from_json(spec.to_json()) == spec
+    runner = aot.load(path, other, spec)
+    with torch.no_grad():
+        assert torch.allclose(runner(x), other(x), atol=1e-5)
+        other.weight.add_(0.5)
+        assert torch.allclose(runner(x), other(x), atol=1e-5)
+        assert torch.allclose(runner(nhwc), other(x), atol=1e-5)
+        assert not torch.allclose(runner.runner(nhwc), other(x), atol=1e-2)  # the package alone misreads it
+    with pytest.raises(ValueError, match="layout 'channels_last'"):
+        aot.load(path, nn.Conv2d(4, 8, 3, padding=1), spec)
+
+
 def test_a_spec_keys_everything_the_package_depends_on(engine: Engine):
     unet = engine.models.pipe.unet
     x, t, e = torch.zeros(2, 4, 8, 8), torch.zeros(2), torch.zeros(2, 77, unet.config.cross_attention_dim)
@@ -49,8 +83,10 @@ def test_a_spec_keys_everything_the_package_depends_on(engine: Engine):
     assert aot.Spec.from_json(spec.to_json()) == spec and aot.Spec.of("unet", unet, (x, t, e)).key() == spec.key()
     others = [aot.Spec.of("unet", unet, (torch.zeros(2, 4, 16, 8), t, e)),  # another latent size
               aot.Spec.of("unet", unet, (x, t, e.half())),  # another input dtype
-              aot.Spec.of("controlnet", engine.models.controlnet, (x, t, e))]
-    assert len({spec.key(), *(o.key() for o in others)}) == 4
+              aot.Spec.of("controlnet", engine.models.controlnet, (x, t, e)),
+              aot.Spec.of("unet", copy.deepcopy(unet).to(memory_format=torch.channels_last), (x, t, e))]
+    assert others[-1].layout == "channels_last" and spec.layout == ""
+    assert len({spec.key(), *(o.key() for o in others)}) == 5
 
 
 def test_a_failed_build_reports_its_error(tmp_path):
@@ -188,9 +224,11 @@ def test_a_first_start_serves_while_its_packages_build_then_swaps_them_in_and_a_
 def test_a_batch_of_several_users_runs_a_package_of_the_slot_layers(engine: Engine, photos, trained_lora,
                                                                      other_lora, tmp_path, restore_decoder):
     """Two users' rows in one graph: its package computes each row's own LoRA from the rows the graph gathers
-    (a user's LoRA is data to it), as the uncompiled slot layers do; with a ControlNet too, and a restart loads it."""
+    (a user's LoRA is data to it), as the uncompiled slot layers do; with a ControlNet too, and a restart loads it.
+    Here the convolutions' weights lie in channels_last (as on CUDA by default): the pictures are those of torch's
+    default layout, and the package is built for that layout."""
     settings = FastSettings(batch_sizes=(2,), compile_batches=(2,), merged_batches=(), width=SIZE, height=SIZE,
-                            aot=True, compile_on_cpu=True)
+                            aot=True, compile_on_cpu=True, channels_last=True)
     slots = engine.models.slots
     slots.load_slot_file(0, trained_lora, 1.0)
     slots.load_slot_file(1, other_lora, 0.6)
@@ -198,11 +236,19 @@ def test_a_batch_of_several_users_runs_a_package_of_the_slot_layers(engine: Engi
     cases = {"two": [(request(), 0, None), (request(prompt="two", seed=3), 1, None)],
              "swapped": [(request(), 1, None), (request(prompt="two", seed=3), 0, None)],
              "pose": [(request(controlnet_scale=0.7), 1, control), (request(seed=4), NONE, control)]}
+    models = [engine.models.pipe.unet, engine.models.controlnet]
     try:
+        plain = FastGenerator(engine.models, replace(settings, aot=False, channels_last=False), cache_dir=tmp_path)
+        plain.warm_up()
+        default_layout = {name: run(engine, c, plain) for name, c in cases.items()}
         first = FastGenerator(engine.models, settings, cache_dir=tmp_path)
+        assert [aot.weights_layout(m) for m in models] == ["channels_last", "channels_last"]
         first.warm_up()
         assert first.info["aot"]["building"] == ["unet@2"] and not first.graphs[(False, 4)].compiled
         uncompiled = {name: run(engine, c, first) for name, c in cases.items()}
+        for name in cases:
+            for ours, theirs in zip(uncompiled[name], default_layout[name]):
+                assert_same_images(ours, theirs)
         assert first.wait_for_builds(timeout=600) == ["unet@2"] and first.info["compiled"] == ["controlnet@2",
                                                                                              "unet@2"]
         step = first.graphs[(False, 4)]
@@ -215,7 +261,9 @@ def test_a_batch_of_several_users_runs_a_package_of_the_slot_layers(engine: Engi
                 assert_same_images(ours, theirs)
         # Each row its own user's LoRA: the same prompts with the users swapped give other pictures.
         assert not np.array_equal(compiled["two"][0], compiled["swapped"][0])
-        assert [p.name.split("-")[0] for p in Path(tmp_path, "aot").glob("*.pt2")] == ["unet"]
+        packages = list(Path(tmp_path, "aot").glob("*.pt2"))
+        assert [p.name.split("-")[0] for p in packages] == ["unet"]
+        assert aot.Spec.from_json(packages[0].with_suffix(".spec.json").read_text()).layout == "channels_last"
         again = FastGenerator(engine.models, settings, cache_dir=tmp_path)
         again.warm_up()
         assert again.info["compiled"] == ["controlnet@2", "unet@2"] and not again.building
@@ -225,6 +273,8 @@ def test_a_batch_of_several_users_runs_a_package_of_the_slot_layers(engine: Engi
     finally:
         slots.clear_slot(0)
         slots.clear_slot(1)
+        for model in models:  # the session's engine is shared with the other tests
+            model.to(memory_format=torch.contiguous_format)
 
 
 def test_a_build_that_fails_leaves_its_module_uncompiled_and_says_so(engine: Engine, tmp_path, monkeypatch,
