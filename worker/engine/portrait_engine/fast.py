@@ -96,8 +96,9 @@ class FastSettings:
     aot: bool = False
     compile_on_cpu: bool = False  # tests: compile for the CPU too (the graphs' bodies then run eagerly)
     # The UNet's and the ControlNet's convolution weights kept in channels_last, the layout their compiled
-    # convolutions read: otherwise every compiled call converts them first (~1 ms of a compiled UNet call on an
-    # H100, BENCHMARKS.md). It changes the shared models, so the engine's eager paths and trainings see it too.
+    # convolutions read: otherwise every compiled call converts them first (~0.7 ms of a compiled UNet call on an
+    # H100 by the kernels probe, BENCHMARKS.md). Opt-in until measured on a card through the engine: it changes the
+    # shared models, so the engine's eager paths and trainings see it too.
     channels_last: bool = False
     # Batch sizes whose graphs add the one slot's LoRA into the UNet's weights (SlotMerge) around the plain UNet
     # instead of computing slot updates in every layer; a batch of one image has one user's rows only.
@@ -636,7 +637,7 @@ def settings_from_env(env=os.environ) -> FastSettings:
         compile_controlnet=flag("ENGINE_FAST_COMPILE_CONTROLNET", ahead),
         compile_vae=flag("ENGINE_FAST_COMPILE_VAE", ahead),
         aot=ahead,
-        channels_last=flag("ENGINE_FAST_CHANNELS_LAST", ahead),
+        channels_last=flag("ENGINE_FAST_CHANNELS_LAST", False),
         merged_batches=sizes("ENGINE_FAST_MERGE", (1,)),
         lora_targets=tuple(t.strip() for t in env.get("ENGINE_FAST_LORA_TARGETS", ",".join(LORA_TARGETS)).split(",")
                            if t.strip()),

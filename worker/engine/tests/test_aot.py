@@ -225,7 +225,7 @@ def test_a_batch_of_several_users_runs_a_package_of_the_slot_layers(engine: Engi
                                                                      other_lora, tmp_path, restore_decoder):
     """Two users' rows in one graph: its package computes each row's own LoRA from the rows the graph gathers
     (a user's LoRA is data to it), as the uncompiled slot layers do; with a ControlNet too, and a restart loads it.
-    Here the convolutions' weights lie in channels_last (as on CUDA by default): the pictures are those of torch's
+    Here the convolutions' weights lie in channels_last (ENGINE_FAST_CHANNELS_LAST=1): the pictures are those of torch's
     default layout, and the package is built for that layout."""
     settings = FastSettings(batch_sizes=(2,), compile_batches=(2,), merged_batches=(), width=SIZE, height=SIZE,
                             aot=True, compile_on_cpu=True, channels_last=True)
