@@ -402,3 +402,41 @@ def test_ready_event_reports_the_warm_up(cache_dir: Path, tmp_path: Path):
     ready = json.loads(done.stdout.splitlines()[0])
     assert ready["event"] == "ready" and ready["info"]["fast"] is True
     assert ready["info"]["batch_sizes"] == [1] and ready["info"]["size"] == [64, 64] and ready["info"]["warmup_s"] >= 0
+
+
+def test_a_training_on_channels_last_weights_saves_the_adapter_it_saves_on_the_default_layout(
+    engine: Engine, photos: list[str], tmp_path: Path
+):
+    """ENGINE_FAST_CHANNELS_LAST changes the layout of the shared UNet's convolution weights, which trainings read
+    too: the UNet predicts the same (relative L2 1.6e-6 here), and the same job learns the same up-projections (they
+    start at zero, so all of them is learned: 1.3e-5 here). Not bit for bit: the layouts' kernels round differently
+    (fp32 on the CPU), and Adam's first steps move each weight by about the learning rate whatever the gradient's
+    size, so a rounding that flips a near-zero gradient's sign shows; the tests' usual learning rate of 3e-2 makes that
+    8.7e-4 over the whole adapter, so the job runs at the seed's 1e-4."""
+    unet = engine.models.pipe.unet
+    params = TrainParams(**{**QUICK_TRAIN, "learning_rate": 1e-4})
+    gen = torch.Generator().manual_seed(0)
+    x, e = torch.randn(2, 4, 16, 16, generator=gen), torch.randn(2, 77, unet.config.cross_attention_dim, generator=gen)
+    predicted, saved = {}, {}
+    try:
+        for layout in (torch.contiguous_format, torch.channels_last):
+            unet.to(memory_format=layout)
+            with torch.no_grad():
+                predicted[layout] = unet(x, torch.tensor([10, 500]), encoder_hidden_states=e, return_dict=False)[0]
+            output = tmp_path / f"{str(layout).split('.')[-1]}.safetensors"
+            engine.train(TrainRequest(id="layout", op="train", photos=photos, output=str(output), params=params),
+                         RecordingJob())
+            saved[layout] = safetensors.torch.load_file(output)
+    finally:
+        unet.to(memory_format=torch.contiguous_format)
+
+    def apart(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a.double() - b.double()).norm() / a.double().norm())
+
+    assert apart(predicted[torch.contiguous_format], predicted[torch.channels_last]) <= 1e-5
+    default, nhwc = saved[torch.contiguous_format], saved[torch.channels_last]
+    assert sorted(default) == sorted(nhwc) and default
+    # The up-projections start at zero: all of their values are what the job learned.
+    learned = [k for k in sorted(default) if "lora_B" in k]
+    flat = [torch.cat([weights[k].flatten() for k in learned]) for weights in (default, nhwc)]
+    assert learned and apart(*flat) <= 1e-4
