@@ -2,7 +2,7 @@ import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { eq } from 'drizzle-orm';
 import type { Db } from '../db/client.ts';
-import { adapters, generations, jobs, photos, trainingPreviews, users } from '../db/schema.ts';
+import { adapters, chatTargets, generations, jobs, photos, trainingPreviews, users } from '../db/schema.ts';
 import type { BlobStore } from '../storage/storage.ts';
 import type { JobQueues } from '../queue/index.ts';
 import type { Config } from '../config/index.ts';
@@ -30,6 +30,9 @@ export class ForgetService {
 
   async forget(userId: string): Promise<Forgotten> {
     const userJobs = await this.db.select({ id: jobs.id, kind: jobs.kind, status: jobs.status, checkpoint: jobs.checkpointKey }).from(jobs).where(eq(jobs.userId, userId));
+    // The chats' deliveries go before the cancels: a cancel the notifier saw while the rows still stood was
+    // delivered as a plain "cancelled"; with no delivery left it ends the status message with the forget line.
+    await this.db.delete(chatTargets).where(eq(chatTargets.userId, userId));
     for (const job of userJobs.filter((j) => j.status === 'queued' || j.status === 'active')) {
       await this.state.cancel(job.id, 'Deleted with all your data.');
       const removed = await this.queues.removeWaiting(queueOf(job.kind), job.id);
